@@ -1,0 +1,120 @@
+using System.Globalization;
+
+namespace Rkt.Kvm.Vmm.Cli;
+
+/// <summary>The command line of `rkt-kvm-vmm`; every problem is an <see cref="ArgumentException"/> with a one-line message.</summary>
+public sealed record VmmOptions
+{
+    public const string Usage = """
+        Usage: rkt-kvm-vmm --kernel PATH [options]
+        Boots one Linux microVM on /dev/kvm and exits with its status:
+          0 guest reset or powered off, 1 VMM error, 2 guest kernel panic, 3 guest crash.
+
+          --kernel PATH        ELF vmlinux (preferred) or bzImage
+          --initrd PATH        initramfs / initrd image
+          --cmdline TEXT       extra kernel command line, appended after the VMM's own options
+          --memory SIZE        guest RAM in MiB, or with a unit: 512M, 2G (default 128)
+          --cpus N             vCPUs, 1-8 (default 1)
+          --console TARGET     stdout (default) or none
+          --console-log PATH   also write the guest console to PATH
+          --pvm auto|on|off    PVM host guest options (default auto: detect kvm_pvm)
+          --kvm-device PATH    KVM device (default /dev/kvm)
+          --debug              verbose VMM logging
+          --quiet              only warnings and errors from the VMM
+          --help               this text
+
+        """;
+
+    public required MachineConfig Machine { get; init; }
+    public bool ConsoleToStdout { get; init; } = true;
+    public string? ConsoleLogPath { get; init; }
+    public bool Debug { get; init; }
+    public bool Quiet { get; init; }
+    public bool ShowHelp { get; init; }
+
+    public static VmmOptions Parse(IReadOnlyList<string> args)
+    {
+        string? kernel = null, initrd = null, cmdline = null, consoleLog = null, kvmDevice = null;
+        ulong memory = MachineConfig.DefaultMemoryMiB;
+        int cpus = 1;
+        bool toStdout = true, debug = false, quiet = false, help = false;
+        var pvm = PvmMode.Auto;
+        for (int i = 0; i < args.Count; i++)
+        {
+            string arg = args[i];
+            string name = arg, value = "";
+            int eq = arg.IndexOf('=');
+            bool inline = arg.StartsWith("--", StringComparison.Ordinal) && eq > 0;
+            if (inline) { name = arg[..eq]; value = arg[(eq + 1)..]; }
+            string Value()
+            {
+                if (inline) return value;
+                if (i + 1 >= args.Count) throw new ArgumentException($"{name} needs a value.");
+                return args[++i];
+            }
+            switch (name)
+            {
+                case "--kernel": kernel = Value(); break;
+                case "--initrd": initrd = Value(); break;
+                case "--cmdline": cmdline = Value(); break;
+                case "--memory": memory = ParseMemory(Value()); break;
+                case "--cpus":
+                    string c = Value();
+                    if (!int.TryParse(c, NumberStyles.None, CultureInfo.InvariantCulture, out cpus))
+                        throw new ArgumentException($"--cpus must be a whole number, not '{c}'.");
+                    break;
+                case "--console":
+                    toStdout = Value() switch
+                    {
+                        "stdout" => true,
+                        "none" => false,
+                        var v => throw new ArgumentException($"--console must be stdout or none, not '{v}'."),
+                    };
+                    break;
+                case "--console-log": consoleLog = Value(); break;
+                case "--pvm":
+                    pvm = Value() switch
+                    {
+                        "auto" => PvmMode.Auto,
+                        "on" => PvmMode.On,
+                        "off" => PvmMode.Off,
+                        var v => throw new ArgumentException($"--pvm must be auto, on or off, not '{v}'."),
+                    };
+                    break;
+                case "--kvm-device": kvmDevice = Value(); break;
+                case "--debug": debug = true; break;
+                case "--quiet": quiet = true; break;
+                case "--help" or "-h": help = true; break;
+                default: throw new ArgumentException($"unknown argument '{arg}'.");
+            }
+        }
+        if (help) return new VmmOptions { Machine = new MachineConfig { KernelPath = "" }, ShowHelp = true };
+        if (kernel is null) throw new ArgumentException("--kernel is required.");
+        var machine = new MachineConfig
+        {
+            KernelPath = kernel,
+            InitrdPath = initrd,
+            ExtraCmdline = cmdline,
+            MemoryMiB = memory,
+            Cpus = cpus,
+            Pvm = pvm,
+            KvmDevicePath = kvmDevice ?? Kvm.KvmSystem.DefaultDevicePath,
+        };
+        machine.Validate();
+        return new VmmOptions { Machine = machine, ConsoleToStdout = toStdout, ConsoleLogPath = consoleLog, Debug = debug, Quiet = quiet };
+    }
+
+    /// <summary>"512", "512M", "512MiB", "2G", "2GiB" → MiB.</summary>
+    public static ulong ParseMemory(string text)
+    {
+        string t = text.Trim();
+        ulong multiplier = 1;
+        foreach (var (suffix, factor) in new[] { ("GiB", 1024UL), ("MiB", 1UL), ("G", 1024UL), ("M", 1UL) })
+        {
+            if (t.EndsWith(suffix, StringComparison.OrdinalIgnoreCase)) { t = t[..^suffix.Length]; multiplier = factor; break; }
+        }
+        if (!ulong.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out ulong value) || value > ulong.MaxValue / multiplier / (1 << 20))
+            throw new ArgumentException($"--memory must be a size like 128, 512M or 2G, not '{text}'.");
+        return value * multiplier;
+    }
+}

@@ -1,0 +1,234 @@
+using System.Diagnostics;
+using Rkt.Kvm.Vmm.Boot;
+using Rkt.Kvm.Vmm.Devices;
+using Rkt.Kvm.Vmm.Devices.BootTimer;
+using Rkt.Kvm.Vmm.Devices.CmosRtc;
+using Rkt.Kvm.Vmm.Devices.I8042;
+using Rkt.Kvm.Vmm.Devices.Serial8250;
+using Rkt.Kvm.Vmm.GuestConsole;
+using Rkt.Kvm.Vmm.Kvm;
+using Rkt.Kvm.Vmm.Memory;
+using Serilog;
+
+namespace Rkt.Kvm.Vmm;
+
+/// <summary>
+/// One microVM: KVM VM with in-kernel irqchip and PIT, guest RAM, the loaded kernel and initrd,
+/// legacy devices (8250 UART, i8042 reset, CMOS clock, boot timer) and one thread per vCPU.
+/// <see cref="Create"/> does all validation and loading; <see cref="Run"/> boots and blocks until the VM ends.
+/// </summary>
+public sealed class Machine : IDisposable
+{
+    /// <summary>Options every guest gets: console on the UART, reset through the i8042, a panic ends the VM at once.</summary>
+    public const string BaseCmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 io_delay=none";
+
+    private readonly KvmSystem _kvm;
+    private readonly KvmVm _vm;
+    private readonly GuestMemory _memory;
+    private readonly List<KvmVcpu> _vcpus = [];
+    private readonly Bus _portBus = new();
+    private readonly Bus _mmioBus = new();
+    private readonly PanicDetector _panicDetector = new();
+    private readonly ILogger _log;
+    private readonly Stopwatch _sinceStart;
+    private readonly ManualResetEventSlim _exited = new();
+    private GuestConsoleOutput? _console;
+    private LoadedKernel? _kernel;
+    private VmExitResult? _result;
+
+    public string Cmdline { get; private set; } = "";
+    public KernelFormat KernelFormat => _kernel!.Format;
+
+    private Machine(KvmSystem kvm, KvmVm vm, GuestMemory memory, ILogger log, Stopwatch sinceStart)
+    {
+        _kvm = kvm;
+        _vm = vm;
+        _memory = memory;
+        _log = log;
+        _sinceStart = sinceStart;
+    }
+
+    /// <summary>
+    /// Builds the VM. <paramref name="consoleTargets"/> is called only once all input has been
+    /// validated and loaded, so a failed start leaves no console file behind.
+    /// </summary>
+    public static Machine Create(MachineConfig config, Func<IReadOnlyList<Stream>> consoleTargets, ILogger log, Stopwatch? sinceStart = null)
+    {
+        config.Validate();
+        if (!File.Exists(config.KernelPath)) throw new BootException($"Kernel {config.KernelPath} does not exist.");
+        if (config.InitrdPath is { } initrd && !File.Exists(initrd)) throw new BootException($"Initrd {initrd} does not exist.");
+
+        var kvm = KvmSystem.Open(config.KvmDevicePath);
+        KvmVm? vm = null;
+        GuestMemory? memory = null;
+        Machine? machine = null;
+        try
+        {
+            int hostMax = kvm.MaxVcpus;
+            if (config.Cpus > hostMax) throw new ArgumentException($"--cpus {config.Cpus} exceeds the {hostMax} vCPUs this host's KVM supports.");
+            vm = kvm.CreateVm();
+            vm.SetTssAddress(MemoryLayout.KvmTssAddress);
+            vm.CreateIrqchip();
+            vm.CreatePit();
+            memory = GuestMemory.Allocate(MemoryLayout.RamRanges(config.MemoryMiB << 20));
+            for (int i = 0; i < memory.Regions.Count; i++)
+            {
+                var r = memory.Regions[i];
+                vm.SetUserMemoryRegion((uint)i, r.GuestAddress, r.Size, r.HostAddress);
+            }
+            machine = new Machine(kvm, vm, memory, log, sinceStart ?? Stopwatch.StartNew());
+            machine.LoadGuest(config);
+            machine.CreateVcpus(config.Cpus);
+            machine.AttachDevices(consoleTargets());
+            return machine;
+        }
+        catch
+        {
+            if (machine is not null) machine.Dispose();
+            else
+            {
+                memory?.Dispose();
+                vm?.Dispose();
+                kvm.Dispose();
+            }
+            throw;
+        }
+    }
+
+    private void LoadGuest(MachineConfig config)
+    {
+        _kernel = KernelLoader.Load(config.KernelPath, _memory);
+        (ulong Address, ulong Size) initrd = config.InitrdPath is { } path ? InitrdLoader.Load(path, _kernel, _memory) : (0, 0);
+
+        bool pvm = config.Pvm switch { PvmMode.On => true, PvmMode.Off => false, _ => HostPlatform.IsPvmHost() };
+        var cmdline = new KernelCommandLine().Add(BaseCmdline);
+        if (pvm) cmdline.Add(HostPlatform.PvmGuestOptions);
+        cmdline.Add(config.ExtraCmdline);
+        byte[] cmdlineBytes = cmdline.ToBytes(_kernel.CmdlineMax);
+        Cmdline = cmdline.ToString();
+        _memory.Write(MemoryLayout.CmdlineStart, cmdlineBytes);
+
+        _memory.Write(MemoryLayout.SetupDataStart, SetupData.RngSeedNode());
+        var zeroPage = ZeroPage.Build(new ZeroPageParameters
+        {
+            SetupHeader = _kernel.SetupHeader,
+            CmdlineAddress = MemoryLayout.CmdlineStart,
+            CmdlineSize = (uint)(cmdlineBytes.Length - 1),
+            InitrdAddress = initrd.Address,
+            InitrdSize = initrd.Size,
+            E820 = E820Map.For(_memory),
+            SetupData = MemoryLayout.SetupDataStart,
+        });
+        _memory.Write(MemoryLayout.ZeroPageStart, zeroPage);
+        _memory.Write(MemoryLayout.EbdaStart, MpTable.Build(config.Cpus));
+        Gdt.Write(_memory);
+        PageTables.Write(_memory);
+        _log.Debug("Loaded {Format} kernel: entry 0x{Entry:X}, end 0x{End:X}; initrd at 0x{InitrdAddress:X} ({InitrdSize} bytes); PVM host options {Pvm}; cmdline \"{Cmdline}\"",
+            _kernel.Format, _kernel.Entry, _kernel.End, initrd.Address, initrd.Size, pvm, Cmdline);
+    }
+
+    private void CreateVcpus(int count)
+    {
+        var supportedCpuid = _kvm.GetSupportedCpuid();
+        for (int id = 0; id < count; id++)
+        {
+            var vcpu = _vm.CreateVcpu(id);
+            _vcpus.Add(vcpu);
+            vcpu.SetCpuid(CpuSetup.CpuidFor(supportedCpuid, id, count));
+            var msrs = CpuSetup.BootMsrs();
+            int accepted = vcpu.SetMsrs(msrs);
+            if (accepted != msrs.Length)
+                _log.Debug("vCPU {Vcpu}: KVM accepted {Accepted} of {Count} boot MSRs (first refused: 0x{Msr:X})", id, accepted, msrs.Length, msrs[accepted].Index);
+            vcpu.SetFpu(CpuSetup.BootFpu());
+            var lapic = vcpu.GetLapic();
+            CpuSetup.WireLocalInterrupts(ref lapic);
+            vcpu.SetLapic(lapic);
+            if (id == 0)
+            {
+                // Only the boot CPU starts in long mode; the others wait for INIT/SIPI from the guest.
+                vcpu.SetSregs(CpuSetup.LongModeSregs(vcpu.GetSregs()));
+                vcpu.SetRegs(CpuSetup.BootRegs(_kernel!.Entry));
+            }
+        }
+    }
+
+    private void AttachDevices(IReadOnlyList<Stream> consoleTargets)
+    {
+        _console = new GuestConsoleOutput(consoleTargets, _panicDetector.OnLine);
+        var serialIrq = new KvmInterruptLine(_vm, Serial8250.Com1Irq);
+        _portBus.Register(Serial8250.Com1Port, Serial8250.RegisterCount, new Serial8250(_console, serialIrq));
+        // 0x61 (between the i8042's two ports) is KVM's PIT speaker port, so the controller is registered twice.
+        var i8042 = new I8042(OnGuestReset);
+        _portBus.Register(I8042.DataPort, 1, i8042);
+        _portBus.Register(I8042.CommandPort, 1, new OffsetDevice(i8042, I8042.CommandPort - I8042.DataPort));
+        _portBus.Register(CmosRtc.IndexPort, CmosRtc.PortSpan, new CmosRtc());
+        _mmioBus.Register(MemoryLayout.BootTimerAddress, BootTimer.Size, new BootTimer(OnBootMarker));
+    }
+
+    /// <summary>Boots the VM and blocks until it ends. Runs once.</summary>
+    public VmExitResult Run()
+    {
+        var runners = _vcpus.Select(v => new VcpuRunner(v, _portBus, _mmioBus, RequestExit, () => _exited.IsSet, _log)
+        {
+            BeforeFirstEntry = v.Id == 0 ? () => _log.Debug("First vCPU entry {SinceStartMs:F1} ms after VMM start (unix {UnixMicros} µs)",
+                _sinceStart.Elapsed.TotalMilliseconds, (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10) : null,
+        }).ToList();
+        foreach (var runner in runners)
+        {
+            var thread = new Thread(runner.Run) { IsBackground = true, Name = "vcpu" };
+            thread.Start();
+        }
+        // Wake up periodically to push out console text that has no newline yet (prompts).
+        while (!_exited.Wait(100)) _console!.Flush();
+        _console!.Flush();
+        _log.Debug("VM ended after {Ms:F0} ms; emulated int3 {Int3} and fwait {Fwait} times; {Unclaimed} unclaimed port accesses",
+            _sinceStart.Elapsed.TotalMilliseconds, runners.Sum(r => r.Int3Emulations), runners.Sum(r => r.FwaitEmulations), _portBus.UnclaimedAccesses);
+        return _result!;
+    }
+
+    private void RequestExit(VmExitResult result)
+    {
+        lock (_exited)
+        {
+            if (_exited.IsSet) return;
+            _result = result;
+            _exited.Set();
+        }
+    }
+
+    private void OnGuestReset()
+    {
+        _console?.Flush();
+        RequestExit(_panicDetector.PanicLine is { } panic
+            ? new VmExitResult(VmExitStatus.GuestPanic, panic)
+            : new VmExitResult(VmExitStatus.GuestShutdown, "the guest reset the machine"));
+    }
+
+    private void OnBootMarker()
+    {
+        _log.Information("Boot timer: guest reached init {WallMs:F0} ms after VMM start ({CpuMs:F0} ms VMM CPU)",
+            _sinceStart.Elapsed.TotalMilliseconds, Environment.CpuUsage.TotalTime.TotalMilliseconds);
+    }
+
+    public void Dispose()
+    {
+        foreach (var v in _vcpus) v.Dispose();
+        _console?.Dispose();
+        _memory.Dispose();
+        _vm.Dispose();
+        _kvm.Dispose();
+    }
+
+    /// <summary>Routes a device's interrupt level to a GSI of the in-kernel PIC/IOAPIC.</summary>
+    private sealed class KvmInterruptLine(KvmVm vm, int gsi) : IInterruptLine
+    {
+        public void SetLevel(bool asserted) => vm.SetIrqLine((uint)gsi, asserted);
+    }
+
+    /// <summary>Presents a device at a second, non-contiguous address with its offsets shifted.</summary>
+    private sealed class OffsetDevice(IBusDevice inner, ulong offset) : IBusDevice
+    {
+        public void Read(ulong o, Span<byte> data) => inner.Read(o + offset, data);
+        public void Write(ulong o, ReadOnlySpan<byte> data) => inner.Write(o + offset, data);
+    }
+}

@@ -1,0 +1,36 @@
+namespace Rkt.Kvm.Vmm;
+
+public enum PvmMode
+{
+    /// <summary>Detect a PVM host and add its guest options only there.</summary>
+    Auto,
+    On,
+    Off,
+}
+
+/// <summary>Everything needed to build and boot one VM.</summary>
+public sealed record MachineConfig
+{
+    public const int MaxCpus = 8;
+    public const ulong DefaultMemoryMiB = 128;
+
+    public required string KernelPath { get; init; }
+    public string? InitrdPath { get; init; }
+    /// <summary>Appended after the VMM's own options, so it can override them.</summary>
+    public string? ExtraCmdline { get; init; }
+    public ulong MemoryMiB { get; init; } = DefaultMemoryMiB;
+    public int Cpus { get; init; } = 1;
+    public PvmMode Pvm { get; init; } = PvmMode.Auto;
+    public string KvmDevicePath { get; init; } = Kvm.KvmSystem.DefaultDevicePath;
+
+    /// <summary>Checks what can be checked without touching the host; throws <see cref="ArgumentException"/> with a one-line reason.</summary>
+    public void Validate()
+    {
+        if (Cpus < 1 || Cpus > MaxCpus) throw new ArgumentException($"--cpus must be between 1 and {MaxCpus}, not {Cpus}.");
+        ulong bytes = MemoryMiB << 20;
+        if (MemoryMiB == 0 || bytes < Memory.MemoryLayout.MinimumMemory || bytes > Memory.MemoryLayout.MaximumMemory)
+            throw new ArgumentException(
+                $"--memory must be between {Memory.MemoryLayout.MinimumMemory >> 20} and {Memory.MemoryLayout.MaximumMemory >> 20} MiB, not {MemoryMiB}.");
+        if (string.IsNullOrEmpty(KernelPath)) throw new ArgumentException("--kernel is required.");
+    }
+}
