@@ -12,6 +12,13 @@ public static class CpuSetup
 {
     private const uint LeafFeatures = 0x1, LeafTopology = 0xB, LeafTopologyV2 = 0x1F;
     private const uint HypervisorBit = 1u << 31;
+    private const uint LeafKvmFeatures = 0x4000_0001;
+    /// <summary>
+    /// KVM paravirt features we let the guest use: kvm-clock (old and new MSRs, stable bit) and
+    /// "no I/O delay". The others (PV IPIs, PV EOI, async page faults, steal time, PV TLB flush,
+    /// ...) are not offered: on a PVM host a second vCPU never came online with them enabled.
+    /// </summary>
+    public const uint AllowedKvmFeatures = (1u << 0) | (1u << 1) | (1u << 3) | (1u << 24);
 
     /// <summary>CPUID for one vCPU: its APIC ID, the hypervisor bit, and a flat topology (one package, one core per vCPU).</summary>
     public static KvmCpuidEntry2[] CpuidFor(ReadOnlySpan<KvmCpuidEntry2> supported, int apicId, int cpuCount)
@@ -27,6 +34,9 @@ public static class CpuSetup
                 case LeafFeatures:
                     e.Ebx = (e.Ebx & 0x0000FFFF) | ((uint)apicId << 24) | ((uint)Math.Min(cpuCount, 255) << 16);
                     e.Ecx |= HypervisorBit;
+                    break;
+                case LeafKvmFeatures:
+                    e.Eax &= AllowedKvmFeatures;
                     break;
                 case LeafTopology or LeafTopologyV2:
                     // Subleaf 0: SMT level (1 thread per core); subleaf 1: core level (cpuCount cores); then end of list.

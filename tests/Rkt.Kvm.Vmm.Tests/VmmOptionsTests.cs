@@ -1,0 +1,54 @@
+using Rkt.Kvm.Vmm.Cli;
+
+namespace Rkt.Kvm.Vmm.Tests;
+
+public class VmmOptionsTests
+{
+    [Fact]
+    public void Parses_every_option_in_both_spellings()
+    {
+        var o = VmmOptions.Parse(["--kernel", "k", "--initrd=i", "--cmdline", "quiet x=1", "--memory", "1G", "--cpus=2",
+            "--console", "none", "--console-log", "c.log", "--pvm", "off", "--kvm-device", "/dev/x", "--debug"]);
+        Assert.Equal("k", o.Machine.KernelPath);
+        Assert.Equal("i", o.Machine.InitrdPath);
+        Assert.Equal("quiet x=1", o.Machine.ExtraCmdline);
+        Assert.Equal(1024ul, o.Machine.MemoryMiB);
+        Assert.Equal(2, o.Machine.Cpus);
+        Assert.False(o.ConsoleToStdout);
+        Assert.Equal("c.log", o.ConsoleLogPath);
+        Assert.Equal(PvmMode.Off, o.Machine.Pvm);
+        Assert.Equal("/dev/x", o.Machine.KvmDevicePath);
+        Assert.True(o.Debug);
+    }
+
+    [Theory]
+    [InlineData("128", 128ul)]
+    [InlineData("512M", 512ul)]
+    [InlineData("512MiB", 512ul)]
+    [InlineData("2g", 2048ul)]
+    public void Memory_sizes(string text, ulong mib) => Assert.Equal(mib, VmmOptions.ParseMemory(text));
+
+    [Theory]
+    [InlineData("--cpus", "0")]
+    [InlineData("--cpus", "9")]
+    [InlineData("--cpus", "two")]
+    [InlineData("--memory", "1T")]
+    [InlineData("--memory", "8")]
+    [InlineData("--memory", "-5")]
+    [InlineData("--pvm", "maybe")]
+    [InlineData("--console", "tty")]
+    public void Bad_values_are_one_line_errors(string option, string value)
+    {
+        var e = Assert.Throws<ArgumentException>(() => VmmOptions.Parse(["--kernel", "k", option, value]));
+        Assert.DoesNotContain('\n', e.Message);
+    }
+
+    [Fact]
+    public void Kernel_is_required_and_unknown_arguments_are_refused()
+    {
+        Assert.Throws<ArgumentException>(() => VmmOptions.Parse([]));
+        Assert.Throws<ArgumentException>(() => VmmOptions.Parse(["--kernel", "k", "--frobnicate"]));
+        Assert.Throws<ArgumentException>(() => VmmOptions.Parse(["--kernel"]));
+        Assert.True(VmmOptions.Parse(["--help"]).ShowHelp);
+    }
+}
