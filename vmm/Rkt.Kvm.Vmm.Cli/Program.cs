@@ -21,8 +21,7 @@ public static class Program
         }
         catch (ArgumentException e)
         {
-            Console.Error.WriteLine($"rkt-kvm-vmm: {e.Message}");
-            Console.Error.WriteLine("Try 'rkt-kvm-vmm --help'.");
+            Console.Error.WriteLine($"rkt-kvm-vmm: {e.Message} (see rkt-kvm-vmm --help)");
             return (int)VmExitStatus.VmmError;
         }
         if (options.ShowHelp)

@@ -30,7 +30,15 @@ public sealed unsafe class KvmSystem : IDisposable
         var system = new KvmSystem(fd);
         try
         {
-            int version = Syscall.Ioctl(fd, KvmIoctl.GetApiVersion, 0);
+            int version;
+            try
+            {
+                version = Syscall.Ioctl(fd, KvmIoctl.GetApiVersion, 0);
+            }
+            catch (KvmException e)
+            {
+                throw new KvmException($"{devicePath} is not a KVM device ({e.Message.TrimEnd('.')}).");
+            }
             if (version != ExpectedApiVersion)
                 throw new KvmException($"{devicePath} speaks KVM API version {version}; version {ExpectedApiVersion} is required.");
             foreach (var (cap, name) in new[] { (KvmCapability.Irqchip, "in-kernel irqchip"), (KvmCapability.UserMemory, "user memory"),

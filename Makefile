@@ -1,0 +1,68 @@
+# Rkt.Kvm: the two commands of the README.
+#   make run    install what is missing, build everything, boot a real VM with the busybox guest
+#   make test   build everything and run every test (unit + real VMs on /dev/kvm)
+# Outputs go to out/ (ignored by git); the guest kernel is cached outside the repo
+# (kernel-config/build-kernel.sh, keyed by config + patches + source version).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+OUT := $(CURDIR)/out
+RID := linux-x64
+DOTNET ?= dotnet
+DOTNET_FLAGS := --nologo -v quiet
+# Debian packages the build, the tests and the benchmarks need (the kernel script installs its own).
+APT_PACKAGES := busybox-static cpio gcc libc6-dev zlib1g-dev qemu-system-x86
+
+VMM := $(OUT)/vmm/rkt-kvm-vmm
+MKINITRAMFS := $(OUT)/tools/rkt-kvm-mkinitramfs
+TEST_INITRD := $(OUT)/busybox-initrd.cpio
+KERNEL_DIR_FILE := $(OUT)/kernel-dir
+
+export DOTNET_CLI_TELEMETRY_OPTOUT := 1
+export DOTNET_NOLOGO := 1
+
+.PHONY: all run test deps kernel vmm tools initramfs bench clean
+
+all: deps kernel vmm initramfs
+
+run: all
+	@echo "== booting the busybox guest (kernel $$(cat $(KERNEL_DIR_FILE))/vmlinux)"
+	$(VMM) --kernel "$$(cat $(KERNEL_DIR_FILE))/vmlinux" --initrd $(TEST_INITRD) --memory 128 --cpus 2 --cmdline quiet
+
+test: all
+	RKT_KVM_VMM=$(VMM) RKT_KVM_KERNEL_DIR="$$(cat $(KERNEL_DIR_FILE))" RKT_KVM_TEST_INITRD=$(TEST_INITRD) \
+	  $(DOTNET) test Rkt.Kvm.sln $(DOTNET_FLAGS) --logger "console;verbosity=normal"
+
+bench: all
+	bench/boot/run.sh
+
+# Installs only what is missing, so a prepared machine pays nothing.
+deps:
+	@command -v $(DOTNET) >/dev/null || { echo "The .NET 10 SDK (dotnet) is required: https://dot.net"; exit 1; }
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "== installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; fi
+	$(DOTNET) restore Rkt.Kvm.sln $(DOTNET_FLAGS)
+	$(DOTNET) restore vmm/Rkt.Kvm.Vmm.Cli -r $(RID) $(DOTNET_FLAGS)
+
+kernel:
+	@mkdir -p $(OUT)
+	kernel-config/build-kernel.sh > $(KERNEL_DIR_FILE).tmp
+	@mv $(KERNEL_DIR_FILE).tmp $(KERNEL_DIR_FILE)
+
+# The VMM is published NativeAOT: it starts in milliseconds and needs no runtime on the host.
+vmm:
+	$(DOTNET) publish vmm/Rkt.Kvm.Vmm.Cli -c Release -r $(RID) -o $(OUT)/vmm $(DOTNET_FLAGS)
+
+tools:
+	$(DOTNET) build guest-agent/Rkt.Kvm.Initramfs -c Release -o $(OUT)/tools $(DOTNET_FLAGS)
+
+initramfs: tools
+	$(MKINITRAMFS) --spec tests/guest/initramfs.spec -o $(TEST_INITRD)
+
+clean:
+	rm -rf $(OUT)
+	find . -type d \( -name bin -o -name obj \) -prune -exec rm -rf {} +

@@ -1,0 +1,103 @@
+using System.Buffers.Binary;
+
+namespace Rkt.Kvm.Integration.Tests;
+
+/// <summary>
+/// Every bad input gets one line on stderr, exit status 1 (not a crash or core dump), and leaves
+/// no file behind (the console log is only created once the VM is about to start).
+/// </summary>
+public sealed class BadInputTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("rkt-kvm-bad-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private string ConsoleLog => Path.Combine(_dir, "console.log");
+
+    private string Write(string name, byte[] content)
+    {
+        string path = Path.Combine(_dir, name);
+        File.WriteAllBytes(path, content);
+        return path;
+    }
+
+    private void AssertRefused(IEnumerable<string> args, string expected)
+    {
+        var before = Directory.GetFileSystemEntries(_dir).Order().ToArray();
+        var run = VmmProcess.Run([.. args, "--console-log", ConsoleLog], TimeSpan.FromMinutes(1), _dir);
+        Assert.True(run.ExitCode == 1, run.ToString());
+        var lines = run.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.True(lines.Length == 1, run.ToString());
+        Assert.StartsWith("rkt-kvm-vmm: ", lines[0]);
+        Assert.Contains(expected, lines[0]);
+        Assert.Equal("", run.Stdout);
+        Assert.Equal(before, Directory.GetFileSystemEntries(_dir).Order().ToArray());
+    }
+
+    private void RequireKvm() => Skip.IfNot(TestEnvironment.HasKvm, TestEnvironment.NoKvmReason);
+
+    [SkippableFact]
+    public void Missing_kernel() => AssertRefused(["--kernel", Path.Combine(_dir, "nope")], "does not exist");
+
+    [SkippableFact]
+    public void Kernel_that_is_neither_elf_nor_bzimage()
+    {
+        RequireKvm();
+        AssertRefused(["--kernel", Write("text", "#!/bin/sh\necho not a kernel\n"u8.ToArray())], "neither an ELF vmlinux nor a bzImage");
+    }
+
+    [SkippableFact]
+    public void Truncated_elf()
+    {
+        RequireKvm();
+        var head = new byte[4096];
+        using (var f = File.OpenRead(TestEnvironment.Vmlinux)) f.ReadExactly(head);
+        AssertRefused(["--kernel", Write("truncated", head)], "truncated");
+    }
+
+    [SkippableFact]
+    public void Elf_segment_outside_guest_ram()
+    {
+        RequireKvm();
+        // The real vmlinux with its first PT_LOAD moved to 1 GiB, far beyond a 128 MiB guest.
+        byte[] elf = File.ReadAllBytes(TestEnvironment.Vmlinux);
+        int phoff = (int)BinaryPrimitives.ReadUInt64LittleEndian(elf.AsSpan(32));
+        int phnum = BinaryPrimitives.ReadUInt16LittleEndian(elf.AsSpan(56));
+        int load = Enumerable.Range(0, phnum).First(i => BinaryPrimitives.ReadUInt32LittleEndian(elf.AsSpan(phoff + i * 56)) == 1);
+        BinaryPrimitives.WriteUInt64LittleEndian(elf.AsSpan(phoff + load * 56 + 24), 0x4000_0000);
+        AssertRefused(["--kernel", Write("moved", elf), "--memory", "128"], "outside guest RAM");
+    }
+
+    [SkippableFact]
+    public void Memory_too_small_for_kernel_and_initrd()
+    {
+        RequireKvm();
+        string initrd = Write("big-initrd", new byte[12 << 20]);
+        AssertRefused(["--kernel", TestEnvironment.Vmlinux, "--initrd", initrd, "--memory", "32"], "too small");
+    }
+
+    [SkippableFact]
+    public void Command_line_too_long()
+    {
+        RequireKvm();
+        AssertRefused(["--kernel", TestEnvironment.Vmlinux, "--cmdline", new string('x', 3000)], "command line");
+    }
+
+    [SkippableTheory]
+    [InlineData("0")]
+    [InlineData("9")]
+    [InlineData("-1")]
+    public void Cpu_count_out_of_range(string cpus) => AssertRefused(["--kernel", "k", "--cpus", cpus], "--cpus");
+
+    [SkippableFact]
+    public void Kvm_device_missing() =>
+        AssertRefused(["--kernel", Write("k", [0x7F]), "--kvm-device", Path.Combine(_dir, "no-kvm")], "Cannot open");
+
+    [SkippableFact]
+    public void Kvm_device_not_openable() =>
+        AssertRefused(["--kernel", Write("k", [0x7F]), "--kvm-device", Directory.CreateDirectory(Path.Combine(_dir, "dir")).FullName], "Cannot open");
+
+    [SkippableFact]
+    public void Kvm_device_that_is_not_kvm() =>
+        AssertRefused(["--kernel", Write("k", [0x7F]), "--kvm-device", "/dev/null"], "not a KVM device");
+}

@@ -1,0 +1,59 @@
+using System.Diagnostics;
+using System.Text;
+
+namespace Rkt.Kvm.Integration.Tests;
+
+/// <summary>What one run of the VMM did.</summary>
+public sealed record VmmRun(int ExitCode, string Stdout, string Stderr, TimeSpan Elapsed)
+{
+    public override string ToString() => $"exit {ExitCode} after {Elapsed.TotalSeconds:F1} s\n--- stdout ---\n{Stdout}\n--- stderr ---\n{Stderr}";
+}
+
+/// <summary>Runs the published VMM binary as a child process, as stage1 will.</summary>
+public static class VmmProcess
+{
+    /// <summary>Boots on this host take 15-40 s; the limit is generous so a slow CI machine fails only on real hangs.</summary>
+    public static readonly TimeSpan BootTimeout = TimeSpan.FromMinutes(5);
+
+    public static VmmRun Run(IEnumerable<string> args, TimeSpan? timeout = null, string? workingDirectory = null)
+    {
+        var psi = new ProcessStartInfo(TestEnvironment.Vmm)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+            WorkingDirectory = workingDirectory ?? Environment.CurrentDirectory,
+        };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        var stdout = new StringBuilder();
+        var stderr = new StringBuilder();
+        var watch = Stopwatch.StartNew();
+        using var process = new Process { StartInfo = psi };
+        process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (stdout) stdout.AppendLine(e.Data); };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (stderr) stderr.AppendLine(e.Data); };
+        process.Start();
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        if (!process.WaitForExit(timeout ?? BootTimeout))
+        {
+            process.Kill(entireProcessTree: true);
+            process.WaitForExit();
+            throw new TimeoutException($"The VMM did not exit within {(timeout ?? BootTimeout).TotalMinutes} minutes.\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+        }
+        process.WaitForExit(); // drain the output readers
+        return new VmmRun(process.ExitCode, stdout.ToString(), stderr.ToString(), watch.Elapsed);
+    }
+
+    /// <summary>Boots the busybox guest; <paramref name="initMode"/> selects what its init does (see tests/guest/init.sh).</summary>
+    public static VmmRun BootBusybox(int cpus = 1, string? initMode = null, string? kernel = null, IEnumerable<string>? extra = null)
+    {
+        var args = new List<string>
+        {
+            "--kernel", kernel ?? TestEnvironment.Vmlinux, "--initrd", TestEnvironment.TestInitrd,
+            "--memory", "128", "--cpus", cpus.ToString(),
+            "--cmdline", "quiet" + (initMode is null ? "" : $" rkt.init={initMode}"),
+        };
+        if (extra is not null) args.AddRange(extra);
+        return Run(args);
+    }
+}
