@@ -47,6 +47,15 @@ public sealed class OneCpuBootTests(OneCpuBootFixture boot) : IClassFixture<OneC
     }
 
     [SkippableFact]
+    public void Serial_console_is_interrupt_driven()
+    {
+        var run = Booted();
+        var m = Regex.Match(run.Stdout, @"rkt-kvm-guest: serial irq\s+4:\s+(\d+)\s.*ttyS0");
+        Assert.True(m.Success, run.ToString());
+        Assert.True(long.Parse(m.Groups[1].Value) > 0, m.Value);
+    }
+
+    [SkippableFact]
     public void Console_output_is_complete_and_in_order()
     {
         var run = Booted();

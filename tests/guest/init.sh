@@ -14,6 +14,8 @@ devmem 0xc0000000 8 123
 echo "rkt-kvm-guest: kernel $(uname -r)"
 echo "rkt-kvm-guest: cpus online $(grep -c ^processor /proc/cpuinfo)"
 echo "rkt-kvm-guest: $(grep MemTotal /proc/meminfo)"
+# The UART is interrupt driven: its line in /proc/interrupts counts the interrupts taken so far.
+echo "rkt-kvm-guest: serial irq $(grep ttyS0 /proc/interrupts)"
 mode=""
 for arg in $(cat /proc/cmdline); do
     case "$arg" in rkt.init=*) mode="${arg#rkt.init=}" ;; esac

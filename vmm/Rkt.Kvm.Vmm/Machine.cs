@@ -70,14 +70,18 @@ public sealed class Machine : IDisposable
             vm.SetTssAddress(MemoryLayout.KvmTssAddress);
             vm.CreateIrqchip();
             vm.CreatePit();
-            memory = GuestMemory.Allocate(MemoryLayout.RamRanges(config.MemoryMiB << 20));
-            for (int i = 0; i < memory.Regions.Count; i++)
-            {
-                var r = memory.Regions[i];
-                vm.SetUserMemoryRegion((uint)i, r.GuestAddress, r.Size, r.HostAddress);
-            }
+            memory = GuestMemory.Allocate(MemoryLayout.RamRanges(config.MemoryMiB << 20), config.HugePages);
+            // Registering RAM with KVM takes milliseconds on this host; do it while the kernel is read in.
+            var slots = RegisterMemorySlotsAsync(vm, memory);
             machine = new Machine(kvm, vm, memory, log, sinceStart ?? Stopwatch.StartNew());
-            machine.LoadGuest(config);
+            try
+            {
+                machine.LoadGuest(config);
+            }
+            finally
+            {
+                slots.GetAwaiter().GetResult();
+            }
             machine.CreateVcpus(config.Cpus);
             machine.AttachDevices(consoleTargets());
             return machine;
@@ -94,6 +98,15 @@ public sealed class Machine : IDisposable
             throw;
         }
     }
+
+    private static Task RegisterMemorySlotsAsync(KvmVm vm, GuestMemory memory) => Task.Run(() =>
+    {
+        for (int i = 0; i < memory.Regions.Count; i++)
+        {
+            var r = memory.Regions[i];
+            vm.SetUserMemoryRegion((uint)i, r.GuestAddress, r.Size, r.HostAddress);
+        }
+    });
 
     private void LoadGuest(MachineConfig config)
     {

@@ -117,9 +117,7 @@ internal sealed unsafe class VcpuRunner(KvmVcpu vcpu, Bus portBus, Bus mmioBus, 
         }
         if (insn.Length >= 1 && insn[0] == Int3Opcode)
         {
-            var regs = vcpu.GetRegs();
-            regs.Rip += 1;
-            vcpu.SetRegs(regs);
+            SkipInstruction(1);
             var events = vcpu.GetEvents();
             events.ExceptionInjected = 1;
             events.ExceptionNr = BreakpointVector;
@@ -131,9 +129,7 @@ internal sealed unsafe class VcpuRunner(KvmVcpu vcpu, Bus portBus, Bus mmioBus, 
         }
         if (insn.Length >= 1 && insn[0] == FwaitOpcode)
         {
-            var regs = vcpu.GetRegs();
-            regs.Rip += 1;
-            vcpu.SetRegs(regs);
+            SkipInstruction(1);
             FwaitEmulations++;
             return null;
         }
@@ -144,6 +140,13 @@ internal sealed unsafe class VcpuRunner(KvmVcpu vcpu, Bus portBus, Bus mmioBus, 
         log.Error("KVM internal error {Suberror} on vCPU {Vcpu}: instruction bytes {Bytes}, data [{Data}], {State}",
             suberror, vcpu.Id, bytesText, string.Join(", ", data), state);
         return Crash($"KVM internal error {suberror} (instruction bytes {bytesText}) at {state}");
+    }
+
+    private void SkipInstruction(int length)
+    {
+        var regs = vcpu.GetRegs();
+        regs.Rip += (ulong)length;
+        vcpu.SetRegs(regs);
     }
 
     private VmExitResult Crash(string what)

@@ -1,5 +1,5 @@
 using System.Buffers.Binary;
-using System.Security.Cryptography;
+using Rkt.Kvm.Vmm.Kvm;
 
 namespace Rkt.Kvm.Vmm.Boot;
 
@@ -13,7 +13,8 @@ public static class SetupData
     public const int HeaderSize = 16; // u64 next, u32 type, u32 len
     public const int RngSeedLength = 32;
 
-    public static byte[] RngSeedNode() => Node(TypeRngSeed, RandomNumberGenerator.GetBytes(RngSeedLength));
+    /// <summary>Seed bytes come from getrandom(2): the same pool, without loading OpenSSL (~5 ms of start-up).</summary>
+    public static byte[] RngSeedNode() => Node(TypeRngSeed, Syscall.GetRandom(RngSeedLength));
 
     public static byte[] Node(uint type, ReadOnlySpan<byte> payload, ulong next = 0)
     {

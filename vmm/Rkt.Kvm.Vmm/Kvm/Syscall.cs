@@ -40,4 +40,27 @@ internal static unsafe class Syscall
     }
 
     public static int Ioctl(FileDescriptor fd, uint request, ulong arg) => Ioctl(fd, request, (void*)arg);
+
+    private const long SysGetrandom = 318; // x86-64
+
+    /// <summary>Random bytes from the kernel's CSPRNG (getrandom(2), blocking only before the host's pool is initialised).</summary>
+    public static byte[] GetRandom(int count)
+    {
+        var bytes = new byte[count];
+        fixed (byte* p = bytes)
+        {
+            int done = 0;
+            while (done < count)
+            {
+                long n = (ssize_t)syscall((int)SysGetrandom, (void*)(p + done), count - done, 0);
+                if (n < 0 && errno == EINTR) continue;
+                if (n <= 0) throw new KvmException("getrandom", errno);
+                done += (int)n;
+            }
+        }
+        return bytes;
+    }
+
+    /// <summary>madvise(2) advice values Tmds.LibC does not export.</summary>
+    public const int MadvHugepage = 14;
 }
