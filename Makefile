@@ -10,8 +10,10 @@ OUT := $(CURDIR)/out
 RID := linux-x64
 DOTNET ?= dotnet
 DOTNET_FLAGS := --nologo -v quiet
-# Debian packages the build, the tests and the benchmarks need (the kernel script installs its own).
-APT_PACKAGES := busybox-static cpio gcc libc6-dev zlib1g-dev qemu-system-x86
+# Debian packages the build and the tests need (the kernel script installs its own); the
+# benchmarks also need QEMU, as the reference they measure against.
+APT_PACKAGES := busybox-static cpio gcc libc6-dev zlib1g-dev
+BENCH_APT_PACKAGES := qemu-system-x86
 
 VMM := $(OUT)/vmm/rkt-kvm-vmm
 MKINITRAMFS := $(OUT)/tools/rkt-kvm-mkinitramfs
@@ -21,7 +23,7 @@ KERNEL_DIR_FILE := $(OUT)/kernel-dir
 export DOTNET_CLI_TELEMETRY_OPTOUT := 1
 export DOTNET_NOLOGO := 1
 
-.PHONY: all run test deps kernel vmm tools initramfs bench clean
+.PHONY: all run test deps apt-install kernel vmm tools initramfs bench clean
 
 all: deps kernel vmm initramfs
 
@@ -30,23 +32,30 @@ run: all
 	$(VMM) --kernel "$$(cat $(KERNEL_DIR_FILE))/vmlinux" --initrd $(TEST_INITRD) --memory 128 --cpus 2 --cmdline quiet
 
 test: all
-	RKT_KVM_VMM=$(VMM) RKT_KVM_KERNEL_DIR="$$(cat $(KERNEL_DIR_FILE))" RKT_KVM_TEST_INITRD=$(TEST_INITRD) \
-	  $(DOTNET) test Rkt.Kvm.sln $(DOTNET_FLAGS) --logger "console;verbosity=normal"
+	@rm -rf $(OUT)/test-results
+	status=0; RKT_KVM_VMM=$(VMM) RKT_KVM_KERNEL_DIR="$$(cat $(KERNEL_DIR_FILE))" RKT_KVM_TEST_INITRD=$(TEST_INITRD) \
+	  $(DOTNET) test Rkt.Kvm.sln $(DOTNET_FLAGS) --logger "console;verbosity=normal" --logger trx \
+	  --results-directory $(OUT)/test-results || status=$$?; \
+	tests/summarize-trx.sh $(OUT)/test-results; exit $$status
 
 bench: all
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_APT_PACKAGES)"
 	bench/boot/run.sh
 
 # Installs only what is missing, so a prepared machine pays nothing.
 deps:
 	@command -v $(DOTNET) >/dev/null || { echo "The .NET 10 SDK (dotnet) is required: https://dot.net"; exit 1; }
-	@missing=""; for p in $(APT_PACKAGES); do \
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(APT_PACKAGES)"
+	$(DOTNET) restore Rkt.Kvm.sln $(DOTNET_FLAGS)
+	$(DOTNET) restore vmm/Rkt.Kvm.Vmm.Cli -r $(RID) $(DOTNET_FLAGS)
+
+apt-install:
+	@missing=""; for p in $(PACKAGES); do \
 	  dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "== installing:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; fi
-	$(DOTNET) restore Rkt.Kvm.sln $(DOTNET_FLAGS)
-	$(DOTNET) restore vmm/Rkt.Kvm.Vmm.Cli -r $(RID) $(DOTNET_FLAGS)
 
 kernel:
 	@mkdir -p $(OUT)
