@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # Build (or fetch from the cache) the Rkt.Kvm guest kernel.
 #
-#   KDIR=$(kernel-config/build-kernel.sh [--force])
+#   KDIR=$(kernel-config/build-kernel.sh [--force] [--variant qemu-reference])
 #
 # Prints exactly one line on stdout: the absolute cache directory holding
 # vmlinux, bzImage, config and version.  Everything else goes to stderr.
 #
+#   --force                    rebuild even on a cache hit
+#   --variant qemu-reference   benchmark-only kernel: the same config and patches plus
+#                              patches-qemu-reference/* (no int3 self-test, no fwait in
+#                              fpu__drop()), so that stock QEMU boots it on nested PVM
+#                              hosts.  Never use it as the product kernel.
+#
 # Cache: ${RKT_KVM_CACHE:-$HOME/.cache/rkt-kvm}/kernel/<key>/ where <key> is a sha256
 # over guest.config, patches/*, this script and the installed linux-source-6.1
-# package version.  Entries are built in a temporary directory and renamed into
-# place, so an interrupted build never leaves a half entry behind.
+# package version (a variant adds its name and its own patches).  Entries are built
+# in a temporary directory and renamed into place, so an interrupted build never
+# leaves a half entry behind.
 #
 # Environment:
 #   RKT_KVM_CACHE        cache root (default $HOME/.cache/rkt-kvm)
@@ -24,14 +31,28 @@ exec 3>&1 1>&2
 log() { printf 'build-kernel: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+usage() {
+    # The comment block at the top of this file, without the '#'.
+    awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+}
+
 force=0
-for arg in "$@"; do
-    case "$arg" in
+variant=""
+while (($# > 0)); do
+    case "$1" in
         --force) force=1 ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) die "unknown argument '$arg' (only --force is accepted)" ;;
+        --variant) (($# >= 2)) || die "--variant needs a name (qemu-reference)"; variant=$2; shift ;;
+        --variant=*) variant=${1#--variant=} ;;
+        -h|--help) usage; exit 0 ;;
+        *) die "unknown argument '$1' (accepted: --force, --variant qemu-reference, --help)" ;;
     esac
+    shift
 done
+case "$variant" in
+    "") ;;
+    qemu-reference) ;;
+    *) die "unknown variant '$variant' (known: qemu-reference)" ;;
+esac
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 fragment="$here/guest.config"
@@ -61,12 +82,20 @@ ensure_packages() {
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >&2
 }
 
-patch_files() {
+patches_in() {
     # Sorted, so the key and the apply order are stable.
-    if [[ -d "$here/patches" ]]; then
-        find "$here/patches" -maxdepth 1 -type f -name '*.patch' | LC_ALL=C sort
+    if [[ -d "$1" ]]; then
+        find "$1" -maxdepth 1 -type f -name '*.patch' | LC_ALL=C sort
     fi
 }
+patch_files() { patches_in "$here/patches"; }
+# Extra patches of the variant, applied after patches/*; none without --variant.
+variant_patch_files() {
+    [[ -z "$variant" ]] || patches_in "$here/patches-$variant"
+}
+if [[ -n "$variant" ]]; then
+    [[ -n "$(variant_patch_files)" ]] || die "variant '$variant' has no patches in $here/patches-$variant"
+fi
 
 compute_key() {
     local ver f
@@ -76,6 +105,13 @@ compute_key() {
         for f in "$fragment" "$here/build-kernel.sh" $(patch_files); do
             printf '%s %s\n' "$(basename "$f")" "$(sha256sum < "$f" | cut -d' ' -f1)"
         done
+        # Only variants add lines, so the default key is computed exactly as before.
+        if [[ -n "$variant" ]]; then
+            printf 'variant %s\n' "$variant"
+            for f in $(variant_patch_files); do
+                printf '%s/%s %s\n' "patches-$variant" "$(basename "$f")" "$(sha256sum < "$f" | cut -d' ' -f1)"
+            done
+        fi
     } | sha256sum | cut -d' ' -f1
 }
 
@@ -121,15 +157,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-log "key $key; building in $work"
+log "key $key${variant:+ (variant $variant)}; building in $work"
 start=$SECONDS
 tar -xf "$src_tar" -C "$work"
 tree="$work/linux-source-6.1"
 [[ -d "$tree" ]] || die "unexpected layout of $src_tar (no linux-source-6.1/)"
 cd "$tree"
 
-for p in $(patch_files); do
-    log "applying $(basename "$p")"
+for p in $(patch_files) $(variant_patch_files); do
+    log "applying ${p#"$here"/}"
     patch -p1 --forward --batch --quiet < "$p"
 done
 
@@ -171,6 +207,7 @@ cp .config "$stage/config"
     printf 'kernelrelease=%s\n' "$("${mk[@]}" -s kernelrelease)"
     printf 'linux_source_package=%s %s\n' "$src_pkg" "$(dpkg-query -W -f='${Version}' "$src_pkg")"
     printf 'key=%s\n' "$key"
+    [[ -z "$variant" ]] || printf 'variant=%s\n' "$variant"
     printf 'vmlinux_entry=%s\n' "$(readelf -h vmlinux | awk '/Entry point/ {print $4}')"
     printf 'gcc=%s\n' "$(gcc -dumpfullversion)"
     printf 'built=%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"

@@ -177,3 +177,19 @@ public sealed class KernelLoaderTests : IDisposable
         Assert.Throws<BootException>(() => new KernelCommandLine().Add("caf\u00e9").ToBytes(100));
     }
 }
+
+public class GuestCmdlineTests
+{
+    [Fact]
+    public void Pvm_options_are_added_only_on_a_pvm_host_and_user_text_comes_last()
+    {
+        string onPvm = Machine.GuestCmdline(pvmHost: true, "quiet").ToString();
+        string elsewhere = Machine.GuestCmdline(pvmHost: false, "quiet").ToString();
+        Assert.Equal($"{Machine.BaseCmdline} {HostPlatform.PvmGuestOptions} quiet", onPvm);
+        Assert.Equal($"{Machine.BaseCmdline} quiet", elsewhere);
+        Assert.Contains("noxsave", onPvm);
+        Assert.DoesNotContain("clearcpuid", elsewhere);
+        Assert.Contains("reboot=k", elsewhere);
+        Assert.Contains("panic=-1", elsewhere);
+    }
+}

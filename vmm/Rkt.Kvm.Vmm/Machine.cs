@@ -99,6 +99,14 @@ public sealed class Machine : IDisposable
         }
     }
 
+    /// <summary>Our options, then the PVM host's (only on such a host), then the user's, which may override ours.</summary>
+    public static KernelCommandLine GuestCmdline(bool pvmHost, string? extra)
+    {
+        var cmdline = new KernelCommandLine().Add(BaseCmdline);
+        if (pvmHost) cmdline.Add(HostPlatform.PvmGuestOptions);
+        return cmdline.Add(extra);
+    }
+
     private static Task RegisterMemorySlotsAsync(KvmVm vm, GuestMemory memory) => Task.Run(() =>
     {
         for (int i = 0; i < memory.Regions.Count; i++)
@@ -114,9 +122,7 @@ public sealed class Machine : IDisposable
         (ulong Address, ulong Size) initrd = config.InitrdPath is { } path ? InitrdLoader.Load(path, _kernel, _memory) : (0, 0);
 
         bool pvm = config.Pvm switch { PvmMode.On => true, PvmMode.Off => false, _ => HostPlatform.IsPvmHost() };
-        var cmdline = new KernelCommandLine().Add(BaseCmdline);
-        if (pvm) cmdline.Add(HostPlatform.PvmGuestOptions);
-        cmdline.Add(config.ExtraCmdline);
+        var cmdline = GuestCmdline(pvm, config.ExtraCmdline);
         byte[] cmdlineBytes = cmdline.ToBytes(_kernel.CmdlineMax);
         Cmdline = cmdline.ToString();
         _memory.Write(MemoryLayout.CmdlineStart, cmdlineBytes);
