@@ -20,6 +20,9 @@ internal sealed unsafe class VcpuRunner(KvmVcpu vcpu, Bus portBus, Bus mmioBus, 
     /// <summary>Called once, just before the first entry into the guest (for start-up timing).</summary>
     public Action? BeforeFirstEntry { get; init; }
 
+    /// <summary>Exits by reason, for the debug summary (indexes beyond the array count as the last slot).</summary>
+    public long[] ExitCounts { get; } = new long[32];
+
     public long Int3Emulations { get; private set; }
     public long FwaitEmulations { get; private set; }
 
@@ -47,6 +50,7 @@ internal sealed unsafe class VcpuRunner(KvmVcpu vcpu, Bus portBus, Bus mmioBus, 
     private VmExitResult? HandleExit()
     {
         KvmRun* run = vcpu.RunState;
+        ExitCounts[Math.Min((int)run->ExitReason, ExitCounts.Length - 1)]++;
         switch (run->ExitReason)
         {
             case KvmExitReason.Io:

@@ -97,6 +97,20 @@ public sealed unsafe class GuestMemory : IDisposable
         }
     }
 
+    /// <summary>
+    /// Asks for transparent huge pages over the 2 MiB-aligned part of a range the VMM is about to
+    /// fill completely (the kernel image): a handful of faults instead of one per 4 KiB page.
+    /// Best effort; guest RAM elsewhere stays on small pages so untouched memory costs nothing.
+    /// </summary>
+    public void AdviseHugePages(ulong address, ulong length)
+    {
+        const ulong HugePage = 2UL << 20;
+        ulong start = (address + HugePage - 1) & ~(HugePage - 1);
+        ulong end = (address + length) & ~(HugePage - 1);
+        if (end <= start || FindRegion(start, end - start) is not { } region) return;
+        madvise((byte*)region.HostAddress + (start - region.GuestAddress), (size_t)(end - start), Kvm.Syscall.MadvHugepage);
+    }
+
     /// <summary>Reads file bytes straight into guest RAM (pread into the mapping, no intermediate copy).</summary>
     public void ReadFromFile(SafeFileHandle file, long fileOffset, ulong address, ulong length)
     {
