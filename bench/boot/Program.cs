@@ -138,58 +138,55 @@ public static class Program
     }
 
     /// <summary>
-    /// Resident memory of the process minus exactly its guest RAM. That is what the VMM itself costs per VM.
-    /// Both VMMs map guest RAM as one anonymous mapping of exactly the RAM size, but its mapping
-    /// (VMA) is not always alone: the kernel merges it with an adjacent anonymous mapping that has the
-    /// same flags (our VMM's sits next to a malloc arena: 128 MiB + 132 KiB), and a size threshold also
-    /// catches unrelated big mappings (the .NET GC reservation, malloc arenas when RAM is small).
-    /// So the guest-RAM range is found by content (the kernel's entry code at its physical load address,
-    /// read through /proc/pid/mem), and the resident pages of the rest of its VMA (from
-    /// /proc/pid/pagemap) stay in the overhead.
+    /// Resident memory of the process minus exactly its guest RAM: what the VMM itself costs per VM.
+    /// Guest RAM is not always one mapping (VMA): the kernel merges it with adjacent anonymous
+    /// mappings of the same flags (a malloc arena) and splits it where the VMM advised huge pages
+    /// for the kernel image. So its base is found by content: the resident page that holds the
+    /// kernel's entry code is guest-physical <c>probe.GuestAddress</c>. Then the resident pages of
+    /// exactly [base, base + RAM) are counted from /proc/pid/pagemap.
     /// </summary>
     private static long OverheadRssKiB(int pid, long guestBytes, KernelProbe probe)
     {
         var vmas = Vma.ReadSmaps(pid);
         long total = vmas.Sum(v => v.RssKiB);
         using var mem = File.OpenHandle($"/proc/{pid}/mem");
-        var found = new List<(Vma Vma, ulong Base)>();
-        foreach (var v in vmas.Where(v => v.IsPrivateAnonymousRw && v.End - v.Start >= (ulong)guestBytes))
+        ulong pageSize = (ulong)Environment.SystemPageSize;
+        var bases = new HashSet<ulong>();
+        // Guest RAM pieces are at most the RAM size (plus a merged neighbour); skip huge reservations like the GC's.
+        foreach (var v in vmas.Where(v => v.IsPrivateAnonymousRw && v.RssKiB > 0 && v.End - v.Start <= (ulong)guestBytes + (64UL << 20)))
         {
-            foreach (ulong candidate in new[] { v.Start, v.End - (ulong)guestBytes }.Distinct())
+            foreach (ulong page in ResidentPages(pid, v.Start, v.End))
             {
-                if (probe.Matches(mem, candidate)) found.Add((v, candidate));
+                if (page >= probe.GuestAddress && probe.Matches(mem, page - probe.GuestAddress)) bases.Add(page - probe.GuestAddress);
             }
         }
-        if (found.Count != 1)
-            throw new InvalidOperationException($"Found {found.Count} guest-RAM mappings of {guestBytes >> 20} MiB with the kernel at 0x{probe.GuestAddress:X} in process {pid}, expected 1.");
-        var (vma, start) = found[0];
-        ulong end = start + (ulong)guestBytes;
-        long neighbours = ResidentKiB(pid, vma.Start, start) + ResidentKiB(pid, end, vma.End);
-        long guestKiB = vma.RssKiB - neighbours;
+        if (bases.Count != 1)
+            throw new InvalidOperationException($"Found {bases.Count} guest-RAM candidates of {guestBytes >> 20} MiB with the kernel at 0x{probe.GuestAddress:X} in process {pid}, expected 1.");
+        ulong start = bases.Single();
+        long guestKiB = ResidentPages(pid, start, start + (ulong)guestBytes).Count() * (long)pageSize / 1024;
         return total - guestKiB;
     }
 
-    /// <summary>Resident memory of [start, end) from /proc/pid/pagemap (bit 63: page present).</summary>
-    private static long ResidentKiB(int pid, ulong start, ulong end)
+    /// <summary>Addresses of the resident pages in [start, end), from /proc/pid/pagemap (bit 63: page present).</summary>
+    private static List<ulong> ResidentPages(int pid, ulong start, ulong end)
     {
-        if (end <= start) return 0;
-        int pageSize = Environment.SystemPageSize;
-        ulong pages = (end - start) / (ulong)pageSize;
-        var entries = new byte[checked((int)pages * 8)];
+        var present = new List<ulong>();
+        if (end <= start) return present;
+        ulong pageSize = (ulong)Environment.SystemPageSize;
+        var entries = new byte[checked((int)((end - start) / pageSize * 8))];
         using var pagemap = File.OpenHandle($"/proc/{pid}/pagemap");
         int read = 0;
         while (read < entries.Length)
         {
-            int n = RandomAccess.Read(pagemap, entries.AsSpan(read), (long)(start / (ulong)pageSize * 8) + read);
+            int n = RandomAccess.Read(pagemap, entries.AsSpan(read), (long)(start / pageSize * 8) + read);
             if (n == 0) break;
             read += n;
         }
-        long present = 0;
         for (int i = 0; i + 8 <= read; i += 8)
         {
-            if ((BitConverter.ToUInt64(entries, i) & (1UL << 63)) != 0) present++;
+            if ((BitConverter.ToUInt64(entries, i) & (1UL << 63)) != 0) present.Add(start + (ulong)(i / 8) * pageSize);
         }
-        return present * pageSize / 1024;
+        return present;
     }
 
     /// <summary>One mapping from /proc/pid/smaps.</summary>
