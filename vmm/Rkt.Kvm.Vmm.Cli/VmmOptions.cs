@@ -19,7 +19,6 @@ public sealed record VmmOptions
           --console-log PATH   also write the guest console to PATH
           --pvm auto|on|off    PVM host guest options (default auto: detect kvm_pvm)
           --kvm-device PATH    KVM device (default /dev/kvm)
-          --hugepages          back guest RAM with transparent huge pages
           --debug              verbose VMM logging
           --quiet              only warnings and errors from the VMM
           --help               this text
@@ -38,7 +37,7 @@ public sealed record VmmOptions
         string? kernel = null, initrd = null, cmdline = null, consoleLog = null, kvmDevice = null;
         ulong memory = MachineConfig.DefaultMemoryMiB;
         int cpus = 1;
-        bool toStdout = true, debug = false, quiet = false, help = false, hugePages = false;
+        bool toStdout = true, debug = false, quiet = false, help = false;
         var pvm = PvmMode.Auto;
         for (int i = 0; i < args.Count; i++)
         {
@@ -83,7 +82,6 @@ public sealed record VmmOptions
                     };
                     break;
                 case "--kvm-device": kvmDevice = Value(); break;
-                case "--hugepages": hugePages = true; break;
                 case "--debug": debug = true; break;
                 case "--quiet": quiet = true; break;
                 case "--help" or "-h": help = true; break;
@@ -100,7 +98,6 @@ public sealed record VmmOptions
             MemoryMiB = memory,
             Cpus = cpus,
             Pvm = pvm,
-            HugePages = hugePages,
             KvmDevicePath = kvmDevice ?? Kvm.KvmSystem.DefaultDevicePath,
         };
         machine.Validate();

@@ -70,7 +70,7 @@ public sealed class Machine : IDisposable
             vm.SetTssAddress(MemoryLayout.KvmTssAddress);
             vm.CreateIrqchip();
             vm.CreatePit();
-            memory = GuestMemory.Allocate(MemoryLayout.RamRanges(config.MemoryMiB << 20), config.HugePages);
+            memory = GuestMemory.Allocate(MemoryLayout.RamRanges(config.MemoryMiB << 20));
             // Registering RAM with KVM takes milliseconds on this host; do it while the kernel is read in.
             var slots = RegisterMemorySlotsAsync(vm, memory);
             machine = new Machine(kvm, vm, memory, log, sinceStart ?? Stopwatch.StartNew());

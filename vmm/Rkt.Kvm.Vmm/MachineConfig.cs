@@ -21,8 +21,6 @@ public sealed record MachineConfig
     public ulong MemoryMiB { get; init; } = DefaultMemoryMiB;
     public int Cpus { get; init; } = 1;
     public PvmMode Pvm { get; init; } = PvmMode.Auto;
-    /// <summary>Back guest RAM with transparent huge pages where the host allows it.</summary>
-    public bool HugePages { get; init; }
     public string KvmDevicePath { get; init; } = Kvm.KvmSystem.DefaultDevicePath;
 
     /// <summary>Checks what can be checked without touching the host; throws <see cref="ArgumentException"/> with a one-line reason.</summary>

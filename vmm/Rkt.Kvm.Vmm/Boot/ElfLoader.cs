@@ -82,7 +82,6 @@ public static class ElfLoader
             throw new BootException($"Kernel {path} has its entry point 0x{entry:X} outside its loaded segments.");
         foreach (var s in segments)
         {
-            memory.AdviseHugePages(s.PhysicalAddress, s.MemorySize);
             memory.ReadFromFile(file, (long)s.FileOffset, s.PhysicalAddress, s.FileSize);
             memory.Clear(s.PhysicalAddress + s.FileSize, s.MemorySize - s.FileSize);
         }

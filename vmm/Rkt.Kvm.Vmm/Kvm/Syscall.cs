@@ -60,7 +60,4 @@ internal static unsafe class Syscall
         }
         return bytes;
     }
-
-    /// <summary>madvise(2) advice values Tmds.LibC does not export.</summary>
-    public const int MadvHugepage = 14;
 }

@@ -37,11 +37,7 @@ public sealed unsafe class GuestMemory : IDisposable
     }
 
     /// <summary>Maps anonymous host memory for each (guest address, size) range.</summary>
-    /// <param name="hugePages">
-    /// Ask for transparent huge pages (madvise): a 2 MiB host page costs one fault where 4 KiB
-    /// pages cost 512, and each fault of a guest page is an exit here.
-    /// </param>
-    public static GuestMemory Allocate(IEnumerable<(ulong GuestAddress, ulong Size)> ranges, bool hugePages = false)
+    public static GuestMemory Allocate(IEnumerable<(ulong GuestAddress, ulong Size)> ranges)
     {
         var regions = new List<GuestRegion>();
         try
@@ -52,8 +48,6 @@ public sealed unsafe class GuestMemory : IDisposable
                 if (p == MAP_FAILED)
                     throw new GuestMemoryException($"Cannot map {size >> 20} MiB of guest memory: {System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(errno)}.");
                 regions.Add(new GuestRegion(gpa, size, (IntPtr)p));
-                // Best effort: without THP support the mapping simply stays on 4 KiB pages.
-                if (hugePages) madvise(p, (size_t)size, Kvm.Syscall.MadvHugepage);
             }
             return new GuestMemory(regions.ToArray());
         }
@@ -95,20 +89,6 @@ public sealed unsafe class GuestMemory : IDisposable
             address += (ulong)chunk;
             length -= (ulong)chunk;
         }
-    }
-
-    /// <summary>
-    /// Asks for transparent huge pages over the 2 MiB-aligned part of a range the VMM is about to
-    /// fill completely (the kernel image): a handful of faults instead of one per 4 KiB page.
-    /// Best effort; guest RAM elsewhere stays on small pages so untouched memory costs nothing.
-    /// </summary>
-    public void AdviseHugePages(ulong address, ulong length)
-    {
-        const ulong HugePage = 2UL << 20;
-        ulong start = (address + HugePage - 1) & ~(HugePage - 1);
-        ulong end = (address + length) & ~(HugePage - 1);
-        if (end <= start || FindRegion(start, end - start) is not { } region) return;
-        madvise((byte*)region.HostAddress + (start - region.GuestAddress), (size_t)(end - start), Kvm.Syscall.MadvHugepage);
     }
 
     /// <summary>Reads file bytes straight into guest RAM (pread into the mapping, no intermediate copy).</summary>
