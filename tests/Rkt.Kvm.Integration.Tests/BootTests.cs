@@ -56,6 +56,15 @@ public sealed class OneCpuBootTests(OneCpuBootFixture boot) : IClassFixture<OneC
     }
 
     [SkippableFact]
+    public void Guest_reads_entropy_from_the_virtio_rng_device()
+    {
+        var run = Booted();
+        var m = Regex.Match(run.Stdout, @"rkt-kvm-guest: hwrng virtio_rng\.0 ([0-9a-f]{32})");
+        Assert.True(m.Success, run.ToString());
+        Assert.NotEqual(new string('0', 32), m.Groups[1].Value);
+    }
+
+    [SkippableFact]
     public void Console_output_is_complete_and_in_order()
     {
         var run = Booted();

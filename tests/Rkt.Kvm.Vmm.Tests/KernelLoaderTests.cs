@@ -185,8 +185,8 @@ public class GuestCmdlineTests
     {
         string onPvm = Machine.GuestCmdline(pvmHost: true, "quiet").ToString();
         string elsewhere = Machine.GuestCmdline(pvmHost: false, "quiet").ToString();
-        Assert.Equal($"{Machine.BaseCmdline} {HostPlatform.PvmGuestOptions} quiet", onPvm);
-        Assert.Equal($"{Machine.BaseCmdline} quiet", elsewhere);
+        Assert.Equal($"{Machine.BaseCmdline} virtio_mmio.device=4K@0xc0001000:5 {HostPlatform.PvmGuestOptions} quiet", onPvm);
+        Assert.Equal($"{Machine.BaseCmdline} virtio_mmio.device=4K@0xc0001000:5 quiet", elsewhere);
         Assert.Contains("noxsave", onPvm);
         Assert.DoesNotContain("clearcpuid", elsewhere);
         Assert.Contains("reboot=k", elsewhere);

@@ -16,6 +16,8 @@ echo "rkt-kvm-guest: cpus online $(grep -c ^processor /proc/cpuinfo)"
 echo "rkt-kvm-guest: $(grep MemTotal /proc/meminfo)"
 # The UART is interrupt driven: its line in /proc/interrupts counts the interrupts taken so far.
 echo "rkt-kvm-guest: serial irq $(grep ttyS0 /proc/interrupts)"
+# Entropy from the VMM's virtio-rng device.
+echo "rkt-kvm-guest: hwrng $(cat /sys/class/misc/hw_random/rng_current) $(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \n')"
 mode=""
 for arg in $(cat /proc/cmdline); do
     case "$arg" in rkt.init=*) mode="${arg#rkt.init=}" ;; esac

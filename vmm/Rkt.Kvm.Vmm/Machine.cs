@@ -5,6 +5,8 @@ using Rkt.Kvm.Vmm.Devices.BootTimer;
 using Rkt.Kvm.Vmm.Devices.CmosRtc;
 using Rkt.Kvm.Vmm.Devices.I8042;
 using Rkt.Kvm.Vmm.Devices.Serial8250;
+using Rkt.Kvm.Vmm.Devices.Virtio;
+using Rkt.Kvm.Vmm.Devices.VirtioRng;
 using Rkt.Kvm.Vmm.GuestConsole;
 using Rkt.Kvm.Vmm.Kvm;
 using Rkt.Kvm.Vmm.Memory;
@@ -21,6 +23,19 @@ public sealed class Machine : IDisposable
 {
     /// <summary>Options every guest gets: console on the UART, reset through the i8042, a panic ends the VM at once.</summary>
     public const string BaseCmdline = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 io_delay=none";
+
+    /// <summary>virtio-mmio device slots: one 4 KiB window each from 0xc0001000, IRQs from 5 (free ISA lines).</summary>
+    public const int FirstVirtioIrq = 5;
+    public const int RngSlot = 0;
+
+    public static (ulong Address, int Irq) VirtioSlot(int slot) => (MemoryLayout.VirtioMmioStart + (ulong)slot * MmioTransport.WindowSize, FirstVirtioIrq + slot);
+
+    /// <summary>How the guest learns about a virtio-mmio device without ACPI or device tree.</summary>
+    public static string VirtioCmdline(int slot)
+    {
+        var (address, irq) = VirtioSlot(slot);
+        return $"virtio_mmio.device=4K@0x{address:x}:{irq}";
+    }
 
     private readonly KvmSystem _kvm;
     private readonly KvmVm _vm;
@@ -102,7 +117,7 @@ public sealed class Machine : IDisposable
     /// <summary>Our options, then the PVM host's (only on such a host), then the user's, which may override ours.</summary>
     public static KernelCommandLine GuestCmdline(bool pvmHost, string? extra)
     {
-        var cmdline = new KernelCommandLine().Add(BaseCmdline);
+        var cmdline = new KernelCommandLine().Add(BaseCmdline).Add(VirtioCmdline(RngSlot));
         if (pvmHost) cmdline.Add(HostPlatform.PvmGuestOptions);
         return cmdline.Add(extra);
     }
@@ -182,6 +197,9 @@ public sealed class Machine : IDisposable
         _portBus.Register(I8042.CommandPort, 1, new OffsetDevice(i8042, I8042.CommandPort - I8042.DataPort));
         _portBus.Register(CmosRtc.IndexPort, CmosRtc.PortSpan, new CmosRtc());
         _mmioBus.Register(MemoryLayout.BootTimerAddress, BootTimer.Size, new BootTimer(OnBootMarker));
+        var (rngAddress, rngIrq) = VirtioSlot(RngSlot);
+        _mmioBus.Register(rngAddress, MmioTransport.WindowSize,
+            new MmioTransport(new VirtioRng(_memory, _log), _memory, new KvmInterruptLine(_vm, rngIrq), _log));
     }
 
     /// <summary>Boots the VM and blocks until it ends. Runs once.</summary>

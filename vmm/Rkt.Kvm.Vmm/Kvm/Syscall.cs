@@ -47,17 +47,22 @@ internal static unsafe class Syscall
     public static byte[] GetRandom(int count)
     {
         var bytes = new byte[count];
-        fixed (byte* p = bytes)
+        FillRandom(bytes);
+        return bytes;
+    }
+
+    public static void FillRandom(Span<byte> destination)
+    {
+        fixed (byte* p = destination)
         {
             int done = 0;
-            while (done < count)
+            while (done < destination.Length)
             {
-                long n = (ssize_t)syscall((int)SysGetrandom, (void*)(p + done), count - done, 0);
+                long n = (ssize_t)syscall((int)SysGetrandom, (void*)(p + done), destination.Length - done, 0);
                 if (n < 0 && errno == EINTR) continue;
                 if (n <= 0) throw new KvmException("getrandom", errno);
                 done += (int)n;
             }
         }
-        return bytes;
     }
 }

@@ -15,8 +15,16 @@ public sealed record DescriptorChain(ushort Head, IReadOnlyList<DescriptorBuffer
     public long WritableLength => Writable.Sum(b => (long)b.Length);
 }
 
-/// <summary>Why a chain was refused; the device drops it (completing it with length 0) or needs a reset.</summary>
-public sealed class VirtqueueException(string message) : Exception(message);
+/// <summary>
+/// Why the driver's data was refused. <see cref="Head"/> is set when a malformed chain was taken
+/// off the ring: the device completes it with length 0 so the driver gets its descriptors back.
+/// <see cref="QueueBroken"/> means the rings themselves are inconsistent: the device needs a reset.
+/// </summary>
+public sealed class VirtqueueException(string message, ushort? head = null, bool queueBroken = false) : Exception(message)
+{
+    public ushort? Head { get; } = head;
+    public bool QueueBroken { get; } = queueBroken;
+}
 
 /// <summary>
 /// A virtio 1.x split virtqueue (descriptor table, available ring, used ring) read from guest
@@ -72,7 +80,7 @@ public sealed class SplitQueue
             ushort availIdx = BinaryPrimitives.ReadUInt16LittleEndian(_memory.GetSpan(AvailableRing + 2, 2));
             int pending = (ushort)(availIdx - _nextAvail);
             // A driver can never have more than Size chains outstanding; more means a corrupt index.
-            if (pending > Size) throw new VirtqueueException($"The available index moved {pending} entries ahead of a {Size}-entry queue.");
+            if (pending > Size) throw new VirtqueueException($"The available index moved {pending} entries ahead of a {Size}-entry queue.", queueBroken: true);
             return pending;
         }
     }
@@ -84,8 +92,19 @@ public sealed class SplitQueue
         ushort slot = (ushort)(_nextAvail % Size);
         ushort head = BinaryPrimitives.ReadUInt16LittleEndian(_memory.GetSpan(AvailableRing + 4 + 2UL * slot, 2));
         _nextAvail++;
-        if (head >= Size) throw new VirtqueueException($"The available ring names descriptor {head} of a {Size}-entry table.");
-        return new DescriptorChain(head, Walk(head));
+        if (head >= Size) throw new VirtqueueException($"The available ring names descriptor {head} of a {Size}-entry table.", queueBroken: true);
+        try
+        {
+            return new DescriptorChain(head, Walk(head));
+        }
+        catch (VirtqueueException e)
+        {
+            throw new VirtqueueException(e.Message, head);
+        }
+        catch (GuestMemoryException e)
+        {
+            throw new VirtqueueException(e.Message, head);
+        }
     }
 
     private List<DescriptorBuffer> Walk(ushort head)

@@ -1,0 +1,225 @@
+using System.Buffers.Binary;
+using Rkt.Kvm.Vmm.Memory;
+using Serilog;
+
+namespace Rkt.Kvm.Vmm.Devices.Virtio;
+
+/// <summary>
+/// The virtio-mmio transport, version 2 (virtio 1.x, "modern" only), one 4 KiB window per
+/// device. Register values come from the guest and are validated: a queue is only made ready
+/// when its size and ring addresses are sane; a driver that breaks the protocol gets the device
+/// marked DEVICE_NEEDS_RESET instead of an exception on the vCPU thread.
+/// </summary>
+public sealed class MmioTransport : IBusDevice
+{
+    public const ulong WindowSize = 0x1000;
+    public const uint MagicValue = 0x74726976; // "virt"
+    public const uint Version = 2;
+    public const uint VendorId = 0x4B54_5252; // "RRTK"
+    public const ulong FeatureVersion1 = 1UL << 32;
+    public const uint InterruptUsedBuffer = 1, InterruptConfigChange = 2;
+
+    // Device status bits.
+    public const uint StatusAcknowledge = 1, StatusDriver = 2, StatusDriverOk = 4, StatusFeaturesOk = 8, StatusNeedsReset = 64, StatusFailed = 128;
+
+    // Register offsets.
+    private const int RegMagic = 0x000, RegVersion = 0x004, RegDeviceId = 0x008, RegVendorId = 0x00C,
+        RegDeviceFeatures = 0x010, RegDeviceFeaturesSel = 0x014, RegDriverFeatures = 0x020, RegDriverFeaturesSel = 0x024,
+        RegQueueSel = 0x030, RegQueueNumMax = 0x034, RegQueueNum = 0x038, RegQueueReady = 0x044, RegQueueNotify = 0x050,
+        RegInterruptStatus = 0x060, RegInterruptAck = 0x064, RegStatus = 0x070,
+        RegQueueDescLow = 0x080, RegQueueDescHigh = 0x084, RegQueueDriverLow = 0x090, RegQueueDriverHigh = 0x094,
+        RegQueueDeviceLow = 0x0A0, RegQueueDeviceHigh = 0x0A4, RegConfigGeneration = 0x0FC, RegConfig = 0x100;
+
+    private sealed class QueueSetup
+    {
+        public ushort Size;
+        public ulong Desc, Driver, Device;
+        public SplitQueue? Ready;
+    }
+
+    private readonly object _lock = new();
+    private readonly IVirtioDevice _device;
+    private readonly GuestMemory _memory;
+    private readonly IInterruptLine _interrupt;
+    private readonly ILogger _log;
+    private readonly QueueSetup[] _queues;
+    private uint _deviceFeaturesSel, _driverFeaturesSel, _queueSel, _status, _interruptStatus;
+    private ulong _driverFeatures;
+    private bool _lineAsserted;
+
+    public MmioTransport(IVirtioDevice device, GuestMemory memory, IInterruptLine interrupt, ILogger log)
+    {
+        _device = device;
+        _memory = memory;
+        _interrupt = interrupt;
+        _log = log;
+        _queues = device.QueueMaxSizes.Select(_ => new QueueSetup()).ToArray();
+    }
+
+    public uint Status { get { lock (_lock) return _status; } }
+
+    private ulong OfferedFeatures => _device.Features | FeatureVersion1;
+
+    public void Read(ulong offset, Span<byte> data)
+    {
+        lock (_lock)
+        {
+            if (offset >= RegConfig)
+            {
+                var config = _device.Config;
+                for (int i = 0; i < data.Length; i++)
+                {
+                    ulong at = offset - RegConfig + (ulong)i;
+                    data[i] = at < (ulong)config.Length ? config[(int)at] : (byte)0;
+                }
+                return;
+            }
+            if (data.Length != 4 || offset % 4 != 0) { data.Clear(); return; }
+            BinaryPrimitives.WriteUInt32LittleEndian(data, ReadRegister((int)offset));
+        }
+    }
+
+    public void Write(ulong offset, ReadOnlySpan<byte> data)
+    {
+        bool notify = false;
+        int notifyQueue = 0;
+        lock (_lock)
+        {
+            if (offset >= RegConfig || data.Length != 4 || offset % 4 != 0) return; // config is read-only; odd widths ignored
+            uint value = BinaryPrimitives.ReadUInt32LittleEndian(data);
+            if (offset == RegQueueNotify)
+            {
+                notify = (_status & StatusDriverOk) != 0 && value < _queues.Length && _queues[value].Ready is not null;
+                notifyQueue = (int)value;
+            }
+            else WriteRegister((int)offset, value);
+        }
+        // The device works outside our lock: it calls back into SignalUsed, which takes it.
+        if (notify && _device.OnNotify(notifyQueue)) SignalUsed(notifyQueue);
+    }
+
+    private uint ReadRegister(int register) => register switch
+    {
+        RegMagic => MagicValue,
+        RegVersion => Version,
+        RegDeviceId => _device.DeviceId,
+        RegVendorId => VendorId,
+        RegDeviceFeatures => _deviceFeaturesSel switch
+        {
+            0 => (uint)OfferedFeatures,
+            1 => (uint)(OfferedFeatures >> 32),
+            _ => 0,
+        },
+        RegQueueNumMax => SelectedQueue is null ? 0u : _device.QueueMaxSizes[(int)_queueSel],
+        RegQueueReady => SelectedQueue?.Ready is null ? 0u : 1u,
+        RegInterruptStatus => _interruptStatus,
+        RegStatus => _status,
+        RegConfigGeneration => 0,
+        _ => 0,
+    };
+
+    private QueueSetup? SelectedQueue => _queueSel < _queues.Length ? _queues[_queueSel] : null;
+
+    private void WriteRegister(int register, uint value)
+    {
+        switch (register)
+        {
+            case RegDeviceFeaturesSel: _deviceFeaturesSel = value; break;
+            case RegDriverFeaturesSel: _driverFeaturesSel = value; break;
+            case RegDriverFeatures when (_status & StatusFeaturesOk) == 0:
+                if (_driverFeaturesSel == 0) _driverFeatures = (_driverFeatures & ~0xFFFF_FFFFUL) | value;
+                else if (_driverFeaturesSel == 1) _driverFeatures = (_driverFeatures & 0xFFFF_FFFFUL) | ((ulong)value << 32);
+                break;
+            case RegQueueSel: _queueSel = value; break;
+            case RegQueueNum when SelectedQueue is { Ready: null } q: q.Size = (ushort)Math.Min(value, ushort.MaxValue); break;
+            case RegQueueDescLow when SelectedQueue is { Ready: null } q: q.Desc = (q.Desc & ~0xFFFF_FFFFUL) | value; break;
+            case RegQueueDescHigh when SelectedQueue is { Ready: null } q: q.Desc = (q.Desc & 0xFFFF_FFFFUL) | ((ulong)value << 32); break;
+            case RegQueueDriverLow when SelectedQueue is { Ready: null } q: q.Driver = (q.Driver & ~0xFFFF_FFFFUL) | value; break;
+            case RegQueueDriverHigh when SelectedQueue is { Ready: null } q: q.Driver = (q.Driver & 0xFFFF_FFFFUL) | ((ulong)value << 32); break;
+            case RegQueueDeviceLow when SelectedQueue is { Ready: null } q: q.Device = (q.Device & ~0xFFFF_FFFFUL) | value; break;
+            case RegQueueDeviceHigh when SelectedQueue is { Ready: null } q: q.Device = (q.Device & 0xFFFF_FFFFUL) | ((ulong)value << 32); break;
+            case RegQueueReady: SetQueueReady(value == 1); break;
+            case RegInterruptAck:
+                _interruptStatus &= ~value;
+                UpdateLine();
+                break;
+            case RegStatus: SetStatus(value); break;
+        }
+    }
+
+    private void SetQueueReady(bool ready)
+    {
+        if (SelectedQueue is not { } q) return;
+        if (!ready) { q.Ready = null; return; }
+        if (q.Size == 0 || q.Size > _device.QueueMaxSizes[(int)_queueSel])
+        {
+            NeedsReset($"queue {_queueSel} size {q.Size} exceeds its maximum {_device.QueueMaxSizes[(int)_queueSel]}");
+            return;
+        }
+        try
+        {
+            q.Ready = new SplitQueue(_memory, q.Size, q.Desc, q.Driver, q.Device, indirectAllowed: false);
+        }
+        catch (VirtqueueException e)
+        {
+            NeedsReset($"queue {_queueSel}: {e.Message}");
+        }
+    }
+
+    private void SetStatus(uint value)
+    {
+        if (value == 0)
+        {
+            _status = 0;
+            _interruptStatus = 0;
+            _driverFeatures = 0;
+            foreach (var q in _queues) { q.Ready = null; q.Size = 0; q.Desc = q.Driver = q.Device = 0; }
+            UpdateLine();
+            _device.Reset();
+            return;
+        }
+        if ((value & StatusFeaturesOk) != 0 && (_status & StatusFeaturesOk) == 0)
+        {
+            // Accept only features we offered, and insist on the modern interface.
+            if ((_driverFeatures & ~OfferedFeatures) != 0 || (_driverFeatures & FeatureVersion1) == 0)
+                value &= ~StatusFeaturesOk;
+        }
+        bool activating = (value & StatusDriverOk) != 0 && (_status & StatusDriverOk) == 0;
+        _status = value | (_status & StatusNeedsReset);
+        if (activating)
+        {
+            if (_queues.Any(q => q.Ready is null))
+            {
+                NeedsReset("DRIVER_OK with a queue that is not ready");
+                return;
+            }
+            _device.Activate(_driverFeatures, _queues.Select(q => q.Ready!).ToArray(), SignalUsed);
+        }
+    }
+
+    private void NeedsReset(string why)
+    {
+        _log.Warning("virtio device {DeviceId}: {Why}; marking it DEVICE_NEEDS_RESET", _device.DeviceId, why);
+        _status |= StatusNeedsReset;
+        _interruptStatus |= InterruptConfigChange;
+        UpdateLine();
+    }
+
+    /// <summary>The device put buffers in a used ring: raise the used-buffer interrupt.</summary>
+    public void SignalUsed(int queue)
+    {
+        lock (_lock)
+        {
+            _interruptStatus |= InterruptUsedBuffer;
+            UpdateLine();
+        }
+    }
+
+    private void UpdateLine()
+    {
+        bool asserted = _interruptStatus != 0;
+        if (asserted == _lineAsserted) return;
+        _lineAsserted = asserted;
+        _interrupt.SetLevel(asserted);
+    }
+}
