@@ -218,7 +218,7 @@ public sealed class Machine : IDisposable
         // Wake up periodically to push out console text that has no newline yet (prompts).
         while (!_exited.Wait(100)) _console!.Flush();
         _console!.Flush();
-        var exits = Enumerable.Range(0, 32).Select(i => (Reason: (KvmExitReason)i, Count: runners.Sum(r => r.ExitCounts[i]))).Where(e => e.Count > 0);
+        var exits = Enumerable.Range(0, runners[0].ExitCounts.Length).Select(i => (Reason: (KvmExitReason)i, Count: runners.Sum(r => r.ExitCounts[i]))).Where(e => e.Count > 0);
         _log.Debug("VM ended after {Ms:F0} ms; exits to the VMM: {Exits}; emulated int3 {Int3} and fwait {Fwait} times; {Unclaimed} unclaimed port accesses",
             _sinceStart.Elapsed.TotalMilliseconds, string.Join(", ", exits.Select(e => $"{e.Reason} {e.Count}")),
             runners.Sum(r => r.Int3Emulations), runners.Sum(r => r.FwaitEmulations), _portBus.UnclaimedAccesses);

@@ -24,16 +24,7 @@ public static class InitrdLoader
 
     public static (ulong Address, ulong Size) Load(string path, LoadedKernel kernel, GuestMemory memory)
     {
-        Microsoft.Win32.SafeHandles.SafeFileHandle file;
-        try
-        {
-            file = File.OpenHandle(path, FileMode.Open, FileAccess.Read);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new BootException($"Cannot open initrd {path}: {e.Message}");
-        }
-        using (file)
+        using (var file = BootFile.Open(path, "initrd"))
         {
             ulong size = (ulong)RandomAccess.GetLength(file);
             if (size == 0) throw new BootException($"Initrd {path} is empty.");

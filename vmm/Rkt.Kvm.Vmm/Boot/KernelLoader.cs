@@ -1,4 +1,3 @@
-using Microsoft.Win32.SafeHandles;
 using Rkt.Kvm.Vmm.Memory;
 
 namespace Rkt.Kvm.Vmm.Boot;
@@ -43,16 +42,7 @@ public static class KernelLoader
 
     public static LoadedKernel Load(string path, GuestMemory memory)
     {
-        SafeFileHandle file;
-        try
-        {
-            file = File.OpenHandle(path, FileMode.Open, FileAccess.Read);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new BootException($"Cannot open kernel {path}: {e.Message}");
-        }
-        using (file)
+        using (var file = BootFile.Open(path, "kernel"))
         {
             long length = RandomAccess.GetLength(file);
             var head = new byte[(int)Math.Min(length, 0x4000)];

@@ -56,8 +56,6 @@ public sealed class MmioTransport : IBusDevice
         _queues = device.QueueMaxSizes.Select(_ => new QueueSetup()).ToArray();
     }
 
-    public uint Status { get { lock (_lock) return _status; } }
-
     private ulong OfferedFeatures => _device.Features | FeatureVersion1;
 
     public void Read(ulong offset, Span<byte> data)
@@ -126,18 +124,15 @@ public sealed class MmioTransport : IBusDevice
         {
             case RegDeviceFeaturesSel: _deviceFeaturesSel = value; break;
             case RegDriverFeaturesSel: _driverFeaturesSel = value; break;
-            case RegDriverFeatures when (_status & StatusFeaturesOk) == 0:
-                if (_driverFeaturesSel == 0) _driverFeatures = (_driverFeatures & ~0xFFFF_FFFFUL) | value;
-                else if (_driverFeaturesSel == 1) _driverFeatures = (_driverFeatures & 0xFFFF_FFFFUL) | ((ulong)value << 32);
+            case RegDriverFeatures when (_status & StatusFeaturesOk) == 0 && _driverFeaturesSel <= 1:
+                SetHalf(ref _driverFeatures, high: _driverFeaturesSel == 1, value);
                 break;
             case RegQueueSel: _queueSel = value; break;
             case RegQueueNum when SelectedQueue is { Ready: null } q: q.Size = (ushort)Math.Min(value, ushort.MaxValue); break;
-            case RegQueueDescLow when SelectedQueue is { Ready: null } q: q.Desc = (q.Desc & ~0xFFFF_FFFFUL) | value; break;
-            case RegQueueDescHigh when SelectedQueue is { Ready: null } q: q.Desc = (q.Desc & 0xFFFF_FFFFUL) | ((ulong)value << 32); break;
-            case RegQueueDriverLow when SelectedQueue is { Ready: null } q: q.Driver = (q.Driver & ~0xFFFF_FFFFUL) | value; break;
-            case RegQueueDriverHigh when SelectedQueue is { Ready: null } q: q.Driver = (q.Driver & 0xFFFF_FFFFUL) | ((ulong)value << 32); break;
-            case RegQueueDeviceLow when SelectedQueue is { Ready: null } q: q.Device = (q.Device & ~0xFFFF_FFFFUL) | value; break;
-            case RegQueueDeviceHigh when SelectedQueue is { Ready: null } q: q.Device = (q.Device & 0xFFFF_FFFFUL) | ((ulong)value << 32); break;
+            // Ring addresses may only change while the queue is not ready.
+            case RegQueueDescLow or RegQueueDescHigh when SelectedQueue is { Ready: null } q: SetHalf(ref q.Desc, register == RegQueueDescHigh, value); break;
+            case RegQueueDriverLow or RegQueueDriverHigh when SelectedQueue is { Ready: null } q: SetHalf(ref q.Driver, register == RegQueueDriverHigh, value); break;
+            case RegQueueDeviceLow or RegQueueDeviceHigh when SelectedQueue is { Ready: null } q: SetHalf(ref q.Device, register == RegQueueDeviceHigh, value); break;
             case RegQueueReady: SetQueueReady(value == 1); break;
             case RegInterruptAck:
                 _interruptStatus &= ~value;
@@ -146,6 +141,10 @@ public sealed class MmioTransport : IBusDevice
             case RegStatus: SetStatus(value); break;
         }
     }
+
+    /// <summary>64-bit values are written as two 32-bit registers.</summary>
+    private static void SetHalf(ref ulong field, bool high, uint value) =>
+        field = high ? (field & 0xFFFF_FFFFUL) | ((ulong)value << 32) : (field & ~0xFFFF_FFFFUL) | value;
 
     private void SetQueueReady(bool ready)
     {

@@ -93,22 +93,15 @@ public sealed class SplitQueue
         ushort head = BinaryPrimitives.ReadUInt16LittleEndian(_memory.GetSpan(AvailableRing + 4 + 2UL * slot, 2));
         _nextAvail++;
         if (head >= Size) throw new VirtqueueException($"The available ring names descriptor {head} of a {Size}-entry table.", queueBroken: true);
-        try
-        {
-            return new DescriptorChain(head, Walk(head));
-        }
-        catch (VirtqueueException e)
-        {
-            throw new VirtqueueException(e.Message, head);
-        }
-        catch (GuestMemoryException e)
-        {
-            throw new VirtqueueException(e.Message, head);
-        }
+        return new DescriptorChain(head, Walk(head));
     }
 
+    /// <summary>Follows a chain; every table read is inside a table validated to lie in RAM, every buffer is checked.</summary>
     private List<DescriptorBuffer> Walk(ushort head)
     {
+        // The chain is already off the ring: name its head so the device can hand it back empty.
+        VirtqueueException Malformed(string why) => new(why, head);
+
         var buffers = new List<DescriptorBuffer>();
         ulong table = DescriptorTable;
         uint tableSize = Size;
@@ -117,7 +110,7 @@ public sealed class SplitQueue
         int budget = Size; // every descriptor visited at most once: longer means a loop
         while (true)
         {
-            if (--budget < 0) throw new VirtqueueException($"The chain starting at descriptor {head} is longer than the queue (a loop?).");
+            if (--budget < 0) throw Malformed($"The chain starting at descriptor {head} is longer than the queue (a loop?).");
             var d = _memory.GetSpan(table + (ulong)index * DescriptorSize, DescriptorSize);
             ulong address = BinaryPrimitives.ReadUInt64LittleEndian(d);
             uint length = BinaryPrimitives.ReadUInt32LittleEndian(d[8..]);
@@ -126,13 +119,13 @@ public sealed class SplitQueue
 
             if ((flags & FlagIndirect) != 0)
             {
-                if (!IndirectAllowed) throw new VirtqueueException("The driver used an indirect descriptor without negotiating VIRTIO_F_INDIRECT_DESC.");
-                if (inIndirect) throw new VirtqueueException("An indirect table may not contain another indirect descriptor.");
-                if ((flags & FlagNext) != 0) throw new VirtqueueException("An indirect descriptor may not also have NEXT set.");
+                if (!IndirectAllowed) throw Malformed("The driver used an indirect descriptor without negotiating VIRTIO_F_INDIRECT_DESC.");
+                if (inIndirect) throw Malformed("An indirect table may not contain another indirect descriptor.");
+                if ((flags & FlagNext) != 0) throw Malformed("An indirect descriptor may not also have NEXT set.");
                 if (length == 0 || length % DescriptorSize != 0 || length / DescriptorSize > MaxSize)
-                    throw new VirtqueueException($"An indirect table of {length} bytes is not a whole number of descriptors (at most {MaxSize}).");
+                    throw Malformed($"An indirect table of {length} bytes is not a whole number of descriptors (at most {MaxSize}).");
                 if (!_memory.IsValidRange(address, length))
-                    throw new VirtqueueException($"The indirect table at 0x{address:X}+0x{length:X} is outside guest RAM.");
+                    throw Malformed($"The indirect table at 0x{address:X}+0x{length:X} is outside guest RAM.");
                 table = address;
                 tableSize = length / DescriptorSize;
                 inIndirect = true;
@@ -143,13 +136,13 @@ public sealed class SplitQueue
 
             bool writable = (flags & FlagWrite) != 0;
             if (!writable && buffers.Count > 0 && buffers[^1].DeviceWritable)
-                throw new VirtqueueException("A device-readable buffer follows a device-writable one.");
+                throw Malformed("A device-readable buffer follows a device-writable one.");
             if (length > 0 && !_memory.IsValidRange(address, length))
-                throw new VirtqueueException($"Buffer 0x{address:X}+0x{length:X} is outside guest RAM.");
+                throw Malformed($"Buffer 0x{address:X}+0x{length:X} is outside guest RAM.");
             buffers.Add(new DescriptorBuffer(address, length, writable));
 
             if ((flags & FlagNext) == 0) return buffers;
-            if (next >= tableSize) throw new VirtqueueException($"Descriptor {index} points to descriptor {next} of a {tableSize}-entry table.");
+            if (next >= tableSize) throw Malformed($"Descriptor {index} points to descriptor {next} of a {tableSize}-entry table.");
             index = next;
         }
     }
