@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using Rkt.Kvm.Vmm.Devices;
 using Rkt.Kvm.Vmm.Devices.Virtio;
 using Rkt.Kvm.Vmm.Devices.VirtioRng;
 using Rkt.Kvm.Vmm.Memory;
@@ -15,7 +16,7 @@ public sealed class MmioTransportTests : IDisposable
     private readonly MmioTransport _transport;
 
     public MmioTransportTests() =>
-        _transport = new MmioTransport(new VirtioRng(_memory, new LoggerConfiguration().CreateLogger()), _memory, _irq, new LoggerConfiguration().CreateLogger());
+        _transport = new MmioTransport(new VirtioRng(_memory, new LoggerConfiguration().CreateLogger()), _memory, _irq, InlineExecutor.Instance, new LoggerConfiguration().CreateLogger());
 
     public void Dispose() => _memory.Dispose();
 

@@ -19,6 +19,11 @@ public sealed record VmmOptions
           --console-log PATH   also write the guest console to PATH
           --pvm auto|on|off    PVM host guest options (default auto: detect kvm_pvm)
           --kvm-device PATH    KVM device (default /dev/kvm)
+          --vsock PATH         virtio-vsock, reached from the host through the Unix socket PATH
+                               (hybrid vsock: write "CONNECT <port>\n"); guest connections to
+                               host port P go to the Unix socket PATH_P
+          --vsock-cid N        the guest's vsock CID (default 3)
+          --kvm-eventfds on|off  ioeventfd/irqfd for virtio where KVM offers them (default on)
           --debug              verbose VMM logging
           --quiet              only warnings and errors from the VMM
           --help               this text
@@ -34,7 +39,9 @@ public sealed record VmmOptions
 
     public static VmmOptions Parse(IReadOnlyList<string> args)
     {
-        string? kernel = null, initrd = null, cmdline = null, consoleLog = null, kvmDevice = null;
+        string? kernel = null, initrd = null, cmdline = null, consoleLog = null, kvmDevice = null, vsock = null;
+        ulong cid = 3;
+        bool eventFds = true;
         ulong memory = MachineConfig.DefaultMemoryMiB;
         int cpus = 1;
         bool toStdout = true, debug = false, quiet = false, help = false;
@@ -82,6 +89,20 @@ public sealed record VmmOptions
                     };
                     break;
                 case "--kvm-device": kvmDevice = Value(); break;
+                case "--vsock": vsock = Value(); break;
+                case "--vsock-cid":
+                    string cv = Value();
+                    if (!ulong.TryParse(cv, NumberStyles.None, CultureInfo.InvariantCulture, out cid))
+                        throw new ArgumentException($"--vsock-cid must be a whole number, not '{cv}'.");
+                    break;
+                case "--kvm-eventfds":
+                    eventFds = Value() switch
+                    {
+                        "on" => true,
+                        "off" => false,
+                        var v => throw new ArgumentException($"--kvm-eventfds must be on or off, not '{v}'."),
+                    };
+                    break;
                 case "--debug": debug = true; break;
                 case "--quiet": quiet = true; break;
                 case "--help" or "-h": help = true; break;
@@ -99,6 +120,9 @@ public sealed record VmmOptions
             Cpus = cpus,
             Pvm = pvm,
             KvmDevicePath = kvmDevice ?? Kvm.KvmSystem.DefaultDevicePath,
+            VsockSocketPath = vsock,
+            GuestCid = cid,
+            UseKvmEventFds = eventFds,
         };
         machine.Validate();
         return new VmmOptions { Machine = machine, ConsoleToStdout = toStdout, ConsoleLogPath = consoleLog, Debug = debug, Quiet = quiet };

@@ -7,6 +7,8 @@ using Rkt.Kvm.Vmm.Devices.I8042;
 using Rkt.Kvm.Vmm.Devices.Serial8250;
 using Rkt.Kvm.Vmm.Devices.Virtio;
 using Rkt.Kvm.Vmm.Devices.VirtioRng;
+using Rkt.Kvm.Vmm.Devices.Vsock;
+using Rkt.Kvm.Vmm.Host;
 using Rkt.Kvm.Vmm.GuestConsole;
 using Rkt.Kvm.Vmm.Kvm;
 using Rkt.Kvm.Vmm.Memory;
@@ -27,6 +29,7 @@ public sealed class Machine : IDisposable
     /// <summary>virtio-mmio device slots: one 4 KiB window each from 0xc0001000, IRQs from 5 (free ISA lines).</summary>
     public const int FirstVirtioIrq = 5;
     public const int RngSlot = 0;
+    public const int VsockSlot = 1;
 
     public static (ulong Address, int Irq) VirtioSlot(int slot) => (MemoryLayout.VirtioMmioStart + (ulong)slot * MmioTransport.WindowSize, FirstVirtioIrq + slot);
 
@@ -47,6 +50,9 @@ public sealed class Machine : IDisposable
     private readonly ILogger _log;
     private readonly Stopwatch _sinceStart;
     private readonly ManualResetEventSlim _exited = new();
+    private readonly EventLoop _deviceLoop;
+    private readonly List<IDisposable> _deviceResources = [];
+    private VsockDevice? _vsock;
     private GuestConsoleOutput? _console;
     private LoadedKernel? _kernel;
     private VmExitResult? _result;
@@ -61,7 +67,11 @@ public sealed class Machine : IDisposable
         _memory = memory;
         _log = log;
         _sinceStart = sinceStart;
+        _deviceLoop = new EventLoop(log);
     }
+
+    /// <summary>How virtio notifies and interrupts travel: "ioeventfd+irqfd" or the exit-based fallback.</summary>
+    public string VirtioSignalling { get; private set; } = "none";
 
     /// <summary>
     /// Builds the VM. <paramref name="consoleTargets"/> is called only once all input has been
@@ -98,7 +108,7 @@ public sealed class Machine : IDisposable
                 slots.GetAwaiter().GetResult();
             }
             machine.CreateVcpus(config.Cpus);
-            machine.AttachDevices(consoleTargets());
+            machine.AttachDevices(config, consoleTargets());
             return machine;
         }
         catch
@@ -114,10 +124,11 @@ public sealed class Machine : IDisposable
         }
     }
 
-    /// <summary>Our options, then the PVM host's (only on such a host), then the user's, which may override ours.</summary>
-    public static KernelCommandLine GuestCmdline(bool pvmHost, string? extra)
+    /// <summary>Our options and virtio devices, then the PVM host's (only on such a host), then the user's, which may override ours.</summary>
+    public static KernelCommandLine GuestCmdline(bool pvmHost, string? extra, bool vsock = false)
     {
         var cmdline = new KernelCommandLine().Add(BaseCmdline).Add(VirtioCmdline(RngSlot));
+        if (vsock) cmdline.Add(VirtioCmdline(VsockSlot));
         if (pvmHost) cmdline.Add(HostPlatform.PvmGuestOptions);
         return cmdline.Add(extra);
     }
@@ -137,7 +148,7 @@ public sealed class Machine : IDisposable
         (ulong Address, ulong Size) initrd = config.InitrdPath is { } path ? InitrdLoader.Load(path, _kernel, _memory) : (0, 0);
 
         bool pvm = config.Pvm switch { PvmMode.On => true, PvmMode.Off => false, _ => HostPlatform.IsPvmHost() };
-        var cmdline = GuestCmdline(pvm, config.ExtraCmdline);
+        var cmdline = GuestCmdline(pvm, config.ExtraCmdline, vsock: config.VsockSocketPath is not null);
         byte[] cmdlineBytes = cmdline.ToBytes(_kernel.CmdlineMax);
         Cmdline = cmdline.ToString();
         _memory.Write(MemoryLayout.CmdlineStart, cmdlineBytes);
@@ -186,7 +197,7 @@ public sealed class Machine : IDisposable
         }
     }
 
-    private void AttachDevices(IReadOnlyList<Stream> consoleTargets)
+    private void AttachDevices(MachineConfig config, IReadOnlyList<Stream> consoleTargets)
     {
         _console = new GuestConsoleOutput(consoleTargets, _panicDetector.OnLine);
         var serialIrq = new KvmInterruptLine(_vm, Serial8250.Com1Irq);
@@ -197,9 +208,49 @@ public sealed class Machine : IDisposable
         _portBus.Register(I8042.CommandPort, 1, new OffsetDevice(i8042, I8042.CommandPort - I8042.DataPort));
         _portBus.Register(CmosRtc.IndexPort, CmosRtc.PortSpan, new CmosRtc());
         _mmioBus.Register(MemoryLayout.BootTimerAddress, BootTimer.Size, new BootTimer(OnBootMarker));
-        var (rngAddress, rngIrq) = VirtioSlot(RngSlot);
-        _mmioBus.Register(rngAddress, MmioTransport.WindowSize,
-            new MmioTransport(new VirtioRng(_memory, _log), _memory, new KvmInterruptLine(_vm, rngIrq), _log));
+
+        bool eventFds = config.UseKvmEventFds && _kvm.SupportsIoeventfd && _kvm.SupportsIrqfd;
+        VirtioSignalling = eventFds ? "ioeventfd+irqfd" : "MMIO exits+KVM_IRQ_LINE";
+        AttachVirtio(RngSlot, new VirtioRng(_memory, _log), eventFds);
+        if (config.VsockSocketPath is { } vsockPath)
+        {
+            _vsock = new VsockDevice(_memory, config.GuestCid, vsockPath, _deviceLoop, _log);
+            _deviceResources.Add(_vsock);
+            AttachVirtio(VsockSlot, _vsock, eventFds);
+        }
+    }
+
+    /// <summary>
+    /// Puts a virtio device behind an MMIO window. With KVM's eventfds, queue notifies never exit
+    /// to a vCPU thread (ioeventfd wakes the device thread directly) and interrupts need no ioctl
+    /// (irqfd); without them, the transport forwards notifies itself and drives the IRQ line.
+    /// </summary>
+    private void AttachVirtio(int slot, IVirtioDevice device, bool useEventFds)
+    {
+        var (address, irq) = VirtioSlot(slot);
+        IInterruptLine line = new KvmInterruptLine(_vm, irq);
+        if (useEventFds)
+        {
+            var irqEvent = new EventFd();
+            _deviceResources.Add(irqEvent);
+            _vm.AssignIrqfd(irqEvent, (uint)irq);
+            line = new IrqfdInterruptLine(irqEvent);
+        }
+        var transport = new MmioTransport(device, _memory, line, _deviceLoop, _log);
+        _mmioBus.Register(address, MmioTransport.WindowSize, transport);
+        if (!useEventFds) return;
+        for (int queue = 0; queue < transport.QueueCount; queue++)
+        {
+            var notify = new EventFd();
+            _deviceResources.Add(notify);
+            _vm.AssignIoeventfd(notify, address + MmioTransport.QueueNotifyOffset, (uint)queue);
+            int q = queue;
+            _deviceLoop.Add(notify.Handle, Tmds.Linux.LibC.EPOLLIN, _ =>
+            {
+                notify.Drain();
+                transport.ProcessNotify(q);
+            });
+        }
     }
 
     /// <summary>Boots the VM and blocks until it ends. Runs once.</summary>
@@ -210,6 +261,8 @@ public sealed class Machine : IDisposable
             BeforeFirstEntry = v.Id == 0 ? () => _log.Debug("First vCPU entry {SinceStartMs:F1} ms after VMM start (unix {UnixMicros} µs)",
                 _sinceStart.Elapsed.TotalMilliseconds, (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10) : null,
         }).ToList();
+        _deviceLoop.Start();
+        _log.Debug("virtio signalling: {Signalling}", VirtioSignalling);
         foreach (var runner in runners)
         {
             var thread = new Thread(runner.Run) { IsBackground = true, Name = "vcpu" };
@@ -251,6 +304,10 @@ public sealed class Machine : IDisposable
 
     public void Dispose()
     {
+        // Stop the device thread first: nothing may touch guest memory or device fds after this.
+        _deviceLoop.Stop();
+        foreach (var r in _deviceResources) r.Dispose();
+        _deviceLoop.Dispose();
         foreach (var v in _vcpus) v.Dispose();
         _console?.Dispose();
         _memory.Dispose();
@@ -262,6 +319,19 @@ public sealed class Machine : IDisposable
     private sealed class KvmInterruptLine(KvmVm vm, int gsi) : IInterruptLine
     {
         public void SetLevel(bool asserted) => vm.SetIrqLine((uint)gsi, asserted);
+    }
+
+    /// <summary>
+    /// An interrupt injected through irqfd: KVM pulses the GSI when the eventfd is signalled, so
+    /// only the rising edge matters (the virtio-mmio interrupt is edge-triggered on the ISA IRQs
+    /// it uses; the guest reads and acknowledges InterruptStatus, which the transport tracks).
+    /// </summary>
+    private sealed class IrqfdInterruptLine(EventFd eventFd) : IInterruptLine
+    {
+        public void SetLevel(bool asserted)
+        {
+            if (asserted) eventFd.Signal();
+        }
     }
 
     /// <summary>Presents a device at a second, non-contiguous address with its offsets shifted.</summary>

@@ -22,6 +22,11 @@ public sealed record MachineConfig
     public int Cpus { get; init; } = 1;
     public PvmMode Pvm { get; init; } = PvmMode.Auto;
     public string KvmDevicePath { get; init; } = Kvm.KvmSystem.DefaultDevicePath;
+    /// <summary>The hybrid vsock Unix socket (shared/VSOCK.md); null for a VM without vsock.</summary>
+    public string? VsockSocketPath { get; init; }
+    public ulong GuestCid { get; init; } = 3;
+    /// <summary>Use KVM's ioeventfd/irqfd for virtio where offered; off forces MMIO exits and KVM_IRQ_LINE (for measuring).</summary>
+    public bool UseKvmEventFds { get; init; } = true;
 
     /// <summary>Checks what can be checked without touching the host; throws <see cref="ArgumentException"/> with a one-line reason.</summary>
     public void Validate()
@@ -32,5 +37,13 @@ public sealed record MachineConfig
             throw new ArgumentException(
                 $"--memory must be between {Memory.MemoryLayout.MinimumMemory >> 20} and {Memory.MemoryLayout.MaximumMemory >> 20} MiB, not {MemoryMiB}.");
         if (string.IsNullOrEmpty(KernelPath)) throw new ArgumentException("--kernel is required.");
+        if (GuestCid < 3 || GuestCid >= uint.MaxValue) throw new ArgumentException($"--vsock-cid must be between 3 and {uint.MaxValue - 1}, not {GuestCid}.");
+        if (VsockSocketPath is { } path)
+        {
+            if (System.Text.Encoding.UTF8.GetByteCount(path) + 12 > 107) // room for "_<port>" on guest-initiated connections
+                throw new ArgumentException($"--vsock path {path} is too long for a Unix socket address (at most 95 bytes).");
+            string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
+            if (!Directory.Exists(dir)) throw new ArgumentException($"--vsock: directory {dir} does not exist.");
+        }
     }
 }

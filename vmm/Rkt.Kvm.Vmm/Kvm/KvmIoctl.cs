@@ -30,6 +30,8 @@ internal static class KvmIoctl
     public static readonly uint CreateIrqchip = Io(0x60);
     public static readonly uint IrqLine = Iow(0x61, 8);
     public static readonly uint CreatePit2 = Iow(0x77, 64);
+    public static readonly uint Irqfd = Iow(0x76, 32);
+    public static readonly uint Ioeventfd = Iow(0x79, 64);
 
     // vCPU ioctls.
     public static readonly uint Run = Io(0x80);
@@ -60,6 +62,8 @@ internal static class KvmIoctl
         _ when request == CreateIrqchip => "KVM_CREATE_IRQCHIP",
         _ when request == IrqLine => "KVM_IRQ_LINE",
         _ when request == CreatePit2 => "KVM_CREATE_PIT2",
+        _ when request == Irqfd => "KVM_IRQFD",
+        _ when request == Ioeventfd => "KVM_IOEVENTFD",
         _ when request == Run => "KVM_RUN",
         _ when request == GetRegs => "KVM_GET_REGS",
         _ when request == SetRegs => "KVM_SET_REGS",
@@ -87,6 +91,8 @@ internal static class KvmCapability
     public const int VcpuEvents = 41;
     public const int NrVcpus = 9;
     public const int MaxVcpus = 66;
+    public const int Irqfd = 32;
+    public const int Ioeventfd = 36;
 }
 
 /// <summary>kvm_run.exit_reason values (linux/kvm.h).</summary>

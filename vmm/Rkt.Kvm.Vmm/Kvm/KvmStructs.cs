@@ -80,6 +80,28 @@ public struct KvmIrqLevel
     public uint Level;
 }
 
+/// <summary>struct kvm_irqfd (32 bytes): inject GSI <c>Gsi</c> whenever the eventfd is written.</summary>
+[StructLayout(LayoutKind.Sequential, Size = 32)]
+public struct KvmIrqfd
+{
+    public uint Fd;
+    public uint Gsi;
+    public uint Flags;
+    public uint ResampleFd;
+}
+
+/// <summary>struct kvm_ioeventfd (64 bytes): signal the eventfd instead of exiting when the guest writes <c>Datamatch</c> at <c>Address</c>.</summary>
+[StructLayout(LayoutKind.Sequential, Size = 64)]
+public struct KvmIoeventfd
+{
+    public const uint FlagDatamatch = 1, FlagPio = 2, FlagDeassign = 4;
+    public ulong Datamatch;
+    public ulong Address;
+    public uint Length;
+    public int Fd;
+    public uint Flags;
+}
+
 [StructLayout(LayoutKind.Sequential)]
 public struct KvmCpuidEntry2
 {

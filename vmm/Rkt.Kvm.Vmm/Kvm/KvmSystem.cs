@@ -58,6 +58,12 @@ public sealed unsafe class KvmSystem : IDisposable
 
     public bool HasCapability(int capability) => Syscall.Ioctl(_fd, KvmIoctl.CheckExtension, (ulong)capability) > 0;
 
+    /// <summary>KVM can inject interrupts signalled through an eventfd (KVM_IRQFD).</summary>
+    public bool SupportsIrqfd => HasCapability(KvmCapability.Irqfd);
+
+    /// <summary>KVM can turn guest MMIO writes into eventfd signals without exiting (KVM_IOEVENTFD).</summary>
+    public bool SupportsIoeventfd => HasCapability(KvmCapability.Ioeventfd);
+
     public int CheckExtension(int capability) => Syscall.Ioctl(_fd, KvmIoctl.CheckExtension, (ulong)capability);
 
     /// <summary>The largest vCPU count the host supports (KVM_CAP_MAX_VCPUS, else KVM_CAP_NR_VCPUS, else 4).</summary>

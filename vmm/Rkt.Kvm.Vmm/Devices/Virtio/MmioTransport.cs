@@ -9,6 +9,9 @@ namespace Rkt.Kvm.Vmm.Devices.Virtio;
 /// device. Register values come from the guest and are validated: a queue is only made ready
 /// when its size and ring addresses are sane; a driver that breaks the protocol gets the device
 /// marked DEVICE_NEEDS_RESET instead of an exception on the vCPU thread.
+/// Register accesses come from vCPU threads; the device itself only ever runs on the
+/// <see cref="IDeviceExecutor"/>'s thread (activation, reset and queue notifies are handed to it),
+/// so a device needs no locking of its own.
 /// </summary>
 public sealed class MmioTransport : IBusDevice
 {
@@ -21,6 +24,9 @@ public sealed class MmioTransport : IBusDevice
 
     // Device status bits.
     public const uint StatusAcknowledge = 1, StatusDriver = 2, StatusDriverOk = 4, StatusFeaturesOk = 8, StatusNeedsReset = 64, StatusFailed = 128;
+
+    /// <summary>Offset of QueueNotify: the register ioeventfd can take over (the value written is the queue index).</summary>
+    public const int QueueNotifyOffset = RegQueueNotify;
 
     // Register offsets.
     private const int RegMagic = 0x000, RegVersion = 0x004, RegDeviceId = 0x008, RegVendorId = 0x00C,
@@ -41,20 +47,29 @@ public sealed class MmioTransport : IBusDevice
     private readonly IVirtioDevice _device;
     private readonly GuestMemory _memory;
     private readonly IInterruptLine _interrupt;
+    private readonly IDeviceExecutor _executor;
     private readonly ILogger _log;
     private readonly QueueSetup[] _queues;
+    private readonly Action[] _notifyActions;
     private uint _deviceFeaturesSel, _driverFeaturesSel, _queueSel, _status, _interruptStatus;
     private ulong _driverFeatures;
     private bool _lineAsserted;
 
-    public MmioTransport(IVirtioDevice device, GuestMemory memory, IInterruptLine interrupt, ILogger log)
+    public MmioTransport(IVirtioDevice device, GuestMemory memory, IInterruptLine interrupt, IDeviceExecutor executor, ILogger log)
     {
         _device = device;
         _memory = memory;
         _interrupt = interrupt;
+        _executor = executor;
         _log = log;
         _queues = device.QueueMaxSizes.Select(_ => new QueueSetup()).ToArray();
+        // One cached delegate per queue, so a notify allocates nothing.
+        _notifyActions = Enumerable.Range(0, _queues.Length).Select(i => (Action)(() => ProcessNotify(i))).ToArray();
     }
+
+    public int QueueCount => _queues.Length;
+
+    public uint DeviceId => _device.DeviceId;
 
     private ulong OfferedFeatures => _device.Features | FeatureVersion1;
 
@@ -79,21 +94,31 @@ public sealed class MmioTransport : IBusDevice
 
     public void Write(ulong offset, ReadOnlySpan<byte> data)
     {
-        bool notify = false;
-        int notifyQueue = 0;
+        Action? deviceWork;
         lock (_lock)
         {
             if (offset >= RegConfig || data.Length != 4 || offset % 4 != 0) return; // config is read-only; odd widths ignored
             uint value = BinaryPrimitives.ReadUInt32LittleEndian(data);
             if (offset == RegQueueNotify)
             {
-                notify = (_status & StatusDriverOk) != 0 && value < _queues.Length && _queues[value].Ready is not null;
-                notifyQueue = (int)value;
+                // Without ioeventfd the notify arrives here; hand it to the device thread either way.
+                if (value < _queues.Length) _executor.Post(_notifyActions[value]);
+                return;
             }
-            else WriteRegister((int)offset, value);
+            deviceWork = WriteRegister((int)offset, value);
         }
-        // The device works outside our lock: it calls back into SignalUsed, which takes it.
-        if (notify && _device.OnNotify(notifyQueue)) SignalUsed(notifyQueue);
+        // Activation and reset run on the device thread, outside our lock: the device calls back into SignalUsed, which takes it.
+        if (deviceWork is not null) _executor.Invoke(deviceWork);
+    }
+
+    /// <summary>A notify for <paramref name="queue"/> (from an ioeventfd or a QueueNotify write); runs on the device thread.</summary>
+    public void ProcessNotify(int queue)
+    {
+        lock (_lock)
+        {
+            if ((_status & StatusDriverOk) == 0 || (_status & StatusNeedsReset) != 0 || (uint)queue >= _queues.Length || _queues[queue].Ready is null) return;
+        }
+        if (_device.OnNotify(queue)) SignalUsed(queue);
     }
 
     private uint ReadRegister(int register) => register switch
@@ -118,7 +143,8 @@ public sealed class MmioTransport : IBusDevice
 
     private QueueSetup? SelectedQueue => _queueSel < _queues.Length ? _queues[_queueSel] : null;
 
-    private void WriteRegister(int register, uint value)
+    /// <summary>Applies a register write; returns device work (activation or reset) to run once our lock is released.</summary>
+    private Action? WriteRegister(int register, uint value)
     {
         switch (register)
         {
@@ -138,8 +164,9 @@ public sealed class MmioTransport : IBusDevice
                 _interruptStatus &= ~value;
                 UpdateLine();
                 break;
-            case RegStatus: SetStatus(value); break;
+            case RegStatus: return SetStatus(value);
         }
+        return null;
     }
 
     /// <summary>64-bit values are written as two 32-bit registers.</summary>
@@ -165,7 +192,7 @@ public sealed class MmioTransport : IBusDevice
         }
     }
 
-    private void SetStatus(uint value)
+    private Action? SetStatus(uint value)
     {
         if (value == 0)
         {
@@ -174,8 +201,7 @@ public sealed class MmioTransport : IBusDevice
             _driverFeatures = 0;
             foreach (var q in _queues) { q.Ready = null; q.Size = 0; q.Desc = q.Driver = q.Device = 0; }
             UpdateLine();
-            _device.Reset();
-            return;
+            return _device.Reset;
         }
         if ((value & StatusFeaturesOk) != 0 && (_status & StatusFeaturesOk) == 0)
         {
@@ -190,10 +216,13 @@ public sealed class MmioTransport : IBusDevice
             if (_queues.Any(q => q.Ready is null))
             {
                 NeedsReset("DRIVER_OK with a queue that is not ready");
-                return;
+                return null;
             }
-            _device.Activate(_driverFeatures, _queues.Select(q => q.Ready!).ToArray(), SignalUsed);
+            ulong features = _driverFeatures;
+            var queues = _queues.Select(q => q.Ready!).ToArray();
+            return () => _device.Activate(features, queues, SignalUsed);
         }
+        return null;
     }
 
     private void NeedsReset(string why)

@@ -96,6 +96,9 @@ public sealed class SplitQueue
         return new DescriptorChain(head, Walk(head));
     }
 
+    /// <summary>Puts the chain last taken by <see cref="TryPop"/> back (the device found nothing to put in it after all).</summary>
+    public void UndoPop() => _nextAvail--;
+
     /// <summary>Follows a chain; every table read is inside a table validated to lie in RAM, every buffer is checked.</summary>
     private List<DescriptorBuffer> Walk(ushort head)
     {
