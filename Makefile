@@ -1,6 +1,7 @@
 # Rkt.Kvm: the two commands of the README.
 #   make run    install what is missing, build everything, boot a real VM with the busybox guest
 #   make test   build everything and run every test (unit + real VMs on /dev/kvm)
+#   make bench  the benchmarks (bench/*), each printing RESULT lines beside a reference
 # Outputs go to out/ (ignored by git); the guest kernel is cached outside the repo
 # (kernel-config/build-kernel.sh, keyed by config + patches + source version).
 
@@ -18,29 +19,40 @@ BENCH_APT_PACKAGES := qemu-system-x86
 VMM := $(OUT)/vmm/rkt-kvm-vmm
 MKINITRAMFS := $(OUT)/tools/rkt-kvm-mkinitramfs
 TEST_INITRD := $(OUT)/busybox-initrd.cpio
+AGENT := $(OUT)/agent/rkt-kvm-agent
+AGENT_INITRD := $(OUT)/agent-initrd.cpio
+AGENTCTL := $(OUT)/tools/rkt-kvm-agentctl
 KERNEL_DIR_FILE := $(OUT)/kernel-dir
 
 export DOTNET_CLI_TELEMETRY_OPTOUT := 1
 export DOTNET_NOLOGO := 1
 
-.PHONY: all run test deps apt-install kernel vmm tools initramfs bench clean
+.PHONY: all run test deps apt-install kernel vmm agent tools initramfs agent-initramfs bench bench-boot bench-vsock clean
 
-all: deps kernel vmm initramfs
+all: deps kernel vmm initramfs agent-initramfs
 
+# Boots a VM with the guest agent as init, asks it over gRPC (through our virtio-vsock) what it
+# sees, prints that, and powers the VM off through the agent.
 run: all
-	@echo "== booting the busybox guest (kernel $$(cat $(KERNEL_DIR_FILE))/vmlinux)"
-	$(VMM) --kernel "$$(cat $(KERNEL_DIR_FILE))/vmlinux" --initrd $(TEST_INITRD) --memory 128 --cpus 2 --cmdline quiet
+	@echo "== booting a VM with the guest agent (kernel $$(cat $(KERNEL_DIR_FILE))/vmlinux)"
+	$(AGENTCTL) boot --vmm $(VMM) --kernel "$$(cat $(KERNEL_DIR_FILE))/vmlinux" --initrd $(AGENT_INITRD) --memory 256 --cpus 2
 
 test: all
 	@rm -rf $(OUT)/test-results
 	status=0; RKT_KVM_VMM=$(VMM) RKT_KVM_KERNEL_DIR="$$(cat $(KERNEL_DIR_FILE))" RKT_KVM_TEST_INITRD=$(TEST_INITRD) \
+	  RKT_KVM_AGENT=$(AGENT) RKT_KVM_AGENT_INITRD=$(AGENT_INITRD) \
 	  $(DOTNET) test Rkt.Kvm.sln $(DOTNET_FLAGS) --logger "console;verbosity=normal" --logger trx \
 	  --results-directory $(OUT)/test-results || status=$$?; \
 	tests/summarize-trx.sh $(OUT)/test-results; exit $$status
 
-bench: all
+bench: bench-boot bench-vsock
+
+bench-boot: all
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_APT_PACKAGES)"
 	bench/boot/run.sh
+
+bench-vsock: all
+	bench/vsock/run.sh
 
 # Installs only what is missing, so a prepared machine pays nothing.
 deps:
@@ -48,6 +60,7 @@ deps:
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(APT_PACKAGES)"
 	$(DOTNET) restore Rkt.Kvm.sln $(DOTNET_FLAGS)
 	$(DOTNET) restore vmm/Rkt.Kvm.Vmm.Cli -r $(RID) $(DOTNET_FLAGS)
+	$(DOTNET) restore guest-agent/Rkt.Kvm.GuestAgent -r $(RID) $(DOTNET_FLAGS)
 
 apt-install:
 	@missing=""; for p in $(PACKAGES); do \
@@ -66,11 +79,19 @@ kernel:
 vmm:
 	$(DOTNET) publish vmm/Rkt.Kvm.Vmm.Cli -c Release -r $(RID) -o $(OUT)/vmm $(DOTNET_FLAGS)
 
+# The guest agent is PID 1 in the VM: a fully static NativeAOT binary (no libc in the guest).
+agent:
+	$(DOTNET) publish guest-agent/Rkt.Kvm.GuestAgent -c Release -r $(RID) -o $(OUT)/agent $(DOTNET_FLAGS)
+
 tools:
 	$(DOTNET) build guest-agent/Rkt.Kvm.Initramfs -c Release -o $(OUT)/tools $(DOTNET_FLAGS)
+	$(DOTNET) build guest-agent/Rkt.Kvm.AgentCtl -c Release -o $(OUT)/tools $(DOTNET_FLAGS)
 
 initramfs: tools
 	$(MKINITRAMFS) --spec tests/guest/initramfs.spec -o $(TEST_INITRD)
+
+agent-initramfs: tools agent
+	$(MKINITRAMFS) --spec guest-agent/agent-initramfs.spec -o $(AGENT_INITRD)
 
 clean:
 	rm -rf $(OUT)

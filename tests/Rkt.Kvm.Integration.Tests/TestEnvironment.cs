@@ -25,6 +25,7 @@ public static class TestEnvironment
 
     public static string Vmm => Artifact("RKT_KVM_VMM", "out/vmm/rkt-kvm-vmm");
     public static string TestInitrd => Artifact("RKT_KVM_TEST_INITRD", "out/busybox-initrd.cpio");
+    public static string AgentInitrd => Artifact("RKT_KVM_AGENT_INITRD", "out/agent-initrd.cpio");
     public static string KernelDir => Environment.GetEnvironmentVariable("RKT_KVM_KERNEL_DIR") is { Length: > 0 } dir
         ? dir
         : File.ReadAllText(Path.Combine(RepositoryRoot, "out/kernel-dir")).Trim();

@@ -271,6 +271,9 @@ public sealed class Machine : IDisposable
         // Wake up periodically to push out console text that has no newline yet (prompts).
         while (!_exited.Wait(100)) _console!.Flush();
         _console!.Flush();
+        // The guest is gone: close its host endpoints now (vsock sockets and their files), since
+        // the process may exit without disposing us while vCPU threads still sit in KVM_RUN.
+        ReleaseDevices();
         var exits = Enumerable.Range(0, runners[0].ExitCounts.Length).Select(i => (Reason: (KvmExitReason)i, Count: runners.Sum(r => r.ExitCounts[i]))).Where(e => e.Count > 0);
         _log.Debug("VM ended after {Ms:F0} ms; exits to the VMM: {Exits}; emulated int3 {Int3} and fwait {Fwait} times; {Unclaimed} unclaimed port accesses",
             _sinceStart.Elapsed.TotalMilliseconds, string.Join(", ", exits.Select(e => $"{e.Reason} {e.Count}")),
@@ -302,11 +305,17 @@ public sealed class Machine : IDisposable
             _sinceStart.Elapsed.TotalMilliseconds, Environment.CpuUsage.TotalTime.TotalMilliseconds);
     }
 
-    public void Dispose()
+    /// <summary>Stops the device thread first (nothing may touch guest memory or device fds after that), then closes device resources.</summary>
+    private void ReleaseDevices()
     {
-        // Stop the device thread first: nothing may touch guest memory or device fds after this.
         _deviceLoop.Stop();
         foreach (var r in _deviceResources) r.Dispose();
+        _deviceResources.Clear();
+    }
+
+    public void Dispose()
+    {
+        ReleaseDevices();
         _deviceLoop.Dispose();
         foreach (var v in _vcpus) v.Dispose();
         _console?.Dispose();

@@ -1,0 +1,143 @@
+using System.Diagnostics;
+using System.Globalization;
+using Google.Protobuf;
+using Grpc.Core;
+using Rkt.Kvm.Agent.Client;
+using Rkt.Kvm.Agent.V1;
+
+namespace Rkt.Kvm.Bench.Vsock;
+
+/// <summary>
+/// Measures, in one run: unary gRPC round trips (median, p99) and streaming throughput each way
+/// to the guest agent through our virtio-vsock; the same against the same agent binary serving
+/// on a host Unix socket (the ceiling: no VM in the path); the same through the VMM with KVM's
+/// eventfds switched off (notifies as MMIO exits); and the agent's start-up inside the guest.
+/// </summary>
+public static class Program
+{
+    private sealed record Figures(double MedianUs, double P99Us, double HostToGuestMiBs, double GuestToHostMiBs);
+
+    public static async Task<int> Main(string[] args)
+    {
+        var o = args.Select((a, i) => (a, i)).Where(x => x.a.StartsWith("--", StringComparison.Ordinal))
+            .ToDictionary(x => x.a[2..], x => args[x.i + 1]);
+        int calls = int.Parse(o.GetValueOrDefault("calls", "500"), CultureInfo.InvariantCulture);
+        long bytes = long.Parse(o.GetValueOrDefault("mib", "64"), CultureInfo.InvariantCulture) << 20;
+        var vmOptions = new AgentVmOptions { VmmPath = o["vmm"], KernelPath = o["kernel"], InitrdPath = o["initrd"], Cpus = 1, MemoryMiB = 256 };
+
+        Console.WriteLine($"== ceiling: the same agent on a host Unix socket ({calls} unary calls, {bytes >> 20} MiB each way)");
+        var ceiling = await MeasureHostAgent(o["agent"], calls, bytes);
+        Print(ceiling);
+
+        Console.WriteLine("== ours: the agent in a VM, through virtio-vsock (ioeventfd + irqfd)");
+        Figures ours;
+        GuestInfoReply info;
+        TimeSpan startToReady;
+        using (var vm = await AgentVmProcess.StartAsync(vmOptions))
+        {
+            startToReady = vm.StartToReady;
+            info = await vm.Client.GuestInfoAsync();
+            ours = await Measure(vm.Client, calls, bytes);
+            await vm.Client.ShutdownAsync();
+            await vm.WaitForExitAsync(TimeSpan.FromMinutes(2));
+        }
+        Print(ours);
+
+        Console.WriteLine("== ours without KVM eventfds (notifies exit to a vCPU thread, interrupts by KVM_IRQ_LINE)");
+        Figures exits;
+        using (var vm = await AgentVmProcess.StartAsync(vmOptions with { ExtraVmmArguments = ["--kvm-eventfds", "off"] }))
+        {
+            exits = await Measure(vm.Client, calls, bytes);
+            await vm.Client.ShutdownAsync();
+            await vm.WaitForExitAsync(TimeSpan.FromMinutes(2));
+        }
+        Print(exits);
+
+        var r = info.AtReady;
+        Console.WriteLine($"""
+            == agent start-up inside the guest (1 vCPU, 256 MiB)
+              kernel boot -> agent ready   {info.BootToReadyMs} ms (VMM start -> READY on the host: {startToReady.TotalMilliseconds:F0} ms)
+              agent exec -> ready          {info.ProcessStartToReadyMs} ms (managed Main -> ready {info.MainToReadyUs / 1000.0:F0} ms)
+              at ready                     RSS {r.VmRssBytes >> 10} KiB (peak {r.VmHwmBytes >> 10} KiB), {r.MinorFaults} minor + {r.MajorFaults} major page faults,
+                                           {r.ReadSyscalls} read + {r.WriteSyscalls} write syscalls, {r.Threads} threads
+            """);
+
+        Result("vsock_unary_rtt_median", ours.MedianUs, "us", ceiling.MedianUs);
+        Result("vsock_unary_rtt_p99", ours.P99Us, "us", ceiling.P99Us);
+        Result("vsock_stream_host_to_guest", ours.HostToGuestMiBs, "MiB/s", ceiling.HostToGuestMiBs);
+        Result("vsock_stream_guest_to_host", ours.GuestToHostMiBs, "MiB/s", ceiling.GuestToHostMiBs);
+        Result("vsock_unary_rtt_median_without_eventfds", exits.MedianUs, "us", ours.MedianUs);
+        Result("vsock_stream_host_to_guest_without_eventfds", exits.HostToGuestMiBs, "MiB/s", ours.HostToGuestMiBs);
+        Result("agent_exec_to_ready", info.ProcessStartToReadyMs, "ms");
+        Result("agent_boot_to_ready", info.BootToReadyMs, "ms");
+        Result("agent_rss_at_ready", r.VmRssBytes / 1024.0, "KiB");
+        Result("agent_page_faults_at_ready", r.MinorFaults + r.MajorFaults, "");
+        Result("agent_rw_syscalls_at_ready", r.ReadSyscalls + r.WriteSyscalls, "");
+        return 0;
+    }
+
+    private static async Task<Figures> MeasureHostAgent(string agentPath, int calls, long bytes)
+    {
+        string dir = Directory.CreateTempSubdirectory("rkt-kvm-bench-vsock-").FullName;
+        string socket = Path.Combine(dir, "agent.sock");
+        using var agent = Process.Start(new ProcessStartInfo(agentPath) { ArgumentList = { "--listen-unix", socket }, UseShellExecute = false, RedirectStandardOutput = true })!;
+        try
+        {
+            using var client = AgentClient.ForUnixSocket(socket);
+            await client.WaitUntilHealthyAsync(TimeSpan.FromSeconds(30));
+            return await Measure(client, calls, bytes);
+        }
+        finally
+        {
+            agent.Kill();
+            agent.WaitForExit();
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    private static async Task<Figures> Measure(AgentClient client, int calls, long bytes)
+    {
+        for (int i = 0; i < 20; i++) await client.HealthAsync(); // warm the connection and both JITs/caches
+        var samples = new double[calls];
+        for (int i = 0; i < calls; i++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            await client.HealthAsync();
+            samples[i] = Stopwatch.GetElapsedTime(start).TotalMicroseconds;
+        }
+        Array.Sort(samples);
+
+        const int chunk = 64 * 1024;
+        var payload = ByteString.CopyFrom(new byte[chunk]);
+        var watch = Stopwatch.StartNew();
+        using (var sink = client.Stub.Sink(deadline: client.Deadline(TimeSpan.FromMinutes(10))))
+        {
+            for (long sent = 0; sent < bytes; sent += chunk) await sink.RequestStream.WriteAsync(new Chunk { Data = payload });
+            await sink.RequestStream.CompleteAsync();
+            var reply = await sink;
+            if ((long)reply.Bytes != bytes) throw new InvalidOperationException($"Sink counted {reply.Bytes} bytes, not {bytes}.");
+        }
+        double up = bytes / 1048576.0 / watch.Elapsed.TotalSeconds;
+
+        watch.Restart();
+        long received = 0;
+        using (var source = client.Stub.Source(new SourceRequest { Bytes = (ulong)bytes, ChunkSize = chunk }, deadline: client.Deadline(TimeSpan.FromMinutes(10))))
+        {
+            await foreach (var c in source.ResponseStream.ReadAllAsync()) received += c.Data.Length;
+        }
+        if (received != bytes) throw new InvalidOperationException($"Source sent {received} bytes, not {bytes}.");
+        double down = bytes / 1048576.0 / watch.Elapsed.TotalSeconds;
+        return new Figures(samples[calls / 2], samples[(int)(calls * 0.99)], up, down);
+    }
+
+    private static void Print(Figures f) =>
+        Console.WriteLine($"  unary round trip median {f.MedianUs:F0} us, p99 {f.P99Us:F0} us; streaming host->guest {f.HostToGuestMiBs:F1} MiB/s, guest->host {f.GuestToHostMiBs:F1} MiB/s");
+
+    private static void Result(string name, double ours, string unit, double? reference = null)
+    {
+        string F(double v) => v.ToString(v >= 100 ? "F0" : "F2", CultureInfo.InvariantCulture);
+        Console.WriteLine(reference is { } r
+            ? $"RESULT {name} ours={F(ours)}{unit} ref={F(r)}{unit} ratio={(ours / r).ToString("F3", CultureInfo.InvariantCulture)}"
+            : $"RESULT {name} ours={F(ours)}{unit}");
+    }
+}

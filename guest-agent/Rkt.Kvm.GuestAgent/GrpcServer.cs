@@ -1,0 +1,161 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using Google.Protobuf;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Http.Features;
+
+namespace Rkt.Kvm.GuestAgent;
+
+/// <summary>One gRPC call's message streams, over Kestrel's request and response pipes.</summary>
+internal sealed class GrpcCall(PipeReader reader, PipeWriter writer, CancellationToken cancellation)
+{
+    public CancellationToken Cancellation => cancellation;
+
+    /// <summary>Reads the next request message, or null at the end of the request stream.</summary>
+    public async ValueTask<T?> ReadAsync<T>(MessageParser<T> parser) where T : class, IMessage<T>
+    {
+        while (true)
+        {
+            ReadResult result = await reader.ReadAsync(cancellation);
+            ReadOnlySequence<byte> buffer = result.Buffer;
+            if (GrpcFraming.TryReadFrame(ref buffer, Rkt.Kvm.Agent.AgentProtocol.MaxMessageBytes, out _, out ReadOnlySequence<byte> payload))
+            {
+                T message;
+                try { message = parser.ParseFrom(payload); }
+                catch (InvalidProtocolBufferException e) { throw new GrpcException(GrpcException.Internal, $"Malformed request message: {e.Message}"); }
+                reader.AdvanceTo(buffer.Start);
+                return message;
+            }
+            if (result.IsCompleted)
+            {
+                if (!buffer.IsEmpty) throw new GrpcException(GrpcException.Internal, "The request stream ended inside a message.");
+                reader.AdvanceTo(buffer.End);
+                return null;
+            }
+            reader.AdvanceTo(buffer.Start, buffer.End);
+        }
+    }
+
+    /// <summary>Copies the next request frame unchanged to the response (no parse); false at the end of the request stream.</summary>
+    public async ValueTask<bool> EchoFrameAsync()
+    {
+        while (true)
+        {
+            ReadResult result = await reader.ReadAsync(cancellation);
+            ReadOnlySequence<byte> buffer = result.Buffer;
+            if (GrpcFraming.TryReadFrame(ref buffer, Rkt.Kvm.Agent.AgentProtocol.MaxMessageBytes, out ReadOnlySequence<byte> frame, out _))
+            {
+                foreach (ReadOnlyMemory<byte> segment in frame) writer.Write(segment.Span);
+                reader.AdvanceTo(buffer.Start);
+                await writer.FlushAsync(cancellation);
+                return true;
+            }
+            if (result.IsCompleted)
+            {
+                if (!buffer.IsEmpty) throw new GrpcException(GrpcException.Internal, "The request stream ended inside a message.");
+                reader.AdvanceTo(buffer.End);
+                return false;
+            }
+            reader.AdvanceTo(buffer.Start, buffer.End);
+        }
+    }
+
+    /// <summary>Reads the single request message of a unary or server-streaming call.</summary>
+    public async ValueTask<T> ReadSingleAsync<T>(MessageParser<T> parser) where T : class, IMessage<T>
+    {
+        T message = await ReadAsync(parser) ?? throw new GrpcException(GrpcException.Internal, "The request message is missing.");
+        if (await ReadAsync(parser) is not null) throw new GrpcException(GrpcException.Internal, "More than one request message for a unary call.");
+        return message;
+    }
+
+    public ValueTask<FlushResult> WriteAsync(IMessage message)
+    {
+        GrpcFraming.WriteMessage(writer, message);
+        return writer.FlushAsync(cancellation);
+    }
+}
+
+/// <summary>Kestrel application that serves the agent's gRPC methods with hand-written framing.</summary>
+internal sealed class GrpcApplication(AgentService service) : IHttpApplication<IFeatureCollection>
+{
+    private const string Prefix = "/" + Rkt.Kvm.Agent.AgentProtocol.ServiceName + "/";
+
+    public IFeatureCollection CreateContext(IFeatureCollection contextFeatures) => contextFeatures;
+
+    public void DisposeContext(IFeatureCollection context, Exception? exception) { }
+
+    public async Task ProcessRequestAsync(IFeatureCollection features)
+    {
+        var request = features.GetRequiredFeature<IHttpRequestFeature>();
+        var response = features.GetRequiredFeature<IHttpResponseFeature>();
+        var body = features.GetRequiredFeature<IHttpResponseBodyFeature>();
+        var trailers = features.GetRequiredFeature<IHttpResponseTrailersFeature>();
+        var lifetime = features.GetRequiredFeature<IHttpRequestLifetimeFeature>();
+        var reader = features.GetRequiredFeature<IRequestBodyPipeFeature>().Reader;
+
+        string contentType = request.Headers.ContentType.ToString();
+        if (request.Method != "POST" || !contentType.StartsWith("application/grpc", StringComparison.Ordinal) || contentType.StartsWith("application/grpc-web", StringComparison.Ordinal))
+        {
+            response.StatusCode = 415;
+            return;
+        }
+        response.StatusCode = 200;
+        response.Headers.ContentType = "application/grpc";
+
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(lifetime.RequestAborted);
+        if (GrpcFraming.ParseTimeout(request.Headers["grpc-timeout"].ToString()) is TimeSpan timeout)
+            deadline.CancelAfter(timeout);
+        var call = new GrpcCall(reader, body.Writer, deadline.Token);
+
+        int status = 0;
+        string? message = null;
+        try
+        {
+            await DispatchAsync(request.Path, call, response);
+        }
+        catch (GrpcException e) { (status, message) = (e.Status, e.Message); }
+        catch (OperationCanceledException) when (deadline.IsCancellationRequested)
+        {
+            (status, message) = lifetime.RequestAborted.IsCancellationRequested
+                ? (GrpcException.Cancelled, "The call was cancelled.")
+                : (GrpcException.DeadlineExceeded, "The call's deadline passed.");
+        }
+        catch (Exception e) { (status, message) = (GrpcException.Internal, $"{e.GetType().Name}: {e.Message}"); }
+
+        trailers.Trailers["grpc-status"] = status == 0 ? "0" : status.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        if (message is not null) trailers.Trailers["grpc-message"] = GrpcFraming.PercentEncode(message);
+    }
+
+    private async Task DispatchAsync(string path, GrpcCall call, IHttpResponseFeature response)
+    {
+        string method = path.StartsWith(Prefix, StringComparison.Ordinal) ? path[Prefix.Length..] : "";
+        switch (method)
+        {
+            case "Health":
+                await call.ReadSingleAsync(Rkt.Kvm.Agent.V1.HealthRequest.Parser);
+                await call.WriteAsync(service.Health());
+                break;
+            case "GuestInfo":
+                await call.ReadSingleAsync(Rkt.Kvm.Agent.V1.GuestInfoRequest.Parser);
+                await call.WriteAsync(service.GuestInfo());
+                break;
+            case "Echo":
+                while (await call.EchoFrameAsync()) { }
+                break;
+            case "Sink":
+                await call.WriteAsync(await service.SinkAsync(call));
+                break;
+            case "Source":
+                await service.SourceAsync(call, await call.ReadSingleAsync(Rkt.Kvm.Agent.V1.SourceRequest.Parser));
+                break;
+            case "Shutdown":
+                await call.ReadSingleAsync(Rkt.Kvm.Agent.V1.ShutdownRequest.Parser);
+                await call.WriteAsync(new Rkt.Kvm.Agent.V1.ShutdownReply());
+                // Power off only once the reply and its trailers are on their way.
+                response.OnCompleted(static state => { ((AgentService)state).RequestShutdown("Shutdown RPC"); return Task.CompletedTask; }, service);
+                break;
+            default:
+                throw new GrpcException(GrpcException.Unimplemented, $"Method '{path}' is not implemented by this agent.");
+        }
+    }
+}

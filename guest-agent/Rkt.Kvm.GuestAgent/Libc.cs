@@ -1,0 +1,110 @@
+using System.Runtime.InteropServices;
+
+namespace Rkt.Kvm.GuestAgent;
+
+/// <summary>The few libc calls the agent needs, bound at link time in the static binary (DirectPInvoke).</summary>
+internal static unsafe partial class Libc
+{
+    public const int AF_VSOCK = 40;
+    public const int SOCK_STREAM = 1;
+    public const int SOCK_CLOEXEC = 0x80000;
+    public const int O_RDONLY = 0;
+    public const int O_CLOEXEC = 0x80000;
+    public const int EEXIST = 17;
+    public const int EBUSY = 16;
+    public const int EINTR = 4;
+    public const int CLOCK_BOOTTIME = 7;
+    public const int LINUX_REBOOT_CMD_RESTART = 0x01234567;
+
+    public const ulong MS_NOSUID = 2, MS_NODEV = 4, MS_NOEXEC = 8, MS_RELATIME = 1 << 21;
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct Timespec { public long Seconds; public long Nanoseconds; }
+
+    [LibraryImport("libc")] public static partial int getpid();
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int mount(string source, string target, string fstype, ulong flags, string? data);
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int mkdir(string path, uint mode);
+
+    [LibraryImport("libc")] public static partial void sync();
+
+    [LibraryImport("libc", SetLastError = true)] public static partial int reboot(int cmd);
+
+    [LibraryImport("libc", SetLastError = true)] public static partial int socket(int domain, int type, int protocol);
+
+    [LibraryImport("libc", SetLastError = true)] public static partial int connect(int fd, byte* address, uint length);
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int open(string path, int flags);
+
+    [LibraryImport("libc", SetLastError = true)] public static partial nint read(int fd, byte* buffer, nint count);
+
+    [LibraryImport("libc", SetLastError = true)] public static partial nint write(int fd, byte* buffer, nint count);
+
+    [LibraryImport("libc")] public static partial int close(int fd);
+
+    [LibraryImport("libc")] public static partial int clock_gettime(int clock, out Timespec value);
+
+    [LibraryImport("libc")] public static partial int uname(byte* buffer);
+
+    /// <summary>Milliseconds of CLOCK_BOOTTIME: time since the kernel booted.</summary>
+    public static ulong BootTimeMilliseconds()
+    {
+        clock_gettime(CLOCK_BOOTTIME, out Timespec t);
+        return (ulong)t.Seconds * 1000 + (ulong)t.Nanoseconds / 1_000_000;
+    }
+
+    /// <summary>Writes all of <paramref name="data"/> to <paramref name="fd"/>; false on error.</summary>
+    public static bool WriteAll(int fd, ReadOnlySpan<byte> data)
+    {
+        fixed (byte* p = data)
+        {
+            int done = 0;
+            while (done < data.Length)
+            {
+                nint n = write(fd, p + done, data.Length - done);
+                if (n < 0 && Marshal.GetLastPInvokeError() == EINTR) continue;
+                if (n <= 0) return false;
+                done += (int)n;
+            }
+        }
+        return true;
+    }
+
+    /// <summary>Reads a small file (procfs) with three syscalls into <paramref name="buffer"/>; returns the byte count or -1.</summary>
+    public static int ReadSmallFile(string path, Span<byte> buffer)
+    {
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return -1;
+        try
+        {
+            int total = 0;
+            fixed (byte* p = buffer)
+            {
+                while (total < buffer.Length)
+                {
+                    nint n = read(fd, p + total, buffer.Length - total);
+                    if (n < 0 && Marshal.GetLastPInvokeError() == EINTR) continue;
+                    if (n <= 0) break;
+                    total += (int)n;
+                }
+            }
+            return total;
+        }
+        finally { close(fd); }
+    }
+
+    /// <summary>The running kernel's release (uname -r).</summary>
+    public static string KernelRelease()
+    {
+        // struct utsname: six fields of 65 bytes; release is the third.
+        byte* buffer = stackalloc byte[6 * 65];
+        if (uname(buffer) != 0) return "";
+        var release = new ReadOnlySpan<byte>(buffer + 2 * 65, 65);
+        int end = release.IndexOf((byte)0);
+        return System.Text.Encoding.ASCII.GetString(end < 0 ? release : release[..end]);
+    }
+}
