@@ -49,6 +49,14 @@ internal sealed class AgentService(AgentMode mode)
         return reply;
     }
 
+    public DialHostReply DialHost(DialHostRequest request)
+    {
+        string? error = mode == AgentMode.Guest
+            ? Vsock.SendOnce(AgentProtocol.HostCid, request.Port, request.Data.Span)
+            : "DialHost needs vsock: the agent runs as a host process";
+        return new DialHostReply { Connected = error is null, Error = error ?? "" };
+    }
+
     public async ValueTask<SinkReply> SinkAsync(GrpcCall call)
     {
         ulong bytes = 0, chunks = 0;

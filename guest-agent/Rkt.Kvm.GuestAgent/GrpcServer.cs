@@ -148,6 +148,10 @@ internal sealed class GrpcApplication(AgentService service) : IHttpApplication<I
             case "Source":
                 await service.SourceAsync(call, await call.ReadSingleAsync(Rkt.Kvm.Agent.V1.SourceRequest.Parser));
                 break;
+            case "DialHost":
+                var dial = await call.ReadSingleAsync(Rkt.Kvm.Agent.V1.DialHostRequest.Parser);
+                await call.WriteAsync(service.DialHost(dial));
+                break;
             case "Shutdown":
                 await call.ReadSingleAsync(Rkt.Kvm.Agent.V1.ShutdownRequest.Parser);
                 await call.WriteAsync(new Rkt.Kvm.Agent.V1.ShutdownReply());

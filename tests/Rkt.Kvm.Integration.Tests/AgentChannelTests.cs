@@ -122,6 +122,31 @@ public sealed class AgentChannelTests(AgentVmFixture fixture) : IClassFixture<Ag
     }
 
     [SkippableFact]
+    public async Task Guest_connections_reach_a_host_listener_and_a_missing_one_is_refused()
+    {
+        var vm = Vm;
+        using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        listener.Bind(new UnixDomainSocketEndPoint($"{vm.SocketPath}_6000"));
+        listener.Listen();
+        var accepted = listener.AcceptAsync();
+        var reply = await vm.Client.Stub.DialHostAsync(new DialHostRequest { Port = 6000, Data = ByteString.CopyFromUtf8("hello from the guest") },
+            deadline: vm.Client.Deadline());
+        Assert.True(reply.Connected, reply.Error);
+        using (var connection = await accepted)
+        {
+            var received = new MemoryStream();
+            var buffer = new byte[64];
+            int n;
+            while ((n = await connection.ReceiveAsync(buffer)) > 0) received.Write(buffer, 0, n);
+            Assert.Equal("hello from the guest", Encoding.ASCII.GetString(received.ToArray()));
+        }
+
+        var refused = await vm.Client.Stub.DialHostAsync(new DialHostRequest { Port = 6001 }, deadline: vm.Client.Deadline());
+        Assert.False(refused.Connected);
+        Assert.Contains("errno 104", refused.Error); // ECONNRESET: the VMM answered RST
+    }
+
+    [SkippableFact]
     public async Task A_connection_killed_mid_stream_leaves_the_vmm_serving_the_next_one()
     {
         var vm = Vm;
