@@ -25,6 +25,26 @@ public static class Program
         long bytes = long.Parse(o.GetValueOrDefault("mib", "64"), CultureInfo.InvariantCulture) << 20;
         var vmOptions = new AgentVmOptions { VmmPath = o["vmm"], KernelPath = o["kernel"], InitrdPath = o["initrd"], Cpus = 1, MemoryMiB = 256 };
 
+        if (o.ContainsKey("probe"))
+        {
+            using var vm = await AgentVmProcess.StartAsync(vmOptions with { ExtraVmmArguments = (o["probe"] == "exits" ? ["--kvm-eventfds", "off"] : new string[0]).Concat(o.TryGetValue("cmdline", out var cl) ? ["--cmdline", cl] : new string[0]).ToArray() });
+            double Cpu() { var f = File.ReadAllText($"/proc/{vm.Pid}/stat").Split(')')[1].Split(' '); return (double.Parse(f[12]) + double.Parse(f[13])) / 100; }
+            double c0 = Cpu();
+            await Task.Delay(5000);
+            Console.WriteLine($"idle VM: {(Cpu() - c0) / 5 * 100:F0}% of a CPU");
+            c0 = Cpu();
+            var before = (await vm.Client.GuestInfoAsync()).Now;
+            var w = Stopwatch.StartNew();
+            for (int i = 0; i < 50; i++) await vm.Client.HealthAsync();
+            var elapsed = w.Elapsed;
+            var after = (await vm.Client.GuestInfoAsync()).Now;
+            Console.WriteLine($"busy VM: {(Cpu() - c0) / elapsed.TotalSeconds * 100:F0}% of a CPU");
+            Console.WriteLine($"50 Health calls: {elapsed.TotalMilliseconds / 50:F1} ms each; per call: rd {(after.ReadSyscalls - before.ReadSyscalls) / 50.0:F1} wr {(after.WriteSyscalls - before.WriteSyscalls) / 50.0:F1} " +
+                $"vcs {(after.VoluntaryContextSwitches - before.VoluntaryContextSwitches) / 50.0:F1} ivcs {(after.InvoluntaryContextSwitches - before.InvoluntaryContextSwitches) / 50.0:F1} minflt {(after.MinorFaults - before.MinorFaults) / 50.0:F1} threads {after.Threads}");
+            await vm.Client.ShutdownAsync();
+            await vm.WaitForExitAsync(TimeSpan.FromMinutes(2));
+            return 0;
+        }
         Console.WriteLine($"== ceiling: the same agent on a host Unix socket ({calls} unary calls, {bytes >> 20} MiB each way)");
         var ceiling = await MeasureHostAgent(o["agent"], calls, bytes);
         Print(ceiling);

@@ -23,7 +23,8 @@ public sealed record VmmOptions
                                (hybrid vsock: write "CONNECT <port>\n"); guest connections to
                                host port P go to the Unix socket PATH_P
           --vsock-cid N        the guest's vsock CID (default 3)
-          --kvm-eventfds on|off  ioeventfd/irqfd for virtio where KVM offers them (default on)
+          --kvm-eventfds MODE  virtio signalling through KVM eventfds where offered: on (default:
+                               ioeventfd and irqfd), off, ioeventfd or irqfd (only that one)
           --debug              verbose VMM logging
           --quiet              only warnings and errors from the VMM
           --help               this text
@@ -41,7 +42,7 @@ public sealed record VmmOptions
     {
         string? kernel = null, initrd = null, cmdline = null, consoleLog = null, kvmDevice = null, vsock = null;
         ulong cid = 3;
-        bool eventFds = true;
+        (bool Ioeventfd, bool Irqfd) eventFds = (true, true);
         ulong memory = MachineConfig.DefaultMemoryMiB;
         int cpus = 1;
         bool toStdout = true, debug = false, quiet = false, help = false;
@@ -98,9 +99,11 @@ public sealed record VmmOptions
                 case "--kvm-eventfds":
                     eventFds = Value() switch
                     {
-                        "on" => true,
-                        "off" => false,
-                        var v => throw new ArgumentException($"--kvm-eventfds must be on or off, not '{v}'."),
+                        "on" => (true, true),
+                        "off" => (false, false),
+                        "ioeventfd" => (true, false),
+                        "irqfd" => (false, true),
+                        var v => throw new ArgumentException($"--kvm-eventfds must be on, off, ioeventfd or irqfd, not '{v}'."),
                     };
                     break;
                 case "--debug": debug = true; break;
@@ -122,7 +125,8 @@ public sealed record VmmOptions
             KvmDevicePath = kvmDevice ?? Kvm.KvmSystem.DefaultDevicePath,
             VsockSocketPath = vsock,
             GuestCid = cid,
-            UseKvmEventFds = eventFds,
+            UseIoeventfd = eventFds.Ioeventfd,
+            UseIrqfd = eventFds.Irqfd,
         };
         machine.Validate();
         return new VmmOptions { Machine = machine, ConsoleToStdout = toStdout, ConsoleLogPath = consoleLog, Debug = debug, Quiet = quiet };

@@ -209,14 +209,14 @@ public sealed class Machine : IDisposable
         _portBus.Register(CmosRtc.IndexPort, CmosRtc.PortSpan, new CmosRtc());
         _mmioBus.Register(MemoryLayout.BootTimerAddress, BootTimer.Size, new BootTimer(OnBootMarker));
 
-        bool eventFds = config.UseKvmEventFds && _kvm.SupportsIoeventfd && _kvm.SupportsIrqfd;
-        VirtioSignalling = eventFds ? "ioeventfd+irqfd" : "MMIO exits+KVM_IRQ_LINE";
-        AttachVirtio(RngSlot, new VirtioRng(_memory, _log), eventFds);
+        var signalling = (Ioeventfd: config.UseIoeventfd && _kvm.SupportsIoeventfd, Irqfd: config.UseIrqfd && _kvm.SupportsIrqfd);
+        VirtioSignalling = $"notifies by {(signalling.Ioeventfd ? "ioeventfd" : "MMIO exit")}, interrupts by {(signalling.Irqfd ? "irqfd" : "KVM_IRQ_LINE")}";
+        AttachVirtio(RngSlot, new VirtioRng(_memory, _log), signalling);
         if (config.VsockSocketPath is { } vsockPath)
         {
             _vsock = new VsockDevice(_memory, config.GuestCid, vsockPath, _deviceLoop, _log);
             _deviceResources.Add(_vsock);
-            AttachVirtio(VsockSlot, _vsock, eventFds);
+            AttachVirtio(VsockSlot, _vsock, signalling);
         }
     }
 
@@ -225,11 +225,11 @@ public sealed class Machine : IDisposable
     /// to a vCPU thread (ioeventfd wakes the device thread directly) and interrupts need no ioctl
     /// (irqfd); without them, the transport forwards notifies itself and drives the IRQ line.
     /// </summary>
-    private void AttachVirtio(int slot, IVirtioDevice device, bool useEventFds)
+    private void AttachVirtio(int slot, IVirtioDevice device, (bool Ioeventfd, bool Irqfd) signalling)
     {
         var (address, irq) = VirtioSlot(slot);
         IInterruptLine line = new KvmInterruptLine(_vm, irq);
-        if (useEventFds)
+        if (signalling.Irqfd)
         {
             var irqEvent = new EventFd();
             _deviceResources.Add(irqEvent);
@@ -238,7 +238,7 @@ public sealed class Machine : IDisposable
         }
         var transport = new MmioTransport(device, _memory, line, _deviceLoop, _log);
         _mmioBus.Register(address, MmioTransport.WindowSize, transport);
-        if (!useEventFds) return;
+        if (!signalling.Ioeventfd) return;
         for (int queue = 0; queue < transport.QueueCount; queue++)
         {
             var notify = new EventFd();

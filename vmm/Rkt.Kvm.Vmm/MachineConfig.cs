@@ -25,8 +25,10 @@ public sealed record MachineConfig
     /// <summary>The hybrid vsock Unix socket (shared/VSOCK.md); null for a VM without vsock.</summary>
     public string? VsockSocketPath { get; init; }
     public ulong GuestCid { get; init; } = 3;
-    /// <summary>Use KVM's ioeventfd/irqfd for virtio where offered; off forces MMIO exits and KVM_IRQ_LINE (for measuring).</summary>
-    public bool UseKvmEventFds { get; init; } = true;
+    /// <summary>Queue notifies through KVM's ioeventfd where offered; off: MMIO exits (for measuring).</summary>
+    public bool UseIoeventfd { get; init; } = true;
+    /// <summary>Interrupts through KVM's irqfd where offered; off: KVM_IRQ_LINE from the device thread.</summary>
+    public bool UseIrqfd { get; init; } = true;
 
     /// <summary>Checks what can be checked without touching the host; throws <see cref="ArgumentException"/> with a one-line reason.</summary>
     public void Validate()
