@@ -3,8 +3,9 @@ using System.Formats.Tar;
 namespace Rkt.Kvm.Images.Archive;
 
 /// <summary>How entry names map onto the root: an ACI holds <c>manifest</c> and <c>rootfs/…</c>;
-/// an OCI/docker layer is the root itself, with whiteout entries.</summary>
-public enum ArchiveLayout { Aci, Layer }
+/// an OCI/docker layer is the root itself, with whiteout entries; a plain archive (an OCI
+/// layout or docker save, tarred) is the root itself, whiteouts being ordinary names there.</summary>
+public enum ArchiveLayout { Aci, Layer, Plain }
 
 /// <summary>
 /// Applies tar archives (an ACI, or an image's layers in order) to an <see cref="ITreeWriter"/>,
@@ -22,6 +23,9 @@ public sealed class TarApplier(ITreeWriter writer, ExtractionPolicy policy)
     private long _entries;
 
     public VirtualTree Tree { get; } = new();
+
+    /// <summary>Whether an ACI had its <c>rootfs</c> directory (entries under it count).</summary>
+    public bool SawAciRootfs { get; private set; }
 
     /// <summary>The ACI's <c>manifest</c> bytes, once seen.</summary>
     public byte[]? AciManifest { get; private set; }
@@ -62,6 +66,7 @@ public sealed class TarApplier(ITreeWriter writer, ExtractionPolicy policy)
         {
             if (rel == "manifest") { ReadManifest(entry); return; }
             rel = AciRootfsPath(rel, name);
+            SawAciRootfs = true;
         }
         else if (EntryPath.BaseName(rel).StartsWith(WhiteoutPrefix, StringComparison.Ordinal))
         {
@@ -110,11 +115,12 @@ public sealed class TarApplier(ITreeWriter writer, ExtractionPolicy policy)
                 node = node with { Kind = existing.Node.Kind, LinkTarget = existing.Node.LinkTarget };
                 break;
             case TarEntryType.CharacterDevice or TarEntryType.BlockDevice:
+                var device = (PosixTarEntry)entry;
                 if (!policy.AllowDevices)
-                    throw new UnsafeEntryException(name, $"device node {entry.DeviceMajor}:{entry.DeviceMinor} not allowed (import with --allow-devices to keep it)");
+                    throw new UnsafeEntryException(name, $"device node {device.DeviceMajor}:{device.DeviceMinor} not allowed (import with --allow-devices to keep it)");
                 Replace(rel);
                 writer.Special(rel, entry.EntryType == TarEntryType.CharacterDevice ? UnixSpecialKind.CharacterDevice : UnixSpecialKind.BlockDevice,
-                    meta, entry.DeviceMajor, entry.DeviceMinor);
+                    meta, device.DeviceMajor, device.DeviceMinor);
                 node = node with { Kind = NodeKind.Special };
                 break;
             case TarEntryType.Fifo:
