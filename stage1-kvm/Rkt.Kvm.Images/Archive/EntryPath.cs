@@ -15,7 +15,10 @@ public static class EntryPath
     public static string Normalize(string name, string entryForErrors)
     {
         CheckText(name, entryForErrors, "name");
-        if (name.StartsWith('/')) throw new UnsafeEntryException(entryForErrors, "absolute path");
+        // umoci writes the root itself as "/": that one names the root, harmlessly. Any other
+        // absolute name is refused, not re-rooted: a tool that meant well does not write one.
+        if (name.StartsWith('/') && !name.Split('/').All(p => p is "" or "."))
+            throw new UnsafeEntryException(entryForErrors, "absolute path");
         var parts = new List<string>();
         foreach (var part in name.Split('/'))
         {

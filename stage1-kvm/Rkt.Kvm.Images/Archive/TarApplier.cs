@@ -32,7 +32,7 @@ public sealed class TarApplier(ITreeWriter writer, ExtractionPolicy policy)
 
     public void Apply(Stream tar, ArchiveLayout layout, int layer, string what)
     {
-        using var reader = new TarReader(tar, leaveOpen: true);
+        using var reader = new TarReader(new MissingEndBlocks(tar), leaveOpen: true);
         while (Next(reader, what) is { } entry)
         {
             if (++_entries > policy.MaxEntries)
