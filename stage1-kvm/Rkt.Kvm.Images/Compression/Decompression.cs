@@ -52,7 +52,9 @@ public static class Decompression
         public override int Read(Span<byte> buffer)
         {
             try { return inner.Read(buffer); }
-            catch (Exception e) when (e is not ImageException and not OperationCanceledException and not OutOfMemoryException)
+            // Programming errors (an unsupported call) must not pass for corrupt data.
+            catch (Exception e) when (e is not (ImageException or OperationCanceledException or OutOfMemoryException
+                                          or NotSupportedException or NotImplementedException or ObjectDisposedException))
             {
                 var codec = kind == CompressionKind.None ? "" : $" ({kind.ToString().ToLowerInvariant()})";
                 throw new ImageException($"{what} is truncated or corrupt{codec}: {e.Message}", e);

@@ -22,16 +22,23 @@ public sealed class PeekStream : ReadOnlyStream
 
     public ReadOnlySpan<byte> Head => _head.AsSpan(0, _headLen);
 
+    /// <summary>Bytes read so far (SharpCompress's XZStream asks its input for it).</summary>
+    public override long Position { get => _read; set => throw new NotSupportedException(); }
+
+    private long _read;
+
     public override int Read(Span<byte> buffer)
     {
+        int n;
         if (_headPos < _headLen)
         {
-            int n = Math.Min(buffer.Length, _headLen - _headPos);
+            n = Math.Min(buffer.Length, _headLen - _headPos);
             _head.AsSpan(_headPos, n).CopyTo(buffer);
             _headPos += n;
-            return n;
         }
-        return _inner.Read(buffer);
+        else n = _inner.Read(buffer);
+        _read += n;
+        return n;
     }
 
     protected override void Dispose(bool disposing)
