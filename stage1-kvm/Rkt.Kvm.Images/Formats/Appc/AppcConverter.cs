@@ -58,7 +58,7 @@ public static class AppcConverter
         bool hasTag = colon > reference.LastIndexOf('/');
         var repo = hasTag ? reference[..colon] : reference;
         var tag = hasTag ? reference[(colon + 1)..] : null;
-        if (!reference.Contains('/') && !hasTag) return (null, reference); // "latest": only a tag
+        if (!reference.Contains('/') && !hasTag && at < 0) return (null, reference); // "latest": only a tag
         return (repo.Length == 0 ? null : repo, tag);
     }
 
