@@ -11,8 +11,9 @@ RID := linux-x64
 DOTNET ?= dotnet
 DOTNET_FLAGS := --nologo -v quiet
 # Debian packages the build and the tests need (the kernel script installs its own); the
-# benchmarks also need QEMU, as the reference they measure against.
-APT_PACKAGES := busybox-static cpio gcc libc6-dev zlib1g-dev
+# benchmarks also need QEMU, as the reference they measure against. The image tests build their
+# fixtures with appc-spec (actool), umoci, skopeo, the compressors and attr (setfattr).
+APT_PACKAGES := busybox-static cpio gcc libc6-dev zlib1g-dev appc-spec umoci skopeo zstd xz-utils bzip2 attr
 BENCH_APT_PACKAGES := qemu-system-x86
 
 VMM := $(OUT)/vmm/rkt-kvm-vmm
@@ -23,9 +24,9 @@ KERNEL_DIR_FILE := $(OUT)/kernel-dir
 export DOTNET_CLI_TELEMETRY_OPTOUT := 1
 export DOTNET_NOLOGO := 1
 
-.PHONY: all run test deps apt-install kernel vmm tools initramfs bench clean
+.PHONY: all run test deps apt-install kernel vmm tools initramfs cli bench bench-images clean
 
-all: deps kernel vmm initramfs
+all: deps kernel vmm initramfs cli
 
 run: all
 	@echo "== booting the busybox guest (kernel $$(cat $(KERNEL_DIR_FILE))/vmlinux)"
@@ -41,6 +42,11 @@ test: all
 bench: all
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_APT_PACKAGES)"
 	bench/boot/run.sh
+	bench/images/run.sh
+
+# Image import + render against GNU tar, and the cached render (bench/images/).
+bench-images: deps cli
+	bench/images/run.sh
 
 # Installs only what is missing, so a prepared machine pays nothing.
 deps:
@@ -68,6 +74,10 @@ vmm:
 
 tools:
 	$(DOTNET) build guest-agent/Rkt.Kvm.Initramfs -c Release -o $(OUT)/tools $(DOTNET_FLAGS)
+
+# rkt-kvm (the image verbs for now), framework-dependent: out/cli/rkt-kvm.
+cli:
+	$(DOTNET) build stage1-kvm/Rkt.Kvm.Cli -c Release -o $(OUT)/cli $(DOTNET_FLAGS)
 
 initramfs: tools
 	$(MKINITRAMFS) --spec tests/guest/initramfs.spec -o $(TEST_INITRD)

@@ -72,7 +72,7 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
         {
             _progress.Step($"importing {Path.GetFileName(file)}", raw.Length);
             using var counted = new InspectingStream(raw, what, progress: n => _progress.Advance(n));
-            using var plain = new InspectingStream(Decompression.Open(counted, what, out _), what, HashAlgorithmName.SHA512,
+            using var plain = new InspectingStream(new ReadAheadStream(Decompression.Open(counted, what, out _)), what, HashAlgorithmName.SHA512,
                 tee: blob, limit: options.Policy.MaxBytes);
             applier.Apply(plain, ArchiveLayout.Aci, 0, what);
             plain.Drain(); // the ID covers the whole tar, padding included
@@ -112,7 +112,8 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
             _progress.Step($"importing {what}", raw.Length);
             using var stored = new InspectingStream(raw, what, layer.BlobDigest?.HashName ?? HashAlgorithmName.SHA256, tee: blob,
                 progress: n => _progress.Advance(n));
-            using var plain = new InspectingStream(Decompression.Open(stored, what, out var compression), what,
+            var compression = CompressionKind.None;
+            using var plain = new InspectingStream(new ReadAheadStream(Decompression.Open(stored, what, out compression)), what,
                 layer.DiffId?.HashName ?? HashAlgorithmName.SHA256, limit: budget, leaveOpen: false);
             applier.Apply(plain, ArchiveLayout.Layer, i, what);
             plain.Drain();

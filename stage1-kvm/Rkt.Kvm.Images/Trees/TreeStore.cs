@@ -56,7 +56,7 @@ public sealed class TreeStore(ImageStore store)
         {
             var what = $"blob {image.Blobs[i]} of {image.DisplayName}";
             using var blob = new FileStream(store.BlobPath(image.Blobs[i]), FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
-            using var plain = Decompression.Open(blob, what, out _);
+            using var plain = new ReadAheadStream(Decompression.Open(blob, what, out _));
             applier.Apply(plain, layout, i, what);
             plain.Drain();
         }
