@@ -91,9 +91,7 @@ public sealed class CliTests : IDisposable
     [Fact]
     public void Hostile_import_names_the_entry()
     {
-        var src = _tmp.Dir("src");
-        File.WriteAllText(Path.Join(src, "manifest"), """{"acKind":"ImageManifest","acVersion":"0.8.11","name":"example.com/x"}""");
-        Directory.CreateDirectory(Path.Join(src, "rootfs"));
+        var src = Fixtures.AciLayout(_tmp, "src", "example.com/x");
         File.WriteAllText(Path.Join(src, "f"), "x");
         Tool.Run("tar", src, "-cf", _tmp["evil.aci"], "--transform", "s,^f$,rootfs/../../f,", "manifest", "rootfs", "f");
         var (rc, _, err) = Cli("image", "import", _tmp["evil.aci"]);

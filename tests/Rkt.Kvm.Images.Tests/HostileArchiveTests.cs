@@ -13,7 +13,6 @@ namespace Rkt.Kvm.Images.Tests;
 /// </summary>
 public sealed class HostileArchiveTests : IDisposable
 {
-    private const string Manifest = """{"acKind":"ImageManifest","acVersion":"0.8.11","name":"example.com/hostile","labels":[]}""";
     private readonly TempDir _tmp = new();
     private readonly StoreHarness _store;
     private readonly string _src, _target, _outside;
@@ -21,9 +20,7 @@ public sealed class HostileArchiveTests : IDisposable
     public HostileArchiveTests()
     {
         _store = new StoreHarness(_tmp);
-        _src = _tmp.Dir("src");
-        File.WriteAllText(Path.Join(_src, "manifest"), Manifest);
-        Directory.CreateDirectory(Path.Join(_src, "rootfs"));
+        _src = Fixtures.AciLayout(_tmp, "src", "example.com/hostile");
         // Extraction target: tmp/x/target. Escapes aim at tmp/x and above, which must stay empty.
         _outside = _tmp.Dir("x");
         _target = _tmp.Dir("x/target");

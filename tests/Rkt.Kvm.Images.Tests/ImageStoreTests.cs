@@ -160,9 +160,7 @@ public sealed class ImageStoreTests : IDisposable
     [Fact]
     public void Xattrs_in_the_archive_are_applied()
     {
-        var layout = _tmp.Dir("xattr");
-        File.WriteAllText(Path.Join(layout, "manifest"), """{"acKind":"ImageManifest","acVersion":"0.8.11","name":"example.com/xattr"}""");
-        Directory.CreateDirectory(Path.Join(layout, "rootfs"));
+        var layout = Fixtures.AciLayout(_tmp, "xattr", "example.com/xattr");
         File.WriteAllText(Path.Join(layout, "rootfs/tagged"), "x");
         Tool.Run("setfattr", null, "-n", "user.rkt-test", "-v", "kept", Path.Join(layout, "rootfs/tagged"));
         var aci = _tmp["xattr.aci"];

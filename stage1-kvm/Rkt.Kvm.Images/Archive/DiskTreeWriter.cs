@@ -31,8 +31,9 @@ public sealed class DiskTreeWriter(string root) : ITreeWriter
     public void File(string rel, EntryMeta meta, Stream? data, long length)
     {
         var path = Full(rel);
+        // Preallocating (fallocate) pays off only for large files; small ones are most entries.
         using (var handle = System.IO.File.OpenHandle(path, FileMode.CreateNew, FileAccess.Write, FileShare.None,
-                   FileOptions.None, preallocationSize: length))
+                   FileOptions.None, preallocationSize: length >= 1 << 20 ? length : 0))
         {
             if (data is not null && length > 0) Copy(data, handle, length, rel);
             if (Libc.IsRoot && Libc.fchown((int)handle.DangerousGetHandle(), (uint)meta.Uid, (uint)meta.Gid) != 0)

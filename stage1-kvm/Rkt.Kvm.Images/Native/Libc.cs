@@ -19,6 +19,9 @@ internal static partial class Libc
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int lchown(string path, uint uid, uint gid);
 
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int mkdir(string path, uint mode);
+
     [LibraryImport("libc", SetLastError = true)]
     public static partial int fchown(int fd, uint uid, uint gid);
 

@@ -37,6 +37,16 @@ public static class Fixtures
         Tool.Run("touch", null, "-d", "2021-03-04 05:06:07Z", Path.Join(rootfs, "etc/passwd"), Path.Join(rootfs, "etc"));
     }
 
+    /// <summary>An ACI image layout (a <c>manifest</c> naming the image, an empty <c>rootfs/</c>)
+    /// for tests to fill and tar themselves; returns its directory.</summary>
+    public static string AciLayout(TempDir tmp, string dir, string name)
+    {
+        var layout = tmp.Dir(dir);
+        File.WriteAllText(Path.Join(layout, "manifest"), $$"""{"acKind":"ImageManifest","acVersion":"0.8.11","name":"{{name}}","labels":[]}""");
+        Directory.CreateDirectory(Path.Join(layout, "rootfs"));
+        return layout;
+    }
+
     /// <summary>A busybox ACI made and validated by actool (gzip-compressed, as actool writes).</summary>
     public static string BusyboxAci(TempDir tmp, string file = "busybox.aci")
     {
