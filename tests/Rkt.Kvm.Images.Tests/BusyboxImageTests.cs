@@ -53,6 +53,8 @@ public sealed class BusyboxImageTests : IDisposable
         Assert.StartsWith("fifo mode=644 owner=0:0", snapshot.Entries["tmp/fifo"]);
         Assert.Equal("dir mode=1777 owner=0:0", snapshot.Entries["tmp"][..23]);
         Assert.Contains("bin/busybox = sbin/init", snapshot.HardlinkGroups);
+        Assert.Contains("mode=2755 owner=0:50", snapshot.Entries["srv/shared/inherits"]);
+        Assert.Contains("mode=755 owner=0:0", snapshot.Entries["srv/shared/plain"]);
     }
 
     [Fact]

@@ -24,7 +24,10 @@ public sealed class DiskTreeWriter(string root) : ITreeWriter
 
     public void Directory(string rel, EntryMeta meta)
     {
-        System.IO.Directory.CreateDirectory(Full(rel));
+        // The applier has removed any non-directory in the way, so EEXIST means a directory.
+        var path = Full(rel);
+        if (Libc.mkdir(path, 0x1C0 /* 0700 until Complete */) != 0 && Marshal.GetLastPInvokeError() != Libc.EEXIST)
+            throw Libc.Error("mkdir", path);
         _dirs[rel] = meta;
     }
 
@@ -32,7 +35,9 @@ public sealed class DiskTreeWriter(string root) : ITreeWriter
     {
         var path = Full(rel);
         // Preallocating (fallocate) pays off only for large files; small ones are most entries.
-        using (var handle = System.IO.File.OpenHandle(path, FileMode.CreateNew, FileAccess.Write, FileShare.None,
+        // FileShare.ReadWrite: for a write handle .NET then takes no flock of its own (a syscall
+        // per file, and nobody else can see this scratch tree anyway).
+        using (var handle = System.IO.File.OpenHandle(path, FileMode.CreateNew, FileAccess.Write, FileShare.ReadWrite,
                    FileOptions.None, preallocationSize: length >= 1 << 20 ? length : 0))
         {
             if (data is not null && length > 0) Copy(data, handle, length, rel);

@@ -1,45 +1,56 @@
-using System.IO.Enumeration;
 using Rkt.Kvm.Images.Native;
 
 namespace Rkt.Kvm.Images.Trees;
 
 /// <summary>
-/// Copies a rendered tree: directories are recreated with their mode, owner and times; every
-/// other entry is hardlinked (<see cref="ExportMode.Hardlink"/>) or copied with its metadata,
-/// hardlink groups kept (<see cref="ExportMode.Copy"/>). Symlinks are recreated, never followed.
+/// Copies a rendered tree, given its <see cref="TreeListing"/>: directories are recreated with
+/// their mode, owner and times; every other entry is hardlinked (<see cref="ExportMode.Hardlink"/>)
+/// or copied with its metadata, hardlink groups kept (<see cref="ExportMode.Copy"/>). Symlinks
+/// are recreated, never followed. (Copy mode does not carry xattrs.)
 /// </summary>
 internal sealed class TreeCopier(ExportMode mode)
 {
+    private const uint SetGid = 0x400;
+    private static readonly uint Umask = ReadUmask();
     private readonly Dictionary<(ulong Dev, ulong Ino), string> _copiedInodes = [];
-    private readonly List<(string Path, Libc.Stat Stat)> _dirs = [];
+    private readonly HashSet<string> _setgidDirs = new(StringComparer.Ordinal);
 
-    public void Copy(string source, string target)
+    public void Copy(IReadOnlyList<TreeEntry> entries, string source, string target)
     {
-        CopyDirectory(source, target);
-        // Directory times last and deepest first: creating children changes them.
-        foreach (var (path, st) in Enumerable.Reverse(_dirs))
-            Libc.SetTimes(path, st.AtimeSec, st.AtimeNsec, st.MtimeSec, st.MtimeNsec);
-    }
-
-    private void CopyDirectory(string source, string target)
-    {
-        var st = Libc.LStat(source);
-        // Plain mkdir(2): the target's parent exists (or is the caller's), and this runs for half
-        // the entries of a typical image, so Directory.CreateDirectory's extra checks show.
-        if (Libc.mkdir(target, 0x1C0 /* 0700 until the mode is set */) != 0 && !Directory.Exists(target)) throw Libc.Error("mkdir", target);
-        SetOwnerAndMode(target, st);
-        _dirs.Add((target, st));
-        var entries = new FileSystemEnumerable<(string Name, bool IsDir)>(source,
-            (ref FileSystemEntry e) => (e.FileName.ToString(), e.IsDirectory && (e.Attributes & FileAttributes.ReparsePoint) == 0),
-            new EnumerationOptions { RecurseSubdirectories = false, AttributesToSkip = 0, IgnoreInaccessible = false });
-        foreach (var (name, isDir) in entries)
+        foreach (var e in entries)
         {
-            var from = Path.Join(source, name);
-            var to = Path.Join(target, name);
-            if (isDir) CopyDirectory(from, to);
+            var from = e.Path.Length == 0 ? source : Path.Join(source, e.Path);
+            var to = e.Path.Length == 0 ? target : Path.Join(target, e.Path);
+            if (e.IsDirectory) MakeDirectory(to, e);
             else if (mode == ExportMode.Hardlink) Link(from, to);
             else CopyEntry(from, to);
         }
+        // Directory times last and deepest first: creating children changes them.
+        for (int i = entries.Count - 1; i >= 0; i--)
+        {
+            var e = entries[i];
+            if (e.IsDirectory)
+                Libc.SetTimes(e.Path.Length == 0 ? target : Path.Join(target, e.Path), e.AtimeSec, e.AtimeNsec, e.MtimeSec, e.MtimeNsec);
+        }
+    }
+
+    /// <summary>mkdir with the final permission bits, then chown/chmod only where mkdir could not
+    /// have produced the result already (owner not root, special bits, umask, setgid parent).</summary>
+    private void MakeDirectory(string path, TreeEntry e)
+    {
+        uint perm = e.Mode & 0xFFF;
+        if (Libc.mkdir(path, perm & 0x1FF) != 0 && !Directory.Exists(path)) throw Libc.Error("mkdir", path);
+        bool inheritsGroup = e.Path.Length > 0 && _setgidDirs.Contains(Parent(e.Path));
+        if (Libc.IsRoot && (e.Uid != 0 || e.Gid != 0 || inheritsGroup || e.Path.Length == 0) && Libc.lchown(path, e.Uid, e.Gid) != 0)
+            throw Libc.Error("lchown", path);
+        if (perm != (perm & 0x1FF & ~Umask) || inheritsGroup || e.Path.Length == 0) File.SetUnixFileMode(path, (UnixFileMode)perm);
+        if ((perm & SetGid) != 0) _setgidDirs.Add(e.Path);
+    }
+
+    private static string Parent(string rel)
+    {
+        int slash = rel.LastIndexOf('/');
+        return slash < 0 ? "" : rel[..slash];
     }
 
     private static void Link(string from, string to)
@@ -55,6 +66,7 @@ internal sealed class TreeCopier(ExportMode mode)
             Link(first, to);
             return;
         }
+        bool isLink = (st.Mode & Libc.S_IFMT) == Libc.S_IFLNK;
         switch (st.Mode & Libc.S_IFMT)
         {
             case Libc.S_IFREG:
@@ -67,15 +79,16 @@ internal sealed class TreeCopier(ExportMode mode)
                 if (Libc.mknod(to, st.Mode, st.Rdev) != 0) throw Libc.Error("mknod", to);
                 break;
         }
-        if ((st.Mode & Libc.S_IFMT) != Libc.S_IFLNK) SetOwnerAndMode(to, st);
-        else if (Libc.IsRoot && Libc.lchown(to, st.Uid, st.Gid) != 0) throw Libc.Error("lchown", to);
+        if (Libc.IsRoot && Libc.lchown(to, st.Uid, st.Gid) != 0) throw Libc.Error("lchown", to);
+        if (!isLink) File.SetUnixFileMode(to, (UnixFileMode)(st.Mode & 0xFFF)); // after chown, which clears setuid
         Libc.SetTimes(to, st.AtimeSec, st.AtimeNsec, st.MtimeSec, st.MtimeNsec);
         if (st.Nlink > 1) _copiedInodes[(st.Dev, st.Ino)] = to;
     }
 
-    private static void SetOwnerAndMode(string path, Libc.Stat st)
+    /// <summary>The process umask, from /proc (reading it with umask(2) would change it briefly).</summary>
+    private static uint ReadUmask()
     {
-        if (Libc.IsRoot && Libc.lchown(path, st.Uid, st.Gid) != 0) throw Libc.Error("lchown", path);
-        File.SetUnixFileMode(path, (UnixFileMode)(st.Mode & 0xFFF)); // after chown, which clears setuid
+        var line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("Umask:", StringComparison.Ordinal));
+        return line is null ? 0x1FF : Convert.ToUInt32(line["Umask:".Length..].Trim(), 8);
     }
 }

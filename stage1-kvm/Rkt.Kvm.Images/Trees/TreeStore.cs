@@ -28,7 +28,7 @@ public enum ExportMode
 public sealed class TreeStore(ImageStore store)
 {
     internal const string TmpPrefix = "tmp-";
-    private const string DoneMarker = ".rendered";
+    private const string DoneMarker = ".rendered", ListingFile = "entries";
     private static readonly ILogger Log = Serilog.Log.ForContext<TreeStore>();
 
     public string TreePath(string id) => Path.Join(store.TreeDir, id);
@@ -61,6 +61,7 @@ public sealed class TreeStore(ImageStore store)
             plain.Drain();
         }
         applier.Complete();
+        TreeListing.Write(Path.Join(tmp.Path, ListingFile), TreeListing.Scan(rootfs));
         File.Copy(store.ManifestPath(image.Id), Path.Join(tmp.Path, "manifest"));
         File.WriteAllText(Path.Join(tmp.Path, DoneMarker), image.Id + "\n");
         Directory.Move(tmp.Path, tree);
@@ -82,7 +83,9 @@ public sealed class TreeStore(ImageStore store)
             var rootfsTarget = rootfsOnly ? target : Path.Join(target, "rootfs");
             Directory.CreateDirectory(target);
             if (!rootfsOnly) File.Copy(Path.Join(tree, "manifest"), Path.Join(target, "manifest"));
-            new TreeCopier(mode).Copy(Path.Join(tree, "rootfs"), rootfsTarget);
+            var rootfs = Path.Join(tree, "rootfs");
+            var entries = TreeListing.Read(Path.Join(tree, ListingFile)) ?? TreeListing.Scan(rootfs);
+            new TreeCopier(mode).Copy(entries, rootfs, rootfsTarget);
         }
         store.MarkUsed(image.Id, DateTimeOffset.UtcNow);
     }

@@ -33,6 +33,15 @@ public static class Fixtures
         Tool.Run("chmod", null, "0600", Path.Join(rootfs, "etc/secret"));
         Tool.Run("chmod", null, "4755", Path.Join(rootfs, "bin/suid"));
         Tool.Run("chmod", null, "0555", Path.Join(rootfs, "sbin"));
+        // A setgid directory: new subdirectories inherit its group and setgid bit unless told not to.
+        var shared = Path.Join(rootfs, "srv/shared");
+        Directory.CreateDirectory(shared);
+        Tool.Run("chown", null, "0:50", shared);
+        Tool.Run("chmod", null, "2775", shared);
+        Directory.CreateDirectory(Path.Join(shared, "inherits"));
+        Directory.CreateDirectory(Path.Join(shared, "plain"));
+        Tool.Run("chmod", null, "g-s", Path.Join(shared, "plain"));
+        Tool.Run("chown", null, "0:0", Path.Join(shared, "plain"));
         Tool.Run("touch", null, "-h", "-d", "2020-02-02 02:02:02Z", Path.Join(rootfs, "bin/sh"));
         Tool.Run("touch", null, "-d", "2021-03-04 05:06:07Z", Path.Join(rootfs, "etc/passwd"), Path.Join(rootfs, "etc"));
     }
