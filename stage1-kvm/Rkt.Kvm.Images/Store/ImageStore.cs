@@ -133,7 +133,7 @@ public sealed class ImageStore
         var i = index.Images.FindIndex(r => r.Id == id);
         if (i < 0) return;
         index.Images[i] = index.Images[i] with { LastUsed = when };
-        SaveIndex(index);
+        SaveIndex(index, durable: false);
     }
 
     /// <summary>
@@ -187,7 +187,8 @@ public sealed class ImageStore
         catch (JsonException e) { throw new ImageException($"the store index {IndexPath} is corrupt: {e.Message}", e); }
     }
 
-    private void SaveIndex(StoreIndex index) => AtomicFile.Write(IndexPath, JsonSerializer.SerializeToUtf8Bytes(index, IndexJson));
+    private void SaveIndex(StoreIndex index, bool durable = true) =>
+        AtomicFile.Write(IndexPath, JsonSerializer.SerializeToUtf8Bytes(index, IndexJson), durable);
 }
 
 public sealed record GcResult(IReadOnlyList<ImageRecord> RemovedImages, int RemovedBlobs, int RemovedTrees, int RemovedScratch);
