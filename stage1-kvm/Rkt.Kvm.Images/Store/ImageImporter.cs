@@ -109,7 +109,8 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
             var blobTmp = Path.Join(tmp.Path, $"layer-{i}");
             using var raw = File.OpenRead(layer.Path);
             using var blob = new FileStream(blobTmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16);
-            _progress.Step($"importing {what}", raw.Length);
+            var shortDigest = (layer.BlobDigest ?? layer.DiffId)?.Hex[..12];
+            _progress.Step($"importing layer {i + 1}/{image.Layers.Count} {shortDigest}", raw.Length);
             using var stored = new InspectingStream(raw, what, layer.BlobDigest?.HashName ?? HashAlgorithmName.SHA256, tee: blob,
                 progress: n => _progress.Advance(n));
             var compression = CompressionKind.None;
