@@ -16,7 +16,8 @@ namespace Rkt.Kvm.Images.Archive;
 /// </summary>
 public sealed class DiskTreeWriter(string root) : ITreeWriter
 {
-    private static readonly ILogger Log = Serilog.Log.ForContext<DiskTreeWriter>();
+    // Resolved per use, not cached: the CLI configures Serilog after these types may be loaded.
+    private static ILogger Log => Serilog.Log.ForContext<DiskTreeWriter>();
     private readonly string _root = Path.GetFullPath(root);
     private readonly Dictionary<string, EntryMeta> _dirs = new(StringComparer.Ordinal);
 

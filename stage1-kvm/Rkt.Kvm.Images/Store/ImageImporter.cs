@@ -21,7 +21,8 @@ namespace Rkt.Kvm.Images.Store;
 /// </summary>
 public sealed class ImageImporter(ImageStore store, IImportProgress? progress = null)
 {
-    private static readonly ILogger Log = Serilog.Log.ForContext<ImageImporter>();
+    // Resolved per use, not cached: the CLI configures Serilog after these types may be loaded.
+    private static ILogger Log => Serilog.Log.ForContext<ImageImporter>();
     private readonly IImportProgress _progress = progress ?? NoProgress.Instance;
 
     public ImageRecord Import(string source, ImportOptions options)

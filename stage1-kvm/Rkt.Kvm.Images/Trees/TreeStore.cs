@@ -29,7 +29,8 @@ public sealed class TreeStore(ImageStore store)
 {
     internal const string TmpPrefix = "tmp-";
     private const string DoneMarker = ".rendered", ListingFile = "entries";
-    private static readonly ILogger Log = Serilog.Log.ForContext<TreeStore>();
+    // Resolved per use, not cached: the CLI configures Serilog after these types may be loaded.
+    private static ILogger Log => Serilog.Log.ForContext<TreeStore>();
 
     public string TreePath(string id) => Path.Join(store.TreeDir, id);
 
