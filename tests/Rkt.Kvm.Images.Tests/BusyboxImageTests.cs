@@ -7,14 +7,8 @@ namespace Rkt.Kvm.Images.Tests;
 
 /// <summary>The busybox image from Debian's busybox-static, as an actool-built ACI, a umoci OCI
 /// layout and a skopeo docker-archive: imports, renders, and matches GNU tar's extraction.</summary>
-public sealed class BusyboxImageTests : IDisposable
+public sealed class BusyboxImageTests : StoreTest
 {
-    private readonly TempDir _tmp = new();
-    private readonly StoreHarness _store;
-
-    public BusyboxImageTests() => _store = new StoreHarness(_tmp);
-
-    public void Dispose() => _tmp.Dispose();
 
     [Fact]
     public void Aci_id_is_the_sha512_of_the_uncompressed_tar_and_render_matches_gnu_tar()

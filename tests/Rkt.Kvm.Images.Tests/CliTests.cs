@@ -7,11 +7,8 @@ namespace Rkt.Kvm.Images.Tests;
 
 /// <summary>The rkt-kvm image verbs, run through the real command table (and as real processes
 /// where concurrency matters), always with --dir pointing at a temp data dir.</summary>
-public sealed class CliTests : IDisposable
+public sealed class CliTests : StoreTest
 {
-    private readonly TempDir _tmp = new();
-
-    public void Dispose() => _tmp.Dispose();
 
     private (int Rc, string Out, string Err) Cli(params string[] args)
     {

@@ -11,22 +11,17 @@ namespace Rkt.Kvm.Images.Tests;
 /// naming the entry, both at import (the store is left unchanged) and when extracted straight to
 /// disk (nothing appears outside the target).
 /// </summary>
-public sealed class HostileArchiveTests : IDisposable
+public sealed class HostileArchiveTests : StoreTest
 {
-    private readonly TempDir _tmp = new();
-    private readonly StoreHarness _store;
     private readonly string _src, _target, _outside;
 
     public HostileArchiveTests()
     {
-        _store = new StoreHarness(_tmp);
         _src = Fixtures.AciLayout(_tmp, "src", "example.com/hostile");
         // Extraction target: tmp/x/target. Escapes aim at tmp/x and above, which must stay empty.
         _outside = _tmp.Dir("x");
         _target = _tmp.Dir("x/target");
     }
-
-    public void Dispose() => _tmp.Dispose();
 
     private string Rootfs(string rel) => Path.Join(_src, "rootfs", rel);
 

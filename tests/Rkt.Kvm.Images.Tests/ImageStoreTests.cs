@@ -6,14 +6,8 @@ namespace Rkt.Kvm.Images.Tests;
 
 /// <summary>The store: compressions, image choice, re-import, rm, gc, last-used, concurrency,
 /// and what an interrupted import leaves behind.</summary>
-public sealed class ImageStoreTests : IDisposable
+public sealed class ImageStoreTests : StoreTest
 {
-    private readonly TempDir _tmp = new();
-    private readonly StoreHarness _store;
-
-    public ImageStoreTests() => _store = new StoreHarness(_tmp);
-
-    public void Dispose() => _tmp.Dispose();
 
     [Fact]
     public void Every_compression_of_an_aci_gives_the_same_image_id()

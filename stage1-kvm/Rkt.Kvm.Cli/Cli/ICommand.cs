@@ -15,6 +15,16 @@ public interface ICommand
     int Run(CommandContext context, Arguments args);
 }
 
+/// <summary>A leaf verb: its name, one-line summary and usage, given once.</summary>
+public abstract class Command(string name, string summary, string usage) : ICommand
+{
+    public string Name => name;
+    public string Summary => summary;
+    public string Usage => usage;
+    public virtual IReadOnlyList<FlagSpec> Flags => [];
+    public abstract int Run(CommandContext context, Arguments args);
+}
+
 /// <summary>What every command gets: the store under --dir, the output streams, and how to
 /// show progress (bars on a terminal, plain lines otherwise).</summary>
 public sealed class CommandContext(string dataDir, TextWriter stdout, TextWriter stderr, bool stderrIsTerminal)

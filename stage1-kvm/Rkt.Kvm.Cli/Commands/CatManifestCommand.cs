@@ -5,14 +5,13 @@ using Rkt.Kvm.Cli.Cli;
 namespace Rkt.Kvm.Cli.Commands;
 
 /// <summary><c>image cat-manifest IMAGE</c>: the appc image manifest, pretty-printed as rkt does.</summary>
-public sealed class CatManifestCommand : ICommand
+public sealed class CatManifestCommand() : Command("cat-manifest",
+    "Print the appc image manifest of an image",
+    "image cat-manifest [--pretty-print=false] IMAGE")
 {
-    public string Name => "cat-manifest";
-    public string Summary => "Print the appc image manifest of an image";
-    public string Usage => "image cat-manifest [--pretty-print=false] IMAGE";
-    public IReadOnlyList<FlagSpec> Flags { get; } = [new("pretty-print", "indent the JSON", IsBool: true, Default: "true")];
+    public override IReadOnlyList<FlagSpec> Flags { get; } = [new("pretty-print", "indent the JSON", IsBool: true, Default: "true")];
 
-    public int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, Arguments args)
     {
         var image = context.Store.Resolve(args.Expect(1, $"rkt-kvm {Usage}")[0]);
         var node = JsonNode.Parse(context.Store.ReadManifest(image));

@@ -5,19 +5,18 @@ namespace Rkt.Kvm.Cli.Commands;
 
 /// <summary><c>image extract IMAGE DIR</c>: renders the image (once, into the tree store) and
 /// gives DIR its <c>manifest</c> and <c>rootfs/</c>, as hardlinks to the cached tree unless --copy.</summary>
-public sealed class ExtractImageCommand : ICommand
+public sealed class ExtractImageCommand() : Command("extract",
+    "Render an image into a directory (manifest and rootfs/)",
+    "image extract [--rootfs-only] [--overwrite] [--copy] IMAGE DIR")
 {
-    public string Name => "extract";
-    public string Summary => "Render an image into a directory (manifest and rootfs/)";
-    public string Usage => "image extract [--rootfs-only] [--overwrite] [--copy] IMAGE DIR";
-    public IReadOnlyList<FlagSpec> Flags { get; } =
+    public override IReadOnlyList<FlagSpec> Flags { get; } =
     [
         new("rootfs-only", "put the root filesystem itself in DIR, without the manifest", IsBool: true),
         new("overwrite", "replace DIR if it exists", IsBool: true),
         new("copy", "copy files instead of hardlinking them to the tree store (for a tree you will modify)", IsBool: true),
     ];
 
-    public int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, Arguments args)
     {
         var positional = args.Expect(2, $"rkt-kvm {Usage}");
         var image = context.Store.Resolve(positional[0]);

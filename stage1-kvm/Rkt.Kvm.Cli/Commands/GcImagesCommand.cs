@@ -5,14 +5,13 @@ namespace Rkt.Kvm.Cli.Commands;
 
 /// <summary><c>image gc</c>: like rkt, removes images unused for --grace-period (default 24h),
 /// then unreferenced blobs and trees and the leftovers of interrupted imports.</summary>
-public sealed partial class GcImagesCommand : ICommand
+public sealed partial class GcImagesCommand() : Command("gc",
+    "Remove unused images and leftovers from the local store",
+    "image gc [--grace-period=DURATION|never]")
 {
-    public string Name => "gc";
-    public string Summary => "Remove unused images and leftovers from the local store";
-    public string Usage => "image gc [--grace-period=DURATION|never]";
-    public IReadOnlyList<FlagSpec> Flags { get; } = [new("grace-period", "remove images not used for this long (Go duration, or \"never\")", Default: "24h")];
+    public override IReadOnlyList<FlagSpec> Flags { get; } = [new("grace-period", "remove images not used for this long (Go duration, or \"never\")", Default: "24h")];
 
-    public int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, Arguments args)
     {
         args.Expect(0, $"rkt-kvm {Usage}");
         var graceText = args.Get("grace-period")!;

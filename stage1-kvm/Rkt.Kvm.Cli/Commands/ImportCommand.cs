@@ -5,12 +5,10 @@ namespace Rkt.Kvm.Cli.Commands;
 
 /// <summary><c>image import FILE|DIR</c>, and <c>fetch FILE</c> as rkt users type it: prints the
 /// image ID on stdout, as rkt fetch does.</summary>
-public sealed class ImportCommand(string name, string summary) : ICommand
+public sealed class ImportCommand(string name, string summary)
+    : Command(name, summary, $"{name} [--name=NAME] [--ref=REF] [--allow-devices] [--max-size=SIZE] FILE|DIR")
 {
-    public string Name => name;
-    public string Summary => summary;
-    public string Usage => $"{name} [--name=NAME] [--ref=REF] [--allow-devices] [--max-size=SIZE] FILE|DIR";
-    public IReadOnlyList<FlagSpec> Flags { get; } =
+    public override IReadOnlyList<FlagSpec> Flags { get; } =
     [
         new("name", "image name for an OCI or docker image (default: its repository)"),
         new("ref", "which image of an OCI layout or docker archive: ref name, repo:tag or digest"),
@@ -18,7 +16,7 @@ public sealed class ImportCommand(string name, string summary) : ICommand
         new("max-size", "refuse images that expand past this many bytes (K, M, G, T suffixes)", Default: "32G"),
     ];
 
-    public int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, Arguments args)
     {
         var source = args.Expect(1, $"rkt-kvm {Usage}")[0];
         var options = new ImportOptions(args.Get("name"), args.Get("ref"))

@@ -5,24 +5,23 @@ namespace Rkt.Kvm.Cli.Commands;
 
 /// <summary><c>image list</c> with rkt's columns ID, NAME, SIZE, IMPORT TIME, LAST USED; IDs
 /// shortened as rkt does unless --full; --format=json for scripts (times in unix ns).</summary>
-public sealed class ListImagesCommand : ICommand
+public sealed class ListImagesCommand() : Command("list",
+    "List images in the local store",
+    "image list [--full] [--no-legend] [--format=json|json-pretty]")
 {
     /// <summary>rkt shows "sha512-" and 32 hex digits.</summary>
     private const int ShortIdLength = 7 + 32;
 
-    public string Name => "list";
-    public string Summary => "List images in the local store";
-    public string Usage => "image list [--full] [--no-legend] [--format=json|json-pretty]";
-    public IReadOnlyList<FlagSpec> Flags { get; } =
+    public override IReadOnlyList<FlagSpec> Flags { get; } =
     [
         new("full", "show full image IDs and exact times", IsBool: true),
         new("no-legend", "omit the header line", IsBool: true),
         new("format", "output format: text (default), json or json-pretty", Default: ""),
     ];
 
-    public int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, Arguments args)
     {
-        args.Expect(0, Usage);
+        args.Expect(0, $"rkt-kvm {Usage}");
         var images = context.Store.List().OrderBy(i => i.ImportTime).ToList();
         var format = args.Get("format");
         if (format is "json" or "json-pretty")

@@ -4,14 +4,12 @@ using Rkt.Kvm.Images;
 namespace Rkt.Kvm.Cli.Commands;
 
 /// <summary><c>image rm IMAGE...</c>: removes each image, its tree and blobs no other image uses.</summary>
-public sealed class RemoveImageCommand : ICommand
+public sealed class RemoveImageCommand() : Command("rm",
+    "Remove one or more images from the local store",
+    "image rm IMAGE...")
 {
-    public string Name => "rm";
-    public string Summary => "Remove one or more images from the local store";
-    public string Usage => "image rm IMAGE...";
-    public IReadOnlyList<FlagSpec> Flags => [];
 
-    public int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, Arguments args)
     {
         if (args.Positional.Count == 0) throw new UsageException($"usage: rkt-kvm {Usage}");
         int failed = 0;
