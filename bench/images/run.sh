@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Image benchmark: `make bench-images` (or `make bench`) runs this.
-# Usage: bench/images/run.sh [runs]   (default 3 timed runs of each step; the best is reported)
+# Usage: bench/images/run.sh [runs]   (default 5 timed runs of each step; the best is reported)
 #
 # Builds a ~100 MB, 4-layer OCI image (gzip layers) from the files of installed Debian
 # packages under /usr/lib, /usr/share and /usr/bin, picked deterministically (dpkg's file lists,
@@ -57,4 +57,4 @@ manifest_size=$(stat -c %s "$work/manifest.json"); manifest=$(blob "$work/manife
 printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"bench"}}]}' \
   "$manifest" "$manifest_size" > "$layout/index.json"
 
-exec dotnet run -c Release --project "$root/bench/images" -- --layout "$layout" --ref bench --work "$work" --runs "${1:-3}"
+exec dotnet run -c Release --project "$root/bench/images" -- --layout "$layout" --ref bench --work "$work" --runs "${1:-5}"

@@ -17,8 +17,9 @@ public sealed class TarApplier(ITreeWriter writer, ExtractionPolicy policy)
 {
     private const string WhiteoutPrefix = ".wh.", OpaqueWhiteout = ".wh..wh..opq";
     private const int MaxManifestBytes = 1 << 20;
-    private static readonly EntryMeta ImplicitDirMeta = new(
-        (UnixFileMode)Convert.ToInt32("755", 8), 0, 0, DateTimeOffset.UnixEpoch, []);
+    /// <summary>Parents an archive does not list are made as GNU tar and containerd make them:
+    /// 0755, owned by root, stamped with the time of extraction.</summary>
+    private readonly EntryMeta _implicitDirMeta = new((UnixFileMode)Convert.ToInt32("755", 8), 0, 0, DateTimeOffset.UtcNow, []);
 
     private long _entries;
 
@@ -200,7 +201,7 @@ public sealed class TarApplier(ITreeWriter writer, ExtractionPolicy policy)
         foreach (var dir in EntryPath.Ancestors(rel))
         {
             if (Tree.TryGet(dir, out _)) continue;
-            writer.Directory(dir, ImplicitDirMeta);
+            writer.Directory(dir, _implicitDirMeta);
             Tree.Set(dir, new Node(NodeKind.Directory, layer, dir));
         }
     }
