@@ -71,6 +71,7 @@ public sealed class CliTests : StoreTest
     [InlineData("image", "rm", "sha512-00000000")]
     [InlineData("image", "cat-manifest", "example.com/none")]
     [InlineData("image", "import", "/nonexistent/image.aci")]
+    [InlineData("fetch", "docker://busybox")]
     [InlineData("image", "frobnicate")]
     [InlineData("nosuchverb")]
     [InlineData("image", "list", "--format=yaml")]

@@ -27,6 +27,8 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
 
     public ImageRecord Import(string source, ImportOptions options)
     {
+        if (source.Contains("://", StringComparison.Ordinal) || source.StartsWith("docker:", StringComparison.Ordinal))
+            throw new ImageException($"{source}: only local files and directories can be imported (no network fetches)");
         using var tmp = TempArea.Create(store.TmpDir, "import-");
         if (Directory.Exists(source)) return ImportLayered(source, source, tmp, options);
         if (!File.Exists(source)) throw new ImageException($"{source}: no such file or directory");
