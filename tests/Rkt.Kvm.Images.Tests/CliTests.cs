@@ -121,6 +121,39 @@ public sealed class CliTests : StoreTest
         Assert.Equal(2, JsonNode.Parse(Cli("image", "list", "--format=json").Out)!.AsArray().Count);
     }
 
+    [Fact]
+    public async Task Import_killed_midway_leaves_no_image_and_gc_removes_its_scratch()
+    {
+        // The layer blob becomes a FIFO that we feed half of the real layer, then the importing
+        // process is killed (SIGKILL, no clean-up) while it waits for the rest.
+        var layout = Fixtures.BusyboxOci(_tmp);
+        var layer = Fixtures.LayerBlobs(layout, "1.36").Single();
+        var bytes = File.ReadAllBytes(layer);
+        File.Delete(layer);
+        Tool.Run("mkfifo", null, layer);
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { Path.Join(AppContext.BaseDirectory, "rkt-kvm.dll"), "--dir", _tmp["data"], "image", "import", layout })
+            psi.ArgumentList.Add(a);
+        using var process = Process.Start(psi)!;
+        await using (var fifo = new FileStream(layer, FileMode.Open, FileAccess.Write))
+        {
+            await fifo.WriteAsync(bytes.AsMemory(0, bytes.Length / 2));
+            await fifo.FlushAsync();
+            var scratch = Path.Join(_tmp["data"], "cas", "tmp");
+            var deadline = DateTime.UtcNow.AddSeconds(30);
+            while (!Directory.EnumerateFiles(scratch, "layer-0", SearchOption.AllDirectories).Any(f => new FileInfo(f).Length > 0))
+            {
+                Assert.True(DateTime.UtcNow < deadline, "the import never started writing its scratch copy");
+                await Task.Delay(10);
+            }
+            process.Kill();
+            await process.WaitForExitAsync();
+        }
+        Assert.Equal("[]", Cli("image", "list", "--format=json").Out.Trim());
+        Assert.Contains("1 interrupted operation(s) removed", Cli("image", "gc").Out);
+        _store.AssertEmpty();
+    }
+
     private static async Task<(int Rc, string Out, string Err)> RunProcess(string dll, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };

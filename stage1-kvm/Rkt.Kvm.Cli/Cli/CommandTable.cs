@@ -53,6 +53,13 @@ public static class CommandTable
             stderr.WriteLine($"rkt-kvm: {OneLine(e.Message)}");
             return ExitError;
         }
+        catch (Exception e)
+        {
+            // A bug, not a user error: still one line (the stack trace with --debug), still 254.
+            Log.Debug(e, "Unexpected failure");
+            stderr.WriteLine($"rkt-kvm: internal error: {e.GetType().Name}: {OneLine(e.Message)}");
+            return ExitError;
+        }
         finally
         {
             Log.CloseAndFlush();

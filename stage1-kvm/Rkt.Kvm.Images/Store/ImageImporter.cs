@@ -73,7 +73,7 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
         using (var raw = File.OpenRead(file))
         using (var blob = new FileStream(blobTmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16))
         {
-            _progress.Step($"importing {Path.GetFileName(file)}", raw.Length);
+            _progress.Step($"importing {Path.GetFileName(file)}", SizeOf(raw));
             using var counted = new InspectingStream(raw, what, progress: n => _progress.Advance(n));
             using var plain = new InspectingStream(new ReadAheadStream(Decompression.Open(counted, what, out _)), what, HashAlgorithmName.SHA512,
                 tee: blob, limit: options.Policy.MaxBytes);
@@ -113,7 +113,7 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
             using var raw = File.OpenRead(layer.Path);
             using var blob = new FileStream(blobTmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16);
             var shortDigest = (layer.BlobDigest ?? layer.DiffId)?.Hex[..12];
-            _progress.Step($"importing layer {i + 1}/{image.Layers.Count} {shortDigest}", raw.Length);
+            _progress.Step($"importing layer {i + 1}/{image.Layers.Count} {shortDigest}", SizeOf(raw));
             using var stored = new InspectingStream(raw, what, layer.BlobDigest?.HashName ?? HashAlgorithmName.SHA256, tee: blob,
                 progress: n => _progress.Advance(n));
             var compression = CompressionKind.None;
@@ -147,6 +147,9 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
         return store.Commit(record, blobs, manifest);
     }
 
+    /// <summary>For progress only: a pipe or FIFO has no length.</summary>
+    private static long SizeOf(Stream raw) => raw.CanSeek ? raw.Length : 0;
+
     /// <summary>An OCI/docker image has no tar of its own to hash; its ID is the SHA-512 of
     /// what defines it here: our manifest and its layers in order.</summary>
     private static string LayeredImageId(byte[] manifest, IEnumerable<string> layerKeys)
@@ -168,7 +171,7 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
         Directory.CreateDirectory(dest);
         var what = $"archive {Path.GetFileName(file)}";
         using var raw = File.OpenRead(file);
-        _progress.Step($"unpacking {Path.GetFileName(file)}", raw.Length);
+        _progress.Step($"unpacking {Path.GetFileName(file)}", SizeOf(raw));
         using var counted = new InspectingStream(raw, what, progress: n => _progress.Advance(n));
         using var plain = new InspectingStream(Decompression.Open(counted, what, out _), what, limit: policy.MaxBytes);
         var applier = new TarApplier(new DiskTreeWriter(dest), policy with { AllowDevices = false });
