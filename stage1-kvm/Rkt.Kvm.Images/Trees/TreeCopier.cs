@@ -22,20 +22,31 @@ internal sealed class TreeCopier(ExportMode mode)
         // Directories level by level (a level's parents all exist), each level spread over the
         // CPUs: on ext4, mkdir is most of a hardlink export's time and it runs well in parallel.
         foreach (var level in entries.Where(e => e.IsDirectory).GroupBy(e => e.Path.Length == 0 ? 0 : e.Path.Count(c => c == '/') + 1).OrderBy(g => g.Key))
-            InParallel(level, e => MakeDirectory(To(e), e));
+            InParallel(level.ToList(), e => MakeDirectory(To(e), e));
         if (mode == ExportMode.Hardlink)
-            InParallel(entries.Where(e => !e.IsDirectory), e => Link(Path.Join(source, e.Path), To(e)));
+            InParallel(entries.Where(e => !e.IsDirectory).ToList(), e => Link(Path.Join(source, e.Path), To(e)));
         else
             foreach (var e in entries.Where(e => !e.IsDirectory)) CopyEntry(Path.Join(source, e.Path), To(e));
         // Directory times last: creating children changes them.
-        InParallel(entries.Where(e => e.IsDirectory), e => Libc.SetTimes(To(e), e.AtimeSec, e.AtimeNsec, e.MtimeSec, e.MtimeNsec));
+        InParallel(entries.Where(e => e.IsDirectory).ToList(), e => Libc.SetTimes(To(e), e.AtimeSec, e.AtimeNsec, e.MtimeSec, e.MtimeNsec));
     }
 
-    /// <summary>Parallel.ForEach over the CPUs, failing with the first error itself rather than
-    /// an AggregateException, so callers see the same exceptions as from a loop.</summary>
+    /// <summary>
+    /// Runs the action over the entries on every CPU, in contiguous ranges (little coordination:
+    /// each call is a single system call), or inline for a handful. Fails with the first error
+    /// itself rather than an AggregateException, so callers see what a loop would throw.
+    /// </summary>
     private static void InParallel(IEnumerable<TreeEntry> entries, Action<TreeEntry> action)
     {
-        try { Parallel.ForEach(entries, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, action); }
+        var items = entries as IReadOnlyList<TreeEntry> ?? entries.ToList();
+        if (items.Count < 64)
+        {
+            foreach (var e in items) action(e);
+            return;
+        }
+        int workers = Environment.ProcessorCount;
+        var ranges = Partitioner.Create(0, items.Count, Math.Max(16, items.Count / (workers * 4)));
+        try { Parallel.ForEach(ranges, new ParallelOptions { MaxDegreeOfParallelism = workers }, r => { for (int i = r.Item1; i < r.Item2; i++) action(items[i]); }); }
         catch (AggregateException e) { System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(e.InnerExceptions[0]); }
     }
 
