@@ -13,7 +13,7 @@ namespace Rkt.Kvm.Images.Store;
 /// cas/blob/sha256/HEX      an OCI/docker layer as imported (compressed or not)
 /// cas/manifest/ID          the appc image manifest
 /// cas/tmp/                 imports in progress (see TempArea)
-/// tree/ID/                 rendered trees (see TreeStore)
+/// tree/ID/                 rendered trees: rootfs/, manifest, entries listing (see TreeStore)
 /// </code>
 /// An import prepares everything in tmp and commits under the exclusive lock: blobs renamed in,
 /// manifest written, then the index replaced atomically. Until that last rename the image does
