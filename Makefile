@@ -12,8 +12,9 @@ RID := linux-x64
 DOTNET ?= dotnet
 DOTNET_FLAGS := --nologo -v quiet
 # Debian packages the build and the tests need (the kernel script installs its own); the
-# benchmarks also need QEMU, as the reference they measure against.
-APT_PACKAGES := busybox-static cpio gcc libc6-dev zlib1g-dev
+# benchmarks also need QEMU, as the reference they measure against. The image tests build their
+# fixtures with appc-spec (actool), umoci, skopeo, the compressors and attr (setfattr).
+APT_PACKAGES := busybox-static cpio gcc libc6-dev zlib1g-dev appc-spec umoci skopeo zstd xz-utils bzip2 attr
 BENCH_APT_PACKAGES := qemu-system-x86
 
 VMM := $(OUT)/vmm/rkt-kvm-vmm
@@ -27,9 +28,9 @@ KERNEL_DIR_FILE := $(OUT)/kernel-dir
 export DOTNET_CLI_TELEMETRY_OPTOUT := 1
 export DOTNET_NOLOGO := 1
 
-.PHONY: all run test deps apt-install kernel vmm agent tools initramfs agent-initramfs bench bench-boot bench-vsock clean
+.PHONY: all run test deps apt-install kernel vmm agent tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images clean
 
-all: deps kernel vmm initramfs agent-initramfs
+all: deps kernel vmm initramfs agent-initramfs cli
 
 # Boots a VM with the guest agent as init, asks it over gRPC (through our virtio-vsock) what it
 # sees, prints that, and powers the VM off through the agent.
@@ -45,11 +46,15 @@ test: all
 	  --results-directory $(OUT)/test-results || status=$$?; \
 	tests/summarize-trx.sh $(OUT)/test-results; exit $$status
 
-bench: bench-boot bench-vsock
+bench: bench-boot bench-vsock bench-images
 
 bench-boot: all
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_APT_PACKAGES)"
 	bench/boot/run.sh
+
+# Image import + render against GNU tar, and the cached render (bench/images/).
+bench-images: deps cli
+	bench/images/run.sh
 
 bench-vsock: all
 	bench/vsock/run.sh
@@ -86,6 +91,10 @@ agent:
 tools:
 	$(DOTNET) build guest-agent/Rkt.Kvm.Initramfs -c Release -o $(OUT)/tools $(DOTNET_FLAGS)
 	$(DOTNET) build guest-agent/Rkt.Kvm.AgentCtl -c Release -o $(OUT)/tools $(DOTNET_FLAGS)
+
+# rkt-kvm (the image verbs for now), framework-dependent: out/cli/rkt-kvm.
+cli:
+	$(DOTNET) build stage1-kvm/Rkt.Kvm.Cli -c Release -o $(OUT)/cli $(DOTNET_FLAGS)
 
 initramfs: tools
 	$(MKINITRAMFS) --spec tests/guest/initramfs.spec -o $(TEST_INITRD)

@@ -1,0 +1,102 @@
+using Rkt.Kvm.Cli.Commands;
+using Rkt.Kvm.Images;
+using Rkt.Kvm.Images.Store;
+using Serilog;
+using Serilog.Events;
+
+namespace Rkt.Kvm.Cli.Cli;
+
+/// <summary>
+/// The rkt-kvm command line: global flags (--dir, --debug), verb dispatch, logging set-up, and
+/// rkt's error convention: one line on stderr and exit status 254.
+/// </summary>
+public static class CommandTable
+{
+    public const int ExitError = 254;
+
+    public static readonly FlagSpec[] GlobalFlags =
+    [
+        new("dir", "data directory (image store, trees)", Default: ImageStore.DefaultDataDir),
+        new("debug", "log debug output to stderr", IsBool: true),
+        new("help", "show usage", IsBool: true),
+    ];
+
+    /// <summary>Every verb. Later issues add run, list, status, stop, gc, enter, … here.</summary>
+    public static IReadOnlyList<ICommand> Commands { get; } =
+    [
+        new ImportCommand("fetch", "Import a local image file (ACI, OCI layout tar, docker archive) into the store"),
+        new CommandGroup("image", "Operate on images in the local store",
+            new ImportCommand("import", "Import an ACI, OCI image layout (directory or tar) or docker archive"),
+            new ListImagesCommand(),
+            new RemoveImageCommand(),
+            new CatManifestCommand(),
+            new ExtractImageCommand(),
+            new GcImagesCommand()),
+    ];
+
+    public static int Run(string[] argv, TextWriter stdout, TextWriter stderr, bool stderrIsTerminal)
+    {
+        try
+        {
+            var (command, rest) = Dispatch(argv);
+            var args = Arguments.Parse(rest, [.. command.Flags, .. GlobalFlags]);
+            if (args.Bool("help")) { stdout.WriteLine(UsageOf(command)); return 0; }
+            Log.Logger = new LoggerConfiguration()
+                .MinimumLevel.Is(args.Bool("debug") ? LogEventLevel.Debug : LogEventLevel.Warning)
+                .WriteTo.Console(standardErrorFromLevel: LogEventLevel.Verbose, outputTemplate: "rkt-kvm: {Message:lj}{NewLine}{Exception}")
+                .CreateLogger();
+            return command.Run(new CommandContext(args.Get("dir")!, stdout, stderr, stderrIsTerminal), args);
+        }
+        catch (Exception e) when (e is ImageException or UsageException or IOException or UnauthorizedAccessException)
+        {
+            Log.Debug(e, "Failed");
+            stderr.WriteLine($"rkt-kvm: {OneLine(e.Message)}");
+            return ExitError;
+        }
+        catch (Exception e)
+        {
+            // A bug, not a user error: still one line (the stack trace with --debug), still 254.
+            Log.Debug(e, "Unexpected failure");
+            stderr.WriteLine($"rkt-kvm: internal error: {e.GetType().Name}: {OneLine(e.Message)}");
+            return ExitError;
+        }
+        finally
+        {
+            Log.CloseAndFlush();
+        }
+    }
+
+    /// <summary>Finds the verb (and sub-verb) among the arguments; the rest are its arguments.</summary>
+    private static (ICommand Command, List<string> Remaining) Dispatch(string[] argv)
+    {
+        ICommand? command = null;
+        var rest = new List<string>();
+        for (int i = 0; i < argv.Length; i++)
+        {
+            var arg = argv[i];
+            if (arg.StartsWith('-') && command is null or CommandGroup)
+            {
+                rest.Add(arg);
+                var name = arg.TrimStart('-');
+                if (GlobalFlags.Any(f => f.Name == name && !f.IsBool) && i + 1 < argv.Length) rest.Add(argv[++i]);
+                continue;
+            }
+            if (command is null)
+                command = Commands.FirstOrDefault(c => c.Name == arg) ?? throw new UsageException($"unknown command \"{arg}\"; commands: {string.Join(", ", Commands.Select(c => c.Name))}");
+            else if (command is CommandGroup group)
+                command = group.Find(arg) ?? throw new UsageException($"unknown command \"{group.Name} {arg}\"; try: {string.Join(", ", group.Commands.Select(c => c.Name))}");
+            else rest.Add(arg);
+        }
+        return command switch
+        {
+            null => throw new UsageException($"usage: rkt-kvm [--dir=DIR] [--debug] <{string.Join('|', Commands.Select(c => c.Name))}> ..."),
+            CommandGroup g => throw new UsageException($"usage: rkt-kvm {g.Usage}"),
+            _ => (command, rest),
+        };
+    }
+
+    private static string UsageOf(ICommand command) =>
+        $"{command.Summary}\nusage: rkt-kvm {command.Usage}\n" + string.Concat(command.Flags.Select(f => $"  --{f.Name}{(f.IsBool ? "" : "=VALUE")}\t{f.Help}\n"));
+
+    private static string OneLine(string message) => message.ReplaceLineEndings(" ");
+}

@@ -1,0 +1,37 @@
+using Rkt.Kvm.Images.Store;
+
+namespace Rkt.Kvm.Cli.Cli;
+
+/// <summary>
+/// One verb of rkt-kvm. New verbs (run, list, status, …) implement this and are added to
+/// <see cref="CommandTable"/>; a verb with sub-verbs (image) is a <see cref="CommandGroup"/>.
+/// </summary>
+public interface ICommand
+{
+    string Name { get; }
+    string Summary { get; }
+    string Usage { get; }
+    IReadOnlyList<FlagSpec> Flags { get; }
+    int Run(CommandContext context, Arguments args);
+}
+
+/// <summary>A leaf verb: its name, one-line summary and usage, given once.</summary>
+public abstract class Command(string name, string summary, string usage) : ICommand
+{
+    public string Name => name;
+    public string Summary => summary;
+    public string Usage => usage;
+    public virtual IReadOnlyList<FlagSpec> Flags => [];
+    public abstract int Run(CommandContext context, Arguments args);
+}
+
+/// <summary>What every command gets: the store under --dir, the output streams, and how to
+/// show progress (bars on a terminal, plain lines otherwise).</summary>
+public sealed class CommandContext(string dataDir, TextWriter stdout, TextWriter stderr, bool stderrIsTerminal)
+{
+    public string DataDir { get; } = dataDir;
+    public TextWriter Out { get; } = stdout;
+    public TextWriter Err { get; } = stderr;
+    public bool StderrIsTerminal { get; } = stderrIsTerminal;
+    public ImageStore Store => field ??= new ImageStore(DataDir);
+}

@@ -1,0 +1,25 @@
+namespace Rkt.Kvm.Images.Store;
+
+/// <summary>Told how an import advances, so the CLI can draw progress bars (or print lines).</summary>
+public interface IImportProgress
+{
+    /// <summary>A new step begins, reading <paramref name="totalBytes"/> bytes of input.</summary>
+    void Step(string description, long totalBytes);
+
+    /// <summary>More input bytes of the current step were read.</summary>
+    void Advance(long bytes);
+}
+
+public sealed class NoProgress : IImportProgress
+{
+    public static readonly NoProgress Instance = new();
+    public void Step(string description, long totalBytes) { }
+    public void Advance(long bytes) { }
+}
+
+/// <param name="Name">the image name for OCI/docker images (an ACI's manifest names itself).</param>
+/// <param name="Reference">which image of an OCI layout or docker archive: ref name, tag or digest.</param>
+public sealed record ImportOptions(string? Name = null, string? Reference = null)
+{
+    public Archive.ExtractionPolicy Policy { get; init; } = new();
+}

@@ -1,0 +1,191 @@
+using System.Formats.Tar;
+using System.Security.Cryptography;
+using System.Text.Json;
+using Rkt.Kvm.Images.Archive;
+using Rkt.Kvm.Images.Compression;
+using Rkt.Kvm.Images.Formats;
+using Rkt.Kvm.Images.Formats.Appc;
+using Rkt.Kvm.Images.Formats.Docker;
+using Rkt.Kvm.Images.Formats.Oci;
+using Rkt.Kvm.Images.IO;
+using Serilog;
+
+namespace Rkt.Kvm.Images.Store;
+
+/// <summary>
+/// Imports an ACI, an OCI image layout (directory or tar) or a docker-archive into the store.
+/// The format is told from content. Every archive is read once, streaming: its bytes are
+/// hashed (image ID, layer digests and diff_ids), copied into the store's scratch area and
+/// checked entry by entry by the same <see cref="TarApplier"/> that renders, writing nothing.
+/// Anything refused leaves the store as it was.
+/// </summary>
+public sealed class ImageImporter(ImageStore store, IImportProgress? progress = null)
+{
+    // Resolved per use, not cached: the CLI configures Serilog after these types may be loaded.
+    private static ILogger Log => Serilog.Log.ForContext<ImageImporter>();
+    private readonly IImportProgress _progress = progress ?? NoProgress.Instance;
+
+    public ImageRecord Import(string source, ImportOptions options)
+    {
+        if (source.Contains("://", StringComparison.Ordinal) || source.StartsWith("docker:", StringComparison.Ordinal))
+            throw new ImageException($"{source}: only local files and directories can be imported (no network fetches)");
+        using var tmp = TempArea.Create(store.TmpDir, "import-");
+        if (Directory.Exists(source)) return ImportLayered(source, source, tmp, options);
+        if (!File.Exists(source)) throw new ImageException($"{source}: no such file or directory");
+        if (IsAci(source))
+        {
+            if (options.Name is not null) throw new ImageException("--name applies to OCI and docker images; an ACI's manifest names it");
+            return ImportAci(source, tmp, options);
+        }
+        var unpacked = Path.Join(tmp.Path, "source");
+        UnpackPlain(source, unpacked, options.Policy);
+        return ImportLayered(SingleTopDirectory(unpacked), source, tmp, options);
+    }
+
+    /// <summary>An ACI is a tar whose first entry is its manifest or its rootfs.</summary>
+    private static bool IsAci(string file)
+    {
+        using var raw = File.OpenRead(file);
+        using var plain = Decompression.Open(raw, file, out _);
+        TarEntry? first;
+        var reader = new TarReader(plain);
+        try
+        {
+            // Skip a leading "./" (tar -C dir .) and PAX global headers.
+            do first = reader.GetNextEntry(copyData: false);
+            while (first is not null && (first.EntryType == TarEntryType.GlobalExtendedAttributes || first.Name.Trim('.', '/').Length == 0));
+        }
+        catch (Exception e) when (e is InvalidDataException or FormatException or EndOfStreamException or ArgumentException)
+        {
+            throw new ImageException($"{file} is not an image: not a (compressed) tar archive nor a directory", e);
+        }
+        if (first is null) throw new ImageException($"{file} is an empty archive");
+        var name = first.Name.StartsWith("./", StringComparison.Ordinal) ? first.Name[2..] : first.Name;
+        return name is "manifest" or "rootfs" || name.StartsWith("rootfs/", StringComparison.Ordinal);
+    }
+
+    private ImageRecord ImportAci(string file, TempArea tmp, ImportOptions options)
+    {
+        var what = $"ACI {Path.GetFileName(file)}";
+        var blobTmp = Path.Join(tmp.Path, "aci.tar");
+        var applier = new TarApplier(NullTreeWriter.Instance, options.Policy);
+        string hex;
+        using (var raw = File.OpenRead(file))
+        using (var blob = new FileStream(blobTmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16))
+        {
+            _progress.Step($"importing {Path.GetFileName(file)}", SizeOf(raw));
+            using var counted = new InspectingStream(raw, what, progress: n => _progress.Advance(n));
+            using var plain = new InspectingStream(new ReadAheadStream(Decompression.Open(counted, what, out _)), what, HashAlgorithmName.SHA512,
+                tee: blob, limit: options.Policy.MaxBytes);
+            applier.Apply(plain, ArchiveLayout.Aci, 0, what);
+            plain.Drain(); // the ID covers the whole tar, padding included
+            applier.Complete();
+            hex = plain.HexDigest();
+            blob.Flush(flushToDisk: true);
+        }
+        var manifest = applier.AciManifest ?? throw new ImageException($"{what} has no manifest");
+        if (!applier.SawAciRootfs) throw new ImageException($"{what} has no rootfs directory");
+        var summary = ManifestSummary.Parse(manifest, what);
+        var now = DateTimeOffset.UtcNow;
+        var record = new ImageRecord
+        {
+            Id = "sha512-" + hex, Name = summary.Name, Labels = new(summary.Labels), Format = "aci",
+            ImportTime = now, LastUsed = now, Blobs = ["sha512:" + hex], AllowDevices = options.Policy.AllowDevices,
+        };
+        return store.Commit(record, [("sha512:" + hex, blobTmp)], manifest);
+    }
+
+    private ImageRecord ImportLayered(string dir, string source, TempArea tmp, ImportOptions options)
+    {
+        LayeredImage image = OciLayoutReader.IsLayout(dir) ? OciLayoutReader.Read(dir, options.Reference)
+            : DockerArchiveReader.IsArchive(dir) ? DockerArchiveReader.Read(dir, options.Reference)
+            : throw new ImageException($"{source} is not an image: neither an ACI, an OCI image layout nor a docker archive");
+
+        var applier = new TarApplier(NullTreeWriter.Instance, options.Policy);
+        var blobs = new List<(string Key, string TmpPath)>();
+        long budget = options.Policy.MaxBytes;
+        for (int i = 0; i < image.Layers.Count; i++)
+        {
+            var layer = image.Layers[i];
+            var what = $"layer {i + 1}/{image.Layers.Count} ({layer.BlobDigest ?? layer.DiffId})";
+            if (!File.Exists(layer.Path)) throw new ImageException($"{what} is missing from {source}");
+            var blobTmp = Path.Join(tmp.Path, $"layer-{i}");
+            using var raw = File.OpenRead(layer.Path);
+            using var blob = new FileStream(blobTmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16);
+            var shortDigest = (layer.BlobDigest ?? layer.DiffId)?.Hex[..12];
+            _progress.Step($"importing layer {i + 1}/{image.Layers.Count} {shortDigest}", SizeOf(raw));
+            using var stored = new InspectingStream(raw, what, layer.BlobDigest?.HashName ?? HashAlgorithmName.SHA256, tee: blob,
+                progress: n => _progress.Advance(n));
+            var compression = CompressionKind.None;
+            using var plain = new InspectingStream(new ReadAheadStream(Decompression.Open(stored, what, out compression)), what,
+                layer.DiffId?.HashName ?? HashAlgorithmName.SHA256, limit: budget, leaveOpen: false);
+            applier.Apply(plain, ArchiveLayout.Layer, i, what);
+            plain.Drain();
+            stored.Drain();
+            budget -= plain.BytesRead;
+            Verify(what, "digest", layer.BlobDigest, stored.HexDigest());
+            Verify(what, "diff_id", layer.DiffId, plain.HexDigest());
+            if (layer.Size is { } size && size != stored.BytesRead)
+                throw new ImageException($"{what} has {stored.BytesRead} bytes, its descriptor says {size}");
+            blob.Flush(flushToDisk: true);
+            var algorithm = layer.BlobDigest?.Algorithm ?? "sha256";
+            blobs.Add(($"{algorithm}:{stored.HexDigest()}", blobTmp));
+            Log.Debug("Checked {Layer}: {Compression}, {Stored} bytes stored, {Plain} bytes of tar", what, compression, stored.BytesRead, plain.BytesRead);
+        }
+        applier.Complete();
+
+        var fallbackName = Path.GetFileNameWithoutExtension(Path.TrimEndingDirectorySeparator(source));
+        var manifest = AppcConverter.Convert(image, options.Name, fallbackName).ToJsonBytes();
+        var now = DateTimeOffset.UtcNow;
+        var summary = ManifestSummary.Parse(manifest, "the converted manifest");
+        var record = new ImageRecord
+        {
+            Id = LayeredImageId(manifest, blobs.Select(b => b.Key)), Name = summary.Name, Labels = new(summary.Labels),
+            Format = image.Format, ImportTime = now, LastUsed = now, Blobs = blobs.Select(b => b.Key).ToList(),
+            AllowDevices = options.Policy.AllowDevices,
+        };
+        return store.Commit(record, blobs, manifest);
+    }
+
+    /// <summary>For progress only: a pipe or FIFO has no length.</summary>
+    private static long SizeOf(Stream raw) => raw.CanSeek ? raw.Length : 0;
+
+    /// <summary>An OCI/docker image has no tar of its own to hash; its ID is the SHA-512 of
+    /// what defines it here: our manifest and its layers in order.</summary>
+    private static string LayeredImageId(byte[] manifest, IEnumerable<string> layerKeys)
+    {
+        var doc = JsonSerializer.SerializeToUtf8Bytes(new { manifest = Convert.ToBase64String(manifest), layers = layerKeys.ToArray() });
+        return "sha512-" + Convert.ToHexStringLower(SHA512.HashData(doc));
+    }
+
+    private static void Verify(string what, string kind, Digest? expected, string actualHex)
+    {
+        if (expected is not null && expected.Hex != actualHex)
+            throw new ImageException($"{what} does not match its {kind} {expected} (got {expected.Algorithm}:{actualHex})");
+    }
+
+    /// <summary>Unpacks a tarred OCI layout or docker archive into scratch space, with the same
+    /// entry checks as a layer (symlinks inside it, as docker save writes, stay inside).</summary>
+    private void UnpackPlain(string file, string dest, ExtractionPolicy policy)
+    {
+        Directory.CreateDirectory(dest);
+        var what = $"archive {Path.GetFileName(file)}";
+        using var raw = File.OpenRead(file);
+        _progress.Step($"unpacking {Path.GetFileName(file)}", SizeOf(raw));
+        using var counted = new InspectingStream(raw, what, progress: n => _progress.Advance(n));
+        using var plain = new InspectingStream(Decompression.Open(counted, what, out _), what, limit: policy.MaxBytes);
+        var applier = new TarApplier(new DiskTreeWriter(dest), policy with { AllowDevices = false });
+        applier.Apply(plain, ArchiveLayout.Plain, 0, what);
+        plain.Drain();
+        applier.Complete();
+    }
+
+    /// <summary>"tar -cf x.tar layout/" puts everything under one directory: look inside it.</summary>
+    private static string SingleTopDirectory(string dir)
+    {
+        if (OciLayoutReader.IsLayout(dir) || DockerArchiveReader.IsArchive(dir)) return dir;
+        var entries = Directory.GetFileSystemEntries(dir);
+        return entries.Length == 1 && Directory.Exists(entries[0]) && !new FileInfo(entries[0]).Attributes.HasFlag(FileAttributes.ReparsePoint)
+            ? entries[0] : dir;
+    }
+}

@@ -1,0 +1,32 @@
+using System.Text.Json.Serialization;
+
+namespace Rkt.Kvm.Images.Store;
+
+/// <summary>One image in the store's index.</summary>
+public sealed record ImageRecord
+{
+    /// <summary>"sha512-&lt;128 hex&gt;": for an ACI the hash of its uncompressed tar, as rkt
+    /// computes it; for OCI/docker the hash of our manifest plus the layer digests.</summary>
+    [JsonPropertyName("id")] public required string Id { get; init; }
+    [JsonPropertyName("name")] public required string Name { get; init; }
+    [JsonPropertyName("labels")] public Dictionary<string, string> Labels { get; init; } = [];
+    /// <summary>"aci", "oci" or "docker-archive".</summary>
+    [JsonPropertyName("format")] public required string Format { get; init; }
+    [JsonPropertyName("importTime")] public DateTimeOffset ImportTime { get; init; }
+    [JsonPropertyName("lastUsed")] public DateTimeOffset LastUsed { get; init; }
+    /// <summary>Bytes of the blobs it holds in the store.</summary>
+    [JsonPropertyName("size")] public long Size { get; init; }
+    /// <summary>Blob keys ("sha512:HEX" for an ACI's tar, "sha256:HEX" per layer), in layer order.</summary>
+    [JsonPropertyName("blobs")] public List<string> Blobs { get; init; } = [];
+    [JsonPropertyName("allowDevices")] public bool AllowDevices { get; init; }
+
+    /// <summary>"name:version", as rkt prints an image.</summary>
+    [JsonIgnore]
+    public string DisplayName => Labels.TryGetValue("version", out var v) ? $"{Name}:{v}" : Name;
+}
+
+/// <summary>The index file: every image the store holds.</summary>
+public sealed class StoreIndex
+{
+    [JsonPropertyName("images")] public List<ImageRecord> Images { get; set; } = [];
+}

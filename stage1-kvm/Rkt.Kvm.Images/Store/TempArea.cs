@@ -1,0 +1,53 @@
+using Rkt.Kvm.Images.Native;
+
+namespace Rkt.Kvm.Images.Store;
+
+/// <summary>
+/// A private scratch directory next to its final destination (same filesystem, so the results
+/// can be renamed into place), held under an flock so <c>gc</c> leaves a live one alone and
+/// removes one whose process died. Disposing deletes whatever was not moved out.
+/// </summary>
+public sealed class TempArea : IDisposable
+{
+    private readonly FileLock _lock;
+
+    private TempArea(string path, FileLock fileLock) { Path = path; _lock = fileLock; }
+
+    public string Path { get; }
+
+    public static TempArea Create(string parent, string prefix)
+    {
+        Directory.CreateDirectory(parent);
+        var path = System.IO.Path.Join(parent, $"{prefix}{Guid.NewGuid():N}");
+        var fileLock = FileLock.Exclusive(path + ".lock");
+        Directory.CreateDirectory(path);
+        return new TempArea(path, fileLock);
+    }
+
+    /// <summary>Deletes the scratch directories under <paramref name="parent"/> nobody holds.</summary>
+    public static int CollectAbandoned(string parent, string prefix)
+    {
+        if (!Directory.Exists(parent)) return 0;
+        int removed = 0;
+        foreach (var lockPath in Directory.EnumerateFiles(parent, prefix + "*.lock"))
+        {
+            using var held = FileLock.TryExclusive(lockPath);
+            if (held is null) continue;
+            var dir = lockPath[..^".lock".Length];
+            if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+            File.Delete(lockPath);
+            removed++;
+        }
+        return removed;
+    }
+
+    public void Dispose()
+    {
+        try
+        {
+            if (Directory.Exists(Path)) Directory.Delete(Path, recursive: true);
+            File.Delete(Path + ".lock");
+        }
+        finally { _lock.Dispose(); }
+    }
+}
