@@ -25,26 +25,6 @@ public static class Program
         long bytes = long.Parse(o.GetValueOrDefault("mib", "64"), CultureInfo.InvariantCulture) << 20;
         var vmOptions = new AgentVmOptions { VmmPath = o["vmm"], KernelPath = o["kernel"], InitrdPath = o["initrd"], Cpus = 1, MemoryMiB = 256 };
 
-        if (o.ContainsKey("probe"))
-        {
-            using var vm = await AgentVmProcess.StartAsync(vmOptions with { ExtraVmmArguments = (o["probe"] == "exits" ? ["--kvm-eventfds", "off"] : new string[0]).Concat(o.TryGetValue("cmdline", out var cl) ? ["--cmdline", cl] : new string[0]).ToArray() });
-            double Cpu() { var f = File.ReadAllText($"/proc/{vm.Pid}/stat").Split(')')[1].Split(' '); return (double.Parse(f[12]) + double.Parse(f[13])) / 100; }
-            double c0 = Cpu();
-            await Task.Delay(5000);
-            Console.WriteLine($"idle VM: {(Cpu() - c0) / 5 * 100:F0}% of a CPU");
-            c0 = Cpu();
-            var before = (await vm.Client.GuestInfoAsync()).Now;
-            var w = Stopwatch.StartNew();
-            for (int i = 0; i < 50; i++) await vm.Client.HealthAsync();
-            var elapsed = w.Elapsed;
-            var after = (await vm.Client.GuestInfoAsync()).Now;
-            Console.WriteLine($"busy VM: {(Cpu() - c0) / elapsed.TotalSeconds * 100:F0}% of a CPU");
-            Console.WriteLine($"50 Health calls: {elapsed.TotalMilliseconds / 50:F1} ms each; per call: rd {(after.ReadSyscalls - before.ReadSyscalls) / 50.0:F1} wr {(after.WriteSyscalls - before.WriteSyscalls) / 50.0:F1} " +
-                $"vcs {(after.VoluntaryContextSwitches - before.VoluntaryContextSwitches) / 50.0:F1} ivcs {(after.InvoluntaryContextSwitches - before.InvoluntaryContextSwitches) / 50.0:F1} minflt {(after.MinorFaults - before.MinorFaults) / 50.0:F1} threads {after.Threads}");
-            await vm.Client.ShutdownAsync();
-            await vm.WaitForExitAsync(TimeSpan.FromMinutes(2));
-            return 0;
-        }
         Console.WriteLine($"== ceiling: the same agent on a host Unix socket ({calls} unary calls, {bytes >> 20} MiB each way)");
         var ceiling = await MeasureHostAgent(o["agent"], calls, bytes);
         Print(ceiling);
@@ -73,11 +53,15 @@ public static class Program
         }
         Print(exits);
 
+        Console.WriteLine("== the VMM and guest kernel alone: a static C echo server as init, raw bytes through the hybrid socket");
+        var raw = await MeasureRawEcho(vmOptions with { InitrdPath = o["raw-initrd"] }, calls, Math.Min(bytes, 8L << 20));
+        Console.WriteLine($"  64-byte round trip median {raw.MedianUs:F0} us, p99 {raw.P99Us:F0} us; echo {raw.HostToGuestMiBs:F2} MiB/s each way");
+
         var r = info.AtReady;
         Console.WriteLine($"""
             == agent start-up inside the guest (1 vCPU, 256 MiB)
               kernel boot -> agent ready   {info.BootToReadyMs} ms (VMM start -> READY on the host: {startToReady.TotalMilliseconds:F0} ms)
-              agent exec -> ready          {info.ProcessStartToReadyMs} ms (managed Main -> ready {info.MainToReadyUs / 1000.0:F0} ms)
+              agent Main -> ready          {info.MainToReadyUs / 1000.0:F0} ms (PID 1 exists from early kernel boot, so its process start time says little)
               at ready                     RSS {r.VmRssBytes >> 10} KiB (peak {r.VmHwmBytes >> 10} KiB), {r.MinorFaults} minor + {r.MajorFaults} major page faults,
                                            {r.ReadSyscalls} read + {r.WriteSyscalls} write syscalls, {r.Threads} threads
             """);
@@ -86,9 +70,11 @@ public static class Program
         Result("vsock_unary_rtt_p99", ours.P99Us, "us", ceiling.P99Us);
         Result("vsock_stream_host_to_guest", ours.HostToGuestMiBs, "MiB/s", ceiling.HostToGuestMiBs);
         Result("vsock_stream_guest_to_host", ours.GuestToHostMiBs, "MiB/s", ceiling.GuestToHostMiBs);
+        Result("vsock_raw_echo_rtt_median", raw.MedianUs, "us", ours.MedianUs);
+        Result("vsock_raw_echo_throughput", raw.HostToGuestMiBs, "MiB/s");
         Result("vsock_unary_rtt_median_without_eventfds", exits.MedianUs, "us", ours.MedianUs);
         Result("vsock_stream_host_to_guest_without_eventfds", exits.HostToGuestMiBs, "MiB/s", ours.HostToGuestMiBs);
-        Result("agent_exec_to_ready", info.ProcessStartToReadyMs, "ms");
+        Result("agent_main_to_ready", info.MainToReadyUs / 1000.0, "ms");
         Result("agent_boot_to_ready", info.BootToReadyMs, "ms");
         Result("agent_rss_at_ready", r.VmRssBytes / 1024.0, "KiB");
         Result("agent_page_faults_at_ready", r.MinorFaults + r.MajorFaults, "");
@@ -148,6 +134,37 @@ public static class Program
         if (received != bytes) throw new InvalidOperationException($"Source sent {received} bytes, not {bytes}.");
         double down = bytes / 1048576.0 / watch.Elapsed.TotalSeconds;
         return new Figures(samples[calls / 2], samples[(int)(calls * 0.99)], up, down);
+    }
+
+    /// <summary>Round trips of 64 bytes and a streamed echo through the raw echo init (no gRPC, no .NET in the guest).</summary>
+    private static async Task<Figures> MeasureRawEcho(AgentVmOptions options, int calls, long bytes)
+    {
+        using var vm = await AgentVmProcess.StartAsync(options);
+        await using var stream = await AgentDialer.ConnectAsync(vm.SocketPath, AgentTransport.HybridVsock, 1024,
+            TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(30), TimeSpan.FromMilliseconds(50));
+        var small = new byte[64];
+        var samples = new double[calls];
+        for (int i = 0; i < calls; i++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            await stream.WriteAsync(small);
+            await stream.ReadExactlyAsync(small);
+            samples[i] = Stopwatch.GetElapsedTime(start).TotalMicroseconds;
+        }
+        Array.Sort(samples);
+        var watch = Stopwatch.StartNew();
+        var reader = Task.Run(async () =>
+        {
+            var buffer = new byte[1 << 20];
+            for (long got = 0; got < bytes;) got += await stream.ReadAsync(buffer);
+        });
+        var block = new byte[64 * 1024];
+        for (long sent = 0; sent < bytes; sent += block.Length) await stream.WriteAsync(block);
+        await reader;
+        double rate = bytes / 1048576.0 / watch.Elapsed.TotalSeconds;
+        await stream.WriteAsync("Q"u8.ToArray());
+        await vm.WaitForExitAsync(TimeSpan.FromMinutes(2));
+        return new Figures(samples[calls / 2], samples[(int)(calls * 0.99)], rate, rate);
     }
 
     private static void Print(Figures f) =>

@@ -69,7 +69,7 @@ public static class Program
               memory          {info.MemTotalBytes >> 20} MiB total, {info.MemAvailableBytes >> 20} MiB available
               uptime          {info.UptimeMs / 1000.0:F1} s
               boot → ready    {info.BootToReadyMs / 1000.0:F1} s after the kernel started ({vm.StartToReady.TotalSeconds:F1} s after the VMM did)
-              agent start-up  {info.ProcessStartToReadyMs} ms from exec, {ready.MinorFaults} page faults, {ready.ReadSyscalls + ready.WriteSyscalls} read/write syscalls, RSS {ready.VmRssBytes >> 10} KiB
+              agent start-up  {info.MainToReadyUs / 1000.0:F0} ms from Main to ready, {ready.MinorFaults} page faults, {ready.ReadSyscalls + ready.WriteSyscalls} read/write syscalls, RSS {ready.VmRssBytes >> 10} KiB
             """);
     }
 }

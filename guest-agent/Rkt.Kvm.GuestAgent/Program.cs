@@ -153,6 +153,10 @@ public static class Program
         }
         var transport = new SocketTransportOptions
         {
+            // Run socket completions on the socket engine's thread instead of handing each one to
+            // the thread pool: in the guest every thread hand-off is futex syscalls and a context
+            // switch of interpreted kernel code (measured with bench/vsock).
+            UnsafePreferInlineScheduling = true,
             CreateBoundListenSocket = ep => ep is VsockEndPoint v ? Vsock.CreateBoundListenSocket(v) : SocketTransportOptions.CreateDefaultBoundListenSocket(ep),
         };
         var sockets = new SocketTransportFactory(Options.Create(transport), NullLoggerFactory.Instance);
