@@ -21,6 +21,28 @@ public class VmmOptionsTests
         Assert.True(o.Debug);
     }
 
+    [Fact]
+    public void Vsock_and_eventfd_options()
+    {
+        var o = VmmOptions.Parse(["--kernel", "k", "--vsock", "/tmp/vm.sock", "--vsock-cid", "42", "--kvm-eventfds", "ioeventfd"]);
+        Assert.Equal("/tmp/vm.sock", o.Machine.VsockSocketPath);
+        Assert.Equal(42ul, o.Machine.GuestCid);
+        Assert.True(o.Machine.UseIoeventfd);
+        Assert.False(o.Machine.UseIrqfd);
+        var defaults = VmmOptions.Parse(["--kernel", "k"]);
+        Assert.Null(defaults.Machine.VsockSocketPath);
+        Assert.True(defaults.Machine.UseIoeventfd && defaults.Machine.UseIrqfd);
+    }
+
+    [Theory]
+    [InlineData("--vsock-cid", "2")]            // 0-2 are reserved (hypervisor, local, host)
+    [InlineData("--vsock-cid", "x")]
+    [InlineData("--kvm-eventfds", "maybe")]
+    [InlineData("--vsock", "/no/such/dir/vm.sock")]
+    [InlineData("--cpus", "-1")]
+    public void Bad_vsock_and_eventfd_values_are_refused(string option, string value) =>
+        Assert.Throws<ArgumentException>(() => VmmOptions.Parse(["--kernel", "k", "--vsock", "/tmp/vm.sock", option, value]));
+
     [Theory]
     [InlineData("128", 128ul)]
     [InlineData("512M", 512ul)]

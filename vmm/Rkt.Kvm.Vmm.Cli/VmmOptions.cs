@@ -66,11 +66,7 @@ public sealed record VmmOptions
                 case "--initrd": initrd = Value(); break;
                 case "--cmdline": cmdline = Value(); break;
                 case "--memory": memory = ParseMemory(Value()); break;
-                case "--cpus":
-                    string c = Value();
-                    if (!int.TryParse(c, NumberStyles.None, CultureInfo.InvariantCulture, out cpus))
-                        throw new ArgumentException($"--cpus must be a whole number, not '{c}'.");
-                    break;
+                case "--cpus": cpus = (int)WholeNumber(name, Value(), int.MaxValue); break;
                 case "--console":
                     toStdout = Value() switch
                     {
@@ -91,11 +87,7 @@ public sealed record VmmOptions
                     break;
                 case "--kvm-device": kvmDevice = Value(); break;
                 case "--vsock": vsock = Value(); break;
-                case "--vsock-cid":
-                    string cv = Value();
-                    if (!ulong.TryParse(cv, NumberStyles.None, CultureInfo.InvariantCulture, out cid))
-                        throw new ArgumentException($"--vsock-cid must be a whole number, not '{cv}'.");
-                    break;
+                case "--vsock-cid": cid = WholeNumber(name, Value(), ulong.MaxValue); break;
                 case "--kvm-eventfds":
                     eventFds = Value() switch
                     {
@@ -131,6 +123,11 @@ public sealed record VmmOptions
         machine.Validate();
         return new VmmOptions { Machine = machine, ConsoleToStdout = toStdout, ConsoleLogPath = consoleLog, Debug = debug, Quiet = quiet };
     }
+
+    private static ulong WholeNumber(string option, string text, ulong max) =>
+        ulong.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out ulong value) && value <= max
+            ? value
+            : throw new ArgumentException($"{option} must be a whole number, not '{text}'.");
 
     /// <summary>"512", "512M", "512MiB", "2G", "2GiB" → MiB.</summary>
     public static ulong ParseMemory(string text)
