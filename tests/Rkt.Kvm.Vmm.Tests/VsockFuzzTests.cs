@@ -7,8 +7,10 @@ namespace Rkt.Kvm.Vmm.Tests;
 /// A hostile guest against the vsock device: 100,000 packets and chains, valid ones mutated and
 /// pure garbage, with ring scribbles and driver resets mixed in. No exception may escape the
 /// device (the event loop rethrows into the test), state stays bounded, and after a reset the
-/// device holds no connection and no file descriptor more than before.
+/// device holds no connection and no file descriptor more than before. The descriptor check looks
+/// at the whole process, so this class runs alone (see <see cref="SoloCollection"/>).
 /// </summary>
+[Collection(SoloCollection.Name)]
 public sealed class VsockFuzzTests
 {
     private static HashSet<string> OpenFds() => Directory.GetFiles("/proc/self/fd").Select(f => $"{Path.GetFileName(f)} -> {new FileInfo(f).LinkTarget}").ToHashSet();
@@ -99,4 +101,11 @@ public sealed class VsockFuzzTests
         int queue = r.Next(3);
         guest.Loop.Invoke(() => guest.Device.OnNotify(queue));
     }
+}
+
+/// <summary>Tests that measure process-wide state (open descriptors) run after the parallel ones, alone.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class SoloCollection
+{
+    public const string Name = "runs alone";
 }
