@@ -96,6 +96,37 @@ public sealed class SplitQueue
         return new DescriptorChain(head, Walk(head));
     }
 
+    /// <summary>Set once the rings were found inconsistent: the device must ignore the queue until the driver resets it.</summary>
+    public bool Broken { get; private set; }
+
+    /// <summary>
+    /// The device-side loop every virtio device needs: takes the next well-formed chain, completing
+    /// malformed ones with length 0 (so the driver gets its descriptors back) and reporting each
+    /// through <paramref name="onMalformed"/>. Returns null when nothing is left or the rings are
+    /// broken (<see cref="Broken"/>, reason in <paramref name="onMalformed"/> too). Never throws for guest data.
+    /// </summary>
+    public DescriptorChain? PopValid(Action<string> onMalformed)
+    {
+        while (!Broken)
+        {
+            try
+            {
+                return TryPop();
+            }
+            catch (VirtqueueException e) when (e.Head is { } head)
+            {
+                onMalformed(e.Message);
+                PushUsed(head, 0);
+            }
+            catch (VirtqueueException e)
+            {
+                Broken = true;
+                onMalformed(e.Message);
+            }
+        }
+        return null;
+    }
+
     /// <summary>Puts the chain last taken by <see cref="TryPop"/> back (the device found nothing to put in it after all).</summary>
     public void UndoPop() => _nextAvail--;
 

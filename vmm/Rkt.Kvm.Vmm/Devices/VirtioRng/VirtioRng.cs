@@ -30,27 +30,8 @@ public sealed class VirtioRng(GuestMemory memory, ILogger log) : IVirtioDevice
     {
         if (_queue is not { } queue) return false;
         bool used = false;
-        while (true)
+        while (queue.PopValid(why => { log.Warning("virtio-rng: refused a malformed request: {Reason}", why); used = true; }) is { } chain)
         {
-            DescriptorChain? chain;
-            try
-            {
-                chain = queue.TryPop();
-            }
-            catch (VirtqueueException e) when (e.Head is { } head)
-            {
-                log.Warning("virtio-rng: refused a malformed request: {Reason}", e.Message);
-                queue.PushUsed(head, 0);
-                used = true;
-                continue;
-            }
-            catch (VirtqueueException e)
-            {
-                log.Warning("virtio-rng: the request queue is broken, ignoring it until the driver resets the device: {Reason}", e.Message);
-                _queue = null;
-                return used;
-            }
-            if (chain is null) return used;
             uint written = 0;
             if (chain.ReadableLength == 0)
             {
@@ -65,5 +46,11 @@ public sealed class VirtioRng(GuestMemory memory, ILogger log) : IVirtioDevice
             queue.PushUsed(chain.Head, written);
             used = true;
         }
+        if (queue.Broken)
+        {
+            log.Warning("virtio-rng: the request queue is broken, ignoring it until the driver resets the device");
+            _queue = null;
+        }
+        return used;
     }
 }

@@ -507,24 +507,13 @@ public sealed class VsockDevice : IVirtioDevice, IDisposable
 
     private DescriptorChain? TryPop(SplitQueue queue, string name)
     {
-        while (true)
+        var chain = queue.PopValid(why => Malformed($"{name} queue: {why}"));
+        if (queue.Broken && _rx is not null)
         {
-            try
-            {
-                return queue.TryPop();
-            }
-            catch (VirtqueueException e) when (e.Head is { } head)
-            {
-                Malformed($"{name} queue: {e.Message}");
-                queue.PushUsed(head, 0);
-            }
-            catch (VirtqueueException e)
-            {
-                _log.Warning("vsock: the {Queue} queue is broken, ignoring the device until the driver resets it: {Reason}", name, e.Message);
-                _rx = _tx = null;
-                return null;
-            }
+            _log.Warning("vsock: the {Queue} queue is broken, ignoring the device until the driver resets it", name);
+            _rx = _tx = null;
         }
+        return chain;
     }
 
     private void Malformed(string why)
