@@ -31,7 +31,8 @@ public static class CommandTable
             new RemoveImageCommand(),
             new CatManifestCommand(),
             new ExtractImageCommand(),
-            new GcImagesCommand()),
+            new GcImagesCommand(),
+            new BuildBusyboxCommand()),
     ];
 
     public static int Run(string[] argv, TextWriter stdout, TextWriter stderr, bool stderrIsTerminal)
