@@ -28,7 +28,7 @@ KERNEL_DIR_FILE := $(OUT)/kernel-dir
 export DOTNET_CLI_TELEMETRY_OPTOUT := 1
 export DOTNET_NOLOGO := 1
 
-.PHONY: all run test deps apt-install kernel vmm agent tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images clean
+.PHONY: all run test deps apt-install kernel vmm agent tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-9p clean
 
 all: deps kernel vmm initramfs agent-initramfs cli
 
@@ -46,7 +46,7 @@ test: all
 	  --results-directory $(OUT)/test-results || status=$$?; \
 	tests/summarize-trx.sh $(OUT)/test-results; exit $$status
 
-bench: bench-boot bench-vsock bench-images
+bench: bench-boot bench-vsock bench-images bench-9p
 
 bench-boot: all
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_APT_PACKAGES)"
@@ -58,6 +58,11 @@ bench-images: deps cli
 
 bench-vsock: all
 	bench/vsock/run.sh
+
+# 64 MiB write/read and 2,000 stats through our 9p server against QEMU's (bench/9p/).
+bench-9p: all
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_APT_PACKAGES)"
+	bench/9p/run.sh
 
 # Installs only what is missing, so a prepared machine pays nothing.
 deps:

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using Rkt.Kvm.Bench;
 using System.Text.RegularExpressions;
 
 namespace Rkt.Kvm.Bench.Boot;
@@ -22,12 +23,12 @@ public static class Program
     public static int Main(string[] args)
     {
         var o = Options.Parse(args);
-        string qemu = FindQemu();
+        string qemu = BenchSupport.FindQemu();
         var probe = KernelProbe.FromVmlinux(o.Kernel);
         // The exact command line our VMM gives the guest (its own options + ours), so QEMU gets the same.
         string extra = "quiet rkt.init=hang";
-        string cmdline = ProbeCmdline(o, extra);
-        Console.WriteLine($"kernel:  {o.Kernel}\n         {DescribeKernel(o.Kernel)}\ninitrd:  {o.Initrd}\nmemory:  {MemoryMiB} MiB, 1 vCPU\ncmdline: {cmdline}\nqemu:    {QemuVersion(qemu)}\n");
+        string cmdline = BenchSupport.ProbeCmdline(o.Vmm, ["--kernel", o.Kernel, "--initrd", o.Initrd, "--memory", MemoryMiB.ToString()], extra);
+        Console.WriteLine($"kernel:  {o.Kernel}\n         {DescribeKernel(o.Kernel)}\ninitrd:  {o.Initrd}\nmemory:  {MemoryMiB} MiB, 1 vCPU\ncmdline: {cmdline}\nqemu:    {BenchSupport.QemuVersion(qemu)}\n");
 
         var ours = new List<Sample>();
         var theirs = new List<Sample>();
@@ -36,30 +37,20 @@ public static class Program
             var a = Boot("rkt-kvm-vmm", o.Vmm, ["--kernel", o.Kernel, "--initrd", o.Initrd, "--memory", MemoryMiB.ToString(), "--cmdline", extra, "--debug", "--console", "stdout"], probe);
             ours.Add(a);
             Console.WriteLine($"run {i + 1}: ours boot {a.BootMs:F0} ms, overhead RSS {a.OverheadRssKiB} KiB, start-up {a.StartupMs:F1} ms");
-            var b = Boot("qemu", qemu,
-            [
-                "-enable-kvm", "-M", "microvm,x-option-roms=off,pit=on,pic=on,rtc=off,isa-serial=on",
-                "-cpu", "qemu64,-cx16,+xsaveerptr", "-m", MemoryMiB.ToString(), "-smp", "1", "-nographic", "-nodefaults",
-                "-serial", "stdio", "-no-reboot", "-kernel", o.Kernel, "-initrd", o.Initrd, "-append", cmdline,
-            ], probe);
+            var b = Boot("qemu", qemu, BenchSupport.MicrovmArgs(o.Kernel, o.Initrd, MemoryMiB, cmdline), probe);
             theirs.Add(b);
             Console.WriteLine($"run {i + 1}: qemu boot {b.BootMs:F0} ms, overhead RSS {b.OverheadRssKiB} KiB");
         }
 
-        double bootOurs = Median(ours.Select(s => s.BootMs)), bootRef = Median(theirs.Select(s => s.BootMs));
-        double rssOurs = Median(ours.Select(s => (double)s.OverheadRssKiB)), rssRef = Median(theirs.Select(s => (double)s.OverheadRssKiB));
-        double startup = Median(ours.Select(s => s.StartupMs));
+        double bootOurs = BenchSupport.Median(ours.Select(s => s.BootMs)), bootRef = BenchSupport.Median(theirs.Select(s => s.BootMs));
+        double rssOurs = BenchSupport.Median(ours.Select(s => (double)s.OverheadRssKiB)), rssRef = BenchSupport.Median(theirs.Select(s => (double)s.OverheadRssKiB));
+        double startup = BenchSupport.Median(ours.Select(s => s.StartupMs));
         Console.WriteLine();
-        Console.WriteLine(Result("boot_to_init_median", bootOurs, "ms", bootRef));
-        Console.WriteLine(Result("vmm_overhead_rss_median", rssOurs, "KiB", rssRef));
-        Console.WriteLine(Result("vmm_exec_to_first_vcpu_entry_median", startup, "ms", null));
+        Console.WriteLine(BenchSupport.Result("boot_to_init_median", bootOurs, "ms", bootRef));
+        Console.WriteLine(BenchSupport.Result("vmm_overhead_rss_median", rssOurs, "KiB", rssRef));
+        Console.WriteLine(BenchSupport.Result("vmm_exec_to_first_vcpu_entry_median", startup, "ms", null));
         return 0;
     }
-
-    private static string Result(string name, double ours, string unit, double? reference) =>
-        reference is { } r
-            ? string.Create(CultureInfo.InvariantCulture, $"RESULT {name} ours={ours:F1}{unit} ref={r:F1}{unit} ratio={ours / r:F3}")
-            : string.Create(CultureInfo.InvariantCulture, $"RESULT {name} ours={ours:F1}{unit}");
 
     private sealed record Sample(double BootMs, long OverheadRssKiB, double StartupMs);
 
@@ -79,16 +70,6 @@ public static class Program
             null => $"{release}, product kernel (no variant): stock QEMU dies on it on nested PVM hosts (int3 self-test, fwait); use run.sh",
             string v => $"{release}, variant {v}",
         };
-    }
-
-    private static string QemuVersion(string qemu)
-    {
-        var psi = new ProcessStartInfo(qemu, "--version") { RedirectStandardOutput = true };
-        using var p = Process.Start(psi)!;
-        string first = p.StandardOutput.ReadLine() ?? "?";
-        p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        return first.Trim();
     }
 
     /// <summary>Starts a VMM, waits for init's first line, samples memory, kills it.</summary>
@@ -257,43 +238,6 @@ public static class Program
     private static long KiB(string line) => long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);
 
     private static long UnixMicros() => (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10;
-
-    private static double Median(IEnumerable<double> values)
-    {
-        var v = values.Order().ToArray();
-        return v.Length % 2 == 1 ? v[v.Length / 2] : (v[v.Length / 2 - 1] + v[v.Length / 2]) / 2;
-    }
-
-    private static string ProbeCmdline(Options o, string extra)
-    {
-        // A zero-vCPU-time probe: the VMM logs its final command line at --debug before booting; we stop it right after.
-        var psi = new ProcessStartInfo(o.Vmm) { RedirectStandardError = true, RedirectStandardOutput = true };
-        foreach (var a in new[] { "--kernel", o.Kernel, "--initrd", o.Initrd, "--memory", MemoryMiB.ToString(), "--cmdline", extra, "--debug", "--console", "none" })
-            psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        string? line;
-        while ((line = p.StandardError.ReadLine()) is not null)
-        {
-            var m = Regex.Match(line, "cmdline \"(.*)\"");
-            if (m.Success)
-            {
-                p.Kill(entireProcessTree: true);
-                p.WaitForExit();
-                return m.Groups[1].Value;
-            }
-        }
-        throw new InvalidOperationException("The VMM did not report its kernel command line.");
-    }
-
-    private static string FindQemu()
-    {
-        foreach (string dir in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':'))
-        {
-            string path = Path.Combine(dir, "qemu-system-x86_64");
-            if (File.Exists(path)) return path;
-        }
-        throw new InvalidOperationException("qemu-system-x86_64 is not installed (Debian package qemu-system-x86; `make deps` installs it).");
-    }
 
     private sealed record Options(string Vmm, string Kernel, string Initrd, int Runs)
     {
