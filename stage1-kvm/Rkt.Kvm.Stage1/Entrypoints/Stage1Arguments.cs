@@ -1,0 +1,99 @@
+using System.Text.RegularExpressions;
+
+namespace Rkt.Kvm.Stage1.Entrypoints;
+
+/// <summary>The pod UUID stage0 passes: the canonical 8-4-4-4-12 lowercase hex form.</summary>
+public static partial class PodUuid
+{
+    [GeneratedRegex("^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+    private static partial Regex Pattern();
+
+    public static bool IsValid(string? s) => s is not null && Pattern().IsMatch(s);
+
+    public static string Require(string? s, string entrypoint) =>
+        IsValid(s) ? s! : throw new Stage1Exception($"{entrypoint}: expected a pod UUID as the last argument, got \"{s}\"");
+}
+
+/// <summary>
+/// <c>run [--debug] --net=… [--interactive] [--private-users=…] [--hostname=…] [--mutable] … UUID</c>.
+/// What a VM cannot do is refused here, with the reason: the host network, user namespaces
+/// mapped to the host, the host's IPC namespace.
+/// </summary>
+public sealed record RunArguments(string Uuid, bool Debug, IReadOnlyList<string> Networks, bool Interactive, bool Mutable,
+    string? Hostname, string? DnsConfMode, string? LocalConfig)
+{
+    public static RunArguments Parse(IReadOnlyList<string> argv)
+    {
+        var f = GoFlags.Parse(argv);
+        var uuid = PodUuid.Require(f.Positional.LastOrDefault(), "run");
+        var net = f.Get("net") ?? "default";
+        var networks = net.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
+        if (networks.Count == 0) networks.Add("default");
+        foreach (var n in networks)
+        {
+            var name = n.Split(':', 2)[0];
+            if (name == "host")
+                throw new Stage1Exception("--net=host is not supported by stage1-kvm: a pod is a virtual machine and cannot share the host's network namespace");
+            if (name is not ("default" or "none"))
+                throw new Stage1Exception($"--net={n}: stage1-kvm supports only --net=default and --net=none for now");
+        }
+        if (networks.Contains("none") && networks.Count > 1)
+            throw new Stage1Exception("--net=none cannot be combined with other networks");
+        if (f.Has("private-users"))
+            throw new Stage1Exception("--private-users is not supported by stage1-kvm: the pod's virtual machine already isolates user ids from the host");
+        var ipc = f.Get("ipc");
+        if (ipc == "parent")
+            throw new Stage1Exception("--ipc=parent is not supported by stage1-kvm: a virtual machine cannot share the host's IPC namespace");
+        if (ipc is not (null or "auto" or "private"))
+            throw new Stage1Exception($"--ipc={ipc}: expected auto, private or parent");
+        return new RunArguments(uuid, f.Bool("debug"), networks, f.Bool("interactive"), f.Bool("mutable"),
+            string.IsNullOrEmpty(f.Get("hostname")) ? null : f.Get("hostname"), f.Get("dns-conf-mode"), f.Get("local-config"));
+    }
+}
+
+/// <summary><c>enter --pid=PID --appname=APP -- CMD [ARGS…]</c>; no command means a shell.</summary>
+public sealed record EnterArguments(int Pid, string App, IReadOnlyList<string> Command)
+{
+    public static EnterArguments Parse(IReadOnlyList<string> argv)
+    {
+        var f = GoFlags.Parse(argv);
+        if (!int.TryParse(f.Get("pid"), out int pid) || pid <= 0) throw new Stage1Exception($"enter: --pid must be a process id, got \"{f.Get("pid")}\"");
+        var app = f.Get("appname");
+        if (!Manifests.AcName.IsValidName(app)) throw new Stage1Exception($"enter: --appname must name an app, got \"{app}\"");
+        return new EnterArguments(pid, app!, f.Positional.Count > 0 ? f.Positional : ["/bin/sh"]);
+    }
+}
+
+/// <summary><c>stop [--force] UUID</c>.</summary>
+public sealed record StopArguments(string Uuid, bool Force)
+{
+    public static StopArguments Parse(IReadOnlyList<string> argv)
+    {
+        var f = GoFlags.Parse(argv);
+        return new StopArguments(PodUuid.Require(f.Positional.LastOrDefault(), "stop"), f.Bool("force"));
+    }
+}
+
+/// <summary><c>gc [--debug] [--local-config DIR] UUID</c> (stage0 passes local-config as two arguments).</summary>
+public sealed record GcArguments(string Uuid, bool Debug, string? LocalConfig)
+{
+    public static GcArguments Parse(IReadOnlyList<string> argv)
+    {
+        var f = GoFlags.Parse(argv, "local-config");
+        return new GcArguments(PodUuid.Require(f.Positional.LastOrDefault(), "gc"), f.Bool("debug"), f.Get("local-config"));
+    }
+}
+
+/// <summary><c>app/add|app/start|app/stop|app/rm --debug=BOOL [--uuid=UUID] --app=NAME</c>.</summary>
+public sealed record AppArguments(string App, string? Uuid, bool Debug)
+{
+    public static AppArguments Parse(IReadOnlyList<string> argv, string entrypoint)
+    {
+        var f = GoFlags.Parse(argv);
+        var app = f.Get("app");
+        if (!Manifests.AcName.IsValidName(app)) throw new Stage1Exception($"{entrypoint}: --app must name an app, got \"{app}\"");
+        var uuid = f.Get("uuid");
+        if (uuid is not null) PodUuid.Require(uuid, entrypoint);
+        return new AppArguments(app!, uuid, f.Bool("debug"));
+    }
+}
