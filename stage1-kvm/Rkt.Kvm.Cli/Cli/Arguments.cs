@@ -44,6 +44,23 @@ public sealed class Arguments
         return new Arguments(flags, positional);
     }
 
+    /// <summary>Leading flags of <paramref name="specs"/> are parsed; everything from the first
+    /// other argument on is positional, untouched.</summary>
+    public static Arguments ParseLeading(IReadOnlyList<string> args, IReadOnlyCollection<FlagSpec> specs)
+    {
+        int i = 0;
+        for (; i < args.Count; i++)
+        {
+            var body = args[i].StartsWith("--", StringComparison.Ordinal) ? args[i][2..] : null;
+            var name = body?.Split('=', 2)[0];
+            var spec = specs.FirstOrDefault(s => s.Name == name);
+            if (spec is null) break;
+            if (!spec.IsBool && !body!.Contains('=')) i++; // "--dir VALUE"
+        }
+        var parsed = Parse(args.Take(Math.Min(i, args.Count)), specs);
+        return new Arguments(parsed._flags, [.. args.Skip(i)]);
+    }
+
     public string? Get(string name) => _flags.GetValueOrDefault(name);
 
     public bool Bool(string name) => _flags.GetValueOrDefault(name) == "true";

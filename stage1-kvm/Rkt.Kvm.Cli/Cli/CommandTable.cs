@@ -1,4 +1,5 @@
 using Rkt.Kvm.Cli.Commands;
+using Rkt.Kvm.Cli.Commands.Pods;
 using Rkt.Kvm.Images;
 using Rkt.Kvm.Images.Store;
 using Serilog;
@@ -21,9 +22,26 @@ public static class CommandTable
         new("help", "show usage", IsBool: true),
     ];
 
-    /// <summary>Every verb. Later issues add run, list, status, stop, gc, enter, … here.</summary>
+    /// <summary>Every verb, as rkt names them.</summary>
     public static IReadOnlyList<ICommand> Commands { get; } =
     [
+        new RunCommand(sandbox: false),
+        new ListCommand(),
+        new StatusCommand(),
+        new StopCommand(),
+        new RmCommand(),
+        new GcCommand(),
+        new EnterCommand("enter", "Run a command in an app of a running pod"),
+        new PodCatManifestCommand(),
+        new CommandGroup("app", "Operate on the apps of a pod",
+            new RunCommand(sandbox: true),
+            new AppAddCommand(),
+            new AppStartCommand(),
+            new AppStopCommand(),
+            new AppRmCommand(),
+            new AppListCommand(),
+            new AppStatusCommand(),
+            new EnterCommand("exec", "Run a command in an app of a running pod")),
         new ImportCommand("fetch", "Import a local image file (ACI, OCI layout tar, docker archive) into the store"),
         new CommandGroup("image", "Operate on images in the local store",
             new ImportCommand("import", "Import an ACI, OCI image layout (directory or tar) or docker archive"),
@@ -40,7 +58,7 @@ public static class CommandTable
         try
         {
             var (command, rest) = Dispatch(argv);
-            var args = Arguments.Parse(rest, [.. command.Flags, .. GlobalFlags]);
+            var args = command.RawArguments ? Arguments.ParseLeading(rest, [.. command.Flags, .. GlobalFlags]) : Arguments.Parse(rest, [.. command.Flags, .. GlobalFlags]);
             if (args.Bool("help")) { stdout.WriteLine(UsageOf(command)); return 0; }
             Log.Logger = new LoggerConfiguration()
                 .MinimumLevel.Is(args.Bool("debug") ? LogEventLevel.Debug : LogEventLevel.Warning)
@@ -48,7 +66,7 @@ public static class CommandTable
                 .CreateLogger();
             return command.Run(new CommandContext(args.Get("dir")!, stdout, stderr, stderrIsTerminal), args);
         }
-        catch (Exception e) when (e is ImageException or UsageException or IOException or UnauthorizedAccessException)
+        catch (Exception e) when (e is ImageException or UsageException or Stage1.Stage1Exception or IOException or UnauthorizedAccessException)
         {
             Log.Debug(e, "Failed");
             stderr.WriteLine($"rkt-kvm: {OneLine(e.Message)}");

@@ -12,6 +12,9 @@ public interface ICommand
     string Summary { get; }
     string Usage { get; }
     IReadOnlyList<FlagSpec> Flags { get; }
+    /// <summary>True for verbs with their own command-line grammar (run: per-image flags and
+    /// <c>-- args ---</c>): only leading global flags are parsed, the rest arrive as positional.</summary>
+    bool RawArguments => false;
     int Run(CommandContext context, Arguments args);
 }
 
@@ -22,6 +25,7 @@ public abstract class Command(string name, string summary, string usage) : IComm
     public string Summary => summary;
     public string Usage => usage;
     public virtual IReadOnlyList<FlagSpec> Flags => [];
+    public virtual bool RawArguments => false;
     public abstract int Run(CommandContext context, Arguments args);
 }
 

@@ -1,0 +1,94 @@
+using Rkt.Kvm.Cli.Cli;
+using Rkt.Kvm.Cli.Pods;
+
+namespace Rkt.Kvm.Cli.Commands.Pods;
+
+/// <summary>
+/// <c>gc [--grace-period=30m] [--expire-prepared=24h]</c>: exited pods go to
+/// <c>exited-garbage/</c>; once there longer than the grace period they go to <c>garbage/</c>, stage1
+/// gc frees their host resources and the directory is deleted. Preparations abandoned for longer
+/// than --expire-prepared are deleted. Also <c>rm UUID…</c>, which does it now for exited pods.
+/// </summary>
+public sealed class GcCommand() : Command("gc", "Garbage-collect exited pods", "gc [--grace-period=DURATION] [--expire-prepared=DURATION]")
+{
+    public override IReadOnlyList<FlagSpec> Flags { get; } =
+    [
+        new("grace-period", "how long an exited pod stays before it is collected", Default: "30m"),
+        new("expire-prepared", "how long a prepared but never run pod stays", Default: "24h"),
+    ];
+
+    public override int Run(CommandContext context, Arguments args)
+    {
+        args.Expect(0, $"rkt-kvm {Usage}");
+        var grace = Durations.Parse(args.Get("grace-period")!, "--grace-period");
+        var expirePrepared = Durations.Parse(args.Get("expire-prepared")!, "--expire-prepared");
+        var store = new PodStore(context.DataDir);
+        var now = DateTime.UtcNow;
+        int status = 0;
+        foreach (var pod in store.All().ToList())
+        {
+            switch (pod.Phase)
+            {
+                case PodPhase.Run when pod.State == "exited":
+                    context.Out.WriteLine($"Moving pod \"{pod.Uuid}\" to garbage");
+                    var moved = store.Move(pod, PodPhase.ExitedGarbage);
+                    Directory.SetLastWriteTimeUtc(moved.Path, now); // the grace period counts from here
+                    if (grace == TimeSpan.Zero) status |= Collect(context, store, moved);
+                    break;
+                case PodPhase.ExitedGarbage when now - Directory.GetLastWriteTimeUtc(pod.Path) >= grace:
+                case PodPhase.Garbage:
+                    status |= Collect(context, store, pod);
+                    break;
+                case PodPhase.Embryo or PodPhase.Prepare or PodPhase.Prepared when now - Directory.GetLastWriteTimeUtc(pod.Path) >= expirePrepared:
+                    context.Out.WriteLine($"Removing expired prepared pod \"{pod.Uuid}\"");
+                    PodPreparer.Discard(pod);
+                    break;
+            }
+        }
+        return status == 0 ? 0 : CommandTable.ExitError;
+    }
+
+    /// <summary>garbage/ → stage1 gc (cwd the pod dir, as rkt) → delete. A failing stage1 gc keeps
+    /// the pod in garbage/ for the next run: it may still hold host resources.</summary>
+    public static int Collect(CommandContext context, PodStore store, PodRef pod)
+    {
+        if (pod.Phase != PodPhase.Garbage) pod = store.Move(pod, PodPhase.Garbage);
+        context.Out.WriteLine($"Garbage collecting pod \"{pod.Uuid}\"");
+        if (File.Exists(pod.Directory.Stage1Manifest))
+        {
+            int rc = Stage1Invoker.Run(pod.Directory, "gc", [pod.Uuid]);
+            if (rc != 0)
+            {
+                context.Err.WriteLine($"rkt-kvm: stage1 gc of pod \"{pod.Uuid}\" exited {rc}; it stays in garbage/ for the next gc");
+                return 1;
+            }
+        }
+        Directory.Delete(pod.Path, recursive: true);
+        return 0;
+    }
+}
+
+/// <summary><c>rm UUID…</c>: removes exited pods now (stage1 gc, then the directory).</summary>
+public sealed class RmCommand() : Command("rm", "Remove exited pods", "rm UUID...")
+{
+    public override int Run(CommandContext context, Arguments args)
+    {
+        if (args.Positional.Count == 0) throw new UsageException($"usage: rkt-kvm {Usage}");
+        var store = new PodStore(context.DataDir);
+        int status = 0;
+        foreach (var uuid in args.Positional)
+        {
+            var pod = store.Find(uuid);
+            if (pod.State is "running")
+            {
+                context.Err.WriteLine($"rkt-kvm: pod \"{pod.Uuid}\" is running: stop it first");
+                status = CommandTable.ExitError;
+                continue;
+            }
+            var quiet = new CommandContext(context.DataDir, TextWriter.Null, context.Err, context.StderrIsTerminal);
+            if (GcCommand.Collect(quiet, store, pod) != 0) { status = CommandTable.ExitError; continue; }
+            context.Out.WriteLine($"\"{pod.Uuid}\"");
+        }
+        return status;
+    }
+}

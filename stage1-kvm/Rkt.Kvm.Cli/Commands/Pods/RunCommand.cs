@@ -1,0 +1,51 @@
+using Rkt.Kvm.Cli.Cli;
+using Rkt.Kvm.Cli.Pods;
+using Rkt.Kvm.Stage1;
+using Rkt.Kvm.Stage1.Pods;
+
+namespace Rkt.Kvm.Cli.Commands.Pods;
+
+/// <summary>
+/// <c>run IMAGE [app flags] [-- ARGS ---] …</c> and <c>app sandbox</c>: prepare the pod, lock it,
+/// move it to <c>run/</c> and exec the stage1 run entrypoint, as rkt does. The exit status is
+/// stage1's: the pod's result.
+/// </summary>
+public sealed class RunCommand(bool sandbox) : Command(sandbox ? "sandbox" : "run",
+    sandbox ? "Start an empty, mutable pod (add apps with `app add`)" : "Run images in a new pod",
+    sandbox ? "app sandbox [--hostname=H] [--net=none|default] [--volume=…] [--uuid-file-save=FILE] [--stage1-path=ACI]"
+        : "run IMAGE [--exec=CMD] [--name=NAME] [--mount=volume=V,target=/P] [--memory=Q] [--cpu=Q] [--user=U] [--group=G] [--environment=K=V] [-- ARGS… ---] … [--volume=V,kind=host,source=/P] [--set-env=K=V] [--hostname=H] [--net=none|default] [--interactive] [--uuid-file-save=FILE] [--stage1-path=ACI]")
+{
+    public override bool RawArguments => true;
+
+    public override int Run(CommandContext context, Arguments args)
+    {
+        var request = RunRequest.Parse(args.Positional, allowApps: !sandbox);
+        request.Mutable = sandbox;
+        if (!sandbox && request.Apps.Count == 0) throw new UsageException($"usage: rkt-kvm {Usage}");
+        // Refuse here too, before anything is prepared: nothing is left behind for a bad request.
+        var stage1Args = new List<string> { $"--net={request.Net}" };
+        if (args.Bool("debug")) stage1Args.Add("--debug");
+        if (request.Interactive) stage1Args.Add("--interactive");
+        if (request.Hostname is not null) stage1Args.Add($"--hostname={request.Hostname}");
+        if (sandbox) stage1Args.Add("--mutable");
+        Stage1.Entrypoints.RunArguments.Parse([.. stage1Args, "00000000-0000-0000-0000-000000000000"]);
+
+        var pods = new PodStore(context.DataDir);
+        var pod = new PodPreparer(context.Store, pods).Prepare(request);
+        PodLock? podLock = null;
+        try
+        {
+            podLock = PodLock.TryExclusive(pod.Path) ?? throw new Stage1Exception($"pod {pod.Uuid} is locked by another process");
+            pod = pods.Move(pod, PodPhase.Run);
+            if (request.UuidFileSave is not null) File.WriteAllText(request.UuidFileSave, pod.Uuid);
+            Stage1Invoker.ExecRun(pod.Directory, [.. stage1Args, pod.Uuid], podLock);
+            return CommandTable.ExitError; // not reached: exec replaced us or threw
+        }
+        catch
+        {
+            podLock?.Dispose();
+            PodPreparer.Discard(pod);
+            throw;
+        }
+    }
+}

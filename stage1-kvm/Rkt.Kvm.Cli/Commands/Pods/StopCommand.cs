@@ -1,0 +1,37 @@
+using Rkt.Kvm.Cli.Cli;
+using Rkt.Kvm.Cli.Pods;
+using Rkt.Kvm.Stage1;
+
+namespace Rkt.Kvm.Cli.Commands.Pods;
+
+/// <summary><c>stop [--force] UUID…</c>: asks stage1 to shut each pod down and returns (as rkt,
+/// without waiting); prints each UUID quoted.</summary>
+public sealed class StopCommand() : Command("stop", "Stop running pods", "stop [--force] UUID...")
+{
+    public override IReadOnlyList<FlagSpec> Flags { get; } = [new("force", "kill the pod's VM at once instead of stopping its apps", IsBool: true)];
+
+    public override int Run(CommandContext context, Arguments args)
+    {
+        if (args.Positional.Count == 0) throw new UsageException($"usage: rkt-kvm {Usage}");
+        var store = new PodStore(context.DataDir);
+        int status = 0;
+        foreach (var uuid in args.Positional)
+        {
+            var pod = store.Find(uuid);
+            if (pod.State != "running")
+            {
+                context.Out.WriteLine($"pod \"{pod.Uuid}\" is already stopped");
+                continue;
+            }
+            int rc = Stage1Invoker.Run(pod.Directory, "stop", args.Bool("force") ? ["--force", pod.Uuid] : [pod.Uuid]);
+            if (rc != 0)
+            {
+                context.Err.WriteLine($"rkt-kvm: stopping pod \"{pod.Uuid}\" failed (stage1 stop exited {rc})");
+                status = CommandTable.ExitError;
+                continue;
+            }
+            context.Out.WriteLine($"\"{pod.Uuid}\"");
+        }
+        return status;
+    }
+}

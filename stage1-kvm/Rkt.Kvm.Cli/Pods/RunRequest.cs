@@ -1,0 +1,169 @@
+using Rkt.Kvm.Cli.Cli;
+using Rkt.Kvm.Stage1.Manifests;
+
+namespace Rkt.Kvm.Cli.Pods;
+
+/// <summary>One app of a pod as the user asked for it: an image and the per-app flags that
+/// followed it on the command line.</summary>
+public sealed class AppRequest(string image)
+{
+    public string Image { get; } = image;
+    public string? Name { get; set; }
+    public string? Exec { get; set; }
+    public List<string>? Args { get; set; }
+    public List<KeyValuePair<string, string>> Environment { get; } = [];
+    public List<AppMount> Mounts { get; } = [];
+    public string? Memory { get; set; }
+    public string? Cpu { get; set; }
+    public string? User { get; set; }
+    public string? Group { get; set; }
+}
+
+/// <summary>A host directory or an empty directory made for the pod: rkt's <c>--volume</c>.</summary>
+public sealed record VolumeRequest(string Name, string Kind, string? Source, bool ReadOnly);
+
+/// <summary>
+/// <c>rkt-kvm run</c>'s command line, parsed the way rkt parses it: images in order, each
+/// followed by its own flags (<c>--exec --name --mount --memory --cpu --user --group
+/// --environment</c>) and optionally <c>-- ARGS… ---</c>; pod flags anywhere
+/// (<c>--volume --set-env --hostname --net --interactive --uuid-file-save --stage1-path</c>).
+/// </summary>
+public sealed class RunRequest
+{
+    public List<AppRequest> Apps { get; } = [];
+    public List<VolumeRequest> Volumes { get; } = [];
+    public List<KeyValuePair<string, string>> PodEnvironment { get; } = [];
+    public string? Hostname { get; set; }
+    public string Net { get; set; } = "default";
+    public bool Interactive { get; set; }
+    public string? UuidFileSave { get; set; }
+    public string? Stage1Path { get; set; }
+    public bool Mutable { get; set; }
+
+    private static readonly HashSet<string> AppFlags = ["exec", "name", "mount", "memory", "cpu", "user", "group", "environment"];
+    private static readonly HashSet<string> PodFlags = ["volume", "set-env", "hostname", "net", "interactive", "uuid-file-save", "stage1-path", "insecure-options", "no-overlay"];
+
+    public static RunRequest Parse(IReadOnlyList<string> argv, bool allowApps = true)
+    {
+        var request = new RunRequest();
+        AppRequest? current = null;
+        for (int i = 0; i < argv.Count; i++)
+        {
+            var arg = argv[i];
+            if (arg == "--")
+            {
+                if (current is null) throw new UsageException("\"--\" (app arguments) must follow an image");
+                current.Args = [];
+                for (i++; i < argv.Count && argv[i] != "---"; i++) current.Args.Add(argv[i]);
+                continue;
+            }
+            if (arg.StartsWith("--", StringComparison.Ordinal) && arg.Length > 2)
+            {
+                var body = arg[2..];
+                int eq = body.IndexOf('=');
+                var name = eq >= 0 ? body[..eq] : body;
+                string Value() => eq >= 0 ? body[(eq + 1)..]
+                    : i + 1 < argv.Count ? argv[++i] : throw new UsageException($"flag --{name} needs a value");
+                if (name == "interactive") { request.Interactive = eq < 0 || body[(eq + 1)..] is "true" or "1"; continue; }
+                if (AppFlags.Contains(name))
+                {
+                    if (current is null) throw new UsageException($"--{name} applies to an app: put it after the image it is for");
+                    ApplyAppFlag(current, name, Value());
+                }
+                else if (PodFlags.Contains(name)) ApplyPodFlag(request, name, Value());
+                else throw new UsageException($"unknown flag --{name}");
+                continue;
+            }
+            if (!allowApps) throw new UsageException($"unexpected argument \"{arg}\"");
+            current = new AppRequest(arg);
+            request.Apps.Add(current);
+        }
+        return request;
+    }
+
+    private static void ApplyAppFlag(AppRequest app, string name, string value)
+    {
+        switch (name)
+        {
+            case "exec": app.Exec = value; break;
+            case "name":
+                app.Name = AcName.IsValidName(value) ? value : throw new UsageException($"--name={value}: app names are lowercase letters, digits and dashes");
+                break;
+            case "mount": app.Mounts.Add(ParseMount(value)); break;
+            case "memory": app.Memory = Quantity.TryParse(value, out _) ? value : throw new UsageException($"--memory={value}: not a quantity like 256M or 1Gi"); break;
+            case "cpu": app.Cpu = Quantity.TryParse(value, out _) ? value : throw new UsageException($"--cpu={value}: not a quantity like 500m or 2"); break;
+            case "user": app.User = value; break;
+            case "group": app.Group = value; break;
+            case "environment": app.Environment.Add(ParseEnv(value, "--environment")); break;
+        }
+    }
+
+    private static void ApplyPodFlag(RunRequest request, string name, string value)
+    {
+        switch (name)
+        {
+            case "volume": request.Volumes.Add(ParseVolume(value)); break;
+            case "set-env": request.PodEnvironment.Add(ParseEnv(value, "--set-env")); break;
+            case "hostname": request.Hostname = value; break;
+            case "net": request.Net = value; break;
+            case "uuid-file-save": request.UuidFileSave = value; break;
+            case "stage1-path": request.Stage1Path = value; break;
+            // Accepted for command-line compatibility with rkt; images here are always local.
+            case "insecure-options" or "no-overlay": break;
+        }
+    }
+
+    /// <summary><c>NAME=VALUE</c>.</summary>
+    public static KeyValuePair<string, string> ParseEnv(string value, string flag)
+    {
+        int eq = value.IndexOf('=');
+        if (eq <= 0) throw new UsageException($"{flag}={value}: expected NAME=VALUE");
+        return new(value[..eq], value[(eq + 1)..]);
+    }
+
+    /// <summary>rkt's <c>--volume NAME,kind=host,source=/path[,readOnly=true]</c> or <c>NAME,kind=empty</c>.</summary>
+    public static VolumeRequest ParseVolume(string value)
+    {
+        var parts = value.Split(',');
+        var name = parts[0];
+        if (!AcName.IsValidName(name)) throw new UsageException($"--volume={value}: \"{name}\" is not a valid volume name");
+        string kind = "host";
+        string? source = null;
+        bool readOnly = false;
+        foreach (var part in parts.Skip(1))
+        {
+            var kv = part.Split('=', 2);
+            if (kv.Length != 2) throw new UsageException($"--volume={value}: \"{part}\" is not key=value");
+            switch (kv[0])
+            {
+                case "kind": kind = kv[1]; break;
+                case "source": source = kv[1]; break;
+                case "readOnly": readOnly = kv[1] is "true" or "1"; break;
+                default: throw new UsageException($"--volume={value}: unknown key \"{kv[0]}\" (kind, source, readOnly)");
+            }
+        }
+        if (kind is not ("host" or "empty")) throw new UsageException($"--volume={value}: kind must be host or empty");
+        if (kind == "host")
+        {
+            if (source is null || !Path.IsPathFullyQualified(source)) throw new UsageException($"--volume={value}: a host volume needs source=/absolute/path");
+            if (!Directory.Exists(source)) throw new UsageException($"--volume={value}: {source} is not a directory");
+        }
+        return new VolumeRequest(name, kind, source, readOnly);
+    }
+
+    /// <summary>rkt's <c>--mount volume=NAME,target=/path</c>.</summary>
+    public static AppMount ParseMount(string value)
+    {
+        string? volume = null, target = null;
+        foreach (var part in value.Split(','))
+        {
+            var kv = part.Split('=', 2);
+            if (kv.Length == 2 && kv[0] == "volume") volume = kv[1];
+            else if (kv.Length == 2 && kv[0] == "target") target = kv[1];
+            else throw new UsageException($"--mount={value}: expected volume=NAME,target=/path");
+        }
+        if (volume is null || target is null || !target.StartsWith('/'))
+            throw new UsageException($"--mount={value}: expected volume=NAME,target=/path");
+        return new AppMount(volume, target);
+    }
+}
