@@ -1,0 +1,209 @@
+using Rkt.Kvm.Images.Builders;
+using Rkt.Kvm.Stage1.Pods;
+
+namespace Rkt.Kvm.Stage1.Tests;
+
+/// <summary>
+/// rkt-kvm as stage0, against a stage1 that records how it is called (<see cref="LoggingStage1"/>):
+/// argv, cwd, environment and lock as STAGE1-ABI.md says rkt passes them, the pod's phase
+/// directories, and what list/status/rm/gc make of the files stage1 writes. No VM here: the real
+/// stage1 has its own end-to-end tests.
+/// </summary>
+public sealed class Stage0ConformanceTests : IDisposable
+{
+    private readonly string _tmp = Directory.CreateTempSubdirectory("rkt-kvm-stage0-").FullName;
+    private readonly string _data;
+    private readonly Dictionary<string, string> _env;
+
+    public Stage0ConformanceTests()
+    {
+        _data = Path.Join(_tmp, "data");
+        var stage1 = LoggingStage1.Build(_tmp, Path.Join(_tmp, "stage1.aci"));
+        _env = new() { ["RKT_KVM_STAGE1"] = stage1 };
+        var rootfs = Path.Join(_tmp, "busybox-rootfs");
+        BusyboxRootfs.Build(rootfs);
+        var image = Path.Join(_tmp, "busybox.aci");
+        AciWriter.Write(image, AciWriter.Manifest("example.com/busybox", ["/bin/sh", "-c", "echo hi"]), rootfs);
+        Assert.Equal(0, Cli("image", "import", image).ExitCode);
+    }
+
+    public void Dispose()
+    {
+        foreach (var pid in Directory.EnumerateFiles(_data, "pid", SearchOption.AllDirectories))
+            if (int.TryParse(File.ReadAllText(pid).Trim(), out var p)) try { System.Diagnostics.Process.GetProcessById(p).Kill(); } catch (ArgumentException) { }
+        Directory.Delete(_tmp, recursive: true);
+    }
+
+    private (int ExitCode, string Stdout, string Stderr) Cli(params string[] args) => RktKvm.Run(_data, _env, args);
+
+    private string OnlyPod(string phase) => Assert.Single(Directory.GetDirectories(Path.Join(_data, "pods", phase)));
+
+    private static string[] Values(string[] lines, string key) => lines.Where(l => l.StartsWith(key + "=", StringComparison.Ordinal)).Select(l => l[(key.Length + 1)..]).ToArray();
+
+    [Fact]
+    public void Run_ExecsStage1RunInThePodDir_WithTheLockAndTheAppsPrepared()
+    {
+        var env = new Dictionary<string, string>(_env) { ["STAGE1_TEST_RUN_EXIT"] = "3" };
+        var uuidFile = Path.Join(_tmp, "uuid");
+        var (rc, _, err) = RktKvm.Run(_data, env, "run", "example.com/busybox", "--exec=/bin/true", "--", "a", "b c", "---",
+            "example.com/busybox", "--name=second", "--environment=ONLY=second", "--set-env=POD=wide", "--hostname=h1", "--uuid-file-save=" + uuidFile);
+        Assert.True(rc == 3, err); // the pod's result is stage1 run's exit status
+        var pod = OnlyPod("run");
+        var uuid = File.ReadAllText(uuidFile);
+        Assert.Equal(uuid, Path.GetFileName(pod));
+
+        var (name, lines) = Assert.Single(LoggingStage1.Calls(pod));
+        Assert.Equal("run", name);
+        Assert.Equal(["--net=default", "--hostname=h1", uuid], Values(lines, "arg"));
+        Assert.Equal(pod, Values(lines, "cwd").Single());
+        Assert.Equal(pod, Values(lines, "lockfd").Single()); // RKT_LOCK_FD: an fd on the pod directory itself
+        Assert.Contains(Values(lines, "env"), e => e.StartsWith("PATH=", StringComparison.Ordinal)); // the environment is inherited
+
+        var manifest = Manifests.PodManifest.Load(Path.Join(pod, "pod"));
+        Assert.False(manifest.Mutable);
+        Assert.Equal(["busybox", "second"], manifest.Apps.Select(a => a.Name));
+        Assert.Equal(["/bin/true", "a", "b c"], manifest.Apps[0].App!.Exec);
+        Assert.Equal(["/bin/sh", "-c", "echo hi"], manifest.Apps[1].App!.Exec);
+        Assert.Contains(new KeyValuePair<string, string>("POD", "wide"), manifest.Apps[0].App!.Environment);
+        Assert.Contains(new KeyValuePair<string, string>("ONLY", "second"), manifest.Apps[1].App!.Environment);
+        Assert.DoesNotContain(manifest.Apps[0].App!.Environment, e => e.Key == "ONLY");
+        Assert.True(File.Exists(Path.Join(pod, "stage1/rootfs/opt/stage2/second/rootfs/bin/busybox")));
+        Assert.True(File.Exists(Path.Join(pod, "appsinfo/second/manifest")));
+        Assert.StartsWith("sha512-", File.ReadAllText(Path.Join(pod, "appsinfo/second/treeStoreID")));
+
+        // Exited: list and status read the status files stage1 wrote.
+        Assert.False(PodLock.IsHeld(pod));
+        var list = Cli("list", "--no-legend").Stdout;
+        Assert.Contains(uuid[..8], list);
+        Assert.Contains("exited", list);
+        var status = Cli("status", uuid[..8]).Stdout.Split('\n');
+        Assert.Contains("state=exited", status);
+        Assert.Contains("exited=true", status);
+        Assert.Contains("app-busybox=3", status);
+        Assert.Contains("app-second=3", status);
+
+        // rm: stage1 gc with cwd = the pod under garbage/, then the directory is gone.
+        var calls = Path.Join(_tmp, "calls-after-rm");
+        var rm = Cli("rm", uuid);
+        Assert.Equal(0, rm.ExitCode);
+        Assert.Equal($"\"{uuid}\"", rm.Stdout.Trim());
+        Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods", "run")));
+        Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods", "garbage")));
+    }
+
+    [Fact]
+    public void BadRequests_FailWithOneLineAnd254_AndLeaveNoPod()
+    {
+        foreach (var args in new[]
+        {
+            new[] { "run", "example.com/no-such-image" },
+            ["run", "example.com/busybox", "example.com/busybox"],                  // duplicate app names
+            ["run", "example.com/busybox", "--net=host"],
+            ["run", "--net=default", "example.com/busybox", "--mount=volume=nope,target=/x"],
+            ["run", "--exec=/bin/true"],                                             // app flag before any image
+            ["run", "example.com/busybox", "--stage1-path=/nonexistent.aci"],
+            ["run", "example.com/busybox", "--volume=v,kind=host,source=relative"],
+        })
+        {
+            var (rc, stdout, stderr) = Cli(args);
+            Assert.True(rc == 254, $"{string.Join(' ', args)} exited {rc}: {stderr}");
+            Assert.Single(stderr.Trim().Split('\n'));
+            Assert.StartsWith("rkt-kvm: ", stderr);
+        }
+        foreach (var phase in new[] { "embryo", "prepare", "prepared", "run" })
+        {
+            var dir = Path.Join(_data, "pods", phase);
+            Assert.True(!Directory.Exists(dir) || Directory.GetDirectories(dir).Length == 0, $"a pod was left in {phase}/");
+        }
+    }
+
+    [Fact]
+    public void MutablePod_AppVerbsCallTheCrossingEntrypointsWithRktsEnvironment()
+    {
+        var uuidFile = Path.Join(_tmp, "uuid");
+        var sandbox = RktKvm.Start(_data, _env, "app", "sandbox", "--uuid-file-save=" + uuidFile);
+        try
+        {
+            var uuid = WaitFor(() => File.Exists(uuidFile) ? File.ReadAllText(uuidFile) : null);
+            var pod = Path.Join(_data, "pods", "run", uuid);
+            WaitFor(() => File.Exists(Path.Join(pod, "stage1/rootfs/rkt/supervisor-status")) ? "" : null);
+            Assert.True(PodLock.IsHeld(pod)); // running = some process holds the lock
+            var run = LoggingStage1.Calls(pod).Single(c => c.Name == "run");
+            Assert.Equal(["--net=default", "--mutable", uuid], Values(run.Lines, "arg"));
+            Assert.True(Manifests.PodManifest.Load(Path.Join(pod, "pod")).Mutable);
+
+            Assert.Equal(0, Cli("app", "add", uuid, "example.com/busybox", "--name=one", "--environment=X=1").ExitCode);
+            var add = LoggingStage1.Calls(pod).Last();
+            Assert.Equal("app-add", add.Name);
+            Assert.Equal(["--debug=false", $"--uuid={uuid}", "--app=one"], Values(add.Lines, "arg"));
+            // The crossing entrypoints get a replaced environment: only these three (plus what sh itself sets).
+            var envNames = Values(add.Lines, "env").Select(e => e.Split('=')[0]).Where(n => n is not ("PWD" or "SHLVL" or "_" or "OLDPWD")).ToArray();
+            Assert.Equal(["PATH", "RKT_STAGE1_ENTERCMD", "RKT_STAGE1_ENTERPID"], envNames.Order());
+            Assert.Equal(pod + "/stage1/rootfs/enter", Values(add.Lines, "env").Single(e => e.StartsWith("RKT_STAGE1_ENTERCMD=")).Split('=')[1]);
+            Assert.Equal("X=1\n", File.ReadAllText(Path.Join(pod, "stage1/rootfs/rkt/env/one")));
+            Assert.True(File.Exists(Path.Join(pod, "stage1/rootfs/rkt/status/one-created")));
+
+            Assert.Equal(0, Cli("app", "start", uuid, "--app=one").ExitCode);
+            Assert.True(File.Exists(Path.Join(pod, "stage1/rootfs/rkt/status/one-started")));
+            Assert.Equal(["--debug=false", "--app=one"], Values(LoggingStage1.Calls(pod).Last().Lines, "arg"));
+            Assert.Contains("running", Cli("app", "list", uuid).Stdout);
+
+            File.WriteAllText(Path.Join(pod, "app-stop-exit"), "5");
+            var stop5 = Cli("app", "stop", uuid, "--app=one");
+            File.Delete(Path.Join(pod, "app-stop-exit"));
+            Assert.Equal(254, stop5.ExitCode);
+            Assert.Contains("is not running", stop5.Stderr);
+
+            var enter = Cli("enter", "--app=one", uuid, "/bin/echo", "-n", "x");
+            Assert.Equal(7, enter.ExitCode); // enter's exit code is the command's
+            var enterCall = LoggingStage1.Calls(pod).Last();
+            Assert.Equal([$"--pid={File.ReadAllText(Path.Join(pod, "pid")).Trim()}", "--appname=one", "--", "/bin/echo", "-n", "x"], Values(enterCall.Lines, "arg"));
+
+            Assert.Equal(0, Cli("app", "rm", uuid, "--app=one").ExitCode);
+            Assert.Equal(["app-stop", "app-rm"], LoggingStage1.Calls(pod).TakeLast(2).Select(c => c.Name));
+            Assert.False(Directory.Exists(Path.Join(pod, "stage1/rootfs/opt/stage2/one")));
+            Assert.Empty(Manifests.PodManifest.Load(Path.Join(pod, "pod")).Apps);
+
+            var stop = Cli("stop", uuid);
+            Assert.Equal(0, stop.ExitCode);
+            Assert.Equal($"\"{uuid}\"", stop.Stdout.Trim());
+            Assert.True(sandbox.WaitForExit(TimeSpan.FromSeconds(30)));
+            Assert.Equal($"pod \"{uuid}\" is already stopped", Cli("stop", uuid).Stdout.Trim());
+            var late = Cli("app", "add", uuid, "example.com/busybox");
+            Assert.True(late.ExitCode == 254, late.Stdout + late.Stderr + string.Join(",", LoggingStage1.Calls(pod).Select(c => c.Name)));
+
+            var gc = Cli("gc", "--grace-period=0s");
+            Assert.Equal(0, gc.ExitCode);
+            Assert.Contains($"Garbage collecting pod \"{uuid}\"", gc.Stdout);
+            Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods", "exited-garbage")));
+            Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods", "garbage")));
+        }
+        finally
+        {
+            if (!sandbox.HasExited) sandbox.Kill(entireProcessTree: true);
+            sandbox.Dispose();
+        }
+    }
+
+    [Fact]
+    public void AppAdd_ToAPodStartedByRun_FailsWithImmutablePod()
+    {
+        var uuidFile = Path.Join(_tmp, "uuid");
+        var env = new Dictionary<string, string>(_env) { ["STAGE1_TEST_RUN_EXIT"] = "0" };
+        Assert.Equal(0, RktKvm.Run(_data, env, "run", "example.com/busybox", "--uuid-file-save=" + uuidFile).ExitCode);
+        var (rc, _, err) = Cli("app", "add", File.ReadAllText(uuidFile), "example.com/busybox", "--name=late");
+        Assert.Equal(254, rc);
+        Assert.Contains("not running", err); // exited already; a running immutable pod says "immutable pod" (end-to-end tests)
+    }
+
+    private static T WaitFor<T>(Func<T?> probe) where T : class
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        while (DateTime.UtcNow < deadline)
+        {
+            if (probe() is { } value) return value;
+            Thread.Sleep(50);
+        }
+        throw new TimeoutException("condition not met in 60 s");
+    }
+}
