@@ -38,6 +38,13 @@ public struct HostStatFs
     private long _spare0, _spare1, _spare2, _spare3;
 }
 
+/// <summary><c>struct iovec</c>.</summary>
+public unsafe struct IoVec
+{
+    public void* Base;
+    public nuint Length;
+}
+
 /// <summary>The x86-64 <c>struct flock</c> (used with the OFD lock commands).</summary>
 [StructLayout(LayoutKind.Sequential)]
 public struct HostFlock
@@ -229,24 +236,18 @@ internal static unsafe partial class HostFs
         fixed (byte* p = Z($"/proc/self/fd/{d.Number}")) Check(utimensat(AT_FDCWD, p, times, 0));
     }
 
-    public static int PRead(FileDescriptor fd, byte* buffer, int count, long offset)
-    {
-        using var d = new Borrowed(fd);
-        while (true)
-        {
-            long n = pread(d.Number, buffer, count, offset);
-            if (n >= 0) return (int)n;
-            int e = Marshal.GetLastPInvokeError();
-            if (e != 4) throw new P9Error(e); // EINTR: again
-        }
-    }
 
-    public static int PWrite(FileDescriptor fd, byte* buffer, int count, long offset)
+
+    /// <summary>preadv/pwritev with the iovecs pointing straight into guest RAM: no intermediate copy.</summary>
+    public static int ReadVector(FileDescriptor fd, IoVec* iov, int count, long offset) => Vector(fd, iov, count, offset, write: false);
+    public static int WriteVector(FileDescriptor fd, IoVec* iov, int count, long offset) => Vector(fd, iov, count, offset, write: true);
+
+    private static int Vector(FileDescriptor fd, IoVec* iov, int count, long offset, bool write)
     {
         using var d = new Borrowed(fd);
         while (true)
         {
-            long n = pwrite(d.Number, buffer, count, offset);
+            long n = write ? pwritev(d.Number, iov, count, offset) : preadv(d.Number, iov, count, offset);
             if (n >= 0) return (int)n;
             int e = Marshal.GetLastPInvokeError();
             if (e != 4) throw new P9Error(e);
@@ -311,8 +312,8 @@ internal static unsafe partial class HostFs
     [LibraryImport("libc", SetLastError = true)] private static partial int fchownat(int dirfd, byte* path, uint uid, uint gid, int flags);
     [LibraryImport("libc", SetLastError = true)] private static partial int truncate(byte* path, long length);
     [LibraryImport("libc", SetLastError = true)] private static partial int utimensat(int dirfd, byte* path, long* times, int flags);
-    [LibraryImport("libc", SetLastError = true)] private static partial long pread(int fd, byte* buffer, nint count, long offset);
-    [LibraryImport("libc", SetLastError = true)] private static partial long pwrite(int fd, byte* buffer, nint count, long offset);
+    [LibraryImport("libc", SetLastError = true)] private static partial long preadv(int fd, IoVec* iov, int count, long offset);
+    [LibraryImport("libc", SetLastError = true)] private static partial long pwritev(int fd, IoVec* iov, int count, long offset);
     [LibraryImport("libc", SetLastError = true)] private static partial int fsync(int fd);
     [LibraryImport("libc", SetLastError = true)] private static partial int fdatasync(int fd);
     [LibraryImport("libc", SetLastError = true)] private static partial long lseek(int fd, long offset, int whence);
