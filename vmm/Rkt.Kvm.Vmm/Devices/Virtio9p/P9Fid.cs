@@ -53,8 +53,11 @@ public sealed class P9Fid
 /// <summary>The session's fids, bounded; thread-safe (requests run on several workers).</summary>
 public sealed class P9FidTable
 {
-    public const int MaxFids = 16384;
+    public const int DefaultMaxFids = 16384;
     private readonly Dictionary<uint, P9Fid> _fids = [];
+    private readonly int _maxFids;
+
+    public P9FidTable(int maxFids = DefaultMaxFids) => _maxFids = maxFids;
 
     public int Count { get { lock (_fids) return _fids.Count; } }
 
@@ -78,7 +81,7 @@ public sealed class P9FidTable
             {
                 if (!replace) throw new P9Error(HostFs.EEXIST, $"fid {id} is in use");
             }
-            else if (_fids.Count >= MaxFids) throw new P9Error(HostFs.EMFILE, $"more than {MaxFids} fids");
+            else if (_fids.Count >= _maxFids) throw new P9Error(HostFs.EMFILE, $"more than {_maxFids} fids");
             _fids[id] = fid;
         }
         if (old is not null && !ReferenceEquals(old, fid)) old.Close();

@@ -43,13 +43,18 @@ public sealed class P9Server : IDisposable
     private const int MaxXattrSize = 64 * 1024;
 
     private readonly Dictionary<string, P9Export> _exports = new(StringComparer.Ordinal);
-    private readonly P9FidTable _fids = new();
+    private readonly P9FidTable _fids;
     private readonly ILogger _log;
     private volatile uint _msize = 8192;
 
     [ThreadStatic] private static byte[]? t_dirents;
 
-    public P9Server(ILogger log) => _log = log;
+    /// <summary><paramref name="maxFids"/> bounds the host fds one guest can hold open through us.</summary>
+    public P9Server(ILogger log, int maxFids = P9FidTable.DefaultMaxFids)
+    {
+        _log = log;
+        _fids = new P9FidTable(maxFids);
+    }
 
     public uint Msize => _msize;
     public int FidCount => _fids.Count;
@@ -766,7 +771,11 @@ public sealed class P9Server : IDisposable
         return [.. kept];
     }
 
-    private static Rxattrcreate Xattrcreate(Txattrcreate m) => throw new P9Error(HostFs.EOPNOTSUPP, "setting xattrs is not supported");
+    private Rxattrcreate Xattrcreate(Txattrcreate m)
+    {
+        Writable(_fids.Get(m.Fid));
+        throw new P9Error(HostFs.EOPNOTSUPP, "setting xattrs is not supported");
+    }
 
     private static HostFlock Flock(byte type, ulong start, ulong length)
     {
