@@ -5,6 +5,9 @@
 #   panic       exit, so the kernel panics ("Attempted to kill init") -> VMM exit status 2
 #   count:N     print N numbered lines (console ordering test), then reboot
 #   hang        sleep forever (tests that kill the VMM)
+#   9p          mount the VMM's virtio-9p exports (rw, ro, and "late", which the host adds through
+#               the control socket while we wait), run file operations, print "9p ok|FAIL <name>",
+#               then wait for the host to stop the VM
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -32,6 +35,51 @@ case "$mode" in
         while [ "$i" -le "$n" ]; do echo "rkt-kvm-guest: line $i"; i=$((i + 1)); done ;;
     hang)
         echo "rkt-kvm-guest: hanging"
+        while true; do sleep 3600; done ;;
+    9p)
+        /bin/busybox --install -s /bin
+        opts=trans=virtio,version=9p2000.L,msize=524288
+        t() { if eval "$2" >/dev/null 2>&1; then echo "rkt-kvm-guest: 9p ok $1"; else echo "rkt-kvm-guest: 9p FAIL $1"; fi; }
+        mkdir -p /mnt/rw /mnt/ro /mnt/late
+        t mount "mount -t 9p -o $opts,aname=rw rkt /mnt/rw"
+        echo "rkt-kvm-guest: 9p mounts $(grep 9p /proc/mounts | tr '\n' ' ')"
+        cd /mnt/rw
+        t write 'echo hello > a.txt'
+        t read '[ "$(cat a.txt)" = hello ]'
+        t append 'echo world >> a.txt && [ "$(wc -l < a.txt)" = 2 ]'
+        t rename 'mv a.txt b.txt && [ ! -e a.txt ] && [ -f b.txt ]'
+        t link 'ln b.txt c.txt && [ "$(stat -c %h b.txt)" = 2 ]'
+        t symlink 'ln -s b.txt s.txt && [ "$(readlink s.txt)" = b.txt ] && [ "$(head -n 1 s.txt)" = hello ]'
+        t unlink 'rm c.txt && [ ! -e c.txt ] && [ "$(stat -c %h b.txt)" = 1 ]'
+        t mkdir 'mkdir -p d1/d2 && [ -d d1/d2 ]'
+        t readdir '[ "$(ls | tr "\n" " ")" = "abs b.txt d1 s.txt up " ]'
+        t stat '[ "$(stat -c %s b.txt)" = 12 ]'
+        t chmod 'chmod 640 b.txt && [ "$(stat -c %a b.txt)" = 640 ]'
+        t truncate 'truncate -s 3 b.txt && [ "$(cat b.txt)" = hel ]'
+        t rmdir 'rmdir d1/d2 && [ ! -e d1/d2 ]'
+        t setuid-stripped 'echo x > su && chmod 4755 su && [ "$(stat -c %a su)" = 755 ]'
+        t fifo-refused '! mkfifo ff'
+        t seek-write 'printf abc | dd of=sparse bs=1 seek=100000 2>/dev/null && [ "$(stat -c %s sparse)" = 100003 ]'
+        # Escapes: every path below is resolved by the guest in its own namespace; none may show the host's secret.
+        ln -s ../secret.txt esc 2>/dev/null
+        for p in /mnt/rw/../secret.txt /mnt/rw/../../secret.txt /mnt/rw/up/secret.txt /mnt/rw/abs /mnt/rw/esc /mnt/rw/up/up/secret.txt; do
+            echo "rkt-kvm-guest: 9p escape $p: $(cat $p 2>&1 | head -c 80)"
+        done
+        echo "rkt-kvm-guest: 9p dd write $(dd if=/dev/zero of=big bs=512k count=128 2>&1 | tail -n 1)"
+        echo "rkt-kvm-guest: 9p dd read $(dd if=big of=/dev/null bs=512k 2>&1 | tail -n 1)"
+        t big-size '[ "$(stat -c %s big)" = 67108864 ]'
+        rm -f big sparse
+        t ro-mount "mount -t 9p -o $opts,aname=ro rkt /mnt/ro"
+        t ro-read '[ "$(cat /mnt/ro/b.txt)" = hel ]'
+        t ro-create '! touch /mnt/ro/new'
+        t ro-unlink '! rm /mnt/ro/b.txt'
+        t ro-write '! sh -c "echo x >> /mnt/ro/b.txt"'
+        echo "rkt-kvm-guest: 9p waiting for late"
+        i=0
+        while [ "$i" -lt 240 ] && ! mount -t 9p -o $opts,aname=late rkt /mnt/late 2>/dev/null; do usleep 500000; i=$((i + 1)); done
+        t late-read '[ "$(cat /mnt/late/hello.txt)" = late ]'
+        cd /
+        echo "rkt-kvm-guest: 9p done"
         while true; do sleep 3600; done ;;
 esac
 echo "rkt-kvm-guest: done, rebooting"

@@ -25,6 +25,12 @@ public sealed record VmmOptions
           --vsock-cid N        the guest's vsock CID (default 3)
           --kvm-eventfds MODE  virtio signalling through KVM eventfds where offered: on (default:
                                ioeventfd and irqfd), off, ioeventfd or irqfd (only that one)
+          --9p-export NAME=PATH[,ro]
+                               serve host directory PATH over virtio-9p (mount tag "rkt");
+                               the guest picks it with aname=NAME; repeatable; ",ro": read-only
+          --control PATH       VMM control socket (newline-delimited JSON, docs/CONTROL.md):
+                               add-export, remove-export, list-exports, status, stop;
+                               the 9p device is present with --control or any --9p-export
           --debug              verbose VMM logging
           --quiet              only warnings and errors from the VMM
           --help               this text
@@ -40,7 +46,8 @@ public sealed record VmmOptions
 
     public static VmmOptions Parse(IReadOnlyList<string> args)
     {
-        string? kernel = null, initrd = null, cmdline = null, consoleLog = null, kvmDevice = null, vsock = null;
+        string? kernel = null, initrd = null, cmdline = null, consoleLog = null, kvmDevice = null, vsock = null, control = null;
+        var exports = new List<P9ExportSpec>();
         ulong cid = 3;
         (bool Ioeventfd, bool Irqfd) eventFds = (true, true);
         ulong memory = MachineConfig.DefaultMemoryMiB;
@@ -98,6 +105,8 @@ public sealed record VmmOptions
                         var v => throw new ArgumentException($"--kvm-eventfds must be on, off, ioeventfd or irqfd, not '{v}'."),
                     };
                     break;
+                case "--9p-export": exports.Add(ParseExport(Value())); break;
+                case "--control": control = Value(); break;
                 case "--debug": debug = true; break;
                 case "--quiet": quiet = true; break;
                 case "--help" or "-h": help = true; break;
@@ -119,6 +128,8 @@ public sealed record VmmOptions
             GuestCid = cid,
             UseIoeventfd = eventFds.Ioeventfd,
             UseIrqfd = eventFds.Irqfd,
+            ControlSocketPath = control,
+            P9Exports = exports,
         };
         machine.Validate();
         return new VmmOptions { Machine = machine, ConsoleToStdout = toStdout, ConsoleLogPath = consoleLog, Debug = debug, Quiet = quiet };
@@ -128,6 +139,18 @@ public sealed record VmmOptions
         ulong.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out ulong value) && value <= max
             ? value
             : throw new ArgumentException($"{option} must be a whole number, not '{text}'.");
+
+    /// <summary>"NAME=PATH" or "NAME=PATH,ro" (a path may itself contain commas; only a trailing ",ro" or ",rw" is an option).</summary>
+    public static P9ExportSpec ParseExport(string text)
+    {
+        int eq = text.IndexOf('=');
+        if (eq <= 0 || eq == text.Length - 1) throw new ArgumentException($"--9p-export must be NAME=PATH[,ro], not '{text}'.");
+        string name = text[..eq], path = text[(eq + 1)..];
+        bool readOnly = false;
+        if (path.EndsWith(",ro", StringComparison.Ordinal)) { readOnly = true; path = path[..^3]; }
+        else if (path.EndsWith(",rw", StringComparison.Ordinal)) path = path[..^3];
+        return new P9ExportSpec(name, path, readOnly);
+    }
 
     /// <summary>"512", "512M", "512MiB", "2G", "2GiB" → MiB.</summary>
     public static ulong ParseMemory(string text)

@@ -1,11 +1,13 @@
 using System.Diagnostics;
 using Rkt.Kvm.Vmm.Boot;
+using Rkt.Kvm.Vmm.Control;
 using Rkt.Kvm.Vmm.Devices;
 using Rkt.Kvm.Vmm.Devices.BootTimer;
 using Rkt.Kvm.Vmm.Devices.CmosRtc;
 using Rkt.Kvm.Vmm.Devices.I8042;
 using Rkt.Kvm.Vmm.Devices.Serial8250;
 using Rkt.Kvm.Vmm.Devices.Virtio;
+using Rkt.Kvm.Vmm.Devices.Virtio9p;
 using Rkt.Kvm.Vmm.Devices.VirtioRng;
 using Rkt.Kvm.Vmm.Devices.Vsock;
 using Rkt.Kvm.Vmm.Host;
@@ -30,6 +32,8 @@ public sealed class Machine : IDisposable
     public const int FirstVirtioIrq = 5;
     public const int RngSlot = 0;
     public const int VsockSlot = 1;
+    /// <summary>virtio-9p: 0xc0003000, IRQ 7 (mount tag "rkt").</summary>
+    public const int P9Slot = 2;
 
     public static (ulong Address, int Irq) VirtioSlot(int slot) => (MemoryLayout.VirtioMmioStart + (ulong)slot * MmioTransport.WindowSize, FirstVirtioIrq + slot);
 
@@ -53,6 +57,7 @@ public sealed class Machine : IDisposable
     private readonly EventLoop _deviceLoop;
     private readonly List<IDisposable> _deviceResources = [];
     private VsockDevice? _vsock;
+    private Virtio9pDevice? _p9;
     private GuestConsoleOutput? _console;
     private LoadedKernel? _kernel;
     private VmExitResult? _result;
@@ -125,10 +130,11 @@ public sealed class Machine : IDisposable
     }
 
     /// <summary>Our options and virtio devices, then the PVM host's (only on such a host), then the user's, which may override ours.</summary>
-    public static KernelCommandLine GuestCmdline(bool pvmHost, string? extra, bool vsock = false)
+    public static KernelCommandLine GuestCmdline(bool pvmHost, string? extra, bool vsock = false, bool p9 = false)
     {
         var cmdline = new KernelCommandLine().Add(BaseCmdline).Add(VirtioCmdline(RngSlot));
         if (vsock) cmdline.Add(VirtioCmdline(VsockSlot));
+        if (p9) cmdline.Add(VirtioCmdline(P9Slot));
         if (pvmHost) cmdline.Add(HostPlatform.PvmGuestOptions);
         return cmdline.Add(extra);
     }
@@ -148,7 +154,7 @@ public sealed class Machine : IDisposable
         (ulong Address, ulong Size) initrd = config.InitrdPath is { } path ? InitrdLoader.Load(path, _kernel, _memory) : (0, 0);
 
         bool pvm = config.Pvm switch { PvmMode.On => true, PvmMode.Off => false, _ => HostPlatform.IsPvmHost() };
-        var cmdline = GuestCmdline(pvm, config.ExtraCmdline, vsock: config.VsockSocketPath is not null);
+        var cmdline = GuestCmdline(pvm, config.ExtraCmdline, vsock: config.VsockSocketPath is not null, p9: config.HasP9);
         byte[] cmdlineBytes = cmdline.ToBytes(_kernel.CmdlineMax);
         Cmdline = cmdline.ToString();
         _memory.Write(MemoryLayout.CmdlineStart, cmdlineBytes);
@@ -217,6 +223,21 @@ public sealed class Machine : IDisposable
             _vsock = new VsockDevice(_memory, config.GuestCid, vsockPath, _deviceLoop, _log);
             _deviceResources.Add(_vsock);
             AttachVirtio(VsockSlot, _vsock, signalling);
+        }
+        if (config.HasP9)
+        {
+            var server = new P9Server(_log);
+            _p9 = new Virtio9pDevice(_memory, server, _deviceLoop, _log);
+            _deviceResources.Add(_p9);
+            foreach (var e in config.P9Exports) server.AddExport(e.Name, e.Path, e.ReadOnly);
+            AttachVirtio(P9Slot, _p9, signalling);
+        }
+        if (config.ControlSocketPath is { } controlPath)
+        {
+            var commands = new ControlCommands(_p9?.Server, _sinceStart,
+                () => RequestExit(new VmExitResult(VmExitStatus.GuestShutdown, "stopped through the control socket")));
+            // Disposed before the 9p device (resources go in order): no control request runs against a closed server.
+            _deviceResources.Insert(0, new ControlSocket(controlPath, _deviceLoop, commands, _log));
         }
     }
 

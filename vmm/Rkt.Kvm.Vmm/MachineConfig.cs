@@ -8,6 +8,9 @@ public enum PvmMode
     Off,
 }
 
+/// <summary>A host directory the guest can mount over virtio-9p (aname = <see cref="Name"/>).</summary>
+public sealed record P9ExportSpec(string Name, string Path, bool ReadOnly);
+
 /// <summary>Everything needed to build and boot one VM.</summary>
 public sealed record MachineConfig
 {
@@ -30,6 +33,13 @@ public sealed record MachineConfig
     /// <summary>Interrupts through KVM's irqfd where offered; off: KVM_IRQ_LINE from the device thread.</summary>
     public bool UseIrqfd { get; init; } = true;
 
+    /// <summary>The VMM control socket (docs/CONTROL.md); null for none. Implies the 9p device.</summary>
+    public string? ControlSocketPath { get; init; }
+    /// <summary>Exports served from the start; more can be added through the control socket.</summary>
+    public IReadOnlyList<P9ExportSpec> P9Exports { get; init; } = [];
+    /// <summary>The 9p device is present whenever there is a control socket or an export.</summary>
+    public bool HasP9 => ControlSocketPath is not null || P9Exports.Count > 0;
+
     /// <summary>Checks what can be checked without touching the host; throws <see cref="ArgumentException"/> with a one-line reason.</summary>
     public void Validate()
     {
@@ -46,6 +56,19 @@ public sealed record MachineConfig
                 throw new ArgumentException($"--vsock path {path} is too long for a Unix socket address (at most 95 bytes).");
             string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
             if (!Directory.Exists(dir)) throw new ArgumentException($"--vsock: directory {dir} does not exist.");
+        }
+        if (ControlSocketPath is { } control)
+        {
+            if (System.Text.Encoding.UTF8.GetByteCount(control) > 107) throw new ArgumentException($"--control path {control} is too long for a Unix socket address (at most 107 bytes).");
+            string dir = Path.GetDirectoryName(Path.GetFullPath(control))!;
+            if (!Directory.Exists(dir)) throw new ArgumentException($"--control: directory {dir} does not exist.");
+        }
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var e in P9Exports)
+        {
+            Devices.Virtio9p.P9Export.ValidateName(e.Name);
+            if (!names.Add(e.Name)) throw new ArgumentException($"--9p-export {e.Name} is given twice.");
+            if (!Path.IsPathFullyQualified(e.Path) || !Directory.Exists(e.Path)) throw new ArgumentException($"--9p-export {e.Name}: {e.Path} is not an absolute path to a directory.");
         }
     }
 }

@@ -20,6 +20,8 @@ public sealed class MmioTransport : IBusDevice
     public const uint Version = 2;
     public const uint VendorId = 0x4B54_5252; // "RRTK"
     public const ulong FeatureVersion1 = 1UL << 32;
+    /// <summary>VIRTIO_F_INDIRECT_DESC: a device that offers it gets queues that accept indirect tables once the driver accepts it.</summary>
+    public const ulong FeatureIndirectDesc = 1UL << 28;
     public const uint InterruptUsedBuffer = 1, InterruptConfigChange = 2;
 
     // Device status bits.
@@ -184,7 +186,7 @@ public sealed class MmioTransport : IBusDevice
         }
         try
         {
-            q.Ready = new SplitQueue(_memory, q.Size, q.Desc, q.Driver, q.Device, indirectAllowed: false);
+            q.Ready = new SplitQueue(_memory, q.Size, q.Desc, q.Driver, q.Device, indirectAllowed: (_driverFeatures & FeatureIndirectDesc) != 0);
         }
         catch (VirtqueueException e)
         {

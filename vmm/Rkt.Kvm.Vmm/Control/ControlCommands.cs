@@ -1,0 +1,75 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Rkt.Kvm.Vmm.Devices.Virtio9p;
+
+namespace Rkt.Kvm.Vmm.Control;
+
+/// <summary>
+/// What each control request does, apart from the socket: parse one line, act, produce one reply.
+/// Never throws for bad input; every failure is a reply with one clear sentence.
+/// </summary>
+public sealed class ControlCommands(P9Server? server, Stopwatch uptime, Action stop)
+{
+    /// <summary>Set by a stop request: the socket sends the reply, then calls <see cref="Stop"/>.</summary>
+    public bool StopRequested { get; private set; }
+
+    public void Stop() => stop();
+
+    public ControlReply Handle(ReadOnlySpan<byte> line)
+    {
+        ControlRequest? request;
+        try
+        {
+            request = JsonSerializer.Deserialize(line, ControlJsonContext.Default.ControlRequest);
+        }
+        catch (JsonException e)
+        {
+            return ControlReply.Fail($"The request is not a valid JSON object: {e.Message}");
+        }
+        if (request?.Op is not { } op) return ControlReply.Fail("The request has no \"op\".");
+        try
+        {
+            return op switch
+            {
+                "add-export" => AddExport(request),
+                "remove-export" => new ControlReply { Ok = true, ClosedFds = Server.RemoveExport(Required(request.Name, "name")) },
+                "list-exports" => new ControlReply { Ok = true, Exports = Exports() },
+                "status" => new ControlReply
+                {
+                    Ok = true,
+                    State = "running",
+                    UptimeSeconds = Math.Round(uptime.Elapsed.TotalSeconds, 3),
+                    Exports = Exports(),
+                    Fids = server?.FidCount ?? 0,
+                },
+                "stop" => RequestStop(),
+                _ => ControlReply.Fail($"Unknown op '{op}' (add-export, remove-export, list-exports, status, stop)."),
+            };
+        }
+        catch (ArgumentException e)
+        {
+            return ControlReply.Fail(e.Message);
+        }
+    }
+
+    private P9Server Server => server ?? throw new ArgumentException("This VM has no 9p device.");
+
+    private static string Required(string? value, string field) =>
+        string.IsNullOrEmpty(value) ? throw new ArgumentException($"The request needs \"{field}\".") : value;
+
+    private ControlReply AddExport(ControlRequest r)
+    {
+        string name = Required(r.Name, "name"), path = Required(r.Path, "path");
+        Server.AddExport(name, path, r.ReadOnly ?? false);
+        return new ControlReply { Ok = true, Export = new ControlExport { Name = name, Path = path, ReadOnly = r.ReadOnly ?? false } };
+    }
+
+    private List<ControlExport> Exports() => server is null ? [] :
+        server.ListExports().Select(e => new ControlExport { Name = e.Name, Path = e.Path, ReadOnly = e.ReadOnly, Fids = e.Fids }).ToList();
+
+    private ControlReply RequestStop()
+    {
+        StopRequested = true;
+        return new ControlReply { Ok = true, State = "stopping" };
+    }
+}

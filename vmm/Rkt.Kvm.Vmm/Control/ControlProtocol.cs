@@ -1,0 +1,51 @@
+using System.Text.Json.Serialization;
+
+namespace Rkt.Kvm.Vmm.Control;
+
+// The VMM control socket protocol (docs/CONTROL.md): newline-delimited JSON on a Unix socket,
+// one request object per line, one reply object per line, in order.
+//   {"op":"add-export","name":"data","path":"/srv/data","readOnly":true}
+//   {"op":"remove-export","name":"data"}        -> {"ok":true,"closedFds":3}
+//   {"op":"list-exports"}                        -> {"ok":true,"exports":[{"name":..,"path":..,"readOnly":..,"fids":..}]}
+//   {"op":"status"}                              -> {"ok":true,"state":"running","uptimeSeconds":12.5,"exports":[..],"fids":4}
+//   {"op":"stop"}                                -> {"ok":true,"state":"stopping"}, then the VM ends and the VMM exits 0
+// Failures: {"ok":false,"error":"one sentence"}.
+
+/// <summary>One request line. Unknown properties are refused, so a typo is an error, not a silent default.</summary>
+[JsonUnmappedMemberHandling(JsonUnmappedMemberHandling.Disallow)]
+public sealed class ControlRequest
+{
+    public string? Op { get; set; }
+    public string? Name { get; set; }
+    public string? Path { get; set; }
+    public bool? ReadOnly { get; set; }
+}
+
+public sealed class ControlExport
+{
+    public required string Name { get; init; }
+    public required string Path { get; init; }
+    public bool ReadOnly { get; init; }
+    public int Fids { get; init; }
+}
+
+/// <summary>One reply line; fields that do not apply are left out.</summary>
+public sealed class ControlReply
+{
+    public bool Ok { get; init; }
+    public string? Error { get; init; }
+    public string? State { get; init; }
+    public double? UptimeSeconds { get; init; }
+    public ControlExport? Export { get; init; }
+    public List<ControlExport>? Exports { get; init; }
+    public int? Fids { get; init; }
+    public int? ClosedFds { get; init; }
+
+    public static ControlReply Fail(string error) => new() { Ok = false, Error = error };
+}
+
+/// <summary>Source-generated serializers: the VMM is NativeAOT, reflection-based JSON is not available there.</summary>
+[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
+[JsonSerializable(typeof(ControlRequest))]
+[JsonSerializable(typeof(ControlReply))]
+public sealed partial class ControlJsonContext : JsonSerializerContext;

@@ -1,0 +1,89 @@
+using System.Text.RegularExpressions;
+using Rkt.Kvm.Vmm.Kvm;
+
+namespace Rkt.Kvm.Vmm.Devices.Virtio9p;
+
+/// <summary>
+/// One exported host directory. Requests enter and leave it (<see cref="TryEnter"/>/<see cref="Exit"/>);
+/// removal first stops new entries, then waits for the requests inside to finish, so the fds it
+/// closes afterwards are never in use (no use-after-close, no fd number reused under a request).
+/// </summary>
+public sealed partial class P9Export
+{
+    public const int MaxNameLength = 64;
+
+    private readonly object _gate = new();
+    private int _inFlight;
+    private bool _removed;
+
+    public string Name { get; }
+    public string HostPath { get; }
+    public bool ReadOnly { get; }
+    /// <summary>O_PATH fd of the export's root directory: every walk starts here.</summary>
+    internal FileDescriptor Root { get; }
+
+    private P9Export(string name, string hostPath, bool readOnly, FileDescriptor root)
+    {
+        Name = name;
+        HostPath = hostPath;
+        ReadOnly = readOnly;
+        Root = root;
+    }
+
+    [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    private static partial Regex NamePattern();
+
+    /// <summary>Export names are what the guest passes as aname: short, plain, no separators.</summary>
+    public static void ValidateName(string name)
+    {
+        if (name.Length == 0 || name.Length > MaxNameLength || !NamePattern().IsMatch(name))
+            throw new ArgumentException($"Export name '{name}' must be 1-{MaxNameLength} letters, digits, '.', '_' or '-', starting with a letter or digit.");
+    }
+
+    /// <summary>Opens the export root (the operator's path, symlinks allowed there); throws <see cref="ArgumentException"/> with a one-line reason.</summary>
+    public static P9Export Open(string name, string hostPath, bool readOnly)
+    {
+        ValidateName(name);
+        if (!Path.IsPathFullyQualified(hostPath)) throw new ArgumentException($"Export path '{hostPath}' must be absolute.");
+        try
+        {
+            var root = HostFs.OpenHostPath(hostPath, HostFs.O_PATH | HostFs.O_DIRECTORY);
+            return new P9Export(name, hostPath, readOnly, root);
+        }
+        catch (P9Error e)
+        {
+            throw new ArgumentException($"Export path '{hostPath}' cannot be opened as a directory: {System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(e.Errno)}.");
+        }
+    }
+
+    /// <summary>False once the export is being removed: the request must fail (EIO).</summary>
+    public bool TryEnter()
+    {
+        lock (_gate)
+        {
+            if (_removed) return false;
+            _inFlight++;
+            return true;
+        }
+    }
+
+    public void Exit()
+    {
+        lock (_gate)
+        {
+            if (--_inFlight == 0 && _removed) Monitor.PulseAll(_gate);
+        }
+    }
+
+    public bool Removed { get { lock (_gate) return _removed; } }
+
+    /// <summary>Refuses new requests, then waits for those inside to leave. Afterwards nothing uses the export's fds.</summary>
+    internal void CloseGate()
+    {
+        lock (_gate)
+        {
+            _removed = true;
+            while (_inFlight > 0) Monitor.Wait(_gate);
+        }
+    }
+}
