@@ -28,7 +28,7 @@ KERNEL_DIR_FILE := $(OUT)/kernel-dir
 export DOTNET_CLI_TELEMETRY_OPTOUT := 1
 export DOTNET_NOLOGO := 1
 
-.PHONY: all run test deps apt-install kernel vmm agent tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-9p clean
+.PHONY: all run test deps apt-install kernel vmm agent stage2 tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-9p clean
 
 all: deps kernel vmm initramfs agent-initramfs cli
 
@@ -90,8 +90,15 @@ vmm:
 	$(DOTNET) publish vmm/Rkt.Kvm.Vmm.Cli -c Release -r $(RID) -o $(OUT)/vmm $(DOTNET_FLAGS)
 
 # The guest agent is PID 1 in the VM: a fully static NativeAOT binary (no libc in the guest).
-agent:
+agent: stage2
 	$(DOTNET) publish guest-agent/Rkt.Kvm.GuestAgent -c Release -r $(RID) -o $(OUT)/agent $(DOTNET_FLAGS)
+
+# The agent's single-threaded namespace helper (/sbin/rkt-kvm-stage2 in the agent initramfs).
+STAGE2 := $(OUT)/agent/rkt-kvm-stage2
+stage2: $(STAGE2)
+$(STAGE2): guest-agent/stage2/rkt-kvm-stage2.c
+	@mkdir -p $(OUT)/agent
+	gcc -static -O2 -Wall -Wextra -o $@ $<
 
 tools:
 	$(DOTNET) build guest-agent/Rkt.Kvm.Initramfs -c Release -o $(OUT)/tools $(DOTNET_FLAGS)

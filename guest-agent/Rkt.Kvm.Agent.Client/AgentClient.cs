@@ -30,7 +30,7 @@ public sealed record AgentClientOptions
 /// methods are <see cref="AgentException"/>s; <see cref="Stub"/> gives the generated client for streaming calls
 /// (wrap those with <see cref="Translate"/> for the same exceptions).
 /// </summary>
-public sealed class AgentClient : IDisposable
+public sealed partial class AgentClient : IDisposable
 {
     private readonly GrpcChannel _channel;
 
@@ -78,8 +78,11 @@ public sealed class AgentClient : IDisposable
     public Task<HealthReply> HealthAsync(CancellationToken cancellation = default) =>
         Translate(() => Stub.HealthAsync(new HealthRequest(), deadline: Deadline(), cancellationToken: cancellation).ResponseAsync, "Health");
 
-    public Task<GuestInfoReply> GuestInfoAsync(CancellationToken cancellation = default) =>
-        Translate(() => Stub.GuestInfoAsync(new GuestInfoRequest(), deadline: Deadline(), cancellationToken: cancellation).ResponseAsync, "GuestInfo");
+    public Task<GuestInfoReply> GuestInfoAsync(CancellationToken cancellation = default) => GuestInfoAsync(new GuestInfoRequest(), cancellation);
+
+    /// <summary>GuestInfo with options (e.g. include_mountinfo for diagnostics).</summary>
+    public Task<GuestInfoReply> GuestInfoAsync(GuestInfoRequest request, CancellationToken cancellation = default) =>
+        Translate(() => Stub.GuestInfoAsync(request, deadline: Deadline(), cancellationToken: cancellation).ResponseAsync, "GuestInfo");
 
     /// <summary>Asks the agent to power the VM off (host-process agent: exit). Returns once the agent acknowledged.</summary>
     public Task ShutdownAsync(CancellationToken cancellation = default) =>

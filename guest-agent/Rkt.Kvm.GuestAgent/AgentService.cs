@@ -16,6 +16,9 @@ internal sealed class AgentService(AgentMode mode)
 
     public AgentMode Mode => mode;
 
+    /// <summary>The pod's apps (only as PID 1 in the VM, where the reaper hands out exit statuses).</summary>
+    public Apps.AppSupervisor Apps { get; } = new(mode == AgentMode.Guest && Reaper.Started);
+
     public ReadyFigures? Ready { get; set; }
 
     /// <summary>Completes with the reason once someone asked the agent to power off.</summary>
@@ -25,7 +28,7 @@ internal sealed class AgentService(AgentMode mode)
 
     public HealthReply Health() => new() { AgentVersion = Version, Mode = mode };
 
-    public GuestInfoReply GuestInfo()
+    public GuestInfoReply GuestInfo(GuestInfoRequest? request = null)
     {
         (ulong total, ulong available) = ProcStats.Memory();
         var reply = new GuestInfoReply
@@ -39,6 +42,8 @@ internal sealed class AgentService(AgentMode mode)
             Mode = mode,
             Now = ProcStats.Capture(),
         };
+        if (request?.IncludeMountinfo == true)
+            reply.Mountinfo = File.ReadAllText("/proc/self/mountinfo");
         if (Ready is { } ready)
         {
             reply.BootToReadyMs = ready.BootToReadyMs;

@@ -9,7 +9,8 @@ namespace Rkt.Kvm.GuestAgent;
 /// <summary>A gRPC status to end a call with (the codes of grpc/doc/statuscodes.md).</summary>
 internal sealed class GrpcException(int status, string message) : Exception(message)
 {
-    public const int Cancelled = 1, InvalidArgument = 3, DeadlineExceeded = 4, ResourceExhausted = 8,
+    public const int Cancelled = 1, InvalidArgument = 3, DeadlineExceeded = 4, NotFound = 5, AlreadyExists = 6,
+        FailedPrecondition = 9, ResourceExhausted = 8,
         Unimplemented = 12, Internal = 13, Unavailable = 14;
 
     public int Status { get; } = status;

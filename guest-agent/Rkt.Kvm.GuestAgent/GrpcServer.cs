@@ -3,6 +3,7 @@ using System.IO.Pipelines;
 using Google.Protobuf;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Http.Features;
+using V1 = Rkt.Kvm.Agent.V1;
 
 namespace Rkt.Kvm.GuestAgent;
 
@@ -67,6 +68,9 @@ internal sealed class GrpcCall(PipeReader reader, PipeWriter writer, Cancellatio
         if (await ReadAsync(parser) is not null) throw new GrpcException(GrpcException.Internal, "More than one request message for a unary call.");
         return message;
     }
+
+    /// <summary>Sends the response headers now (server streams that may stay silent a while).</summary>
+    public ValueTask<FlushResult> FlushAsync() => writer.FlushAsync(cancellation);
 
     public ValueTask<FlushResult> WriteAsync(IMessage message)
     {
@@ -136,8 +140,8 @@ internal sealed class GrpcApplication(AgentService service) : IHttpApplication<I
                 await call.WriteAsync(service.Health());
                 break;
             case "GuestInfo":
-                await call.ReadSingleAsync(Rkt.Kvm.Agent.V1.GuestInfoRequest.Parser);
-                await call.WriteAsync(service.GuestInfo());
+                var info = await call.ReadSingleAsync(Rkt.Kvm.Agent.V1.GuestInfoRequest.Parser);
+                await call.WriteAsync(service.GuestInfo(info));
                 break;
             case "Echo":
                 while (await call.EchoFrameAsync()) { }
@@ -157,6 +161,44 @@ internal sealed class GrpcApplication(AgentService service) : IHttpApplication<I
                 await call.WriteAsync(new Rkt.Kvm.Agent.V1.ShutdownReply());
                 // Power off only once the reply and its trailers are on their way.
                 response.OnCompleted(static state => { ((AgentService)state).RequestShutdown("Shutdown RPC"); return Task.CompletedTask; }, service);
+                break;
+            case "ConfigurePod":
+                await call.WriteAsync(service.Apps.ConfigurePod(await call.ReadSingleAsync(V1.ConfigurePodRequest.Parser)));
+                break;
+            case "AddApp":
+                await call.WriteAsync(service.Apps.AddApp(await call.ReadSingleAsync(V1.AddAppRequest.Parser)));
+                break;
+            case "StartApp":
+                await call.WriteAsync(await service.Apps.StartAppAsync(await call.ReadSingleAsync(V1.StartAppRequest.Parser)));
+                break;
+            case "StopApp":
+                await call.WriteAsync(await service.Apps.StopAppAsync(await call.ReadSingleAsync(V1.StopAppRequest.Parser), call.Cancellation));
+                break;
+            case "RemoveApp":
+                await call.WriteAsync(await service.Apps.RemoveAppAsync(await call.ReadSingleAsync(V1.RemoveAppRequest.Parser)));
+                break;
+            case "AppStatus":
+                await call.WriteAsync(service.Apps.AppStatus(await call.ReadSingleAsync(V1.AppStatusRequest.Parser)));
+                break;
+            case "ListApps":
+                await call.ReadSingleAsync(V1.ListAppsRequest.Parser);
+                await call.WriteAsync(service.Apps.ListApps());
+                break;
+            case "WaitApp":
+                await call.WriteAsync(await service.Apps.WaitAppAsync(await call.ReadSingleAsync(V1.WaitAppRequest.Parser), call.Cancellation));
+                break;
+            case "Events":
+                await call.ReadSingleAsync(V1.EventsRequest.Parser);
+                await service.Apps.EventsAsync(call);
+                break;
+            case "Logs":
+                await service.Apps.LogsAsync(call, await call.ReadSingleAsync(V1.LogsRequest.Parser));
+                break;
+            case "Exec":
+                await service.Apps.ExecAsync(call);
+                break;
+            case "Signal":
+                await call.WriteAsync(service.Apps.Signal(await call.ReadSingleAsync(V1.SignalRequest.Parser)));
                 break;
             default:
                 throw new GrpcException(GrpcException.Unimplemented, $"Method '{path}' is not implemented by this agent.");

@@ -16,7 +16,46 @@ internal static unsafe partial class Libc
     public const int CLOCK_BOOTTIME = 7;
     public const int LINUX_REBOOT_CMD_RESTART = 0x01234567;
 
-    public const ulong MS_NOSUID = 2, MS_NODEV = 4, MS_NOEXEC = 8, MS_RELATIME = 1 << 21;
+    public const ulong MS_RDONLY = 1, MS_NOSUID = 2, MS_NODEV = 4, MS_NOEXEC = 8, MS_REMOUNT = 32, MS_BIND = 4096,
+        MS_REC = 16384, MS_PRIVATE = 1 << 18, MS_RELATIME = 1 << 21;
+    public const int MNT_DETACH = 2;
+    public const int ENOENT = 2, ESRCH = 3, EINVAL = 22;
+    public const int O_WRONLY = 1, O_RDWR = 2;
+    public const uint S_IFCHR = 0x2000;
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int umount2(string target, int flags);
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int mknod(string path, uint mode, ulong dev);
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int rmdir(string path);
+
+    [LibraryImport("libc", SetLastError = true)] public static partial int kill(int pid, int signal);
+
+    [LibraryImport("libc", SetLastError = true)] public static partial int pipe2(int* fds, int flags);
+
+    [LibraryImport("libc", SetLastError = true)] public static partial int posix_spawn(int* pid, byte* path, void* fileActions, void* attributes, byte** argv, byte** envp);
+    [LibraryImport("libc")] public static partial int posix_spawn_file_actions_init(void* fileActions);
+    [LibraryImport("libc")] public static partial int posix_spawn_file_actions_destroy(void* fileActions);
+    [LibraryImport("libc")] public static partial int posix_spawn_file_actions_adddup2(void* fileActions, int fd, int newFd);
+    [LibraryImport("libc")] public static partial int posix_spawnattr_init(void* attributes);
+    [LibraryImport("libc")] public static partial int posix_spawnattr_destroy(void* attributes);
+    [LibraryImport("libc")] public static partial int posix_spawnattr_setflags(void* attributes, short flags);
+    [LibraryImport("libc")] public static partial int posix_spawnattr_setsigmask(void* attributes, void* mask);
+    [LibraryImport("libc")] public static partial int posix_spawnattr_setsigdefault(void* attributes, void* mask);
+    [LibraryImport("libc")] public static partial int sigemptyset(void* set);
+    [LibraryImport("libc")] public static partial int sigfillset(void* set);
+
+    /// <summary>makedev(3) for the classic small numbers.</summary>
+    public static ulong MakeDev(uint major, uint minor) => ((ulong)major << 8) | minor;
+
+    /// <summary>strerror-like text for an errno (the static binary has no message catalogue to lean on).</summary>
+    public static string Describe(int errno) => $"{new System.ComponentModel.Win32Exception(errno).Message} (errno {errno})";
+
+    /// <summary>Last P/Invoke error as text.</summary>
+    public static string LastError() => Describe(Marshal.GetLastPInvokeError());
 
     [StructLayout(LayoutKind.Sequential)]
     public struct Timespec { public long Seconds; public long Nanoseconds; }

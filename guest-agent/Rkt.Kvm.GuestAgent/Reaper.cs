@@ -2,14 +2,72 @@ using System.Runtime.InteropServices;
 
 namespace Rkt.Kvm.GuestAgent;
 
+/// <summary>How a child ended, decoded from a waitpid status.</summary>
+internal readonly record struct ExitStatus(int Code, int Signal)
+{
+    public static ExitStatus FromWaitStatus(int status) =>
+        (status & 0x7f) == 0 ? new ExitStatus((status >> 8) & 0xff, 0) : new ExitStatus(0, status & 0x7f);
+
+    public override string ToString() => Signal != 0 ? $"killed by signal {Signal}" : $"exited with code {Code}";
+}
+
 /// <summary>
-/// Reaps orphans re-parented to PID 1. Measured: the .NET runtime as PID 1 leaves orphans as zombies
-/// (it reaps only children of System.Diagnostics.Process, and only those). On SIGCHLD this peeks at the
-/// next exited child (waitid WNOWAIT) and reaps it unless it is <see cref="Own"/>ed, i.e. started through
-/// Process, whose exit status Process must collect itself. Issue 4 (apps): start a Process while holding
-/// <see cref="Lock"/> and call <see cref="Own"/> before releasing it, so the reaper never races the start.
+/// Exit statuses handed from the reaper to whoever waits for a pid. A child can exit before its
+/// waiter registers (an app may exit before the helper's status pipe even names its pid), so a
+/// status nobody claimed yet is kept, at most <see cref="Capacity"/> of them, oldest dropped.
 /// </summary>
-[System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
+internal sealed class ChildStatusTable(int capacity = 256)
+{
+    private readonly Dictionary<int, TaskCompletionSource<ExitStatus>> _waiters = [];
+    private readonly Dictionary<int, ExitStatus> _unclaimed = [];
+    private readonly Queue<int> _unclaimedOrder = new();
+
+    public int Capacity => capacity;
+    public long Dropped { get; private set; }
+    public int UnclaimedCount { get { lock (_waiters) return _unclaimed.Count; } }
+
+    /// <summary>The exit status of <paramref name="pid"/>: at once if it already exited unclaimed, else when it does.</summary>
+    public Task<ExitStatus> Claim(int pid)
+    {
+        lock (_waiters)
+        {
+            if (_unclaimed.Remove(pid, out ExitStatus status)) return Task.FromResult(status);
+            if (!_waiters.TryGetValue(pid, out var tcs))
+                _waiters[pid] = tcs = new TaskCompletionSource<ExitStatus>(TaskCreationOptions.RunContinuationsAsynchronously);
+            return tcs.Task;
+        }
+    }
+
+    /// <summary>Records that <paramref name="pid"/> was reaped with <paramref name="status"/>.</summary>
+    public void Deliver(int pid, ExitStatus status)
+    {
+        TaskCompletionSource<ExitStatus>? tcs;
+        lock (_waiters)
+        {
+            if (!_waiters.Remove(pid, out tcs))
+            {
+                if (_unclaimed.ContainsKey(pid)) _unclaimed[pid] = status; // pid reused before anyone asked
+                else
+                {
+                    while (_unclaimed.Count >= capacity && _unclaimedOrder.TryDequeue(out int old))
+                        if (_unclaimed.Remove(old)) Dropped++;
+                    _unclaimed[pid] = status;
+                    _unclaimedOrder.Enqueue(pid);
+                }
+                return;
+            }
+        }
+        tcs.TrySetResult(status);
+    }
+}
+
+/// <summary>
+/// The single waiter for the VM's children (the agent is PID 1: orphans and every pod process, which
+/// the stage2 helper clones with CLONE_PARENT, are its children). On SIGCHLD it peeks at the next exited
+/// child (waitid WNOWAIT) and reaps it, handing the status to <see cref="Statuses"/>, unless the child is
+/// <see cref="Own"/>ed by System.Diagnostics.Process, which must collect its status itself (start such a
+/// Process while holding <see cref="Lock"/> and call <see cref="Own"/> before releasing it).
+/// </summary>
 internal static unsafe partial class Reaper
 {
     private const int P_ALL = 0, WEXITED = 4, WNOHANG = 1, WNOWAIT = 0x0100_0000;
@@ -18,9 +76,15 @@ internal static unsafe partial class Reaper
     private static readonly HashSet<int> s_owned = [];
     private static PosixSignalRegistration? s_registration;
 
+    /// <summary>Exit statuses of reaped children, for whoever registered (or registers later) their pid.</summary>
+    public static ChildStatusTable Statuses { get; } = new();
+
+    public static bool Started => s_registration is not null;
+
     [LibraryImport("libc", SetLastError = true)] private static partial int waitid(int idType, int id, byte* info, int options);
     [LibraryImport("libc", SetLastError = true)] private static partial int waitpid(int pid, int* status, int options);
 
+    [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
     public static void Start()
     {
         s_registration = PosixSignalRegistration.Create(PosixSignal.SIGCHLD, _ => ReapOrphans());
@@ -32,7 +96,10 @@ internal static unsafe partial class Reaper
 
     public static void Disown(int pid) { lock (Lock) s_owned.Remove(pid); }
 
-    /// <summary>Reaps exited children that nobody owns; returns how many.</summary>
+    /// <summary>Waits for <paramref name="pid"/> (a child of the agent) to exit.</summary>
+    public static Task<ExitStatus> WaitAsync(int pid) => Statuses.Claim(pid);
+
+    /// <summary>Reaps exited children that System.Diagnostics.Process does not own; returns how many.</summary>
     public static int ReapOrphans()
     {
         int reaped = 0;
@@ -46,8 +113,9 @@ internal static unsafe partial class Reaper
                 int pid = *(int*)(info + 16);
                 if (pid == 0 || s_owned.Contains(pid)) break; // nothing exited, or Process's to collect
                 int status;
-                if (waitpid(pid, &status, WNOHANG) == pid) reaped++;
-                else break;
+                if (waitpid(pid, &status, WNOHANG) != pid) break;
+                reaped++;
+                Statuses.Deliver(pid, ExitStatus.FromWaitStatus(status));
             }
         }
         return reaped;

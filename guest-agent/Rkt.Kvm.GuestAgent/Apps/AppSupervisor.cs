@@ -1,0 +1,430 @@
+using System.Threading.Channels;
+using Google.Protobuf;
+using Rkt.Kvm.Agent.V1;
+
+namespace Rkt.Kvm.GuestAgent.Apps;
+
+/// <summary>One app of the pod.</summary>
+internal sealed class App(string name, AddAppRequest spec, AppRoot root, Credentials credentials, ulong capabilities, List<string> env)
+{
+    public string Name => name;
+    public AddAppRequest Spec => spec;
+    public AppRoot Root => root;
+    public Credentials Credentials => credentials;
+    public ulong Capabilities => capabilities;
+    public List<string> Env => env;
+    public AppState State = AppState.Created;
+    public bool Starting, Removing;
+    public int Pid;
+    public ExitStatus? Exit;
+    public long CreatedNs = AppSupervisor.NowNs(), StartedNs, FinishedNs;
+    public readonly LogBuffer Logs = new();
+    public readonly TaskCompletionSource Exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    public int OpenPipes;
+}
+
+/// <summary>
+/// The pod's apps: their roots, cgroups, processes (started through the stage2 helper), exit statuses
+/// (from the <see cref="Reaper"/>), logs and events. The pod's PID/IPC/UTS namespaces belong to a
+/// pod-init process made at the first StartApp with the hostname from ConfigurePod.
+/// </summary>
+internal sealed class AppSupervisor(bool enabled)
+{
+    private const string DefaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    private readonly Lock _lock = new();
+    private readonly Dictionary<string, App?> _apps = []; // null: being added
+    private readonly List<Channel<EventsReply>> _subscribers = [];
+    private PodConfig _pod = PodConfig.Create(null, null, null);
+    private Task<int>? _podInit;
+
+    public static long NowNs() => (DateTime.UtcNow.Ticks - DateTime.UnixEpoch.Ticks) * 100;
+
+    private void RequireEnabled()
+    {
+        if (!enabled) throw new GrpcException(GrpcException.FailedPrecondition, "Apps need the agent to run as PID 1 in the pod's VM; this agent runs as a host process.");
+    }
+
+    private App Get(string name)
+    {
+        lock (_lock)
+            return _apps.TryGetValue(name, out App? app) && app is not null ? app
+                : throw new GrpcException(GrpcException.NotFound, $"There is no app named '{name}'.");
+    }
+
+    public static AppInfo Info(App app)
+    {
+        lock (app)
+            return new AppInfo
+            {
+                Name = app.Name, State = app.State, Pid = app.Pid, ExitCode = app.Exit?.Code ?? 0, Signal = app.Exit?.Signal ?? 0,
+                CreatedAtNs = app.CreatedNs, StartedAtNs = app.StartedNs, FinishedAtNs = app.FinishedNs, LogRecordsDropped = app.Logs.Dropped,
+            };
+    }
+
+    public ConfigurePodReply ConfigurePod(ConfigurePodRequest request)
+    {
+        RequireEnabled();
+        lock (_lock)
+        {
+            if (_podInit is not null) throw new GrpcException(GrpcException.FailedPrecondition, "The pod is already running apps; configure it before the first StartApp.");
+            if (request.Hostname.Length > 64 || request.Hostname.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-' or '.')))
+                throw new GrpcException(GrpcException.InvalidArgument, $"'{request.Hostname}' is not a valid hostname.");
+            _pod = PodConfig.Create(request.Hostname, request.Hosts, request.ResolvConf);
+        }
+        return new ConfigurePodReply();
+    }
+
+    public static bool IsValidName(string name) =>
+        name.Length is > 0 and <= 63 && (char.IsAsciiLetterLower(name[0]) || char.IsAsciiDigit(name[0]))
+        && name.All(c => char.IsAsciiLetterLower(c) || char.IsAsciiDigit(c) || c is '-' or '_' or '.');
+
+    public AddAppReply AddApp(AddAppRequest request)
+    {
+        RequireEnabled();
+        if (!IsValidName(request.Name)) throw new GrpcException(GrpcException.InvalidArgument, $"'{request.Name}' is not a valid app name (lower-case letters, digits, '-', '_', '.'; at most 63).");
+        if (request.Exec.Count == 0) throw new GrpcException(GrpcException.InvalidArgument, "The app has no exec (program and arguments).");
+        if (request.RootfsCase == AddAppRequest.RootfsOneofCase.None) throw new GrpcException(GrpcException.InvalidArgument, "The app needs rootfs_export or rootfs_path.");
+        if (request.RootfsCase == AddAppRequest.RootfsOneofCase.RootfsPath && (!request.RootfsPath.StartsWith('/') || !Directory.Exists(request.RootfsPath)))
+            throw new GrpcException(GrpcException.InvalidArgument, $"rootfs_path '{request.RootfsPath}' is not a directory in the guest.");
+        if (request.Env.Any(e => !e.Contains('='))) throw new GrpcException(GrpcException.InvalidArgument, "Every env entry must be KEY=VALUE.");
+        var volumes = new List<Volume>();
+        foreach (var m in request.Mounts)
+        {
+            if (!m.Target.StartsWith('/')) throw new GrpcException(GrpcException.InvalidArgument, $"The mount target '{m.Target}' is not an absolute path.");
+            if ((m.Export.Length == 0) == (m.Path.Length == 0)) throw new GrpcException(GrpcException.InvalidArgument, $"The mount at {m.Target} needs exactly one of export and path.");
+            volumes.Add(new Volume(m.Export.Length > 0 ? m.Export : null, m.Path.Length > 0 ? m.Path : null, m.Target, m.ReadOnly));
+        }
+        ulong caps;
+        try { caps = Capabilities.Effective(request.CapabilitiesRetain, request.CapabilitiesRemove); }
+        catch (ArgumentException e) { throw new GrpcException(GrpcException.InvalidArgument, e.Message); }
+
+        PodConfig pod;
+        lock (_lock)
+        {
+            if (_apps.ContainsKey(request.Name)) throw new GrpcException(GrpcException.AlreadyExists, $"An app named '{request.Name}' already exists.");
+            _apps[request.Name] = null;
+            pod = _pod;
+        }
+        AppRoot? root = null;
+        try
+        {
+            root = AppRoot.Prepare(request.Name,
+                request.RootfsCase == AddAppRequest.RootfsOneofCase.RootfsExport ? request.RootfsExport : null,
+                request.RootfsCase == AddAppRequest.RootfsOneofCase.RootfsPath ? request.RootfsPath : null,
+                request.ReadOnlyRootfs, volumes, pod);
+            Credentials credentials = UserDb.Load(root.Root).Resolve(request.User, request.Group, request.SupplementaryGids);
+            var env = request.Env.ToList();
+            if (!env.Any(e => e.StartsWith("PATH=", StringComparison.Ordinal))) env.Add(DefaultPath);
+            Cgroup.CreateApp(request.Name, request.MemoryLimitBytes, request.CpuShares, request.PidsLimit);
+            var app = new App(request.Name, request.Clone(), root, credentials, caps, env);
+            lock (_lock) _apps[request.Name] = app;
+            return new AddAppReply { App = Info(app) };
+        }
+        catch (Exception e)
+        {
+            root?.Teardown();
+            try { Cgroup.RemoveAppAsync(request.Name).GetAwaiter().GetResult(); } catch (IOException) { }
+            lock (_lock) _apps.Remove(request.Name);
+            throw e switch
+            {
+                GrpcException g => g,
+                ArgumentException a => new GrpcException(GrpcException.InvalidArgument, a.Message),
+                _ => new GrpcException(GrpcException.Internal, $"Preparing the app '{request.Name}' failed: {e.Message}"),
+            };
+        }
+    }
+
+    private Task<int> PodInitAsync()
+    {
+        lock (_lock)
+        {
+            if (_podInit is { IsFaulted: true }) _podInit = null;
+            return _podInit ??= Task.Run(async () =>
+            {
+                int devNull = OpenDevNull();
+                try
+                {
+                    int pid = await Stage2.RunAsync(Stage2.PodInitArgs(_pod.Hostname), devNull, devNull, devNull).ConfigureAwait(false);
+                    _ = Reaper.WaitAsync(pid).ContinueWith(t => Log.Line($"rkt-kvm-agent: pod-init {pid} {t.Result}"), TaskScheduler.Default);
+                    return pid;
+                }
+                finally { Libc.close(devNull); }
+            });
+        }
+    }
+
+    private static int OpenDevNull()
+    {
+        int fd = Libc.open("/dev/null", Libc.O_RDWR | Libc.O_CLOEXEC);
+        return fd >= 0 ? fd : throw new IOException("open /dev/null: " + Libc.LastError());
+    }
+
+    public async Task<StartAppReply> StartAppAsync(StartAppRequest request)
+    {
+        RequireEnabled();
+        App app = Get(request.Name);
+        lock (app)
+        {
+            if (app.State != AppState.Created || app.Starting || app.Removing)
+                throw new GrpcException(GrpcException.FailedPrecondition, $"The app '{app.Name}' is {Describe(app)}; only a created app can be started.");
+            app.Starting = true;
+        }
+        try
+        {
+            int podPid;
+            try { podPid = await PodInitAsync().ConfigureAwait(false); }
+            catch (StartException e) { throw new GrpcException(GrpcException.Internal, $"Creating the pod's namespaces failed: {e.Message}."); }
+            var spec = new ProcessSpec(app.Spec.Exec, app.Env, app.Spec.WorkingDir, app.Credentials, app.Capabilities, app.Spec.NoNewPrivileges, Cgroup.AppPath(app.Name));
+            var (outRead, outWrite) = Stage2.Pipe();
+            var (errRead, errWrite) = Stage2.Pipe();
+            int devNull = OpenDevNull();
+            app.OpenPipes = 2;
+            PipePump.Start(outRead, app.Name + "-out", d => app.Logs.Append(LogBuffer.Stdout, d, NowNs()), () => PipeClosed(app));
+            PipePump.Start(errRead, app.Name + "-err", d => app.Logs.Append(LogBuffer.Stderr, d, NowNs()), () => PipeClosed(app));
+            long started = NowNs();
+            int pid;
+            try { pid = await Stage2.RunAsync(Stage2.AppArgs(podPid, app.Root.Root, spec), devNull, outWrite, errWrite).ConfigureAwait(false); }
+            catch (StartException e)
+            {
+                lock (app) app.Starting = false;
+                throw new GrpcException(GrpcException.FailedPrecondition, $"Starting the app '{app.Name}' failed: {e.Message}.");
+            }
+            finally
+            {
+                Libc.close(outWrite);
+                Libc.close(errWrite);
+                Libc.close(devNull);
+            }
+            lock (app)
+            {
+                app.Pid = pid;
+                app.StartedNs = started;
+                app.State = AppState.Running;
+                app.Starting = false;
+            }
+            _ = Reaper.WaitAsync(pid).ContinueWith(t => OnExit(app, t.Result), TaskScheduler.Default);
+            Publish(AppEventType.AppEventStarted, app);
+            return new StartAppReply { App = Info(app) };
+        }
+        catch (Exception e) when (e is not GrpcException)
+        {
+            lock (app) app.Starting = false;
+            throw new GrpcException(GrpcException.Internal, $"Starting the app '{app.Name}' failed: {e.Message}");
+        }
+    }
+
+    private static void PipeClosed(App app)
+    {
+        if (Interlocked.Decrement(ref app.OpenPipes) == 0) app.Logs.Complete();
+    }
+
+    private void OnExit(App app, ExitStatus status)
+    {
+        lock (app)
+        {
+            app.State = AppState.Exited;
+            app.Exit = status;
+            app.FinishedNs = NowNs();
+        }
+        // What the app left behind (daemonised children, an exec) goes with it, and their pipe ends with them.
+        Cgroup.Kill(app.Name);
+        app.Exited.TrySetResult();
+        Publish(AppEventType.AppEventExited, app);
+    }
+
+    private static string Describe(App app) => app.Removing ? "being removed" : app.Starting ? "starting" : app.State switch
+    {
+        AppState.Created => "created",
+        AppState.Running => "running",
+        _ => "exited",
+    };
+
+    public async Task<StopAppReply> StopAppAsync(StopAppRequest request, CancellationToken cancellation)
+    {
+        RequireEnabled();
+        App app = Get(request.Name);
+        int pid;
+        lock (app)
+        {
+            if (app.State != AppState.Running) return new StopAppReply { App = Info(app) };
+            pid = app.Pid;
+        }
+        int signal = request.Signal == 0 ? 15 : request.Signal;
+        uint grace = request.GracePeriodMs == 0 ? 10_000 : request.GracePeriodMs;
+        if (Libc.kill(pid, signal) != 0 && System.Runtime.InteropServices.Marshal.GetLastPInvokeError() == Libc.EINVAL)
+            throw new GrpcException(GrpcException.InvalidArgument, $"{request.Signal} is not a signal number.");
+        if (await Task.WhenAny(app.Exited.Task, Task.Delay((int)Math.Min(grace, int.MaxValue), cancellation)).ConfigureAwait(false) != app.Exited.Task)
+        {
+            cancellation.ThrowIfCancellationRequested();
+            Cgroup.Kill(app.Name);
+            Libc.kill(pid, 9);
+            await app.Exited.Task.WaitAsync(cancellation).ConfigureAwait(false);
+        }
+        return new StopAppReply { App = Info(app) };
+    }
+
+    public SignalReply Signal(SignalRequest request)
+    {
+        RequireEnabled();
+        App app = Get(request.Name);
+        lock (app)
+        {
+            if (app.State != AppState.Running) throw new GrpcException(GrpcException.FailedPrecondition, $"The app '{app.Name}' is {Describe(app)}, not running.");
+            if (Libc.kill(app.Pid, request.Signal) != 0)
+                throw new GrpcException(GrpcException.InvalidArgument, $"Signal {request.Signal} to the app '{app.Name}' failed: {Libc.LastError()}.");
+        }
+        return new SignalReply();
+    }
+
+    public async Task<RemoveAppReply> RemoveAppAsync(RemoveAppRequest request)
+    {
+        RequireEnabled();
+        App app = Get(request.Name);
+        lock (app)
+        {
+            if (app.State == AppState.Running || app.Starting || app.Removing)
+                throw new GrpcException(GrpcException.FailedPrecondition, $"The app '{app.Name}' is {Describe(app)}; stop it before removing it.");
+            app.Removing = true;
+        }
+        string? failures = null;
+        try { await Cgroup.RemoveAppAsync(app.Name).ConfigureAwait(false); }
+        catch (IOException e) { failures = e.Message; }
+        string? mounts = app.Root.Teardown();
+        app.Logs.Complete();
+        lock (_lock) _apps.Remove(app.Name);
+        if (failures is not null || mounts is not null)
+            throw new GrpcException(GrpcException.Internal, $"The app '{app.Name}' was removed, but not cleanly: {failures} {mounts}".Trim());
+        return new RemoveAppReply();
+    }
+
+    public AppStatusReply AppStatus(AppStatusRequest request)
+    {
+        RequireEnabled();
+        return new AppStatusReply { App = Info(Get(request.Name)) };
+    }
+
+    public ListAppsReply ListApps()
+    {
+        RequireEnabled();
+        var reply = new ListAppsReply();
+        lock (_lock)
+            foreach (var app in _apps.Values)
+                if (app is not null) reply.Apps.Add(Info(app));
+        return reply;
+    }
+
+    public async Task<WaitAppReply> WaitAppAsync(WaitAppRequest request, CancellationToken cancellation)
+    {
+        RequireEnabled();
+        App app = Get(request.Name);
+        await app.Exited.Task.WaitAsync(cancellation).ConfigureAwait(false);
+        return new WaitAppReply { App = Info(app) };
+    }
+
+    private void Publish(AppEventType type, App app)
+    {
+        var reply = new EventsReply { Type = type, App = Info(app) };
+        lock (_subscribers)
+            foreach (var s in _subscribers) s.Writer.TryWrite(reply);
+    }
+
+    public async Task EventsAsync(GrpcCall call)
+    {
+        RequireEnabled();
+        var channel = Channel.CreateBounded<EventsReply>(new BoundedChannelOptions(1024) { FullMode = BoundedChannelFullMode.DropOldest });
+        lock (_subscribers) _subscribers.Add(channel);
+        try
+        {
+            await call.FlushAsync().ConfigureAwait(false);
+            await foreach (var e in channel.Reader.ReadAllAsync(call.Cancellation).ConfigureAwait(false))
+                await call.WriteAsync(e).ConfigureAwait(false);
+        }
+        finally { lock (_subscribers) _subscribers.Remove(channel); }
+    }
+
+    public async Task LogsAsync(GrpcCall call, LogsRequest request)
+    {
+        RequireEnabled();
+        App app = Get(request.Name);
+        await foreach (var r in app.Logs.ReadAllAsync(request.SinceSequence, request.Follow, call.Cancellation).ConfigureAwait(false))
+            await call.WriteAsync(new LogsReply
+            {
+                Stream = (LogStream)r.Stream, TimestampNs = r.TimestampNs, Sequence = r.Sequence, Data = UnsafeByteOperations.UnsafeWrap(r.Data),
+            }).ConfigureAwait(false);
+    }
+
+    public async Task ExecAsync(GrpcCall call)
+    {
+        RequireEnabled();
+        ExecRequest first = await call.ReadAsync(ExecRequest.Parser).ConfigureAwait(false) ?? throw new GrpcException(GrpcException.InvalidArgument, "Exec needs a first message with start.");
+        if (first.KindCase != ExecRequest.KindOneofCase.Start) throw new GrpcException(GrpcException.InvalidArgument, "The first Exec message must be start.");
+        ExecStart start = first.Start;
+        if (start.Tty) throw new GrpcException(GrpcException.InvalidArgument, "Exec with a terminal (tty) is not supported yet.");
+        if (start.Argv.Count == 0) throw new GrpcException(GrpcException.InvalidArgument, "Exec needs argv.");
+        App app = Get(start.App);
+        int targetPid;
+        lock (app)
+        {
+            if (app.State != AppState.Running) throw new GrpcException(GrpcException.FailedPrecondition, $"The app '{app.Name}' is {Describe(app)}, not running.");
+            targetPid = app.Pid;
+        }
+        Credentials credentials = app.Credentials;
+        if (start.User.Length > 0 || start.Group.Length > 0)
+        {
+            try { credentials = UserDb.Load(app.Root.Root).Resolve(start.User.Length > 0 ? start.User : app.Spec.User, start.Group, app.Spec.SupplementaryGids); }
+            catch (ArgumentException e) { throw new GrpcException(GrpcException.InvalidArgument, e.Message); }
+        }
+        var env = start.Env.Count > 0 ? start.Env.ToList() : app.Env;
+        if (!env.Any(e => e.StartsWith("PATH=", StringComparison.Ordinal))) env.Add(DefaultPath);
+        var spec = new ProcessSpec(start.Argv, env, start.WorkingDir.Length > 0 ? start.WorkingDir : app.Spec.WorkingDir, credentials,
+            app.Capabilities, app.Spec.NoNewPrivileges, Cgroup.AppPath(app.Name));
+
+        var output = Channel.CreateBounded<ExecReply>(new BoundedChannelOptions(64) { SingleReader = true });
+        var (inRead, inWrite) = Stage2.Pipe();
+        var (outRead, outWrite) = Stage2.Pipe();
+        var (errRead, errWrite) = Stage2.Pipe();
+        int open = 2;
+        void Ended() { if (Interlocked.Decrement(ref open) == 0) output.Writer.TryComplete(); }
+        PipePump.Start(outRead, "exec-out", d => output.Writer.WriteAsync(new ExecReply { Stdout = ByteString.CopyFrom(d) }).AsTask().GetAwaiter().GetResult(), Ended);
+        PipePump.Start(errRead, "exec-err", d => output.Writer.WriteAsync(new ExecReply { Stderr = ByteString.CopyFrom(d) }).AsTask().GetAwaiter().GetResult(), Ended);
+        int pid;
+        try { pid = await Stage2.RunAsync(Stage2.ExecArgs(targetPid, spec), inRead, outWrite, errWrite).ConfigureAwait(false); }
+        catch (StartException e)
+        {
+            Libc.close(inWrite);
+            throw new GrpcException(GrpcException.FailedPrecondition, $"Exec in the app '{app.Name}' failed: {e.Message}.");
+        }
+        finally
+        {
+            Libc.close(inRead);
+            Libc.close(outWrite);
+            Libc.close(errWrite);
+        }
+        Task<ExitStatus> exited = Reaper.WaitAsync(pid);
+        var stdin = Task.Run(async () =>
+        {
+            try
+            {
+                while (await call.ReadAsync(ExecRequest.Parser).ConfigureAwait(false) is { } message)
+                {
+                    if (message.KindCase == ExecRequest.KindOneofCase.Stdin) { if (!Libc.WriteAll(inWrite, message.Stdin.Span)) break; }
+                    else if (message.KindCase == ExecRequest.KindOneofCase.StdinClose) break;
+                }
+            }
+            catch (Exception) { /* the call ended; the process sees EOF */ }
+            finally { Libc.close(inWrite); }
+        });
+        try
+        {
+            await foreach (var reply in output.Reader.ReadAllAsync(call.Cancellation).ConfigureAwait(false))
+                await call.WriteAsync(reply).ConfigureAwait(false);
+            ExitStatus status = await exited.WaitAsync(call.Cancellation).ConfigureAwait(false);
+            await call.WriteAsync(new ExecReply { Exit = new ExecExit { ExitCode = status.Code, Signal = status.Signal } }).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            Libc.kill(pid, 9);
+            throw;
+        }
+    }
+}

@@ -1,0 +1,419 @@
+/*
+ * rkt-kvm-stage2: the guest agent's small, single-threaded helper that puts a pod's apps into
+ * their namespaces (the role of runc's nsexec). .NET cannot fork safely and setns(CLONE_NEWNS)
+ * needs a single-threaded caller, so the agent posix_spawn()s this static binary, which sets up
+ * and clone()s the real process with CLONE_PARENT: every pod process is a direct child of the
+ * agent (PID 1 of the VM), which reaps it and keeps its exit status.
+ *
+ * Build: gcc -static -O2 -Wall -o out/agent/rkt-kvm-stage2 guest-agent/stage2/rkt-kvm-stage2.c
+ *
+ * Usage (all configuration on argv; no JSON here):
+ *   rkt-kvm-stage2 pod-init --status-fd N --hostname NAME
+ *   rkt-kvm-stage2 app  --status-fd N --pod-pid P --root DIR [common] -- PROGRAM ARGS...
+ *   rkt-kvm-stage2 exec --status-fd N --target-pid P             [common] -- PROGRAM ARGS...
+ * common: [--cgroup DIR] [--cwd DIR] [--uid N] [--gid N] [--groups G1,G2,...] [--caps HEXMASK]
+ *         [--no-new-privs] [--env KEY=VALUE]...
+ *
+ * Status protocol on fd N (the agent reads it to EOF): "PID <pid>\n" once the process exists,
+ * then, if set-up or execve failed, "ERR <step>: <strerror>\n"; this helper exits 0 on success,
+ * 1 on failure. A failed execve is seen through a CLOEXEC pipe from the child: EOF on it means
+ * execve succeeded.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MAX_ENV 256
+#define MAX_GROUPS 64
+#define MAX_MOUNTS 512
+#define LAST_CAP 40 /* CAP_CHECKPOINT_RESTORE in 6.1 */
+
+struct config {
+    int status_fd;
+    const char *hostname, *root, *cgroup, *cwd;
+    int pod_pid, target_pid;
+    long uid, gid;
+    gid_t groups[MAX_GROUPS];
+    int ngroups;
+    uint64_t caps;
+    int have_caps, nnp;
+    char *env[MAX_ENV + 1];
+    int nenv;
+    char **argv;
+};
+
+static struct config cfg = {.status_fd = -1, .uid = -1, .gid = -1};
+static int err_fd = -1; /* where the current process reports errors */
+
+static void report(int fd, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if (n >= (int)sizeof line) n = sizeof line - 1;
+    while (n > 0) {
+        ssize_t w = write(fd, line, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return;
+        n -= w;
+        memmove(line, line + w, n);
+    }
+}
+
+/* Reports "ERR <step>: <strerror(errno)>" and exits. */
+__attribute__((noreturn)) static void fail(const char *step)
+{
+    int e = errno;
+    report(err_fd, "ERR %s: %s\n", step, strerror(e));
+    _exit(1);
+}
+
+static void usage(const char *why)
+{
+    fprintf(stderr, "rkt-kvm-stage2: %s\n", why);
+    exit(2);
+}
+
+static long number(const char *s)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *s == 0 || *end) usage("expected a number");
+    return v;
+}
+
+static void parse(int argc, char **argv, int first)
+{
+    for (int i = first; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--")) { cfg.argv = argv + i + 1; break; }
+        if (!strcmp(a, "--no-new-privs")) { cfg.nnp = 1; continue; }
+        if (!v) usage("option without a value");
+        i++;
+        if (!strcmp(a, "--status-fd")) cfg.status_fd = number(v);
+        else if (!strcmp(a, "--hostname")) cfg.hostname = v;
+        else if (!strcmp(a, "--root")) cfg.root = v;
+        else if (!strcmp(a, "--cgroup")) cfg.cgroup = v;
+        else if (!strcmp(a, "--cwd")) cfg.cwd = v;
+        else if (!strcmp(a, "--pod-pid")) cfg.pod_pid = number(v);
+        else if (!strcmp(a, "--target-pid")) cfg.target_pid = number(v);
+        else if (!strcmp(a, "--uid")) cfg.uid = number(v);
+        else if (!strcmp(a, "--gid")) cfg.gid = number(v);
+        else if (!strcmp(a, "--caps")) { cfg.caps = strtoull(v, NULL, 16); cfg.have_caps = 1; }
+        else if (!strcmp(a, "--env")) {
+            if (cfg.nenv == MAX_ENV) usage("too many --env");
+            cfg.env[cfg.nenv++] = (char *)v;
+        } else if (!strcmp(a, "--groups")) {
+            char *copy = strdup(v), *save = NULL;
+            for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                if (cfg.ngroups == MAX_GROUPS) usage("too many --groups");
+                cfg.groups[cfg.ngroups++] = (gid_t)number(t);
+            }
+        } else usage("unknown option");
+    }
+    cfg.env[cfg.nenv] = NULL;
+    if (cfg.status_fd < 0) usage("--status-fd is required");
+    err_fd = cfg.status_fd;
+    /* Only this helper writes the status line; the app must not hold the pipe open. */
+    fcntl(cfg.status_fd, F_SETFD, FD_CLOEXEC);
+}
+
+static void write_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) fail("open cgroup.procs");
+    if (write(fd, text, strlen(text)) < 0) fail("join cgroup");
+    close(fd);
+}
+
+static void join_cgroup(void)
+{
+    if (!cfg.cgroup) return;
+    char path[4096], pid[32];
+    snprintf(path, sizeof path, "%s/cgroup.procs", cfg.cgroup);
+    snprintf(pid, sizeof pid, "%d", getpid());
+    write_file(path, pid);
+}
+
+static void join_ns(int pid, const char *name, int type)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/ns/%s", pid, name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) fail(name[0] == 'm' ? "open mnt namespace" : "open namespace");
+    if (setns(fd, type) < 0) fail("setns");
+    close(fd);
+}
+
+static int capset_raw(uint64_t effective, uint64_t permitted, uint64_t inheritable)
+{
+    struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct d[2] = {
+        {(uint32_t)effective, (uint32_t)permitted, (uint32_t)inheritable},
+        {(uint32_t)(effective >> 32), (uint32_t)(permitted >> 32), (uint32_t)(inheritable >> 32)},
+    };
+    return syscall(SYS_capset, &h, d);
+}
+
+/* Credentials and capabilities, in the order the kernel allows: the bounding set and the
+ * inheritable set shrink while we still hold CAP_SETPCAP; setgroups/setgid/setuid while we hold
+ * CAP_SETGID/CAP_SETUID (a non-zero uid then clears the permitted and effective sets). */
+static void drop_privileges(void)
+{
+    if (cfg.have_caps) {
+        for (int c = 0; c <= LAST_CAP; c++)
+            if (!(cfg.caps & (1ULL << c)) && prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL)
+                fail("drop capability from the bounding set");
+        if (capset_raw(~0ULL >> (63 - LAST_CAP), ~0ULL >> (63 - LAST_CAP), cfg.caps) < 0)
+            fail("capset");
+    }
+    if (cfg.gid >= 0 || cfg.ngroups > 0)
+        if (setgroups(cfg.ngroups, cfg.groups) < 0) fail("setgroups");
+    if (cfg.gid >= 0 && setgid(cfg.gid) < 0) fail("setgid");
+    if (cfg.uid >= 0 && setuid(cfg.uid) < 0) fail("setuid");
+    if (cfg.nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) fail("no_new_privs");
+}
+
+/* execve with a PATH search in the app's own environment (execvpe would use ours). */
+static void exec_program(void)
+{
+    const char *prog = cfg.argv[0];
+    if (strchr(prog, '/')) {
+        execve(prog, cfg.argv, cfg.env);
+        fail("execve");
+    }
+    const char *path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    for (int i = 0; i < cfg.nenv; i++)
+        if (!strncmp(cfg.env[i], "PATH=", 5)) path = cfg.env[i] + 5;
+    int saved = ENOENT;
+    char full[4096];
+    for (const char *p = path; ; ) {
+        const char *end = strchrnul(p, ':');
+        int len = end - p;
+        snprintf(full, sizeof full, "%.*s%s%s", len, p, len ? "/" : "", prog);
+        execve(full, cfg.argv, cfg.env);
+        if (errno == EACCES) saved = EACCES;
+        else if (errno != ENOENT && errno != ENOTDIR) { saved = errno; break; }
+        if (!*end) break;
+        p = end + 1;
+    }
+    errno = saved;
+    fail("execve");
+}
+
+/* clone(CLONE_PARENT|SIGCHLD): the child's parent is our parent (the agent), and it is created in
+ * the PID namespace we setns()ed into. Returns 0 in the child. */
+static pid_t clone_parent(void)
+{
+    pid_t pid = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, NULL, NULL, 0);
+    if (pid < 0) fail("clone");
+    return pid;
+}
+
+/* Runs child_setup() in a CLONE_PARENT child that reports errors on a CLOEXEC pipe; reports the
+ * pid, then the child's error if its execve never happened. */
+static int spawn_reported(void (*child_setup)(void))
+{
+    int sync[2];
+    if (pipe2(sync, O_CLOEXEC) < 0) fail("pipe");
+    pid_t pid = clone_parent();
+    if (pid == 0) {
+        close(sync[0]);
+        err_fd = sync[1];
+        child_setup();
+        exec_program();
+    }
+    close(sync[1]);
+    report(cfg.status_fd, "PID %d\n", pid);
+    char buf[512];
+    ssize_t n, total = 0;
+    while ((n = read(sync[0], buf + total, sizeof buf - 1 - total)) != 0) {
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) break;
+        total += n;
+        if (total == (ssize_t)sizeof buf - 1) break;
+    }
+    if (total > 0) {
+        if (write(cfg.status_fd, buf, total) < 0) return 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- pod-init ---- */
+
+static void pod_init_loop(void)
+{
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    /* Harmless: its own mount namespace rooted in an empty, read-only tmpfs, no capabilities,
+     * not dumpable (nobody can ptrace it or read its memory), and it only reaps orphans. */
+    if (unshare(CLONE_NEWNS) < 0) fail("unshare mount namespace");
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) fail("make / private");
+    if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "size=4k,mode=0555") < 0) fail("mount empty root");
+    if (chdir("/tmp") < 0 || chroot(".") < 0 || chdir("/") < 0) fail("chroot");
+    for (int c = 0; c <= LAST_CAP; c++) prctl(PR_CAPBSET_DROP, c, 0, 0, 0);
+    if (capset_raw(0, 0, 0) < 0) fail("capset");
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    close(cfg.status_fd);
+    for (int fd = 0; fd < 3; fd++) close(fd);
+    for (;;) {
+        if (waitpid(-1, NULL, 0) < 0 && errno == ECHILD) pause();
+    }
+}
+
+static int pod_init(void)
+{
+    if (!cfg.hostname) usage("pod-init needs --hostname");
+    if (unshare(CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS) < 0) fail("unshare pid/ipc/uts namespaces");
+    if (sethostname(cfg.hostname, strlen(cfg.hostname)) < 0) fail("sethostname");
+    pid_t pid = clone_parent();
+    if (pid == 0) {
+        pod_init_loop();
+        _exit(0);
+    }
+    report(cfg.status_fd, "PID %d\n", pid);
+    return 0;
+}
+
+/* ---- app ---- */
+
+struct mnt { char *path; int depth; };
+
+static int by_depth_desc(const void *a, const void *b)
+{
+    return ((const struct mnt *)b)->depth - ((const struct mnt *)a)->depth;
+}
+
+/* mountinfo escapes space, tab, newline and backslash as \ooo. */
+static void unescape(char *s)
+{
+    char *w = s;
+    for (char *r = s; *r; ) {
+        if (r[0] == '\\' && r[1] >= '0' && r[1] <= '7' && r[2] && r[3]) {
+            *w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
+            r += 4;
+        } else *w++ = *r++;
+    }
+    *w = 0;
+}
+
+static int under(const char *path, const char *root)
+{
+    size_t n = strlen(root);
+    return !strncmp(path, root, n) && (path[n] == 0 || path[n] == '/');
+}
+
+/* Lazily detaches every mount of the agent's that is not the app's root or below it, deepest
+ * first, so nothing of the agent's (its /proc, /sys, /dev, cgroups, other apps' roots) stays
+ * reachable in the app's mount namespace. */
+static void detach_agent_mounts(void)
+{
+    static struct mnt mounts[MAX_MOUNTS];
+    int n = 0;
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    if (!f) fail("read mountinfo");
+    char *line = NULL;
+    size_t cap = 0;
+    while (getline(&line, &cap, f) > 0 && n < MAX_MOUNTS) {
+        /* id parent major:minor root mountpoint ... */
+        char *save = NULL, *field = strtok_r(line, " ", &save);
+        for (int i = 0; i < 4 && field; i++) field = strtok_r(NULL, " ", &save);
+        if (!field) continue;
+        unescape(field);
+        if (!strcmp(field, "/") || under(field, cfg.root)) continue;
+        int depth = 0;
+        for (char *p = field; *p; p++) depth += *p == '/';
+        mounts[n].path = strdup(field);
+        mounts[n].depth = depth;
+        n++;
+    }
+    free(line);
+    fclose(f);
+    qsort(mounts, n, sizeof mounts[0], by_depth_desc);
+    for (int i = 0; i < n; i++)
+        if (umount2(mounts[i].path, MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
+            fail("detach an agent mount");
+}
+
+static void app_child(void)
+{
+    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) fail("mount /proc");
+    drop_privileges();
+    if (chdir(cfg.cwd ? cfg.cwd : "/") < 0) fail("chdir to the working directory");
+}
+
+static int app(void)
+{
+    if (!cfg.root || cfg.pod_pid <= 0 || !cfg.argv || !cfg.argv[0]) usage("app needs --pod-pid, --root and -- PROGRAM");
+    join_ns(cfg.pod_pid, "ipc", CLONE_NEWIPC);
+    join_ns(cfg.pod_pid, "uts", CLONE_NEWUTS);
+    join_ns(cfg.pod_pid, "pid", CLONE_NEWPID);
+    join_cgroup();
+    if (unshare(CLONE_NEWNS) < 0) fail("unshare mount namespace");
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) fail("make / private");
+    detach_agent_mounts();
+    /* Switch root the way switch_root(8) does. The agent runs from the initramfs, whose root
+     * mount is `rootfs`; pivot_root(2) refuses to move rootfs (EINVAL). Instead the app's root
+     * mount is moved over "/" and we chroot into it: the initramfs underneath is covered by that
+     * mount in this namespace, so no path, "..", or chroot-escape trick (chroot into a subdir,
+     * then chdir("..") repeatedly) can reach it: the topmost mount at "/" is the app's root and
+     * ".." of a mount root stays on that mount. */
+    if (chdir(cfg.root) < 0) fail("chdir to the app root");
+    if (mount(".", "/", NULL, MS_MOVE, NULL) < 0) fail("move the app root to /");
+    if (chroot(".") < 0) fail("chroot");
+    if (chdir("/") < 0) fail("chdir /");
+    return spawn_reported(app_child);
+}
+
+/* ---- exec ---- */
+
+static void exec_child(void)
+{
+    drop_privileges();
+    if (chdir(cfg.cwd ? cfg.cwd : "/") < 0) fail("chdir to the working directory");
+}
+
+static int exec_in_app(void)
+{
+    if (cfg.target_pid <= 0 || !cfg.argv || !cfg.argv[0]) usage("exec needs --target-pid and -- PROGRAM");
+    /* Open every namespace before joining any: after setns(mnt) /proc/<pid> is the app's view. */
+    join_cgroup();
+    join_ns(cfg.target_pid, "ipc", CLONE_NEWIPC);
+    join_ns(cfg.target_pid, "uts", CLONE_NEWUTS);
+    join_ns(cfg.target_pid, "pid", CLONE_NEWPID);
+    join_ns(cfg.target_pid, "mnt", CLONE_NEWNS); /* also sets root and cwd to the app's / */
+    return spawn_reported(exec_child);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) usage("usage: rkt-kvm-stage2 pod-init|app|exec --status-fd N ...");
+    parse(argc, argv, 2);
+    if (!strcmp(argv[1], "pod-init")) return pod_init();
+    if (!strcmp(argv[1], "app")) return app();
+    if (!strcmp(argv[1], "exec")) return exec_in_app();
+    usage("unknown mode");
+    return 2;
+}
