@@ -23,25 +23,34 @@ TEST_INITRD := $(OUT)/busybox-initrd.cpio
 AGENT := $(OUT)/agent/rkt-kvm-agent
 AGENT_INITRD := $(OUT)/agent-initrd.cpio
 AGENTCTL := $(OUT)/tools/rkt-kvm-agentctl
+RKT_KVM := $(OUT)/cli/rkt-kvm
+STAGE1_ACI := $(OUT)/stage1/stage1-kvm.aci
+BUSYBOX_ACI := $(OUT)/images/busybox.aci
+# Where `make run` keeps images and pods (rkt-kvm's own default is /var/lib/rkt-kvm).
+RKT_KVM_DIR ?= $(OUT)/data
 KERNEL_DIR_FILE := $(OUT)/kernel-dir
 
 export DOTNET_CLI_TELEMETRY_OPTOUT := 1
 export DOTNET_NOLOGO := 1
 
-.PHONY: all run test deps apt-install kernel vmm agent stage2 tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-9p clean
+.PHONY: all run test deps apt-install kernel vmm agent stage2 tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-9p stage1 busybox-image clean
 
-all: deps kernel vmm initramfs agent-initramfs cli
+all: deps kernel vmm initramfs agent-initramfs cli stage1 busybox-image
 
-# Boots a VM with the guest agent as init, asks it over gRPC (through our virtio-vsock) what it
-# sees, prints that, and powers the VM off through the agent.
+# Imports the busybox image and runs a pod of two apps from it in a VM through rkt-kvm (stage0) and
+# stage1-kvm, printing what the apps print; then lists the pod.
 run: all
-	@echo "== booting a VM with the guest agent (kernel $$(cat $(KERNEL_DIR_FILE))/vmlinux)"
-	$(AGENTCTL) boot --vmm $(VMM) --kernel "$$(cat $(KERNEL_DIR_FILE))/vmlinux" --initrd $(AGENT_INITRD) --memory 256 --cpus 2
+	$(RKT_KVM) --dir=$(RKT_KVM_DIR) image import $(BUSYBOX_ACI)
+	$(RKT_KVM) --dir=$(RKT_KVM_DIR) run \
+	  rkt-kvm.local/busybox --name=hello --exec=/bin/sh -- -c 'echo "hello from $$(hostname), kernel $$(uname -r)"; cat /etc/os-release' --- \
+	  rkt-kvm.local/busybox --name=counter --exec=/bin/sh -- -c 'for i in 1 2 3; do echo "count $$i"; done' ---
+	$(RKT_KVM) --dir=$(RKT_KVM_DIR) list
 
 test: all
 	@rm -rf $(OUT)/test-results
 	status=0; RKT_KVM_VMM=$(VMM) RKT_KVM_KERNEL_DIR="$$(cat $(KERNEL_DIR_FILE))" RKT_KVM_TEST_INITRD=$(TEST_INITRD) \
-	  RKT_KVM_AGENT=$(AGENT) RKT_KVM_AGENT_INITRD=$(AGENT_INITRD) \
+	  RKT_KVM_AGENT=$(AGENT) RKT_KVM_AGENT_INITRD=$(AGENT_INITRD) RKT_KVM_CLI=$(RKT_KVM) RKT_KVM_STAGE1=$(STAGE1_ACI) \
+	  RKT_KVM_BUSYBOX_ACI=$(BUSYBOX_ACI) \
 	  $(DOTNET) test Rkt.Kvm.sln $(DOTNET_FLAGS) --logger "console;verbosity=normal" --logger trx \
 	  --results-directory $(OUT)/test-results || status=$$?; \
 	tests/summarize-trx.sh $(OUT)/test-results; exit $$status
@@ -104,9 +113,20 @@ tools:
 	$(DOTNET) build guest-agent/Rkt.Kvm.Initramfs -c Release -o $(OUT)/tools $(DOTNET_FLAGS)
 	$(DOTNET) build guest-agent/Rkt.Kvm.AgentCtl -c Release -o $(OUT)/tools $(DOTNET_FLAGS)
 
-# rkt-kvm (the image verbs for now), framework-dependent: out/cli/rkt-kvm.
+# rkt-kvm (stage0 and the image verbs), framework-dependent: out/cli/rkt-kvm.
 cli:
 	$(DOTNET) build stage1-kvm/Rkt.Kvm.Cli -c Release -o $(OUT)/cli $(DOTNET_FLAGS)
+
+# The stage1 image: the entrypoints binary (NativeAOT), the VMM, the kernel and the agent initramfs.
+stage1: vmm agent-initramfs cli kernel
+	$(DOTNET) publish stage1-kvm/Rkt.Kvm.Stage1.Entrypoints -c Release -r $(RID) -o $(OUT)/stage1/kvm $(DOTNET_FLAGS)
+	$(RKT_KVM) image build-stage1 --entrypoint=$(OUT)/stage1/kvm/rkt-kvm-stage1 --vmm=$(VMM) \
+	  --kernel="$$(cat $(KERNEL_DIR_FILE))/vmlinux" --initrd=$(AGENT_INITRD) --output=$(STAGE1_ACI)
+
+# The default image: Debian's static busybox laid out by our own code (rkt-kvm image build-busybox).
+busybox-image: cli
+	@mkdir -p $(OUT)/images
+	$(RKT_KVM) image build-busybox --output=$(BUSYBOX_ACI)
 
 initramfs: tools
 	$(MKINITRAMFS) --spec tests/guest/initramfs.spec -o $(TEST_INITRD)

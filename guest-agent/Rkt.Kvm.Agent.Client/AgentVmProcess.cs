@@ -16,6 +16,8 @@ public sealed record AgentVmOptions
     /// <summary>Also copy the guest console to our stdout.</summary>
     public bool ConsoleToStdout { get; init; }
     public IReadOnlyList<string> ExtraVmmArguments { get; init; } = [];
+    /// <summary>Where the guest console goes; <c>&lt;RuntimeDirectory&gt;/console.log</c> when null.</summary>
+    public string? ConsoleLogPath { get; init; }
     /// <summary>Booting is slow on nested KVM (15-40 s); only a hang should hit this.</summary>
     public TimeSpan ReadyTimeout { get; init; } = TimeSpan.FromMinutes(5);
 }
@@ -47,7 +49,7 @@ public sealed class AgentVmProcess : IDisposable
         _ownsDirectory = options.RuntimeDirectory is null;
         Directory = options.RuntimeDirectory ?? System.IO.Directory.CreateTempSubdirectory("rkt-kvm-vm-").FullName;
         SocketPath = Path.Combine(Directory, "vm.sock");
-        ConsoleLog = Path.Combine(Directory, "console.log");
+        ConsoleLog = options.ConsoleLogPath ?? Path.Combine(Directory, "console.log");
         var psi = new ProcessStartInfo(options.VmmPath) { RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in new[]
                  {

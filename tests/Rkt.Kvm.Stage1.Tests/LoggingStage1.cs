@@ -29,6 +29,7 @@ public static class LoggingStage1
     {
         ["run"] = """
             . "$(dirname "$0")/record"; record run "$@"
+            if [ -n "$STAGE1_TEST_RUN_FAIL_EARLY" ]; then echo "stage1: cannot start" >&2; exit 9; fi
             echo $$ > pid
             mkdir -p stage1/rootfs/rkt/status
             ln -sfn ready stage1/rootfs/rkt/supervisor-status

@@ -41,7 +41,7 @@ public sealed class Stage0ConformanceTests : IDisposable
     private static string[] Values(string[] lines, string key) => lines.Where(l => l.StartsWith(key + "=", StringComparison.Ordinal)).Select(l => l[(key.Length + 1)..]).ToArray();
 
     [Fact]
-    public void Run_ExecsStage1RunInThePodDir_WithTheLockAndTheAppsPrepared()
+    public void Run_StartsStage1RunInThePodDir_WithTheLockAndTheAppsPrepared()
     {
         var env = new Dictionary<string, string>(_env) { ["STAGE1_TEST_RUN_EXIT"] = "3" };
         var uuidFile = Path.Join(_tmp, "uuid");
@@ -103,6 +103,7 @@ public sealed class Stage0ConformanceTests : IDisposable
             ["run", "--exec=/bin/true"],                                             // app flag before any image
             ["run", "example.com/busybox", "--stage1-path=/nonexistent.aci"],
             ["run", "example.com/busybox", "--volume=v,kind=host,source=relative"],
+            ["run", "example.com/busybox", "--private-users"],
         })
         {
             var (rc, stdout, stderr) = Cli(args);
@@ -110,6 +111,10 @@ public sealed class Stage0ConformanceTests : IDisposable
             Assert.Single(stderr.Trim().Split('\n'));
             Assert.StartsWith("rkt-kvm: ", stderr);
         }
+        // A stage1 that fails before the pod starts (no pid file): its exit status, and no pod left.
+        var early = RktKvm.Run(_data, new Dictionary<string, string>(_env) { ["STAGE1_TEST_RUN_FAIL_EARLY"] = "1" }, "run", "example.com/busybox");
+        Assert.Equal(9, early.ExitCode);
+        Assert.Contains("did not start", early.Stderr);
         foreach (var phase in new[] { "embryo", "prepare", "prepared", "run" })
         {
             var dir = Path.Join(_data, "pods", phase);

@@ -50,7 +50,8 @@ public static class CommandTable
             new CatManifestCommand(),
             new ExtractImageCommand(),
             new GcImagesCommand(),
-            new BuildBusyboxCommand()),
+            new BuildBusyboxCommand(),
+            new BuildStage1Command()),
     ];
 
     public static int Run(string[] argv, TextWriter stdout, TextWriter stderr, bool stderrIsTerminal)

@@ -64,6 +64,10 @@ public sealed class RunRequest
                 var name = eq >= 0 ? body[..eq] : body;
                 string Value() => eq >= 0 ? body[(eq + 1)..]
                     : i + 1 < argv.Count ? argv[++i] : throw new UsageException($"flag --{name} needs a value");
+                if (name is "private-users" or "private-net")
+                    throw new UsageException(name == "private-users"
+                        ? "--private-users is not supported by stage1-kvm: the pod's virtual machine already isolates user ids from the host"
+                        : "--private-net is not supported: use --net=none or --net=default");
                 if (name == "interactive") { request.Interactive = eq < 0 || body[(eq + 1)..] is "true" or "1"; continue; }
                 if (AppFlags.Contains(name))
                 {

@@ -16,20 +16,29 @@ public static class Stage1Invoker
     public static Stage1Image Load(PodDirectory pod) =>
         Stage1Image.Parse(File.ReadAllBytes(pod.Stage1Manifest), Path.Join(pod.Path, "stage1", "manifest"));
 
-    /// <summary>Replaces this process with stage1 run, handing it the locked pod directory.
-    /// Returns only by throwing.</summary>
-    public static void ExecRun(PodDirectory pod, IReadOnlyList<string> args, PodLock podLock)
+    /// <summary>
+    /// Runs stage1 run for a pod whose lock we hold: the lock fd is handed over as RKT_LOCK_FD
+    /// (close-on-exec cleared), cwd is the pod directory, the environment and stdio are ours.
+    /// rkt execs here; we start it as our child and wait instead, which stage1 cannot tell apart
+    /// (same argv, environment, cwd and lock), so that a pod whose stage1 failed before it started
+    /// (no <c>pid</c> file) can be removed rather than left half-made in <c>run/</c>. SIGINT and
+    /// SIGTERM reach stage1 through the process group, or are passed on.
+    /// </summary>
+    public static int RunPod(PodDirectory pod, IReadOnlyList<string> args, PodLock podLock)
     {
-        var stage1 = Load(pod);
-        var program = stage1.EntrypointPath(pod, "run");
         podLock.SetInheritable(true);
-        Environment.SetEnvironmentVariable(PodLock.EnvironmentVariable, podLock.Fd.ToString(System.Globalization.CultureInfo.InvariantCulture));
-        Directory.SetCurrentDirectory(pod.Path);
-        Console.Out.Flush();
-        Console.Error.Flush();
-        var env = Environment.GetEnvironmentVariables().Cast<System.Collections.DictionaryEntry>()
-            .Select(e => $"{e.Key}={e.Value}").Append(null).ToArray();
-        Stage1.Native.Exec.Execve(program, [program, .. args], env);
+        var psi = Start(pod, "run", args);
+        psi.Environment[PodLock.EnvironmentVariable] = podLock.Fd.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        using var process = Process.Start(psi) ?? throw new Stage1Exception("cannot start the stage1 run entrypoint");
+        podLock.SetInheritable(false);
+        using var term = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, c =>
+        {
+            c.Cancel = true;
+            try { Stage1.Native.Signals.Kill(process.Id, Stage1.Native.Signals.SIGTERM); } catch (InvalidOperationException) { }
+        });
+        using var intr = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGINT, c => c.Cancel = true);
+        process.WaitForExit();
+        return process.ExitCode;
     }
 
     /// <summary>Runs an entrypoint that inherits the environment (enter, stop, gc) and returns its exit code.

@@ -3,7 +3,7 @@ using System.Runtime.InteropServices;
 namespace Rkt.Kvm.Stage1.Native;
 
 /// <summary>The libc calls the stage1 contract needs and .NET lacks: directory locks handed
-/// across exec (flock + fcntl FD_CLOEXEC), execve, kill.</summary>
+/// across exec (flock + fcntl FD_CLOEXEC), kill.</summary>
 internal static partial class Libc
 {
     public const int O_RDONLY = 0, O_DIRECTORY = 0x10000, O_CLOEXEC = 0x80000;
@@ -25,9 +25,6 @@ internal static partial class Libc
 
     [LibraryImport("libc", SetLastError = true)]
     public static partial int kill(int pid, int signal);
-
-    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int execve(string path, string?[] argv, string?[] envp);
 
     public static IOException Error(string call, string what)
     {

@@ -7,8 +7,8 @@ namespace Rkt.Kvm.Cli.Commands.Pods;
 
 /// <summary>
 /// <c>run IMAGE [app flags] [-- ARGS ---] …</c> and <c>app sandbox</c>: prepare the pod, lock it,
-/// move it to <c>run/</c> and exec the stage1 run entrypoint, as rkt does. The exit status is
-/// stage1's: the pod's result.
+/// move it to <c>run/</c> and run the stage1 run entrypoint with the lock, as rkt does. The exit
+/// status is stage1's: the pod's result.
 /// </summary>
 public sealed class RunCommand(bool sandbox) : Command(sandbox ? "sandbox" : "run",
     sandbox ? "Start an empty, mutable pod (add apps with `app add`)" : "Run images in a new pod",
@@ -38,14 +38,23 @@ public sealed class RunCommand(bool sandbox) : Command(sandbox ? "sandbox" : "ru
             podLock = PodLock.TryExclusive(pod.Path) ?? throw new Stage1Exception($"pod {pod.Uuid} is locked by another process");
             pod = pods.Move(pod, PodPhase.Run);
             if (request.UuidFileSave is not null) File.WriteAllText(request.UuidFileSave, pod.Uuid);
-            Stage1Invoker.ExecRun(pod.Directory, [.. stage1Args, pod.Uuid], podLock);
-            return CommandTable.ExitError; // not reached: exec replaced us or threw
         }
         catch
         {
             podLock?.Dispose();
             PodPreparer.Discard(pod);
             throw;
+        }
+        using (podLock)
+        {
+            int rc = Stage1Invoker.RunPod(pod.Directory, [.. stage1Args, pod.Uuid], podLock);
+            if (rc != 0 && pod.Directory.ReadPid() is null)
+            {
+                // stage1 failed before the pod started (no pid file): nothing ran, remove it.
+                PodPreparer.Discard(pod);
+                context.Err.WriteLine($"rkt-kvm: pod {pod.Uuid} did not start (stage1 run exited {rc}); removed it");
+            }
+            return rc;
         }
     }
 }

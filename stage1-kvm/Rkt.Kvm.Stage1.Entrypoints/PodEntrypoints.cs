@@ -1,0 +1,160 @@
+using Rkt.Kvm.Agent.Client;
+using Rkt.Kvm.Agent.V1;
+using Rkt.Kvm.Stage1.Control;
+using Rkt.Kvm.Stage1.Manifests;
+using Rkt.Kvm.Stage1.Pods;
+
+namespace Rkt.Kvm.Stage1.Entrypoints;
+
+/// <summary>Processes stage1 started for a pod, found by pid file and checked by command line, so
+/// a pid the kernel reused for something else is never signalled.</summary>
+internal static class PodProcesses
+{
+    public static int? Alive(string pidFile, string mustMention)
+    {
+        if (!File.Exists(pidFile) || !int.TryParse(File.ReadAllText(pidFile).Trim(), out int pid) || pid <= 1) return null;
+        try
+        {
+            var cmdline = File.ReadAllText($"/proc/{pid}/cmdline").Replace('\0', ' ');
+            return cmdline.Contains(mustMention, StringComparison.Ordinal) ? pid : null;
+        }
+        catch (IOException) { return null; } // gone
+    }
+
+    public static void Signal(int pid, int signal)
+    {
+        if (Native.Signals.Kill(pid, signal) != 0 && Native.Signals.LastError != Native.Signals.ESRCH)
+            throw new Stage1Exception($"cannot signal process {pid}: errno {Native.Signals.LastError}");
+    }
+}
+
+/// <summary><c>stop [--force] UUID</c>: asks the pod's run process to stop its apps and the VM
+/// (SIGTERM) and returns at once; --force kills the VMM (the <c>pid</c> file), and run, seeing
+/// its VM gone, ends the pod.</summary>
+internal static class StopEntrypoint
+{
+    public static int Execute(string[] argv)
+    {
+        var args = StopArguments.Parse(argv);
+        var files = Stage1Files.ForCurrentPod();
+        if (args.Force)
+        {
+            if (PodProcesses.Alive(files.Pod.PidFile, files.Uuid) is { } vmm) PodProcesses.Signal(vmm, Native.Signals.SIGKILL);
+            return 0;
+        }
+        if (PodProcesses.Alive(files.RunPid, files.Uuid) is { } run) PodProcesses.Signal(run, Native.Signals.SIGTERM);
+        return 0;
+    }
+}
+
+/// <summary><c>gc UUID</c>: frees what a pod took on the host even when its VMM was killed: a
+/// VMM still running (killed), the runtime directory with the sockets. Idempotent.</summary>
+internal static class GcEntrypoint
+{
+    public static int Execute(string[] argv)
+    {
+        GcArguments.Parse(argv);
+        var files = Stage1Files.ForCurrentPod();
+        foreach (var pidFile in new[] { files.RunPid, files.Pod.PidFile })
+            if (PodProcesses.Alive(pidFile, files.Uuid) is { } pid)
+            {
+                PodProcesses.Signal(pid, Native.Signals.SIGKILL);
+                for (int i = 0; i < 100 && Directory.Exists($"/proc/{pid}"); i++) Thread.Sleep(20);
+            }
+        if (Directory.Exists(files.RuntimeDir)) Directory.Delete(files.RuntimeDir, recursive: true);
+        return 0;
+    }
+}
+
+/// <summary><c>enter --pid=PID --appname=APP -- CMD…</c>: runs the command in the app through the
+/// agent's Exec; stdin is forwarded when it is not a terminal; the exit code is the command's.</summary>
+internal static class EnterEntrypoint
+{
+    public static int Execute(string[] argv)
+    {
+        var args = EnterArguments.Parse(argv);
+        var files = Stage1Files.ForCurrentPod();
+        using var agent = AgentClient.ForVm(files.AgentSocket);
+        var start = new ExecStart { App = args.App };
+        start.Argv.AddRange(args.Command);
+        byte[]? stdin = Console.IsInputRedirected ? ReadAll(Console.OpenStandardInput()) : null;
+        var result = agent.ExecAsync(start, stdin, TimeSpan.FromDays(1)).GetAwaiter().GetResult();
+        using (var stdout = Console.OpenStandardOutput()) stdout.Write(result.Stdout);
+        using (var stderr = Console.OpenStandardError()) stderr.Write(result.Stderr);
+        return result.Signal != 0 ? 128 + result.Signal : result.ExitCode;
+    }
+
+    private static byte[] ReadAll(Stream input)
+    {
+        var buffer = new MemoryStream();
+        input.CopyTo(buffer);
+        return buffer.ToArray();
+    }
+}
+
+/// <summary>The mutable-pod entrypoints: app/add, app/start, app/stop (exit 5: not running), app/rm.</summary>
+internal static class AppEntrypoints
+{
+    public const int NotRunning = 5;
+
+    public static int Add(string[] argv)
+    {
+        var args = AppArguments.Parse(argv, "app/add");
+        var files = Stage1Files.ForCurrentPod();
+        var pod = PodManifest.Load(files.Pod.Manifest);
+        var app = pod.App(args.App) ?? throw new Stage1Exception($"app/add: the pod manifest has no app {args.App}");
+        // Only this app's root and the volumes it mounts; other exports are already there.
+        var wanted = PodApps.Exports(files, pod)
+            .Where(e => e.Key == Stage1Files.AppExport(app.Name) || app.Mounts.Any(m => e.Key == Stage1Files.VolumeExport(m.Volume)))
+            .ToDictionary(e => e.Key, e => e.Value);
+        PodApps.EnsureExports(new VmmControlClient(files.ControlSocket), wanted);
+        using var agent = AgentClient.ForVm(files.AgentSocket);
+        agent.AddAppAsync(PodApps.AddAppRequest(files, pod, app)).GetAwaiter().GetResult();
+        return 0;
+    }
+
+    public static int Start(string[] argv)
+    {
+        var args = AppArguments.Parse(argv, "app/start");
+        var files = Stage1Files.ForCurrentPod();
+        using var agent = AgentClient.ForVm(files.AgentSocket);
+        var status = agent.AppStatusAsync(args.App).GetAwaiter().GetResult();
+        if (status.State == AppState.Exited)
+        {
+            // A restart: the agent runs a created app; make the exited one created again.
+            var pod = PodManifest.Load(files.Pod.Manifest);
+            agent.RemoveAppAsync(args.App).GetAwaiter().GetResult();
+            agent.AddAppAsync(PodApps.AddAppRequest(files, pod, pod.App(args.App)!)).GetAwaiter().GetResult();
+        }
+        agent.StartAppAsync(args.App).GetAwaiter().GetResult();
+        return 0;
+    }
+
+    public static int Stop(string[] argv)
+    {
+        var args = AppArguments.Parse(argv, "app/stop");
+        var files = Stage1Files.ForCurrentPod();
+        using var agent = AgentClient.ForVm(files.AgentSocket);
+        var status = agent.AppStatusAsync(args.App).GetAwaiter().GetResult();
+        if (status.State != AppState.Running) return NotRunning;
+        agent.StopAppAsync(args.App, TimeSpan.FromSeconds(10)).GetAwaiter().GetResult();
+        return 0;
+    }
+
+    /// <summary>Removes the app in the guest (its mounts of the export go), then the export (the
+    /// VMM closes its host fds), so stage0 can unmount and delete the rootfs when we return.</summary>
+    public static int Remove(string[] argv)
+    {
+        var args = AppArguments.Parse(argv, "app/rm");
+        var files = Stage1Files.ForCurrentPod();
+        using (var agent = AgentClient.ForVm(files.AgentSocket))
+        {
+            try { agent.RemoveAppAsync(args.App).GetAwaiter().GetResult(); }
+            catch (AgentException e) when (e.Message.Contains("NotFound", StringComparison.OrdinalIgnoreCase) || e.Message.Contains("no app", StringComparison.OrdinalIgnoreCase)) { }
+        }
+        var control = new VmmControlClient(files.ControlSocket);
+        if (control.ListExports().Any(e => e.Name == Stage1Files.AppExport(args.App)))
+            control.RemoveExport(Stage1Files.AppExport(args.App));
+        return 0;
+    }
+}

@@ -1,0 +1,41 @@
+using Rkt.Kvm.Agent.Client;
+using Rkt.Kvm.Stage1;
+using Rkt.Kvm.Stage1.Entrypoints;
+
+// rkt-kvm-stage1 ENTRYPOINT ARGS…: the scripts at the paths the stage1 manifest names call this
+// binary with their entrypoint's name. Errors: one line on stderr, exit 1 (app/stop: 5 = not running).
+if (args.Length == 0)
+{
+    Console.Error.WriteLine("usage: rkt-kvm-stage1 run|enter|gc|stop|app/add|app/start|app/stop|app/rm|attach ARGS...");
+    return 2;
+}
+var rest = args[1..];
+try
+{
+    return args[0] switch
+    {
+        "run" => RunEntrypoint.Execute(rest),
+        "enter" => EnterEntrypoint.Execute(rest),
+        "gc" => GcEntrypoint.Execute(rest),
+        "stop" => StopEntrypoint.Execute(rest),
+        "app/add" => AppEntrypoints.Add(rest),
+        "app/start" => AppEntrypoints.Start(rest),
+        "app/stop" => AppEntrypoints.Stop(rest),
+        "app/rm" => AppEntrypoints.Remove(rest),
+        "attach" => Attach(rest),
+        var other => throw new Stage1Exception($"unknown entrypoint \"{other}\""),
+    };
+}
+catch (Exception e) when (e is Stage1Exception or AgentException or IOException or UnauthorizedAccessException)
+{
+    Console.Error.WriteLine($"stage1-kvm {args[0]}: {e.Message.Split('\n')[0]}");
+    return 1;
+}
+
+// attach: apps here have no terminals or attachable streams yet; `--action=list` lists none.
+static int Attach(string[] argv)
+{
+    var flags = GoFlags.Parse(argv);
+    if (flags.Get("action") == "list") return 0;
+    throw new Stage1Exception("attach is not supported by stage1-kvm yet: app output is in the pod's stage1-kvm/logs/ directory");
+}

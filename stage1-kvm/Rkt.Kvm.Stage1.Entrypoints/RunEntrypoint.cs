@@ -1,0 +1,273 @@
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using System.Text;
+using Grpc.Core;
+using Rkt.Kvm.Agent.Client;
+using Rkt.Kvm.Agent.V1;
+using Rkt.Kvm.Stage1.Control;
+using Rkt.Kvm.Stage1.Entrypoints;
+using Rkt.Kvm.Stage1.Manifests;
+using Rkt.Kvm.Stage1.Pods;
+using Rkt.Kvm.Stage1.Sizing;
+
+namespace Rkt.Kvm.Stage1.Entrypoints;
+
+/// <summary>
+/// <c>run</c>: one VM per pod. Sizes the VM from the isolators, starts the VMM with the pod's
+/// exports, waits for the agent's READY, adds and starts the apps (immutable pods), marks the
+/// supervisor ready, then follows the apps: each exit is written to <c>rkt/status/&lt;app&gt;</c> at
+/// once, each app's output goes to <c>stage1-kvm/logs/&lt;app&gt;.log</c> and to our stdout. An
+/// immutable pod ends when all its apps have exited; a mutable one when stopped (SIGTERM, which
+/// `stop` sends). Exit status: the first failed app's code in manifest order, else 0; 1 when the
+/// VM itself died. The pod lock (RKT_LOCK_FD) is held by this process until it exits.
+/// </summary>
+public sealed class RunEntrypoint
+{
+    private static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(10);
+    private static readonly TimeSpan Forever = TimeSpan.FromDays(365);
+
+    private readonly RunArguments _args;
+    private readonly Stage1Files _files;
+    private readonly PodManifest _pod;
+    private readonly Dictionary<string, AppInfo> _exited = [];
+    private readonly Dictionary<string, Task> _logFollowers = [];
+    private readonly Lock _lock = new();
+    private readonly CancellationTokenSource _stop = new();
+    private readonly TaskCompletionSource _allExited = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    private RunEntrypoint(RunArguments args, Stage1Files files, PodManifest pod)
+    {
+        _args = args;
+        _files = files;
+        _pod = pod;
+    }
+
+    public static int Execute(string[] argv)
+    {
+        var args = RunArguments.Parse(argv);
+        using var podLock = PodLock.FromEnvironment(); // held (close-on-exec) until we exit
+        var files = Stage1Files.ForCurrentPod();
+        if (files.Uuid != args.Uuid) throw new Stage1Exception($"run: the UUID argument {args.Uuid} is not this pod's ({files.Uuid})");
+        var pod = PodManifest.Load(files.Pod.Manifest);
+        if (args.Mutable && !pod.Mutable) throw new Stage1Exception("run: --mutable was given but the pod manifest says the pod is immutable");
+        Stage1Files.RequireVmParts();
+        return new RunEntrypoint(args, files, pod).RunAsync().GetAwaiter().GetResult();
+    }
+
+    private async Task<int> RunAsync()
+    {
+        Directory.CreateDirectory(_files.StateDir);
+        Directory.CreateDirectory(_files.LogsDir);
+        Directory.CreateDirectory(_files.RuntimeDir);
+        File.WriteAllText(_files.RunPid, $"{Environment.ProcessId}\n");
+        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; _stop.Cancel(); });
+        using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; _stop.Cancel(); });
+
+        var size = VmSize.For(_pod, Environment.ProcessorCount);
+        var exports = PodApps.Exports(_files, _pod);
+        var vmmArgs = new List<string> { "--control", _files.ControlSocket };
+        foreach (var (name, (path, readOnly)) in exports) vmmArgs.AddRange(["--9p-export", $"{name}={path}{(readOnly ? ",ro" : "")}"]);
+        if (!_args.Debug) vmmArgs.Add("--quiet");
+        Log($"starting the VM: {size.Vcpus} vCPU, {size.MemoryMiB} MiB, {_pod.Apps.Count} app(s)");
+
+        AgentVmProcess vm;
+        try
+        {
+            vm = await AgentVmProcess.StartAsync(new AgentVmOptions
+            {
+                VmmPath = Stage1Files.Vmm,
+                KernelPath = Stage1Files.Kernel,
+                InitrdPath = Stage1Files.Initrd,
+                Cpus = size.Vcpus,
+                MemoryMiB = size.MemoryMiB,
+                RuntimeDirectory = _files.RuntimeDir,
+                ConsoleLogPath = _files.ConsoleLog,
+                ExtraVmmArguments = vmmArgs,
+            }, _stop.Token);
+        }
+        catch (AgentException e)
+        {
+            CleanRuntimeDir();
+            throw new Stage1Exception($"the pod's VM did not start: {e.Message.Split('\n')[0]} (console: {_files.ConsoleLog})", e);
+        }
+        using (vm)
+        {
+            _files.Pod.WritePid(vm.Pid);
+            try
+            {
+                return await SuperviseAsync(vm);
+            }
+            finally
+            {
+                if (!vm.HasExited) await ShutdownAsync(vm);
+                CleanRuntimeDir();
+            }
+        }
+    }
+
+    private async Task<int> SuperviseAsync(AgentVmProcess vm)
+    {
+        var agent = vm.Client;
+        await agent.ConfigurePodAsync(new ConfigurePodRequest { Hostname = _args.Hostname ?? $"rkt-{_files.Uuid}", Hosts = "", ResolvConf = ResolvConf() });
+        // Subscribe before any app starts, so no exit can be missed.
+        using var events = await agent.EventsAsync(Forever);
+        var eventLoop = FollowEventsAsync(agent, events.ResponseStream);
+
+        if (!_pod.Mutable)
+        {
+            foreach (var app in _pod.Apps)
+            {
+                var request = PodApps.AddAppRequest(_files, _pod, app);
+                if (!File.Exists(_files.Pod.AppEnv(app.Name))) _files.Pod.WriteEnvironment(app.Name, app.App!.Environment);
+                await agent.AddAppAsync(request);
+            }
+            foreach (var app in _pod.Apps) await agent.StartAppAsync(app.Name);
+            if (_pod.Apps.Count == 0) _allExited.TrySetResult();
+        }
+        _files.Pod.MarkSupervisorReady();
+        NotifyReady();
+        Log("pod ready");
+
+        var vmExit = vm.WaitForExitAsync(Forever);
+        var stopRequested = Task.Delay(Timeout.Infinite, _stop.Token).ContinueWith(_ => { }, TaskScheduler.Default);
+        var finished = await Task.WhenAny(_pod.Mutable ? Task.Delay(Timeout.Infinite) : _allExited.Task, vmExit, stopRequested);
+        if (finished == vmExit)
+        {
+            Log($"the VM ended unexpectedly (VMM exit status {await vmExit}); console: {_files.ConsoleLog}");
+            return 1;
+        }
+        if (finished == stopRequested)
+        {
+            Log("stopping the pod's apps");
+            await StopAllAsync(agent);
+        }
+        // Let every log follower drain what the apps wrote before the VM goes.
+        Task[] followers;
+        lock (_lock) followers = [.. _logFollowers.Values];
+        await Task.WhenAny(Task.WhenAll(followers), Task.Delay(TimeSpan.FromSeconds(10)));
+        _ = eventLoop;
+        return ResultCode();
+    }
+
+    /// <summary>Writes each app's exit status the moment the agent reports it, and follows the logs of started apps.</summary>
+    private async Task FollowEventsAsync(AgentClient agent, IAsyncStreamReader<EventsReply> stream)
+    {
+        try
+        {
+            while (await stream.MoveNext(CancellationToken.None))
+            {
+                var e = stream.Current;
+                if (e.Type == AppEventType.AppEventStarted)
+                {
+                    lock (_lock) _logFollowers[e.App.Name] = FollowLogsAsync(agent, e.App.Name);
+                }
+                else if (e.Type == AppEventType.AppEventExited)
+                {
+                    _files.Pod.WriteExitStatus(e.App.Name, PodApps.ExitCode(e.App));
+                    Log($"app {e.App.Name} {PodApps.Describe(e.App)}");
+                    lock (_lock)
+                    {
+                        _exited[e.App.Name] = e.App;
+                        if (!_pod.Mutable && _pod.Apps.All(a => _exited.ContainsKey(a.Name))) _allExited.TrySetResult();
+                    }
+                }
+            }
+        }
+        catch (Exception e) when (e is RpcException or AgentException or IOException)
+        {
+            // The VM went away; the VMM's exit is handled by the supervisor.
+        }
+    }
+
+    private async Task FollowLogsAsync(AgentClient agent, string app)
+    {
+        await using var log = new FileStream(_files.AppLog(app), FileMode.Append, FileAccess.Write, FileShare.Read);
+        var stdout = Console.OpenStandardOutput();
+        var prefix = Encoding.UTF8.GetBytes($"[{app}] ");
+        bool atLineStart = true;
+        try
+        {
+            await foreach (var record in agent.LogsAsync(app, follow: true, Forever))
+            {
+                var data = record.Data.Memory;
+                await log.WriteAsync(data);
+                await log.FlushAsync();
+                // Our stdout: each line prefixed with the app's name, as one write per record.
+                var shown = new MemoryStream();
+                foreach (var b in data.Span)
+                {
+                    if (atLineStart) shown.Write(prefix);
+                    shown.WriteByte(b);
+                    atLineStart = b == '\n';
+                }
+                lock (_lock) stdout.Write(shown.GetBuffer(), 0, (int)shown.Length);
+            }
+        }
+        catch (Exception e) when (e is RpcException or AgentException or IOException) { }
+    }
+
+    private async Task StopAllAsync(AgentClient agent)
+    {
+        var running = (await agent.ListAppsAsync()).Where(a => a.State == AppState.Running).ToList();
+        await Task.WhenAll(running.Select(a => agent.StopAppAsync(a.Name, StopGrace)));
+    }
+
+    private async Task ShutdownAsync(AgentVmProcess vm)
+    {
+        try
+        {
+            await vm.Client.Stub.ShutdownAsync(new ShutdownRequest(), deadline: DateTime.UtcNow.AddSeconds(10));
+            await vm.WaitForExitAsync(TimeSpan.FromSeconds(30));
+        }
+        catch (Exception e) when (e is RpcException or AgentException or IOException)
+        {
+            Log($"the VM did not power off cleanly ({e.Message.Split('\n')[0]}); killing it");
+        }
+    }
+
+    /// <summary>The first failed app's exit code in manifest order; apps that never reported count as 1 (the pod failed).</summary>
+    private int ResultCode()
+    {
+        lock (_lock)
+        {
+            foreach (var app in _pod.Apps)
+            {
+                if (!_exited.TryGetValue(app.Name, out var info)) { if (!_pod.Mutable) return 1; continue; }
+                int code = PodApps.ExitCode(info);
+                if (code != 0) return code;
+            }
+        }
+        return 0;
+    }
+
+    /// <summary><c>--dns-conf-mode=resolv=stage0</c>: stage0 wrote <c>etc/rkt-resolv.conf</c> in the stage1 rootfs.</summary>
+    private string ResolvConf()
+    {
+        var staged = Path.Join(_files.Pod.Stage1Rootfs, "etc", "rkt-resolv.conf");
+        return _args.DnsConfMode?.Contains("resolv=stage0") == true && File.Exists(staged) ? File.ReadAllText(staged) : "";
+    }
+
+    /// <summary>sd_notify READY=1 to $NOTIFY_SOCKET (a datagram socket; '@' means the abstract namespace).</summary>
+    private static void NotifyReady()
+    {
+        var path = Environment.GetEnvironmentVariable("NOTIFY_SOCKET");
+        if (string.IsNullOrEmpty(path)) return;
+        try
+        {
+            using var socket = new Socket(AddressFamily.Unix, SocketType.Dgram, ProtocolType.Unspecified);
+            socket.SendTo("READY=1"u8, new UnixDomainSocketEndPoint(path[0] == '@' ? "\0" + path[1..] : path));
+        }
+        catch (SocketException e)
+        {
+            Log($"cannot notify {path}: {e.Message}");
+        }
+    }
+
+    private void CleanRuntimeDir()
+    {
+        try { if (Directory.Exists(_files.RuntimeDir)) Directory.Delete(_files.RuntimeDir, recursive: true); }
+        catch (IOException) { /* gc retries */ }
+    }
+
+    internal static void Log(string message) => Console.Error.WriteLine($"stage1-kvm: {message}");
+}
