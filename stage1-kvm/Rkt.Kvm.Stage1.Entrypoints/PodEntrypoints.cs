@@ -61,7 +61,9 @@ internal static class GcEntrypoint
                 PodProcesses.Signal(pid, Native.Signals.SIGKILL);
                 for (int i = 0; i < 100 && Directory.Exists($"/proc/{pid}"); i++) Thread.Sleep(20);
             }
-        if (Directory.Exists(files.RuntimeDir)) Directory.Delete(files.RuntimeDir, recursive: true);
+        // Only a directory named after this pod: the record is a file in the pod directory, and gc must never be talked into deleting anything else.
+        if (Directory.Exists(files.RuntimeDir) && Path.GetFileName(Path.TrimEndingDirectorySeparator(files.RuntimeDir)) == files.Uuid)
+            Directory.Delete(files.RuntimeDir, recursive: true);
         return 0;
     }
 }

@@ -59,6 +59,7 @@ public sealed class RunEntrypoint
         Directory.CreateDirectory(_files.StateDir);
         Directory.CreateDirectory(_files.LogsDir);
         Directory.CreateDirectory(_files.RuntimeDir);
+        File.WriteAllText(_files.RuntimeDirRecord, _files.RuntimeDir + "\n");
         File.WriteAllText(_files.RunPid, $"{Environment.ProcessId}\n");
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; _stop.Cancel(); });
         using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; _stop.Cancel(); });
@@ -136,7 +137,8 @@ public sealed class RunEntrypoint
             Log($"the VM ended unexpectedly (VMM exit status {await vmExit}); console: {_files.ConsoleLog}");
             return 1;
         }
-        if (finished == stopRequested)
+        bool stoppedOnRequest = finished == stopRequested;
+        if (stoppedOnRequest)
         {
             Log("stopping the pod's apps");
             await StopAllAsync(agent);
@@ -146,7 +148,8 @@ public sealed class RunEntrypoint
         lock (_lock) followers = [.. _logFollowers.Values];
         await Task.WhenAny(Task.WhenAll(followers), Task.Delay(TimeSpan.FromSeconds(10)));
         _ = eventLoop;
-        return ResultCode();
+        // A pod stopped on request succeeded; otherwise the apps' results decide.
+        return stoppedOnRequest ? 0 : ResultCode();
     }
 
     /// <summary>Writes each app's exit status the moment the agent reports it, and follows the logs of started apps.</summary>

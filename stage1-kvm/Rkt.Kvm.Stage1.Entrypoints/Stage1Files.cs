@@ -22,7 +22,12 @@ public sealed class Stage1Files(PodDirectory pod, string uuid)
     public static string Kernel => Path.Join(KvmDir, "vmlinux");
     public static string Initrd => Path.Join(KvmDir, "agent-initrd.cpio");
 
-    public string RuntimeDir => Path.Join(Environment.GetEnvironmentVariable(RuntimeRootVariable) is { Length: > 0 } root ? root : DefaultRuntimeRoot, Uuid);
+    /// <summary>The runtime directory run chose, recorded in the pod directory: the crossing
+    /// entrypoints get a replaced environment from stage0, so they cannot recompute it.</summary>
+    public string RuntimeDir => File.Exists(RuntimeDirRecord) ? File.ReadAllText(RuntimeDirRecord).Trim()
+        : Path.Join(Environment.GetEnvironmentVariable(RuntimeRootVariable) is { Length: > 0 } root ? root : DefaultRuntimeRoot, Uuid);
+
+    public string RuntimeDirRecord => Path.Join(StateDir, "runtime-dir");
     public string AgentSocket => Path.Join(RuntimeDir, "vm.sock");
     public string ControlSocket => Path.Join(RuntimeDir, "control.sock");
 

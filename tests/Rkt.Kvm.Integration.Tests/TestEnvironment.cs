@@ -26,6 +26,9 @@ public static class TestEnvironment
     public static string Vmm => Artifact("RKT_KVM_VMM", "out/vmm/rkt-kvm-vmm");
     public static string TestInitrd => Artifact("RKT_KVM_TEST_INITRD", "out/busybox-initrd.cpio");
     public static string AgentInitrd => Artifact("RKT_KVM_AGENT_INITRD", "out/agent-initrd.cpio");
+    public static string Cli => Artifact("RKT_KVM_CLI", "out/cli/rkt-kvm");
+    public static string Stage1Aci => Artifact("RKT_KVM_STAGE1", "out/stage1/stage1-kvm.aci");
+    public static string BusyboxAci => Artifact("RKT_KVM_BUSYBOX_ACI", "out/images/busybox.aci");
     public static string KernelDir => Environment.GetEnvironmentVariable("RKT_KVM_KERNEL_DIR") is { Length: > 0 } dir
         ? dir
         : File.ReadAllText(Path.Combine(RepositoryRoot, "out/kernel-dir")).Trim();

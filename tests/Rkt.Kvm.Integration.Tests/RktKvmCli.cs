@@ -1,0 +1,103 @@
+using System.Diagnostics;
+
+namespace Rkt.Kvm.Integration.Tests;
+
+/// <summary>
+/// rkt-kvm as a user runs it: the built CLI (out/cli/rkt-kvm) with its own data directory and the
+/// built stage1-kvm image, the busybox image imported. Sockets go to a short runtime directory of
+/// the test's own. Disposing stops and collects every pod it made.
+/// </summary>
+public sealed class RktKvmCli : IDisposable
+{
+    public string Root { get; } = Directory.CreateTempSubdirectory("rkt-kvm-e2e-").FullName;
+    public string DataDir => Path.Join(Root, "data");
+    public string RuntimeRoot { get; }
+
+    public RktKvmCli()
+    {
+        RuntimeRoot = Path.Join("/run/rkt-kvm-test", Path.GetFileName(Root));
+        var (rc, _, err) = Run("image", "import", TestEnvironment.BusyboxAci);
+        if (rc != 0) throw new InvalidOperationException($"image import failed: {err}");
+    }
+
+    public const string Busybox = "rkt-kvm.local/busybox";
+
+    public ProcessStartInfo StartInfo(IEnumerable<string> args, bool redirect = true)
+    {
+        var psi = new ProcessStartInfo(TestEnvironment.Cli) { RedirectStandardOutput = redirect, RedirectStandardError = redirect, RedirectStandardInput = redirect, UseShellExecute = false };
+        psi.ArgumentList.Add($"--dir={DataDir}");
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        psi.Environment["RKT_KVM_STAGE1"] = TestEnvironment.Stage1Aci;
+        psi.Environment["RKT_KVM_RUNTIME_DIR"] = RuntimeRoot;
+        return psi;
+    }
+
+    public (int ExitCode, string Stdout, string Stderr) Run(params string[] args) => Run(TimeSpan.FromMinutes(6), args);
+
+    public (int ExitCode, string Stdout, string Stderr) Run(TimeSpan timeout, params string[] args)
+    {
+        using var p = Process.Start(StartInfo(args))!;
+        p.StandardInput.Close();
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(timeout))
+        {
+            p.Kill(entireProcessTree: true);
+            throw new TimeoutException($"rkt-kvm {string.Join(' ', args)} did not finish in {timeout}: {stderr.Result}");
+        }
+        return (p.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    /// <summary>Starts a pod in the background (run or app sandbox) and returns its process and UUID once written.</summary>
+    public (Process Process, string Uuid) Start(params string[] args)
+    {
+        var uuidFile = Path.Join(Root, $"uuid-{Guid.NewGuid():N}");
+        var p = Process.Start(StartInfo([.. args, $"--uuid-file-save={uuidFile}"]))!;
+        p.StandardInput.Close();
+        var output = new System.Text.StringBuilder();
+        p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (output) output.AppendLine(e.Data); };
+        p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (output) output.AppendLine(e.Data); };
+        p.BeginOutputReadLine();
+        p.BeginErrorReadLine();
+        Outputs[p] = output;
+        var deadline = DateTime.UtcNow.AddMinutes(1);
+        while (!File.Exists(uuidFile) || new FileInfo(uuidFile).Length == 0)
+        {
+            if (p.HasExited || DateTime.UtcNow > deadline) throw new InvalidOperationException($"rkt-kvm {string.Join(' ', args)} did not create a pod: {output}");
+            Thread.Sleep(50);
+        }
+        return (p, File.ReadAllText(uuidFile));
+    }
+
+    public Dictionary<Process, System.Text.StringBuilder> Outputs { get; } = [];
+
+    public string OutputOf(Process p) { lock (Outputs[p]) return Outputs[p].ToString(); }
+
+    /// <summary>`status --wait-ready` (boot takes tens of seconds on nested hosts).</summary>
+    public void WaitReady(string uuid)
+    {
+        var (rc, stdout, stderr) = Run("status", "--wait-ready=5m", uuid);
+        if (rc != 0) throw new InvalidOperationException($"pod {uuid} did not become ready: {stderr}{stdout}");
+    }
+
+    public Dictionary<string, string> Status(string uuid) =>
+        Run("status", uuid).Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.Split('=', 2)).Where(kv => kv.Length == 2)
+            .ToDictionary(kv => kv[0], kv => kv[1]);
+
+    public string PodDir(string uuid) =>
+        Directory.GetDirectories(Path.Join(DataDir, "pods"), uuid, SearchOption.AllDirectories).Single();
+
+    public void Dispose()
+    {
+        foreach (var p in Outputs.Keys)
+        {
+            if (!p.HasExited) p.Kill(entireProcessTree: true);
+            p.Dispose();
+        }
+        foreach (var pid in Directory.Exists(Path.Join(DataDir, "pods")) ? Directory.EnumerateFiles(Path.Join(DataDir, "pods"), "pid", SearchOption.AllDirectories) : [])
+            if (int.TryParse(File.ReadAllText(pid).Trim(), out var vmm)) try { Process.GetProcessById(vmm).Kill(); } catch (ArgumentException) { }
+        Run(TimeSpan.FromMinutes(1), "gc", "--grace-period=0s");
+        try { Directory.Delete(Root, recursive: true); } catch (IOException) { }
+        try { Directory.Delete(RuntimeRoot, recursive: true); } catch (IOException) { }
+    }
+}
