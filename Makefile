@@ -33,7 +33,7 @@ KERNEL_DIR_FILE := $(OUT)/kernel-dir
 export DOTNET_CLI_TELEMETRY_OPTOUT := 1
 export DOTNET_NOLOGO := 1
 
-.PHONY: all run test deps apt-install kernel vmm agent stage2 tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-9p stage1 busybox-image clean
+.PHONY: all run test deps apt-install kernel vmm agent stage2 tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-9p bench-pod stage1 busybox-image clean
 
 all: deps kernel vmm initramfs agent-initramfs cli stage1 busybox-image
 
@@ -55,7 +55,7 @@ test: all
 	  --results-directory $(OUT)/test-results || status=$$?; \
 	tests/summarize-trx.sh $(OUT)/test-results; exit $$status
 
-bench: bench-boot bench-vsock bench-images bench-9p
+bench: bench-boot bench-vsock bench-images bench-9p bench-pod
 
 bench-boot: all
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_APT_PACKAGES)"
@@ -67,6 +67,10 @@ bench-images: deps cli
 
 bench-vsock: all
 	bench/vsock/run.sh
+
+# A pod's wall time by phase, app add/start, pods per minute, idle pod memory (bench/pod/).
+bench-pod: all
+	bench/pod/run.sh
 
 # 64 MiB write/read and 2,000 stats through our 9p server against QEMU's (bench/9p/).
 bench-9p: all

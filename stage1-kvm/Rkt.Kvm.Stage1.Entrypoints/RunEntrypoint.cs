@@ -34,12 +34,14 @@ public sealed class RunEntrypoint
     private readonly Lock _lock = new();
     private readonly CancellationTokenSource _stop = new();
     private readonly TaskCompletionSource _allExited = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly Timeline _timeline;
 
     private RunEntrypoint(RunArguments args, Stage1Files files, PodManifest pod)
     {
         _args = args;
         _files = files;
         _pod = pod;
+        _timeline = new Timeline(Path.Join(files.StateDir, "timeline"));
     }
 
     public static int Execute(string[] argv)
@@ -61,6 +63,7 @@ public sealed class RunEntrypoint
         Directory.CreateDirectory(_files.RuntimeDir);
         File.WriteAllText(_files.RuntimeDirRecord, _files.RuntimeDir + "\n");
         File.WriteAllText(_files.RunPid, $"{Environment.ProcessId}\n");
+        _timeline.Write("stage1-process-start", new DateTimeOffset(System.Diagnostics.Process.GetCurrentProcess().StartTime.ToUniversalTime()).ToUnixTimeMilliseconds());
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; _stop.Cancel(); });
         using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; _stop.Cancel(); });
 
@@ -72,6 +75,7 @@ public sealed class RunEntrypoint
         Log($"starting the VM: {size.Vcpus} vCPU, {size.MemoryMiB} MiB, {_pod.Apps.Count} app(s)");
 
         AgentVmProcess vm;
+        _timeline.Mark("vmm-start");
         try
         {
             vm = await AgentVmProcess.StartAsync(new AgentVmOptions
@@ -93,6 +97,8 @@ public sealed class RunEntrypoint
         }
         using (vm)
         {
+            _timeline.Mark("agent-ready");
+            _timeline.Write("guest-boot-to-ready-ms", vm.Ready.MillisecondsSinceBoot);
             _files.Pod.WritePid(vm.Pid);
             try
             {
@@ -101,6 +107,7 @@ public sealed class RunEntrypoint
             finally
             {
                 if (!vm.HasExited) await ShutdownAsync(vm);
+                _timeline.Mark("vm-off");
                 CleanRuntimeDir();
             }
         }
@@ -109,6 +116,12 @@ public sealed class RunEntrypoint
     private async Task<int> SuperviseAsync(AgentVmProcess vm)
     {
         var agent = vm.Client;
+        if (Environment.GetEnvironmentVariable("RKT_KVM_TIMELINE_GUEST") == "1")
+        {
+            // bench/pod: the agent's own start-up, to split the guest's boot into kernel and agent.
+            var info = await agent.Stub.GuestInfoAsync(new GuestInfoRequest(), deadline: DateTime.UtcNow.AddSeconds(30));
+            _timeline.Write("agent-process-start-to-ready-ms", info.ProcessStartToReadyMs);
+        }
         await agent.ConfigurePodAsync(new ConfigurePodRequest { Hostname = _args.Hostname ?? $"rkt-{_files.Uuid}", Hosts = "", ResolvConf = ResolvConf() });
         // Subscribe before any app starts, so no exit can be missed.
         using var events = await agent.EventsAsync(Forever);
@@ -123,6 +136,7 @@ public sealed class RunEntrypoint
                 await agent.AddAppAsync(request);
             }
             foreach (var app in _pod.Apps) await agent.StartAppAsync(app.Name);
+            _timeline.Mark("apps-started");
             if (_pod.Apps.Count == 0) _allExited.TrySetResult();
         }
         _files.Pod.MarkSupervisorReady();
@@ -144,6 +158,7 @@ public sealed class RunEntrypoint
             await StopAllAsync(agent);
         }
         // Let every log follower drain what the apps wrote before the VM goes.
+        _timeline.Mark("apps-done");
         Task[] followers;
         lock (_lock) followers = [.. _logFollowers.Values];
         await Task.WhenAny(Task.WhenAll(followers), Task.Delay(TimeSpan.FromSeconds(10)));
