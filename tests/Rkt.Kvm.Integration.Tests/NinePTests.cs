@@ -73,6 +73,8 @@ public sealed class NinePBootFixture : IDisposable
             process.WaitForExit();
             ExitCode = process.ExitCode;
             ControlSocketRemoved = !File.Exists(ControlPath);
+            // Kept for reading the guest's dd timings after a passing run.
+            lock (Stdout) File.WriteAllText(Path.Combine(TestEnvironment.RepositoryRoot, "out", "9p-console.log"), Stdout.ToString());
         }
         finally
         {

@@ -114,9 +114,13 @@ public sealed class VsockGuestDriver : IDisposable
         Loop.Invoke(() => Device.OnNotify(VsockDevice.TxQueue));
     }
 
-    public void WriteDescriptor(ulong table, ushort index, ulong address, uint length, ushort flags, ushort next)
+    public void WriteDescriptor(ulong table, ushort index, ulong address, uint length, ushort flags, ushort next) =>
+        WriteDescriptor(Memory, table, index, address, length, flags, next);
+
+    /// <summary>One split-queue descriptor, as a driver writes it (shared by the scripted drivers).</summary>
+    public static void WriteDescriptor(GuestMemory memory, ulong table, int index, ulong address, uint length, ushort flags, ushort next)
     {
-        var d = Memory.GetSpan(table + index * 16UL, 16);
+        var d = memory.GetSpan(table + (ulong)index * 16UL, 16);
         BinaryPrimitives.WriteUInt64LittleEndian(d, address);
         BinaryPrimitives.WriteUInt32LittleEndian(d[8..], length);
         BinaryPrimitives.WriteUInt16LittleEndian(d[12..], flags);

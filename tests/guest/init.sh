@@ -65,20 +65,26 @@ case "$mode" in
         for p in /mnt/rw/../secret.txt /mnt/rw/../../secret.txt /mnt/rw/up/secret.txt /mnt/rw/abs /mnt/rw/esc /mnt/rw/up/up/secret.txt; do
             echo "rkt-kvm-guest: 9p escape $p: $(cat $p 2>&1 | head -c 80)"
         done
-        echo "rkt-kvm-guest: 9p dd write $(dd if=/dev/zero of=big bs=512k count=128 2>&1 | tail -n 1)"
-        echo "rkt-kvm-guest: 9p dd read $(dd if=big of=/dev/null bs=512k 2>&1 | tail -n 1)"
+        up() { cut -d' ' -f1 /proc/uptime; }
+        s=$(up); dd if=/dev/zero of=big bs=512k count=128 2>/dev/null; e=$(up)
+        echo "rkt-kvm-guest: 9p dd write 64 MiB in $(awk "BEGIN{print $e-$s}") s"
+        s=$(up); dd if=big of=/dev/null bs=512k 2>/dev/null; e=$(up)
+        echo "rkt-kvm-guest: 9p dd read 64 MiB in $(awk "BEGIN{print $e-$s}") s"
         t big-size '[ "$(stat -c %s big)" = 67108864 ]'
         rm -f big sparse
+        # Linux binds one mount to a virtio-9p device at a time (the channel is "in use"): unmount first.
+        cd /
+        umount /mnt/rw
         t ro-mount "mount -t 9p -o $opts,aname=ro rkt /mnt/ro"
         t ro-read '[ "$(cat /mnt/ro/b.txt)" = hel ]'
         t ro-create '! touch /mnt/ro/new'
         t ro-unlink '! rm /mnt/ro/b.txt'
         t ro-write '! sh -c "echo x >> /mnt/ro/b.txt"'
+        umount /mnt/ro
         echo "rkt-kvm-guest: 9p waiting for late"
         i=0
         while [ "$i" -lt 240 ] && ! mount -t 9p -o $opts,aname=late rkt /mnt/late 2>/dev/null; do usleep 500000; i=$((i + 1)); done
         t late-read '[ "$(cat /mnt/late/hello.txt)" = late ]'
-        cd /
         echo "rkt-kvm-guest: 9p done"
         while true; do sleep 3600; done ;;
 esac

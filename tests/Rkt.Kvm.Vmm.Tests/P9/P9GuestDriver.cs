@@ -56,14 +56,8 @@ public sealed class P9GuestDriver : IDisposable
     public ushort NextHead => (ushort)((_availIdx % (QueueSize / SlotDescriptors)) * SlotDescriptors);
     public ulong SlotBuffer(ushort head) => Buffers + (ulong)(head / SlotDescriptors) * 0x40000;
 
-    public void WriteDescriptor(ulong table, int index, ulong address, uint length, ushort flags, ushort next)
-    {
-        var d = Memory.GetSpan(table + (ulong)index * 16, 16);
-        BinaryPrimitives.WriteUInt64LittleEndian(d, address);
-        BinaryPrimitives.WriteUInt32LittleEndian(d[8..], length);
-        BinaryPrimitives.WriteUInt16LittleEndian(d[12..], flags);
-        BinaryPrimitives.WriteUInt16LittleEndian(d[14..], next);
-    }
+    public void WriteDescriptor(ulong table, int index, ulong address, uint length, ushort flags, ushort next) =>
+        VsockGuestDriver.WriteDescriptor(Memory, table, index, address, length, flags, next);
 
     /// <summary>Puts <paramref name="head"/> on the ring and notifies.</summary>
     public void Submit(ushort head)
@@ -99,7 +93,7 @@ public sealed class P9GuestDriver : IDisposable
         ulong buffer = SlotBuffer(head);
         var parts = new List<(ulong Address, uint Length, bool Writable)>();
         int at = 0;
-        foreach (int cut in (requestSplits ?? []).Append(request.Length))
+        foreach (int cut in (requestSplits ?? []).Where(c => c < request.Length).Append(request.Length))
         {
             Memory.Write(buffer, request.AsSpan(at, cut - at));
             parts.Add((buffer, (uint)(cut - at), false));

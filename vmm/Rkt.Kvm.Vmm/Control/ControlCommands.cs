@@ -20,7 +20,7 @@ public sealed class ControlCommands(P9Server? server, Stopwatch uptime, Action s
         ControlRequest? request;
         try
         {
-            request = JsonSerializer.Deserialize(line, ControlJsonContext.Default.ControlRequest);
+            request = JsonSerializer.Deserialize(line, ControlJsonContext.Wire.ControlRequest);
         }
         catch (JsonException e)
         {

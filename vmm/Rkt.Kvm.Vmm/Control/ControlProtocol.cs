@@ -48,4 +48,13 @@ public sealed class ControlReply
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
 [JsonSerializable(typeof(ControlRequest))]
 [JsonSerializable(typeof(ControlReply))]
-public sealed partial class ControlJsonContext : JsonSerializerContext;
+public sealed partial class ControlJsonContext : JsonSerializerContext
+{
+    /// <summary>Replies keep quotes and apostrophes readable ('x', not \u0027x\u0027): they go to programs and logs, never into HTML.</summary>
+    public static ControlJsonContext Wire { get; } = new(new System.Text.Json.JsonSerializerOptions
+    {
+        PropertyNamingPolicy = System.Text.Json.JsonNamingPolicy.CamelCase,
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    });
+}

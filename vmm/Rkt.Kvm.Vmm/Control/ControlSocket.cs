@@ -24,6 +24,8 @@ public sealed class ControlSocket : IDisposable
         public ulong Token;
         public readonly byte[] Input = new byte[MaxLineBytes];
         public int InputLength;
+        /// <summary>After an over-long line: replies are over (the peer got EOF), input is read and dropped until the peer closes.</summary>
+        public bool Discarding;
         public readonly List<byte> Output = [];
     }
 
@@ -67,9 +69,10 @@ public sealed class ControlSocket : IDisposable
         if (!Flush(c)) { Close(c); return; }
         while (_connections.Contains(c))
         {
-            int n = c.Socket.Receive(c.Input.AsSpan(c.InputLength));
+            int n = c.Socket.Receive(c.Discarding ? c.Input : c.Input.AsSpan(c.InputLength));
             if (n == UnixSocket.WouldBlock) return;
             if (n == 0) { Close(c); return; }
+            if (c.Discarding) continue;
             c.InputLength += n;
             ProcessLines(c);
         }
@@ -98,14 +101,17 @@ public sealed class ControlSocket : IDisposable
         c.Input.AsSpan(start, c.InputLength).CopyTo(c.Input);
         if (c.InputLength == c.Input.Length)
         {
+            // Closing with unread input would reset the connection before the peer reads why: end our side, drain theirs.
             Send(c, ControlReply.Fail($"The request line is longer than {MaxLineBytes} bytes."));
-            Close(c);
+            c.Socket.ShutdownSend();
+            c.Discarding = true;
+            c.InputLength = 0;
         }
     }
 
     private void Send(Connection c, ControlReply reply)
     {
-        c.Output.AddRange(JsonSerializer.SerializeToUtf8Bytes(reply, ControlJsonContext.Default.ControlReply));
+        c.Output.AddRange(JsonSerializer.SerializeToUtf8Bytes(reply, ControlJsonContext.Wire.ControlReply));
         c.Output.Add((byte)'\n');
         if (!Flush(c) || c.Output.Count > MaxPendingOutput) Close(c);
     }

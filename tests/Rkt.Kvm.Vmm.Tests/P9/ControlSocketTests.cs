@@ -1,0 +1,100 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using System.Text;
+using Rkt.Kvm.Vmm.Control;
+using Rkt.Kvm.Vmm.Devices.Virtio9p;
+using Rkt.Kvm.Vmm.Host;
+
+namespace Rkt.Kvm.Vmm.Tests.NineP;
+
+public sealed class ControlSocketTests : IClassFixture<TrapTree>, IDisposable
+{
+    private readonly TrapTree _tree;
+    private readonly EventLoop _loop = new(P9TestClient.Log);
+    private readonly P9Server _server = new(P9TestClient.Log);
+    private readonly ControlSocket _control;
+    private int _stops;
+
+    public ControlSocketTests(TrapTree tree)
+    {
+        _tree = tree;
+        var commands = new ControlCommands(_server, Stopwatch.StartNew(), () => Interlocked.Increment(ref _stops));
+        _control = new ControlSocket(Path.Combine(tree.Root, $"ctl-{Guid.NewGuid():N}.sock"), _loop, commands, P9TestClient.Log);
+        _loop.Start();
+    }
+
+    private (Socket Socket, StreamReader Reader) Connect()
+    {
+        var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        s.Connect(new UnixDomainSocketEndPoint(_control.Path));
+        s.ReceiveTimeout = 5000;
+        return (s, new StreamReader(new NetworkStream(s)));
+    }
+
+    private static string Ask((Socket Socket, StreamReader Reader) c, string line)
+    {
+        c.Socket.Send(Encoding.UTF8.GetBytes(line + "\n"));
+        return c.Reader.ReadLine() ?? "(closed)";
+    }
+
+    [Fact]
+    public void Add_list_status_remove_and_stop()
+    {
+        var c = Connect();
+        string path = _tree.Export;
+        Assert.Equal($"{{\"ok\":true,\"export\":{{\"name\":\"data\",\"path\":\"{path}\",\"readOnly\":true,\"fids\":0}}}}",
+            Ask(c, $"{{\"op\":\"add-export\",\"name\":\"data\",\"path\":\"{path}\",\"readOnly\":true}}"));
+        Assert.StartsWith("{\"ok\":false,\"error\":\"Export 'data' already exists.", Ask(c, $"{{\"op\":\"add-export\",\"name\":\"data\",\"path\":\"{path}\"}}"));
+        Assert.Equal($"{{\"ok\":true,\"exports\":[{{\"name\":\"data\",\"path\":\"{path}\",\"readOnly\":true,\"fids\":0}}]}}", Ask(c, "{\"op\":\"list-exports\"}"));
+        Assert.Matches("^\\{\"ok\":true,\"state\":\"running\",\"uptimeSeconds\":[0-9.]+,\"exports\":\\[\\{\"name\":\"data\".*\\],\"fids\":0\\}$", Ask(c, "{\"op\":\"status\"}"));
+        Assert.Equal("{\"ok\":true,\"closedFds\":1}", Ask(c, "{\"op\":\"remove-export\",\"name\":\"data\"}"));
+        Assert.Equal("{\"ok\":false,\"error\":\"No export is named 'data'.\"}", Ask(c, "{\"op\":\"remove-export\",\"name\":\"data\"}"));
+        Assert.Equal("{\"ok\":true,\"state\":\"stopping\"}", Ask(c, "{\"op\":\"stop\"}"));
+        Assert.True(SpinWait.SpinUntil(() => Volatile.Read(ref _stops) == 1, 5000));
+    }
+
+    [Theory]
+    [InlineData("not json", "The request is not a valid JSON object")]
+    [InlineData("{\"op\":\"dance\"}", "Unknown op 'dance'")]
+    [InlineData("{}", "The request has no \\\"op\\\".")]
+    [InlineData("{\"op\":\"status\",\"extra\":1}", "The request is not a valid JSON object")]
+    [InlineData("{\"op\":\"add-export\",\"name\":\"x\"}", "The request needs \\\"path\\\".")]
+    [InlineData("{\"op\":\"add-export\",\"name\":\"../x\",\"path\":\"/tmp\"}", "Export name '../x' must be")]
+    [InlineData("{\"op\":\"add-export\",\"name\":\"x\",\"path\":\"relative\"}", "Export path 'relative' must be absolute.")]
+    [InlineData("{\"op\":\"add-export\",\"name\":\"x\",\"path\":\"/nonexistent/dir\"}", "Export path '/nonexistent/dir' cannot be opened")]
+    [InlineData("[1,2]", "The request is not a valid JSON object")]
+    public void Malformed_requests_get_one_error_line_and_the_connection_stays(string line, string error)
+    {
+        var c = Connect();
+        string reply = Ask(c, line);
+        Assert.StartsWith("{\"ok\":false,\"error\":\"" + error, reply);
+        Assert.Contains("\"ok\":true", Ask(c, "{\"op\":\"list-exports\"}"));
+    }
+
+    [Fact]
+    public void An_over_long_line_is_refused_and_the_connection_closed()
+    {
+        var c = Connect();
+        c.Socket.Send(Encoding.UTF8.GetBytes(new string('x', ControlSocket.MaxLineBytes + 10)));
+        Assert.StartsWith("{\"ok\":false,\"error\":\"The request line is longer than", c.Reader.ReadLine());
+        Assert.Null(c.Reader.ReadLine());
+    }
+
+    [Fact]
+    public void Connections_are_bounded()
+    {
+        var open = Enumerable.Range(0, ControlSocket.MaxConnections).Select(_ => Connect()).ToList();
+        foreach (var c in open) Assert.Contains("\"ok\":true", Ask(c, "{\"op\":\"status\"}"));
+        var extra = Connect();
+        Assert.StartsWith("{\"ok\":false,\"error\":\"Too many control connections", extra.Reader.ReadLine());
+    }
+
+    public void Dispose()
+    {
+        _loop.Stop();
+        _control.Dispose();
+        Assert.False(File.Exists(_control.Path));
+        _server.Dispose();
+        _loop.Dispose();
+    }
+}
