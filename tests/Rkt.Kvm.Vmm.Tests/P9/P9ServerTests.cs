@@ -88,6 +88,34 @@ public sealed class P9ServerTests : IClassFixture<TrapTree>
     }
 
     [Fact]
+    public void The_listing_root_lists_the_exports_leads_into_them_and_reaches_nothing_else()
+    {
+        var c = new P9TestClient(_tree.Server());
+        c.Version();
+        Assert.Equal(P9.QidDir, c.Attach(Root, "/").Type);
+        Assert.Equal(["." , "..", "ro", "rw"], Names(c, Root));
+        var attr = c.Stat(Root);
+        Assert.Equal(2UL, attr.Nlink);
+        // Into an export by name, then on as usual; ".." around the root stays in the listing.
+        var qids = c.Walk(Root, A, "..", ".", "rw", "sub", "inner.txt");
+        Assert.Equal(5, qids.Length);
+        c.Open(A, ORdonly);
+        Assert.Equal("inner"u8.ToArray(), c.Read(A, 0, 100));
+        Assert.Equal(HostFs.ENOENT, c.Errno(new Twalk(Root, B, ["nope"])));
+        Assert.Single(c.Walk(Root, B, "rw", "nope", "x")); // a partial walk answers the qids it got: "rw"
+        Assert.Equal(HostFs.ENOENT, c.Errno(new Twalk(Root, C, ["secret.txt"])));
+        // Read-only: nothing can be made in the listing itself.
+        Assert.Equal(HostFs.EROFS, c.Errno(new Tmkdir(Root, "x", 0x1ED, 0)));
+        Assert.Equal(HostFs.EROFS, c.Errno(new Tlcreate(Root, "x", 0, 0x1A4, 0)));
+        Assert.Equal(HostFs.EISDIR, c.Errno(new Tlopen(Root, OWronly)));
+        // An export removed while walked into through the listing: its fids fail, the listing forgets it.
+        var server = c.Server;
+        server.RemoveExport("rw");
+        Assert.Equal(HostFs.EIO, c.Errno(new Tgetattr(A, P9.StatsBasic)));
+        Assert.Equal([".", "..", "ro"], Names(c, Root));
+    }
+
+    [Fact]
     public void Dotdot_at_the_root_stays_at_the_root()
     {
         var c = Session();

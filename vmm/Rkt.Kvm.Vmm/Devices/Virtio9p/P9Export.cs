@@ -56,6 +56,30 @@ public sealed partial class P9Export
         }
     }
 
+    /// <summary>
+    /// The export-listing root a guest attaches with aname "" or "/": Linux gives each virtio-9p
+    /// device one mount at a time, so a guest that needs several exports mounts this root once and
+    /// walks (or bind-mounts) into <c>&lt;export&gt;/</c>. It is read-only and backed by an empty
+    /// directory that was deleted once opened, so nothing on the host can ever be found through it:
+    /// only the server's own listing of the exports is.
+    /// </summary>
+    internal static P9Export ExportListingRoot()
+    {
+        var dir = Directory.CreateTempSubdirectory("rkt-kvm-9p-root-").FullName;
+        try
+        {
+            var fd = HostFs.OpenHostPath(dir, HostFs.O_PATH | HostFs.O_DIRECTORY);
+            return new P9Export("/", dir, readOnly: true, fd) { IsExportListing = true };
+        }
+        finally
+        {
+            Directory.Delete(dir);
+        }
+    }
+
+    /// <summary>True for <see cref="ExportListingRoot"/>.</summary>
+    public bool IsExportListing { get; private init; }
+
     /// <summary>False once the export is being removed: the request must fail (EIO).</summary>
     public bool TryEnter()
     {

@@ -43,6 +43,7 @@ public sealed class P9Server : IDisposable
     private const int MaxXattrSize = 64 * 1024;
 
     private readonly Dictionary<string, P9Export> _exports = new(StringComparer.Ordinal);
+    private readonly P9Export _listing = P9Export.ExportListingRoot();
     private readonly P9FidTable _fids;
     private readonly ILogger _log;
     private volatile uint _msize = 8192;
@@ -113,6 +114,7 @@ public sealed class P9Server : IDisposable
             foreach (var e in _exports.Values) { e.CloseGate(); e.Root.Dispose(); }
             _exports.Clear();
         }
+        _listing.Root.Dispose();
     }
 
     // ------------------------------------------------------------------ framing
@@ -294,12 +296,9 @@ public sealed class P9Server : IDisposable
     {
         if (m.Afid != P9.NoFid) throw new P9Error(HostFs.EINVAL, "authentication is not supported");
         P9Export? export;
-        lock (_exports)
-        {
-            // An empty aname picks the only export, when there is exactly one.
-            if (m.Aname.Length == 0 && _exports.Count == 1) export = _exports.Values.First();
-            else _exports.TryGetValue(m.Aname, out export);
-        }
+        // aname "" or "/": the export-listing root (one mount for all exports); else the export itself.
+        if (m.Aname is "" or "/") export = _listing;
+        else lock (_exports) _exports.TryGetValue(m.Aname, out export);
         if (export is null) throw new P9Error(HostFs.ENOENT, $"no export named '{m.Aname}'");
         using var gate = new Gate(export);
         var fd = HostFs.Dup(export.Root);
@@ -333,13 +332,33 @@ public sealed class P9Server : IDisposable
         if (m.NewFid != m.Fid && _fids.Contains(m.NewFid)) throw new P9Error(HostFs.EEXIST, $"fid {m.NewFid} is in use");
         foreach (var name in m.Names)
             if (!P9.IsValidName(name, allowDots: true)) throw new P9Error(HostFs.EINVAL, "an invalid name in a walk");
-        using var gate = new Gate(fid.Export);
-        var export = fid.Export;
-        var components = new List<string>(fid.Components);
         var qids = new P9.Qid[m.Names.Length];
-        FileDescriptor current = HostFs.Dup(fid.Path);
-        uint type = fid.FileType;
         int walked = 0;
+        var export = fid.Export;
+        if (export.IsExportListing)
+        {
+            // In the listing root: "." and ".." stay; a name enters that export at its root.
+            var rootQid = ListingQid();
+            for (; walked < m.Names.Length && m.Names[walked] is "." or ".."; walked++) qids[walked] = rootQid;
+            if (walked == m.Names.Length)
+            {
+                _fids.Put(m.NewFid, new P9Fid(_listing, HostFs.Dup(fid.Path), [], HostFs.S_IFDIR), replace: m.NewFid == m.Fid);
+                return new Rwalk(qids);
+            }
+            P9Export? entered;
+            lock (_exports) _exports.TryGetValue(m.Names[walked], out entered);
+            if (entered is null)
+            {
+                if (walked == 0) throw new P9Error(HostFs.ENOENT, $"no export named '{m.Names[walked]}'");
+                return new Rwalk(qids[..walked]);
+            }
+            export = entered;
+        }
+        using var gate = new Gate(export);
+        var components = export == fid.Export ? new List<string>(fid.Components) : [];
+        FileDescriptor current = export == fid.Export ? HostFs.Dup(fid.Path) : HostFs.Dup(export.Root);
+        uint type = export == fid.Export ? fid.FileType : HostFs.S_IFDIR;
+        if (export != fid.Export) qids[walked++] = QidOf(current);
         try
         {
             for (; walked < m.Names.Length; walked++)
@@ -394,6 +413,8 @@ public sealed class P9Server : IDisposable
         var fid = _fids.Get(m.Fid);
         using var gate = new Gate(fid.Export);
         var st = HostFs.Stat(fid.Path);
+        // The listing root's backing directory is deleted (nlink 0): show a plain read-only directory.
+        if (fid.Export.IsExportListing) (st.Mode, st.Nlink) = (HostFs.S_IFDIR | 0x16D /* 0555 */, 2);
         return new Rgetattr(P9.StatsBasic, P9.Qid.From(st), st.Mode, st.Uid, st.Gid, st.Nlink, st.Rdev, (ulong)st.Size, (ulong)st.BlkSize, (ulong)st.Blocks,
             (ulong)st.AtimeSec, (ulong)st.AtimeNsec, (ulong)st.MtimeSec, (ulong)st.MtimeNsec, (ulong)st.CtimeSec, (ulong)st.CtimeNsec, 0, 0, 0, 0);
     }
@@ -469,7 +490,8 @@ public sealed class P9Server : IDisposable
             {
                 flags = HostFs.O_RDONLY;
                 if (((int)m.Flags & HostFs.O_ACCMODE) != HostFs.O_RDONLY) throw new P9Error(HostFs.EISDIR);
-                fd = HostFs.OpenAt(path, ".", HostFs.O_RDONLY | HostFs.O_DIRECTORY);
+                // The listing root is read from the export table, not the host: its "open" fd is never read.
+                fd = fid.Export.IsExportListing ? HostFs.Dup(path) : HostFs.OpenAt(path, ".", HostFs.O_RDONLY | HostFs.O_DIRECTORY);
             }
             else if (st.IsRegular)
             {
@@ -584,6 +606,7 @@ public sealed class P9Server : IDisposable
         int count = (int)Math.Min(m.Count, Math.Min(_msize - P9.ReadReplyHeader, Math.Min(reply.Length, transfer.ReplyCapacity) - P9.ReadReplyHeader));
         if (count < 0) throw new P9Error(HostFs.EMSGSIZE);
         var w = new P9Writer(reply.Slice(P9.ReadReplyHeader, count));
+        if (fid.Export.IsExportListing) return ListingReaddir(m.Offset, tag, reply, ref w);
         var buffer = t_dirents ??= new byte[DirentChunk];
         lock (fid)
         {
@@ -623,6 +646,37 @@ public sealed class P9Server : IDisposable
             // getdents read ahead of what fitted: continue next time right after the last entry sent.
             HostFs.Seek(fd, position);
             fid.DirOffset = position;
+        }
+        return new P9Reply(ReadHeader(reply, P9.Rreaddir, tag, w.Position, inline: true), 0);
+    }
+
+    private P9.Qid ListingQid() => P9.Qid.From(HostFs.Stat(_listing.Root));
+
+    /// <summary>The listing root's entries: ".", "..", then the exports by name; the offset cookie of entry i is i + 1.</summary>
+    private P9Reply ListingReaddir(ulong offset, ushort tag, Span<byte> reply, ref P9Writer w)
+    {
+        List<(string Name, P9.Qid Qid)> entries = [(".", ListingQid()), ("..", ListingQid())];
+        List<P9Export> exports;
+        lock (_exports) exports = [.. _exports.Values.OrderBy(e => e.Name, StringComparer.Ordinal)];
+        foreach (var e in exports)
+        {
+            if (!e.TryEnter()) continue;
+            try { entries.Add((e.Name, QidOf(e.Root))); }
+            finally { e.Exit(); }
+        }
+        for (int i = (int)Math.Min(offset, (ulong)entries.Count); i < entries.Count; i++)
+        {
+            var name = System.Text.Encoding.UTF8.GetBytes(entries[i].Name);
+            if (P9.QidSize + 8 + 1 + 2 + name.Length > w.Remaining)
+            {
+                if (w.Position == 0) throw new P9Error(HostFs.EINVAL, "the readdir count is too small for one entry");
+                break;
+            }
+            w.Qid(entries[i].Qid);
+            w.U64((ulong)(i + 1));
+            w.U8(4); // DT_DIR
+            w.U16((ushort)name.Length);
+            w.Bytes(name);
         }
         return new P9Reply(ReadHeader(reply, P9.Rreaddir, tag, w.Position, inline: true), 0);
     }
