@@ -16,6 +16,8 @@ public sealed record AgentVmOptions
     /// <summary>Also copy the guest console to our stdout.</summary>
     public bool ConsoleToStdout { get; init; }
     public IReadOnlyList<string> ExtraVmmArguments { get; init; } = [];
+    /// <summary>Options of <see cref="AgentVmProcess.Client"/> (call deadlines).</summary>
+    public AgentClientOptions? ClientOptions { get; init; }
     /// <summary>Where the guest console goes; <c>&lt;RuntimeDirectory&gt;/console.log</c> when null.</summary>
     public string? ConsoleLogPath { get; init; }
     /// <summary>Booting is slow on nested KVM (15-40 s); only a hang should hit this.</summary>
@@ -61,7 +63,7 @@ public sealed class AgentVmProcess : IDisposable
         foreach (var a in options.ExtraVmmArguments) psi.ArgumentList.Add(a);
         _process = new Process { StartInfo = psi };
         _process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (_stderr) _stderr.AppendLine(e.Data); };
-        Client = AgentClient.ForVm(SocketPath);
+        Client = AgentClient.ForVm(SocketPath, options.ClientOptions);
     }
 
     /// <summary>Starts the VMM and waits for the agent's READY; throws <see cref="AgentException"/> with the console and VMM log when it never comes.</summary>

@@ -76,7 +76,7 @@ internal static class EnterEntrypoint
     {
         var args = EnterArguments.Parse(argv);
         var files = Stage1Files.ForCurrentPod();
-        using var agent = AgentClient.ForVm(files.AgentSocket);
+        using var agent = files.Agent();
         var start = new ExecStart { App = args.App };
         start.Argv.AddRange(args.Command);
         byte[]? stdin = Console.IsInputRedirected ? ReadAll(Console.OpenStandardInput()) : null;
@@ -110,7 +110,7 @@ internal static class AppEntrypoints
             .Where(e => e.Key == Stage1Files.AppExport(app.Name) || app.Mounts.Any(m => e.Key == Stage1Files.VolumeExport(m.Volume)))
             .ToDictionary(e => e.Key, e => e.Value);
         PodApps.EnsureExports(new VmmControlClient(files.ControlSocket), wanted);
-        using var agent = AgentClient.ForVm(files.AgentSocket);
+        using var agent = files.Agent();
         agent.AddAppAsync(PodApps.AddAppRequest(files, pod, app)).GetAwaiter().GetResult();
         return 0;
     }
@@ -119,7 +119,7 @@ internal static class AppEntrypoints
     {
         var args = AppArguments.Parse(argv, "app/start");
         var files = Stage1Files.ForCurrentPod();
-        using var agent = AgentClient.ForVm(files.AgentSocket);
+        using var agent = files.Agent();
         var status = agent.AppStatusAsync(args.App).GetAwaiter().GetResult();
         if (status.State == AppState.Exited)
         {
@@ -136,7 +136,7 @@ internal static class AppEntrypoints
     {
         var args = AppArguments.Parse(argv, "app/stop");
         var files = Stage1Files.ForCurrentPod();
-        using var agent = AgentClient.ForVm(files.AgentSocket);
+        using var agent = files.Agent();
         var status = agent.AppStatusAsync(args.App).GetAwaiter().GetResult();
         if (status.State != AppState.Running) return NotRunning;
         agent.StopAppAsync(args.App, TimeSpan.FromSeconds(10)).GetAwaiter().GetResult();
@@ -149,7 +149,7 @@ internal static class AppEntrypoints
     {
         var args = AppArguments.Parse(argv, "app/rm");
         var files = Stage1Files.ForCurrentPod();
-        using (var agent = AgentClient.ForVm(files.AgentSocket))
+        using (var agent = files.Agent())
         {
             try { agent.RemoveAppAsync(args.App).GetAwaiter().GetResult(); }
             catch (AgentException e) when (e.Message.Contains("NotFound", StringComparison.OrdinalIgnoreCase) || e.Message.Contains("no app", StringComparison.OrdinalIgnoreCase)) { }

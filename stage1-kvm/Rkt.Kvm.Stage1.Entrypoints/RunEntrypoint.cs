@@ -88,6 +88,7 @@ public sealed class RunEntrypoint
                 RuntimeDirectory = _files.RuntimeDir,
                 ConsoleLogPath = _files.ConsoleLog,
                 ExtraVmmArguments = vmmArgs,
+                ClientOptions = Stage1Files.AgentOptions,
             }, _stop.Token);
         }
         catch (AgentException e)

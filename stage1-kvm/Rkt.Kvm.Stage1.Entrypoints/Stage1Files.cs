@@ -1,3 +1,4 @@
+using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Stage1.Pods;
 
 namespace Rkt.Kvm.Stage1.Entrypoints;
@@ -52,6 +53,12 @@ public sealed class Stage1Files(PodDirectory pod, string uuid)
         foreach (var (path, what) in new[] { (Vmm, "the VMM"), (Kernel, "the guest kernel"), (Initrd, "the agent initramfs") })
             if (!File.Exists(path)) throw new Stage1Exception($"{what} is missing from the stage1 image: {path} does not exist");
     }
+
+    /// <summary>Agent calls from stage1: an app start runs set-up in a guest whose every syscall is
+    /// slow on nested hosts, so a call may take seconds; only a hung guest should hit these.</summary>
+    public static readonly AgentClientOptions AgentOptions = new() { CallTimeout = TimeSpan.FromMinutes(3), ConnectTimeout = TimeSpan.FromSeconds(30) };
+
+    public AgentClient Agent() => AgentClient.ForVm(AgentSocket, AgentOptions);
 
     public static string AppExport(string app) => "app-" + app;
     public static string VolumeExport(string volume) => "vol-" + volume;

@@ -22,7 +22,7 @@ internal sealed record Volume(string? Export, string? Path, string Target, bool 
 /// <summary>
 /// An app's root under /apps/&lt;name&gt;/ on the initramfs (not under a tmpfs such as /run: the stage2
 /// helper detaches every agent mount outside the app's root, which must not take the root with it):
-/// <c>lower</c> (the 9p export, when the rootfs is one), <c>upper</c> (tmpfs: overlay upper and work
+/// the rootfs (a 9p export's directory in <see cref="NinePShare"/>, or a guest directory) as the lower layer, <c>upper</c> (tmpfs: overlay upper and work
 /// dirs, generated /etc files), <c>root</c> (overlay, or a read-only bind), and inside the root
 /// /dev (tmpfs with a minimal set of nodes), /dev/pts (new devpts), /dev/shm, /tmp, /etc/{hosts,
 /// resolv.conf,hostname} and the volumes. /proc is mounted by the helper inside the pod's PID
@@ -32,8 +32,6 @@ internal sealed record Volume(string? Export, string? Path, string Target, bool 
 internal sealed class AppRoot
 {
     public const string AppsDirectory = "/apps";
-    public const string NineP = "9p";
-    public const string MountTag = "rkt";
 
     private readonly List<string> _mounts = [];
 
@@ -42,9 +40,6 @@ internal sealed class AppRoot
     public IReadOnlyList<string> Mounts => _mounts;
 
     private AppRoot(string directory) => Directory = directory;
-
-    /// <summary>The 9p mount options of an export.</summary>
-    public static string NinePOptions(string export) => $"trans=virtio,version=9p2000.L,aname={export},msize=524288,cache=none";
 
     /// <summary>Prepares the root; on failure everything done so far is undone and the exception propagates.</summary>
     public static AppRoot Prepare(string name, string? rootfsExport, string? rootfsPath, bool readOnly, IReadOnlyList<Volume> volumes, PodConfig pod)
@@ -67,14 +62,8 @@ internal sealed class AppRoot
         System.IO.Directory.CreateDirectory(AppsDirectory);
         if (System.IO.Directory.Exists(Directory)) throw new IOException($"{Directory} is left over from an earlier app of that name.");
         System.IO.Directory.CreateDirectory(Directory);
-        string lower;
-        if (rootfsExport is not null)
-        {
-            lower = Directory + "/lower";
-            System.IO.Directory.CreateDirectory(lower);
-            Mount(MountTag, lower, NineP, Libc.MS_NOSUID | Libc.MS_NODEV | (readOnly ? Libc.MS_RDONLY : 0), NinePOptions(rootfsExport), "the rootfs export");
-        }
-        else lower = rootfsPath!;
+        // The export's directory in the shared 9p mount is the overlay's lower layer (or the read-only bind's source).
+        string lower = rootfsExport is not null ? NinePShare.ExportDirectory(rootfsExport) : rootfsPath!;
         string upper = Directory + "/upper";
         System.IO.Directory.CreateDirectory(upper);
         Mount("tmpfs", upper, "tmpfs", Libc.MS_NOSUID | Libc.MS_NODEV, "mode=0755", "the writable layer");
@@ -114,15 +103,10 @@ internal sealed class AppRoot
         {
             string what = $"the volume at {volume.Target}";
             string target = SafeDirectory(volume.Target, create: !readOnly);
-            ulong ro = volume.ReadOnly ? Libc.MS_RDONLY : 0;
-            if (volume.Export is not null)
-                Mount(MountTag, target, NineP, Libc.MS_NOSUID | Libc.MS_NODEV | ro, NinePOptions(volume.Export), what);
-            else
-            {
-                if (!System.IO.Directory.Exists(volume.Path)) throw new ArgumentException($"The volume source {volume.Path} is not a directory in the guest.");
-                Mount(volume.Path!, target, null, Libc.MS_BIND | Libc.MS_REC, null, what);
-                if (volume.ReadOnly) Mount("none", target, null, Libc.MS_REMOUNT | Libc.MS_BIND | Libc.MS_RDONLY, null, what);
-            }
+            string source = volume.Export is not null ? NinePShare.ExportDirectory(volume.Export) : volume.Path!;
+            if (!System.IO.Directory.Exists(source)) throw new ArgumentException($"The volume source {source} is not a directory in the guest.");
+            Mount(source, target, null, Libc.MS_BIND | Libc.MS_REC, null, what);
+            if (volume.ReadOnly) Mount("none", target, null, Libc.MS_REMOUNT | Libc.MS_BIND | Libc.MS_RDONLY | Libc.MS_NOSUID | Libc.MS_NODEV, null, what);
             i++;
         }
     }
