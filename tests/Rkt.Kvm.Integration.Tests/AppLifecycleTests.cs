@@ -22,6 +22,8 @@ public sealed class AppVmFixture : IAsyncLifetime
 
     public Task DisposeAsync()
     {
+        if (Environment.GetEnvironmentVariable("RKT_KVM_APPS_CONSOLE") is { Length: > 0 } path && Vm is not null)
+            File.WriteAllText(path, Vm.Diagnostics());
         Vm?.Dispose();
         if (_directory is not null) try { Directory.Delete(_directory, true); } catch (IOException) { }
         return Task.CompletedTask;
