@@ -74,12 +74,12 @@ internal static unsafe partial class Reaper
 
     public static readonly Lock Lock = new();
     private static readonly HashSet<int> s_owned = [];
-    private static PosixSignalRegistration? s_registration;
+    private static bool s_started;
 
     /// <summary>Exit statuses of reaped children, for whoever registered (or registers later) their pid.</summary>
     public static ChildStatusTable Statuses { get; } = new();
 
-    public static bool Started => s_registration is not null;
+    public static bool Started => s_started;
 
     [LibraryImport("libc", SetLastError = true)] private static partial int waitid(int idType, int id, byte* info, int options);
     [LibraryImport("libc", SetLastError = true)] private static partial int waitpid(int pid, int* status, int options);
@@ -87,8 +87,39 @@ internal static unsafe partial class Reaper
     [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
     public static void Start()
     {
-        s_registration = PosixSignalRegistration.Create(PosixSignal.SIGCHLD, _ => ReapOrphans());
+        // No SIGCHLD handler: once any SIGCHLD handler is installed (PosixSignalRegistration, Process,
+        // a console terminal), System.Native's signal loop calls waitpid(-1) for every child when
+        // getpid() == 1 ("reapAll", pal_signal.c), stealing the exit statuses of apps. Measured in the
+        // VM: statuses went missing. A thread blocked in waitid(WNOWAIT) sees every exit instead, with
+        // no syscalls while nothing exits. Hence also: never use System.Diagnostics.Process in the agent.
         ReapOrphans();
+        s_started = true;
+        new Thread(WaitLoop, maxStackSize: 128 << 10) { IsBackground = true, Name = "reaper" }.Start();
+    }
+
+    private static readonly SemaphoreSlim s_childStarted = new(0);
+
+    /// <summary>Call after starting a child, so the waiting thread stops idling on "no children".</summary>
+    public static void ChildStarted() { if (s_childStarted.CurrentCount == 0) s_childStarted.Release(); }
+
+    private static void WaitLoop()
+    {
+        byte* info = stackalloc byte[128];
+        while (true)
+        {
+            new Span<byte>(info, 128).Clear();
+            if (waitid(P_ALL, 0, info, WEXITED | WNOWAIT) != 0)
+            {
+                if (Marshal.GetLastPInvokeError() != Libc.EINTR) s_childStarted.Wait(1000); // ECHILD: none yet
+                continue;
+            }
+            int pid = *(int*)(info + 16);
+            if (Apps.Stage2.Debug) Log.Line($"reaper: child {pid} exited");
+            bool owned;
+            lock (Lock) owned = s_owned.Contains(pid);
+            if (owned) { Thread.Sleep(10); continue; } // System.Diagnostics.Process collects it
+            ReapOrphans();
+        }
     }
 
     /// <summary>Marks a child as collected by System.Diagnostics.Process (call under <see cref="Lock"/>).</summary>

@@ -184,8 +184,12 @@ static void drop_privileges(void)
         for (int c = 0; c <= LAST_CAP; c++)
             if (!(cfg.caps & (1ULL << c)) && prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL)
                 fail("drop capability from the bounding set");
-        if (capset_raw(~0ULL >> (63 - LAST_CAP), ~0ULL >> (63 - LAST_CAP), cfg.caps) < 0)
-            fail("capset");
+        struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+        struct __user_cap_data_struct d[2];
+        if (syscall(SYS_capget, &h, d) < 0) fail("capget");
+        uint64_t eff = d[0].effective | (uint64_t)d[1].effective << 32;
+        uint64_t perm = d[0].permitted | (uint64_t)d[1].permitted << 32;
+        if (capset_raw(eff, perm, cfg.caps & perm) < 0) fail("capset");
     }
     if (cfg.gid >= 0 || cfg.ngroups > 0)
         if (setgroups(cfg.ngroups, cfg.groups) < 0) fail("setgroups");

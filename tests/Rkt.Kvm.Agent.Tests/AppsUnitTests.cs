@@ -84,7 +84,7 @@ public class CapabilityAndCgroupTests
     public void Default_set_retain_and_remove()
     {
         ulong def = Capabilities.Effective([], []);
-        Assert.Equal(14, ulong.PopCount(def));
+        Assert.Equal(14UL, ulong.PopCount(def));
         Assert.Equal(0UL, def & (1UL << 21)); // no CAP_SYS_ADMIN by default
         Assert.Equal((1UL << 12) | (1UL << 0), Capabilities.Effective(["CAP_NET_ADMIN", "CAP_CHOWN"], []));
         Assert.Equal(def & ~(1UL << 13), Capabilities.Effective([], ["CAP_NET_RAW"]));
@@ -120,7 +120,7 @@ public class Stage2ArgsTests
     public void Exec_and_pod_init_argv()
     {
         var exec = Stage2.ExecArgs(77, Spec with { WorkingDir = "", Credentials = new Credentials(0, 0, [], null), NoNewPrivileges = false });
-        Assert.Equal(["exec", "--status-fd", "3", "--target-pid", "77", "--cgroup", "/sys/fs/cgroup/pod/web", "--cwd", "/", "--uid", "0", "--gid", "0", "--caps", "3001"], exec.Take(14));
+        Assert.Equal(["exec", "--status-fd", "3", "--target-pid", "77", "--cgroup", "/sys/fs/cgroup/pod/web", "--cwd", "/", "--uid", "0", "--gid", "0", "--caps", "3001"], exec.Take(15));
         Assert.DoesNotContain("--groups", exec);
         Assert.Equal(["pod-init", "--status-fd", "3", "--hostname", "pod1"], Stage2.PodInitArgs("pod1"));
     }

@@ -169,11 +169,11 @@ public class HostModeTests(AgentFixture fixture) : IClassFixture<AgentFixture>
     public async Task UnknownMethodsAreUnimplemented()
     {
         using var client = Agent.Client();
-        var method = new Method<HealthRequest, HealthReply>(MethodType.Unary, AgentProtocol.ServiceName, "AddApp",
+        var method = new Method<HealthRequest, HealthReply>(MethodType.Unary, AgentProtocol.ServiceName, "NoSuchMethod",
             Marshallers.Create(m => m.ToByteArray(), HealthRequest.Parser.ParseFrom), Marshallers.Create(m => m.ToByteArray(), HealthReply.Parser.ParseFrom));
         var e = await Assert.ThrowsAsync<RpcException>(() => client.CallInvoker.AsyncUnaryCall(method, null, new CallOptions(deadline: client.Deadline()), new HealthRequest()).ResponseAsync);
         Assert.Equal(StatusCode.Unimplemented, e.StatusCode);
-        Assert.Contains("/rkt.kvm.agent.v1.Agent/AddApp", e.Status.Detail);
+        Assert.Contains("/rkt.kvm.agent.v1.Agent/NoSuchMethod", e.Status.Detail);
     }
 
     [Fact]

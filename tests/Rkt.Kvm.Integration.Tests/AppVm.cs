@@ -76,6 +76,8 @@ public static class AppVm
             Cpus = cpus,
             MemoryMiB = memoryMiB,
             ReadyTimeout = VmmProcess.BootTimeout,
+            // RKT_KVM_APPS_CONSOLE: keep the console (see AppVmFixture) and let the agent log its helper runs.
+            ExtraVmmArguments = Environment.GetEnvironmentVariable("RKT_KVM_APPS_CONSOLE") is { Length: > 0 } ? ["--cmdline", "quiet RKT_KVM_AGENT_DEBUG=1"] : [],
         });
         return (vm, dir);
     }

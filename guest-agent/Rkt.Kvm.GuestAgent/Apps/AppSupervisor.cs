@@ -226,9 +226,11 @@ internal sealed class AppSupervisor(bool enabled)
             app.Exit = status;
             app.FinishedNs = NowNs();
         }
-        // What the app left behind (daemonised children, an exec) goes with it, and their pipe ends with them.
-        Cgroup.Kill(app.Name);
         app.Exited.TrySetResult();
+        if (Stage2.Debug) Log.Line($"app {app.Name}: pid {app.Pid} {status}");
+        // What the app left behind (daemonised children, an exec) goes with it, and their pipe ends with them.
+        try { Cgroup.Kill(app.Name); }
+        catch (Exception e) { Log.Line($"rkt-kvm-agent: app {app.Name}: cgroup.kill: {e.Message}"); }
         Publish(AppEventType.AppEventExited, app);
     }
 
@@ -251,7 +253,9 @@ internal sealed class AppSupervisor(bool enabled)
         }
         int signal = request.Signal == 0 ? 15 : request.Signal;
         uint grace = request.GracePeriodMs == 0 ? 10_000 : request.GracePeriodMs;
-        if (Libc.kill(pid, signal) != 0 && System.Runtime.InteropServices.Marshal.GetLastPInvokeError() == Libc.EINVAL)
+        int rc = Libc.kill(pid, signal);
+        if (Stage2.Debug) Log.Line($"app {app.Name}: kill({pid}, {signal}) = {rc}");
+        if (rc != 0 && System.Runtime.InteropServices.Marshal.GetLastPInvokeError() == Libc.EINVAL)
             throw new GrpcException(GrpcException.InvalidArgument, $"{request.Signal} is not a signal number.");
         if (await Task.WhenAny(app.Exited.Task, Task.Delay((int)Math.Min(grace, int.MaxValue), cancellation)).ConfigureAwait(false) != app.Exited.Task)
         {

@@ -17,6 +17,7 @@ internal static class Stage2
 {
     public const string HelperPath = "/sbin/rkt-kvm-stage2";
     public const int StatusFd = 3;
+    internal static readonly bool Debug = Environment.GetEnvironmentVariable("RKT_KVM_AGENT_DEBUG") is not null;
 
     public static List<string> PodInitArgs(string hostname) =>
         ["pod-init", "--status-fd", StatusFd.ToString(CultureInfo.InvariantCulture), "--hostname", hostname];
@@ -80,11 +81,14 @@ internal static class Stage2
     {
         var (statusRead, statusWrite) = Pipe();
         int helperPid;
-        try { helperPid = Spawn(args, [stdin, stdout, stderr, statusWrite]); }
+        try { helperPid = Spawn(args, [stdin, stdout, stderr, statusWrite]); Reaper.ChildStarted(); }
         finally { Libc.close(statusWrite); }
         Task<ExitStatus> helperExit = Reaper.WaitAsync(helperPid);
+        if (Debug) Log.Line($"stage2: spawned {helperPid}: {string.Join(' ', args)}");
         string status = await Task.Run(() => ReadToEnd(statusRead)).ConfigureAwait(false);
+        if (Debug) Log.Line($"stage2: {helperPid} status '{status.Trim()}'");
         ExitStatus exit = await helperExit.ConfigureAwait(false);
+        if (Debug) Log.Line($"stage2: {helperPid} {exit}");
         var (pid, error) = ParseStatus(status);
         if (error is not null || pid == 0 || exit.Code != 0 || exit.Signal != 0)
         {
