@@ -73,7 +73,12 @@ public sealed partial class AgentClient : IDisposable
     public static AgentClient ForUnixSocket(string path, AgentClientOptions? options = null) => new(path, AgentTransport.Unix, options);
 
     /// <summary>Deadline for a call started now.</summary>
-    public DateTime Deadline(TimeSpan? timeout = null) => DateTime.UtcNow + (timeout ?? Options.CallTimeout);
+    /// <summary>Deadline for a call started now; none for <see cref="Timeout.InfiniteTimeSpan"/> (streams that live as long as the pod).</summary>
+    public DateTime? Deadline(TimeSpan? timeout = null)
+    {
+        var t = timeout ?? Options.CallTimeout;
+        return t == Timeout.InfiniteTimeSpan ? null : DateTime.UtcNow + t;
+    }
 
     public Task<HealthReply> HealthAsync(CancellationToken cancellation = default) =>
         Translate(() => Stub.HealthAsync(new HealthRequest(), deadline: Deadline(), cancellationToken: cancellation).ResponseAsync, "Health");

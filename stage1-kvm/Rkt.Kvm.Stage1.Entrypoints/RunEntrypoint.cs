@@ -24,7 +24,8 @@ namespace Rkt.Kvm.Stage1.Entrypoints;
 public sealed class RunEntrypoint
 {
     private static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(10);
-    private static readonly TimeSpan Forever = TimeSpan.FromDays(365);
+    /// <summary>No deadline: the events and log streams live as long as the pod.</summary>
+    private static readonly TimeSpan Forever = Timeout.InfiniteTimeSpan;
 
     private readonly RunArguments _args;
     private readonly Stage1Files _files;
@@ -35,6 +36,7 @@ public sealed class RunEntrypoint
     private readonly CancellationTokenSource _stop = new();
     private readonly TaskCompletionSource _allExited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly Timeline _timeline;
+    private volatile bool _ending;
 
     private RunEntrypoint(RunArguments args, Stage1Files files, PodManifest pod)
     {
@@ -144,7 +146,7 @@ public sealed class RunEntrypoint
         NotifyReady();
         Log("pod ready");
 
-        var vmExit = vm.WaitForExitAsync(Forever);
+        var vmExit = vm.WaitForExitAsync(Timeout.InfiniteTimeSpan);
         var stopRequested = Task.Delay(Timeout.Infinite, _stop.Token).ContinueWith(_ => { }, TaskScheduler.Default);
         var finished = await Task.WhenAny(_pod.Mutable ? Task.Delay(Timeout.Infinite) : _allExited.Task, vmExit, stopRequested);
         if (finished == vmExit)
@@ -163,6 +165,7 @@ public sealed class RunEntrypoint
         Task[] followers;
         lock (_lock) followers = [.. _logFollowers.Values];
         await Task.WhenAny(Task.WhenAll(followers), Task.Delay(TimeSpan.FromSeconds(10)));
+        _ending = true; // the event stream is disposed next
         _ = eventLoop;
         // A pod stopped on request succeeded; otherwise the apps' results decide.
         return stoppedOnRequest ? 0 : ResultCode();
@@ -194,7 +197,8 @@ public sealed class RunEntrypoint
         }
         catch (Exception e) when (e is RpcException or AgentException or IOException)
         {
-            // The VM went away; the VMM's exit is handled by the supervisor.
+            // The VM went away (the VMM's exit is handled by the supervisor), or the stream broke: say so.
+            if (!_ending && !_stop.IsCancellationRequested) Log($"lost the agent's event stream: {e.Message.Split('\n')[0]}");
         }
     }
 
