@@ -269,7 +269,10 @@ public sealed class AppLifecycleTests(AppVmFixture fixture, ITestOutputHelper ou
     {
         var client = Client;
         await client.AddAppAsync(App("bomb", "b(){ b | b & }; b; sleep 30", r => r.PidsLimit = 64));
-        await client.AddAppAsync(App("hog", "x=0123456789abcdef; while true; do x=\"$x$x\"; done", r => r.MemoryLimitBytes = 16 << 20));
+        // busybox tail keeps a newline-free input whole: a deterministic 64 MiB allocation against a 16 MiB limit.
+        await client.AddAppAsync(App("hog", "head -c 67108864 /dev/zero | tail | wc -c", r => r.MemoryLimitBytes = 16 << 20));
+        try
+        {
         await client.StartAppAsync("bomb");
         await client.StartAppAsync("hog");
         var worst = TimeSpan.Zero;
@@ -287,8 +290,16 @@ public sealed class AppLifecycleTests(AppVmFixture fixture, ITestOutputHelper ou
         Assert.Equal(9, hog.Signal); // the OOM killer, inside the app's memory.max
         var bomb = await client.StopAppAsync("bomb", TimeSpan.FromSeconds(1));
         Assert.Equal(AppState.Exited, bomb.State);
-        await client.RemoveAppAsync("bomb");
-        await client.RemoveAppAsync("hog");
+        }
+        finally
+        {
+            // Never leave a bomb or a hog to the next test in this VM.
+            foreach (var name in new[] { "bomb", "hog" })
+            {
+                try { await client.StopAppAsync(name, TimeSpan.FromSeconds(1)); } catch (AgentException) { }
+                try { await client.RemoveAppAsync(name); } catch (AgentException) { }
+            }
+        }
         Assert.True((await client.GuestInfoAsync()).MemAvailableBytes > 32UL << 20);
     }
 }
