@@ -71,7 +71,7 @@ public static class Program
         // An idle sandbox: app add + app start latency, then host memory.
         var sandboxUuid = Path.Join(work, "uuid-sandbox");
         var sandbox = Start(cli, data, env, "app", "sandbox", $"--uuid-file-save={sandboxUuid}");
-        double addMs, startMs;
+        double addMs, startMs, firstLineMs, stopMs;
         long vmmRssKiB, stage1RssKiB;
         try
         {
@@ -79,16 +79,24 @@ public static class Program
             var uuid = File.ReadAllText(sandboxUuid);
             Cli(cli, data, env, "status", "--wait-ready=5m", uuid);
             var watch = Stopwatch.StartNew();
-            Cli(cli, data, env, "app", "add", uuid, "rkt-kvm.local/busybox", "--name=idle", "--exec=/bin/sh", "--", "-c", "while true; do sleep 10; done", "---");
+            Cli(cli, data, env, "app", "add", uuid, "rkt-kvm.local/busybox", "--name=idle", "--exec=/bin/sh", "--", "-c", "echo first; while true; do sleep 10; done", "---");
             addMs = watch.Elapsed.TotalMilliseconds;
             watch.Restart();
             Cli(cli, data, env, "app", "start", uuid, "--app=idle");
             startMs = watch.Elapsed.TotalMilliseconds;
+            // app start → the app's first line in its log file (stage1 follows the agent's Logs stream).
+            var log = Path.Join(data, "pods", "run", uuid, "stage1-kvm", "logs", "idle.log");
+            while (!File.Exists(log) || !File.ReadAllText(log).Contains("first\n", StringComparison.Ordinal)) Thread.Sleep(20);
+            firstLineMs = watch.Elapsed.TotalMilliseconds;
             Thread.Sleep(5000); // let the guest settle
             var pod = Path.Join(data, "pods", "run", uuid);
             vmmRssKiB = RssKiB(int.Parse(File.ReadAllText(Path.Join(pod, "pid")).Trim(), CultureInfo.InvariantCulture));
             stage1RssKiB = RssKiB(int.Parse(File.ReadAllText(Path.Join(pod, "stage1-kvm", "run.pid")).Trim(), CultureInfo.InvariantCulture));
-            Console.WriteLine($"sandbox: app add {addMs:F0} ms, app start {startMs:F0} ms, VMM RSS {vmmRssKiB} KiB, stage1 run RSS {stage1RssKiB} KiB");
+            Console.WriteLine($"sandbox: app add {addMs:F0} ms, app start {startMs:F0} ms (first line after {firstLineMs:F0} ms), VMM RSS {vmmRssKiB} KiB, stage1 run RSS {stage1RssKiB} KiB");
+            watch.Restart();
+            Cli(cli, data, env, "app", "stop", uuid, "--app=idle");
+            stopMs = watch.Elapsed.TotalMilliseconds; // SIGTERM: sh dies at once (no trap)
+            Console.WriteLine($"sandbox: app stop {stopMs:F0} ms");
             Cli(cli, data, env, "stop", uuid);
             sandbox.WaitForExit(120_000);
         }
@@ -106,6 +114,8 @@ public static class Program
         Console.WriteLine(BenchSupport.Result("pods_per_minute_back_to_back", 60_000 / walls.Average(), "", 60_000 / bare.Average(), "F2"));
         Console.WriteLine(BenchSupport.Result("app_add_latency", addMs, "ms", null, "F0"));
         Console.WriteLine(BenchSupport.Result("app_start_latency", startMs, "ms", null, "F0"));
+        Console.WriteLine(BenchSupport.Result("app_start_to_first_output_line", firstLineMs, "ms", null, "F0"));
+        Console.WriteLine(BenchSupport.Result("app_stop_latency", stopMs, "ms", null, "F0"));
         Console.WriteLine(BenchSupport.Result("idle_pod_host_memory", vmmRssKiB + stage1RssKiB, "KiB", null, "F0"));
         return 0;
     }

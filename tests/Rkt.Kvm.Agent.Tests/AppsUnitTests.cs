@@ -153,6 +153,17 @@ public class LogBufferTests
     }
 
     [Fact]
+    public void Timestamps_never_go_back_along_the_sequence()
+    {
+        // Two pump threads take their clocks before the buffer's lock: a later record may carry an earlier time.
+        var b = new LogBuffer();
+        b.Append(LogBuffer.Stdout, "a"u8, 100);
+        b.Append(LogBuffer.Stderr, "b"u8, 90);
+        b.Append(LogBuffer.Stdout, "c"u8, 120);
+        Assert.Equal([100L, 100L, 120L], b.Read(0).Records.Select(r => r.TimestampNs));
+    }
+
+    [Fact]
     public void Drops_oldest_past_the_bound_and_counts()
     {
         var b = new LogBuffer(maxBytes: 10);

@@ -110,6 +110,23 @@ public sealed class Stage1ConformanceTests : IDisposable
     }
 
     [Fact]
+    public void Run_WhenTheVmmFailsToStart_SaysSo_AndStartsNoPod()
+    {
+        var (pod, uuid) = MakePod(OneApp, stage1 =>
+        {
+            var vmm = Path.Join(stage1, "rootfs/kvm/rkt-kvm-vmm");
+            File.Delete(vmm);
+            File.WriteAllText(vmm, "#!/bin/sh\necho 'rkt-kvm-vmm: cannot open /dev/kvm' >&2\nexit 1\n");
+            File.SetUnixFileMode(vmm, (UnixFileMode)Convert.ToInt32("755", 8));
+        });
+        var r = RunEntrypoint(pod, "--net=default", uuid);
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains("the pod's VM did not start", r.Stderr);
+        Assert.False(File.Exists(Path.Join(pod, "pid")));
+        Assert.False(Directory.Exists(Path.Join(Path.GetTempPath(), "rkt-kvm-conf", uuid)), "run left its runtime directory");
+    }
+
+    [Fact]
     public void Gc_IsIdempotent_AndStopOfAPodWithNothingRunningSucceeds()
     {
         var (pod, uuid) = MakePod(OneApp);

@@ -23,6 +23,8 @@ internal sealed class LogBuffer(int maxBytes = LogBuffer.DefaultMaxBytes)
     public long Bytes { get { lock (_records) return _bytes; } }
     public bool IsComplete { get { lock (_records) return _complete; } }
 
+    private long _lastTimestampNs;
+
     public void Append(int stream, ReadOnlySpan<byte> data, long timestampNs)
     {
         if (data.IsEmpty) return;
@@ -31,6 +33,9 @@ internal sealed class LogBuffer(int maxBytes = LogBuffer.DefaultMaxBytes)
         lock (_records)
         {
             if (_complete) return;
+            // stdout and stderr are read by two threads, each taking its clock before this lock:
+            // keep timestamps in sequence order, so a record is never older than the one before it.
+            timestampNs = _lastTimestampNs = Math.Max(timestampNs, _lastTimestampNs);
             _records.Enqueue(new LogRecord(stream, timestampNs, _next++, data.ToArray()));
             _bytes += data.Length;
             while (_bytes > maxBytes && _records.TryDequeue(out var old))

@@ -71,24 +71,12 @@ public sealed class GcCommand() : Command("gc", "Garbage-collect exited pods", "
 /// <summary><c>rm UUID…</c>: removes exited pods now (stage1 gc, then the directory).</summary>
 public sealed class RmCommand() : Command("rm", "Remove exited pods", "rm UUID...")
 {
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, Arguments args) => EachPod.Run(context, args, Usage, (store, pod) =>
     {
-        if (args.Positional.Count == 0) throw new UsageException($"usage: rkt-kvm {Usage}");
-        var store = new PodStore(context.DataDir);
-        int status = 0;
-        foreach (var uuid in args.Positional)
-        {
-            var pod = store.Find(uuid);
-            if (pod.State is "running")
-            {
-                context.Err.WriteLine($"rkt-kvm: pod \"{pod.Uuid}\" is running: stop it first");
-                status = CommandTable.ExitError;
-                continue;
-            }
-            var quiet = new CommandContext(context.DataDir, TextWriter.Null, context.Err, context.StderrIsTerminal);
-            if (GcCommand.Collect(quiet, store, pod) != 0) { status = CommandTable.ExitError; continue; }
-            context.Out.WriteLine($"\"{pod.Uuid}\"");
-        }
-        return status;
-    }
+        if (pod.State is "running") return $"pod \"{pod.Uuid}\" is running: stop it first";
+        var quiet = new CommandContext(context.DataDir, TextWriter.Null, context.Err, context.StderrIsTerminal);
+        if (GcCommand.Collect(quiet, store, pod) != 0) return $"removing pod \"{pod.Uuid}\" failed";
+        context.Out.WriteLine($"\"{pod.Uuid}\"");
+        return null;
+    });
 }

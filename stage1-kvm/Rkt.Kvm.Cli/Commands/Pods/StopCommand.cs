@@ -10,28 +10,16 @@ public sealed class StopCommand() : Command("stop", "Stop running pods", "stop [
 {
     public override IReadOnlyList<FlagSpec> Flags { get; } = [new("force", "kill the pod's VM at once instead of stopping its apps", IsBool: true)];
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, Arguments args) => EachPod.Run(context, args, Usage, (_, pod) =>
     {
-        if (args.Positional.Count == 0) throw new UsageException($"usage: rkt-kvm {Usage}");
-        var store = new PodStore(context.DataDir);
-        int status = 0;
-        foreach (var uuid in args.Positional)
+        if (pod.State != "running")
         {
-            var pod = store.Find(uuid);
-            if (pod.State != "running")
-            {
-                context.Out.WriteLine($"pod \"{pod.Uuid}\" is already stopped");
-                continue;
-            }
-            int rc = Stage1Invoker.Run(pod.Directory, "stop", args.Bool("force") ? ["--force", pod.Uuid] : [pod.Uuid]);
-            if (rc != 0)
-            {
-                context.Err.WriteLine($"rkt-kvm: stopping pod \"{pod.Uuid}\" failed (stage1 stop exited {rc})");
-                status = CommandTable.ExitError;
-                continue;
-            }
-            context.Out.WriteLine($"\"{pod.Uuid}\"");
+            context.Out.WriteLine($"pod \"{pod.Uuid}\" is already stopped");
+            return null;
         }
-        return status;
-    }
+        int rc = Stage1Invoker.Run(pod.Directory, "stop", args.Bool("force") ? ["--force", pod.Uuid] : [pod.Uuid]);
+        if (rc != 0) return $"stopping pod \"{pod.Uuid}\" failed (stage1 stop exited {rc})";
+        context.Out.WriteLine($"\"{pod.Uuid}\"");
+        return null;
+    });
 }
