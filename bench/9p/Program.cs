@@ -8,15 +8,16 @@ namespace Rkt.Kvm.Bench.NineP;
 /// Boots the same kernel and the same p9bench initramfs (p9bench.c as /init) with our VMM
 /// (<c>--9p-export bench=DIR</c>) and with QEMU microvm (<c>-device virtio-9p-device</c> on a
 /// <c>local</c> fsdev of the same DIR), alternating. The guest mounts the export with identical
-/// options and times a 64 MiB write (+fsync), its read-back and 2,000 lstat calls, three times per
-/// boot. Prints each run, then RESULT lines with the medians over all runs.
+/// options and runs a 64 MiB write (+fsync), its read-back and 2,000 lstat calls, three times per
+/// boot, printing a marker line as each phase begins and ends. Phases are timed on the host's clock
+/// by when those lines arrive (the guest's clock is unreliable on nested PVM hosts). Prints each
+/// run, then RESULT lines with the medians over all runs.
 /// </summary>
 public static class Program
 {
     private const int MemoryMiB = 256;
     private const int StatFiles = 2000;
     private static readonly TimeSpan RunTimeout = TimeSpan.FromMinutes(15);
-    private static readonly string[] Figures = ["write_mib_s", "read_mib_s", "stat_per_s"];
 
     public static int Main(string[] args)
     {
@@ -76,6 +77,8 @@ public static class Program
         var psi = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
         foreach (var a in args) psi.ArgumentList.Add(a);
         var figures = new Dictionary<string, List<double>>();
+        var begun = new Dictionary<string, double>();
+        var clock = Stopwatch.StartNew();
         var done = new TaskCompletionSource<string?>(TaskCreationOptions.RunContinuationsAsynchronously);
         var tail = new Queue<string>();
         using var p = Process.Start(psi)!;
@@ -89,11 +92,23 @@ public static class Program
             parts = parts[at..];
             if (parts.Length >= 2 && parts[1] == "done") done.TrySetResult(null);
             else if (parts.Length >= 2 && parts[1] == "error") done.TrySetResult(line);
-            else if (parts.Length == 4 && Figures.Contains(parts[1]) && double.TryParse(parts[3], CultureInfo.InvariantCulture, out double value))
+            else if (parts.Length == 5 && parts[1] == "mark")
             {
-                lock (figures) { if (!figures.TryGetValue(parts[1], out var l)) figures[parts[1]] = l = []; l.Add(value); }
-                Console.WriteLine($"{label,-5} run {parts[2]}: {parts[1]} {value}");
+                double now = clock.Elapsed.TotalSeconds;
+                string key = $"{parts[2]} {parts[3]}";
+                if (parts[4] == "begin") { lock (begun) begun[key] = now; return; }
+                double seconds;
+                lock (begun) seconds = now - begun[key];
+                var (name, value) = parts[2] switch
+                {
+                    "write" => ("write_mib_s", 64 / seconds),
+                    "read" => ("read_mib_s", 64 / seconds),
+                    _ => ("stat_per_s", StatFiles / seconds),
+                };
+                lock (figures) { if (!figures.TryGetValue(name, out var l)) figures[name] = l = []; l.Add(value); }
+                Console.WriteLine($"{label,-5} run {parts[3]}: {name} {value:F2} (host clock; {seconds:F1} s)");
             }
+            else if (parts.Length == 5 && parts[1] == "guest") Console.WriteLine($"{label,-5} run {parts[3]}: {parts[2]} {parts[4]} (guest clock)");
         }
         p.OutputDataReceived += (_, e) => OnLine(e.Data);
         p.ErrorDataReceived += (_, e) => OnLine(e.Data);
