@@ -51,7 +51,10 @@ static void fail(const char *what) {
 
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    const char *opts = "trans=virtio,version=9p2000.L,aname=bench,msize=512000,cache=none";
+#ifndef ANAME
+#define ANAME "bench"
+#endif
+    const char *opts = "trans=virtio,version=9p2000.L,aname=" ANAME ",msize=512000,cache=none";
     mkdir("/mnt", 0755);
     if (mount("rkt", "/mnt", "9p", 0, opts) != 0) fail("mount");
     printf("P9BENCH mounted %s\n", opts);
