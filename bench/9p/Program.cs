@@ -35,9 +35,10 @@ public static class Program
 
         var ours = new Dictionary<string, List<double>>();
         var theirs = new Dictionary<string, List<double>>();
+        bool referenceOnly = args.Contains("--reference-only");
         for (int i = 0; i < boots; i++)
         {
-            Collect(ours, Run("ours", vmm,
+            if (!referenceOnly) Collect(ours, Run("ours", vmm,
                 ["--kernel", kernel, "--initrd", initrd, "--memory", MemoryMiB.ToString(CultureInfo.InvariantCulture), "--cmdline", extra,
                  "--console", "stdout", "--9p-export", $"bench={export}"]));
             var qemuArgs = BenchSupport.MicrovmArgs(kernel, initrd, MemoryMiB, cmdline);
@@ -45,6 +46,11 @@ public static class Program
             Collect(theirs, Run("qemu", qemu, qemuArgs));
         }
 
+        if (referenceOnly)
+        {
+            foreach (var (name, values) in theirs) Console.WriteLine(BenchSupport.Result($"9p_qemu_{name}", BenchSupport.Median(values), "", null, "F2"));
+            return 0;
+        }
         Console.WriteLine();
         Console.WriteLine(BenchSupport.Result("9p_write_64mib", BenchSupport.Median(ours["write_mib_s"]), "MiB/s", BenchSupport.Median(theirs["write_mib_s"]), "F2"));
         Console.WriteLine(BenchSupport.Result("9p_read_64mib", BenchSupport.Median(ours["read_mib_s"]), "MiB/s", BenchSupport.Median(theirs["read_mib_s"]), "F2"));

@@ -20,4 +20,4 @@ SPEC
 "$root/out/tools/rkt-kvm-mkinitramfs" --spec "$work/p9bench.spec" -o "$work/p9bench.cpio"
 exec dotnet run -c Release --project "$root/bench/9p" -- \
     --vmm "$root/out/vmm/rkt-kvm-vmm" --kernel "$kdir/vmlinux" --initrd "$work/p9bench.cpio" \
-    --work "$work" --boots "${1:-1}"
+    --work "$work" --boots "${1:-1}" ${3:+"$3"}
