@@ -58,7 +58,8 @@ public static class Stage1Invoker
         var psi = Start(pod, entrypoint, args);
         psi.Environment.Clear();
         psi.Environment["PATH"] = Environment.GetEnvironmentVariable("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin";
-        psi.Environment["RKT_STAGE1_ENTERCMD"] = Load(pod).Entrypoints.ContainsKey("enter") ? Load(pod).EntrypointPath(pod, "enter") : "";
+        var stage1 = Load(pod);
+        psi.Environment["RKT_STAGE1_ENTERCMD"] = stage1.Entrypoints.ContainsKey("enter") ? stage1.EntrypointPath(pod, "enter") : "";
         psi.Environment["RKT_STAGE1_ENTERPID"] = pod.ReadPid()?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "";
         psi.RedirectStandardOutput = true;
         psi.RedirectStandardError = true;

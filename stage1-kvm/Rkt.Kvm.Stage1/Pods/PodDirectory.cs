@@ -89,10 +89,13 @@ public sealed class PodDirectory(string path)
     private static string Checked(string name) =>
         Manifests.AcName.IsValidName(name) ? name : throw new Stage1Exception($"\"{name}\" is not a valid app or volume name");
 
-    private static void WriteAtomically(string path, string content)
+    private static void WriteAtomically(string path, string content) => WriteAtomically(path, System.Text.Encoding.UTF8.GetBytes(content));
+
+    /// <summary>Replaces a pod file in one rename, mode 0644: readers see the old content or the new.</summary>
+    public static void WriteAtomically(string path, byte[] content)
     {
         var tmp = $"{path}.tmp-{Environment.ProcessId}";
-        File.WriteAllText(tmp, content);
+        File.WriteAllBytes(tmp, content);
         File.SetUnixFileMode(tmp, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
         File.Move(tmp, path, overwrite: true);
     }

@@ -35,9 +35,7 @@ internal static class MutablePod
     {
         var bytes = JsonSerializer.SerializeToUtf8Bytes(manifest);
         PodManifest.Parse(bytes, "the new pod manifest");
-        var tmp = pod.Pod.Directory.Manifest + ".tmp";
-        File.WriteAllBytes(tmp, bytes);
-        File.Move(tmp, pod.Pod.Directory.Manifest, overwrite: true);
+        PodDirectory.WriteAtomically(pod.Pod.Directory.Manifest, bytes);
     }
 
     public static int Crossing(CommandContext context, PodInfo pod, string entrypoint, IReadOnlyList<string> args, bool debug, string failure)
