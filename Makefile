@@ -46,12 +46,13 @@ run: all
 	  rkt-kvm.local/busybox --name=counter --exec=/bin/sh -- -c 'for i in 1 2 3; do echo "count $$i"; done' ---
 	$(RKT_KVM) --dir=$(RKT_KVM_DIR) list
 
+# FILTER narrows the run to some tests (dotnet test --filter syntax), e.g. FILTER=FullyQualifiedName~NinePTests.
 test: all
 	@rm -rf $(OUT)/test-results
 	status=0; RKT_KVM_VMM=$(VMM) RKT_KVM_KERNEL_DIR="$$(cat $(KERNEL_DIR_FILE))" RKT_KVM_TEST_INITRD=$(TEST_INITRD) \
 	  RKT_KVM_AGENT=$(AGENT) RKT_KVM_AGENT_INITRD=$(AGENT_INITRD) RKT_KVM_CLI=$(RKT_KVM) RKT_KVM_STAGE1=$(STAGE1_ACI) \
 	  RKT_KVM_BUSYBOX_ACI=$(BUSYBOX_ACI) \
-	  $(DOTNET) test Rkt.Kvm.sln $(DOTNET_FLAGS) --logger "console;verbosity=normal" --logger trx \
+	  $(DOTNET) test Rkt.Kvm.sln $(DOTNET_FLAGS) $(if $(FILTER),--filter "$(FILTER)") --logger "console;verbosity=normal" --logger trx \
 	  --results-directory $(OUT)/test-results || status=$$?; \
 	tests/summarize-trx.sh $(OUT)/test-results; exit $$status
 

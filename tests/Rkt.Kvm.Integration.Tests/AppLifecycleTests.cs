@@ -269,8 +269,11 @@ public sealed class AppLifecycleTests(AppVmFixture fixture, ITestOutputHelper ou
     {
         var client = Client;
         await client.AddAppAsync(App("bomb", "b(){ b | b & }; b; sleep 30", r => r.PidsLimit = 64));
-        // busybox tail keeps a newline-free input whole: a deterministic 64 MiB allocation against a 16 MiB limit.
-        await client.AddAppAsync(App("hog", "head -c 67108864 /dev/zero | tail | wc -c", r => r.MemoryLimitBytes = 16 << 20));
+        // One 32 MiB read(2) into one 32 MiB buffer against an 8 MiB limit: the pages are charged inside the
+        // syscall and nothing of them can be reclaimed (no swap), so the OOM killer ends it. On nested PVM
+        // hosts every fresh guest page costs milliseconds (about 60 s for 16 MiB with the bomb beside it),
+        // hence the small limit and the hog's own deadline.
+        await client.AddAppAsync(App("hog", "dd if=/dev/zero of=/dev/null bs=33554432 count=1", r => r.MemoryLimitBytes = 8 << 20));
         try
         {
         await client.StartAppAsync("bomb");
@@ -286,10 +289,11 @@ public sealed class AppLifecycleTests(AppVmFixture fixture, ITestOutputHelper ou
         }
         output.WriteLine($"slowest Health during fork bomb + memory hog: {worst.TotalMilliseconds:0} ms");
         Assert.True(worst < TimeSpan.FromSeconds(5), $"Health took {worst}");
-        var hog = await client.WaitAppAsync("hog", Long);
-        Assert.Equal(9, hog.Signal); // the OOM killer, inside the app's memory.max
         var bomb = await client.StopAppAsync("bomb", TimeSpan.FromSeconds(1));
         Assert.Equal(AppState.Exited, bomb.State);
+        var hog = await client.WaitAppAsync("hog", TimeSpan.FromMinutes(5));
+        output.WriteLine($"hog ended {(hog.FinishedAtNs - hog.StartedAtNs) / 1_000_000} ms after it started: {hog}");
+        Assert.Equal(9, hog.Signal); // the OOM killer, inside the app's memory.max
         }
         finally
         {

@@ -91,12 +91,9 @@ public sealed class PodDirectory(string path)
 
     private static void WriteAtomically(string path, string content) => WriteAtomically(path, System.Text.Encoding.UTF8.GetBytes(content));
 
-    /// <summary>Replaces a pod file in one rename, mode 0644: readers see the old content or the new.</summary>
-    public static void WriteAtomically(string path, byte[] content)
-    {
-        var tmp = $"{path}.tmp-{Environment.ProcessId}";
-        File.WriteAllBytes(tmp, content);
-        File.SetUnixFileMode(tmp, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
-        File.Move(tmp, path, overwrite: true);
-    }
+    /// <summary>Replaces a pod file in one rename, mode 0644: readers see the old content or the new.
+    /// Not fsynced: these files describe processes that a power loss ends anyway.</summary>
+    public static void WriteAtomically(string path, byte[] content) =>
+        Common.AtomicFile.Write(path, content, durable: false,
+            mode: UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
 }
