@@ -16,7 +16,8 @@ namespace Rkt.Kvm.Bench.NineP;
 public static class Program
 {
     private const int MemoryMiB = 256;
-    private const int StatFiles = 2000;
+    private const int StatFiles = 2000; // p9bench.c's STAT_FILES
+    private const int FileMiB = 64;     // p9bench.c's FILE_MIB
     private static readonly TimeSpan RunTimeout = TimeSpan.FromMinutes(15);
 
     public static int Main(string[] args)
@@ -107,10 +108,12 @@ public static class Program
                 lock (begun) seconds = now - begun[key];
                 var (name, value) = parts[2] switch
                 {
-                    "write" => ("write_mib_s", 64 / seconds),
-                    "read" => ("read_mib_s", 64 / seconds),
-                    _ => ("stat_per_s", StatFiles / seconds),
+                    "write" => ("write_mib_s", FileMiB / seconds),
+                    "read" => ("read_mib_s", FileMiB / seconds),
+                    "stat" => ("stat_per_s", StatFiles / seconds),
+                    _ => (null, 0),
                 };
+                if (name is null) { done.TrySetResult($"an unknown phase: {line}"); return; }
                 lock (figures) { if (!figures.TryGetValue(name, out var l)) figures[name] = l = []; l.Add(value); }
                 Console.WriteLine($"{label,-5} run {parts[3]}: {name} {value:F2} (host clock; {seconds:F1} s)");
             }

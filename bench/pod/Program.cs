@@ -89,7 +89,12 @@ public static class Program
             startMs = watch.Elapsed.TotalMilliseconds;
             // app start → the app's first line in its log file (stage1 follows the agent's Logs stream).
             var log = Path.Join(data, "pods", "run", uuid, "stage1-kvm", "logs", "idle.log");
-            while (!File.Exists(log) || !File.ReadAllText(log).Contains("first\n", StringComparison.Ordinal)) Thread.Sleep(20);
+            var firstLineDeadline = Stopwatch.StartNew();
+            while (!File.Exists(log) || !File.ReadAllText(log).Contains("first\n", StringComparison.Ordinal))
+            {
+                if (firstLineDeadline.Elapsed > TimeSpan.FromMinutes(5)) throw new TimeoutException($"the app's first line never reached {log}");
+                Thread.Sleep(20);
+            }
             firstLineMs = watch.Elapsed.TotalMilliseconds;
             Thread.Sleep(5000); // let the guest settle
             var pod = Path.Join(data, "pods", "run", uuid);

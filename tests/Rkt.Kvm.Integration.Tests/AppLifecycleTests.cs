@@ -276,24 +276,24 @@ public sealed class AppLifecycleTests(AppVmFixture fixture, ITestOutputHelper ou
         await client.AddAppAsync(App("hog", "dd if=/dev/zero of=/dev/null bs=33554432 count=1", r => r.MemoryLimitBytes = 8 << 20));
         try
         {
-        await client.StartAppAsync("bomb");
-        await client.StartAppAsync("hog");
-        var worst = TimeSpan.Zero;
-        var until = Stopwatch.StartNew();
-        while (until.Elapsed < TimeSpan.FromSeconds(10))
-        {
-            var watch = Stopwatch.StartNew();
-            await client.HealthAsync();
-            if (watch.Elapsed > worst) worst = watch.Elapsed;
-            await Task.Delay(500);
-        }
-        output.WriteLine($"slowest Health during fork bomb + memory hog: {worst.TotalMilliseconds:0} ms");
-        Assert.True(worst < TimeSpan.FromSeconds(5), $"Health took {worst}");
-        var bomb = await client.StopAppAsync("bomb", TimeSpan.FromSeconds(1));
-        Assert.Equal(AppState.Exited, bomb.State);
-        var hog = await client.WaitAppAsync("hog", TimeSpan.FromMinutes(5));
-        output.WriteLine($"hog ended {(hog.FinishedAtNs - hog.StartedAtNs) / 1_000_000} ms after it started: {hog}");
-        Assert.Equal(9, hog.Signal); // the OOM killer, inside the app's memory.max
+            await client.StartAppAsync("bomb");
+            await client.StartAppAsync("hog");
+            var worst = TimeSpan.Zero;
+            var until = Stopwatch.StartNew();
+            while (until.Elapsed < TimeSpan.FromSeconds(10))
+            {
+                var watch = Stopwatch.StartNew();
+                await client.HealthAsync();
+                if (watch.Elapsed > worst) worst = watch.Elapsed;
+                await Task.Delay(500);
+            }
+            output.WriteLine($"slowest Health during fork bomb + memory hog: {worst.TotalMilliseconds:0} ms");
+            Assert.True(worst < TimeSpan.FromSeconds(5), $"Health took {worst}");
+            var bomb = await client.StopAppAsync("bomb", TimeSpan.FromSeconds(1));
+            Assert.Equal(AppState.Exited, bomb.State);
+            var hog = await client.WaitAppAsync("hog", TimeSpan.FromMinutes(5));
+            output.WriteLine($"hog ended {(hog.FinishedAtNs - hog.StartedAtNs) / 1_000_000} ms after it started: {hog}");
+            Assert.Equal(9, hog.Signal); // the OOM killer, inside the app's memory.max
         }
         finally
         {

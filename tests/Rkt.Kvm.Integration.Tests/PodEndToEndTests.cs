@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Rkt.Kvm.Stage1.Control;
 
 namespace Rkt.Kvm.Integration.Tests;
 
@@ -7,6 +8,7 @@ namespace Rkt.Kvm.Integration.Tests;
 /// stage1-kvm boots one VM for it, the agent runs the apps from 9p-exported root filesystems.
 /// Each test boots one pod VM (about a minute here) and checks as much as it can in it.
 /// </summary>
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class PodEndToEndTests
 {
     private const string Busybox = RktKvmCli.Busybox;
@@ -103,12 +105,11 @@ public sealed class PodEndToEndTests
 
         // Withdrawing the export under a running app: the VMM closes its fds and answers; reads fail
         // in the guest (EIO), but the VMM, the agent and the pod go on.
-        var control = Path.Join(File.ReadAllText(Path.Join(pod, "stage1-kvm/runtime-dir")).Trim(), "control.sock");
-        var removed = ControlCall(control, """{"op":"remove-export","name":"app-b"}""");
-        Assert.Contains("\"ok\":true", removed);
+        var control = new VmmControlClient(Path.Join(File.ReadAllText(Path.Join(pod, "stage1-kvm/runtime-dir")).Trim(), "control.sock"));
+        Assert.True(control.RemoveExport("app-b").Ok);
         var afterRemoval = cli.Run("app", "exec", "--app=b", uuid, "/bin/cat", "/etc/os-release");
         Assert.NotEqual(0, afterRemoval.ExitCode);
-        Assert.Contains("\"ok\":true", ControlCall(control, """{"op":"status"}"""));
+        Assert.True(control.Status().Ok);
         Assert.Equal("running", cli.Status(uuid)["state"]);
 
         var stopped = cli.Run("stop", uuid);
@@ -143,16 +144,6 @@ public sealed class PodEndToEndTests
             .Where(pid => { try { return File.ReadAllText($"/proc/{pid}/cmdline").Contains(uuid); } catch (IOException) { return false; } }).ToList();
         Assert.Empty(leftovers);
         Assert.DoesNotContain(cli.Root, File.ReadAllText("/proc/self/mountinfo"));
-    }
-
-    /// <summary>One request line to the VMM's control socket (docs/CONTROL.md), its reply line.</summary>
-    private static string ControlCall(string socket, string request)
-    {
-        using var s = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
-        s.Connect(new System.Net.Sockets.UnixDomainSocketEndPoint(socket));
-        s.Send(System.Text.Encoding.UTF8.GetBytes(request + "\n"));
-        using var reader = new StreamReader(new System.Net.Sockets.NetworkStream(s));
-        return reader.ReadLine() ?? "";
     }
 
     private static void WaitUntil(Func<bool> condition, string what)

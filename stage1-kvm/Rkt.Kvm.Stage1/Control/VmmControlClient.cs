@@ -52,6 +52,8 @@ public sealed class VmmControlClient(string socketPath)
 
     public IReadOnlyList<VmmExport> ListExports() => Call(new VmmControlRequest { Op = "list-exports" }).Exports ?? [];
 
+    public VmmControlReply Status() => Call(new VmmControlRequest { Op = "status" });
+
     public VmmControlReply Stop() => Call(new VmmControlRequest { Op = "stop" });
 
     private VmmControlReply Call(VmmControlRequest request)

@@ -71,12 +71,16 @@ public sealed class GcCommand() : Command("gc", "Garbage-collect exited pods", "
 /// <summary><c>rm UUID…</c>: removes exited pods now (stage1 gc, then the directory).</summary>
 public sealed class RmCommand() : Command("rm", "Remove exited pods", "rm UUID...")
 {
-    public override int Run(CommandContext context, Arguments args) => EachPod.Run(context, args, Usage, (store, pod) =>
+    public override int Run(CommandContext context, Arguments args)
     {
-        if (pod.State is "running") return $"pod \"{pod.Uuid}\" is running: stop it first";
+        // gc's own "Garbage collecting pod" lines are not rm's output: rm prints the UUID alone.
         var quiet = new CommandContext(context.DataDir, TextWriter.Null, context.Err, context.StderrIsTerminal);
-        if (GcCommand.Collect(quiet, store, pod) != 0) return $"removing pod \"{pod.Uuid}\" failed";
-        context.Out.WriteLine($"\"{pod.Uuid}\"");
-        return null;
-    });
+        return EachPod.Run(context, args, Usage, (store, pod) =>
+        {
+            if (pod.State is "running") return $"pod \"{pod.Uuid}\" is running: stop it first";
+            if (GcCommand.Collect(quiet, store, pod) != 0) return $"removing pod \"{pod.Uuid}\" failed";
+            context.Out.WriteLine($"\"{pod.Uuid}\"");
+            return null;
+        });
+    }
 }
