@@ -123,10 +123,12 @@ cli:
 	$(DOTNET) build stage1-kvm/Rkt.Kvm.Cli -c Release -o $(OUT)/cli $(DOTNET_FLAGS)
 
 # The stage1 image: the entrypoints binary (NativeAOT), the VMM, the kernel and the agent initramfs.
+# The kernel ships stripped: the VMM loads it by its program headers and needs no symbols.
 stage1: vmm agent-initramfs cli kernel
 	$(DOTNET) publish stage1-kvm/Rkt.Kvm.Stage1.Entrypoints -c Release -r $(RID) -o $(OUT)/stage1/kvm $(DOTNET_FLAGS)
+	strip --strip-all -o $(OUT)/stage1/vmlinux "$$(cat $(KERNEL_DIR_FILE))/vmlinux"
 	$(RKT_KVM) image build-stage1 --entrypoint=$(OUT)/stage1/kvm/rkt-kvm-stage1 --vmm=$(VMM) \
-	  --kernel="$$(cat $(KERNEL_DIR_FILE))/vmlinux" --initrd=$(AGENT_INITRD) --output=$(STAGE1_ACI)
+	  --kernel=$(OUT)/stage1/vmlinux --initrd=$(AGENT_INITRD) --output=$(STAGE1_ACI)
 
 # The default image: Debian's static busybox laid out by our own code (rkt-kvm image build-busybox).
 busybox-image: cli

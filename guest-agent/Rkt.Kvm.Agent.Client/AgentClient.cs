@@ -100,7 +100,7 @@ public sealed partial class AgentClient : IDisposable
         while (true)
         {
             try { return await HealthAsync(cancellation).ConfigureAwait(false); }
-            catch (AgentException e) when (e.Failure != AgentFailure.Failed && Environment.TickCount64 - start < timeout.TotalMilliseconds)
+            catch (AgentException e) when (e.Failure is AgentFailure.Unreachable or AgentFailure.Timeout && Environment.TickCount64 - start < timeout.TotalMilliseconds)
             {
                 await Task.Delay(Options.RetryDelay, cancellation).ConfigureAwait(false);
             }
@@ -131,6 +131,7 @@ public sealed partial class AgentClient : IDisposable
             StatusCode.DeadlineExceeded => new AgentException(AgentFailure.Timeout, $"{method}: {where} did not answer before the call's deadline.", e),
             StatusCode.Unavailable => new AgentException(AgentFailure.Unreachable, $"{method}: lost the connection to {where}: {Innermost(e)}", e),
             StatusCode.Cancelled => new AgentException(AgentFailure.Failed, $"{method}: the call to {where} was cancelled.", e),
+            StatusCode.NotFound => new AgentException(AgentFailure.NotFound, $"{method}: {where} answered NotFound: {e.Status.Detail}", e),
             _ => new AgentException(AgentFailure.Failed, $"{method}: {where} answered {e.StatusCode}: {e.Status.Detail}", e),
         };
     }

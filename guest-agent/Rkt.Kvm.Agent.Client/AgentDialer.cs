@@ -92,7 +92,7 @@ public static class AgentDialer
                 TimeSpan left = overallTimeout - TimeSpan.FromMilliseconds(Environment.TickCount64 - start);
                 return await ConnectOnceAsync(path, transport, port, left < attemptTimeout && left > TimeSpan.Zero ? left : attemptTimeout, cancellation).ConfigureAwait(false);
             }
-            catch (AgentException e) when (e.Failure != AgentFailure.Failed)
+            catch (AgentException e) when (e.Failure is AgentFailure.Unreachable or AgentFailure.Timeout)
             {
                 if (Environment.TickCount64 - start + retryDelay.TotalMilliseconds >= overallTimeout.TotalMilliseconds)
                     throw new AgentException(e.Failure, attempts == 1 ? e.Message : $"{e.Message} (gave up after {attempts} attempts in {(Environment.TickCount64 - start) / 1000.0:0.###} s)", e.InnerException);

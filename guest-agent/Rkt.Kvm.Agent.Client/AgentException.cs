@@ -9,6 +9,8 @@ public enum AgentFailure
     Timeout,
     /// <summary>The agent answered with an error, or broke the protocol.</summary>
     Failed,
+    /// <summary>The agent has nothing by the name the call gave (gRPC NOT_FOUND: e.g. no such app).</summary>
+    NotFound,
 }
 
 /// <summary>The one exception the agent client throws; its message is a full sentence naming the socket.</summary>

@@ -94,10 +94,12 @@ internal static class EnterEntrypoint
     }
 }
 
-/// <summary>The mutable-pod entrypoints: app/add, app/start, app/stop (exit 5: not running), app/rm.</summary>
+/// <summary>The mutable-pod entrypoints: app/add, app/start, app/stop, app/rm. Exit codes as rkt's
+/// stage0 reads them (STAGE1-ABI.md): app/stop exits 5 only when the pod has no such app
+/// (systemctl's "unit not loaded"); stopping an app that exists but is not running succeeds.</summary>
 internal static class AppEntrypoints
 {
-    public const int NotRunning = 5;
+    public const int NoSuchApp = 5;
 
     public static int Add(string[] argv)
     {
@@ -137,9 +139,14 @@ internal static class AppEntrypoints
         var args = AppArguments.Parse(argv, "app/stop");
         var files = Stage1Files.ForCurrentPod();
         using var agent = files.Agent();
-        var status = agent.AppStatusAsync(args.App).GetAwaiter().GetResult();
-        if (status.State != AppState.Running) return NotRunning;
-        agent.StopAppAsync(args.App, TimeSpan.FromSeconds(10)).GetAwaiter().GetResult();
+        AppInfo status;
+        try { status = agent.AppStatusAsync(args.App).GetAwaiter().GetResult(); }
+        catch (AgentException e) when (e.Failure == AgentFailure.NotFound)
+        {
+            Console.Error.WriteLine($"app/stop: the pod has no app {args.App}");
+            return NoSuchApp;
+        }
+        if (status.State == AppState.Running) agent.StopAppAsync(args.App, TimeSpan.FromSeconds(10)).GetAwaiter().GetResult();
         return 0;
     }
 
@@ -152,7 +159,7 @@ internal static class AppEntrypoints
         using (var agent = files.Agent())
         {
             try { agent.RemoveAppAsync(args.App).GetAwaiter().GetResult(); }
-            catch (AgentException e) when (e.Message.Contains("NotFound", StringComparison.OrdinalIgnoreCase) || e.Message.Contains("no app", StringComparison.OrdinalIgnoreCase)) { }
+            catch (AgentException e) when (e.Failure == AgentFailure.NotFound) { } // never added, or removed before: nothing left in the guest
         }
         var control = new VmmControlClient(files.ControlSocket);
         if (control.ListExports().Any(e => e.Name == Stage1Files.AppExport(args.App)))

@@ -20,7 +20,7 @@ public static class LoggingStage1
           mkdir -p calls
           n=$(ls calls | wc -l)
           f="calls/$(printf %03d "$n")-$(echo "$name" | tr / -)"
-          { echo "cwd=$PWD"; for a in "$@"; do echo "arg=$a"; done; env | sort | sed 's/^/env=/';
+          { echo "cwd=$PWD"; echo "self=$0"; for a in "$@"; do echo "arg=$a"; done; env | sort | sed 's/^/env=/';
             if [ -n "$RKT_LOCK_FD" ]; then echo "lockfd=$(readlink /proc/$$/fd/$RKT_LOCK_FD)"; fi; } > "$f"
         }
         """;
@@ -55,11 +55,14 @@ public static class LoggingStage1
         ["app/rm"] = """. "$(dirname "$0")/../record"; record app/rm "$@" """,
     };
 
-    /// <summary>Writes the stage1 ACI to <paramref name="aci"/>.</summary>
-    public static string Build(string workDir, string aci)
+    /// <summary>Writes the stage1 ACI to <paramref name="aci"/>; <paramref name="withStatusDirs"/>
+    /// false leaves out <c>rkt/status</c> and <c>rkt/env</c>, which rkt's stage0 needs.</summary>
+    public static string Build(string workDir, string aci, bool withStatusDirs = true)
     {
-        var rootfs = Path.Join(workDir, "logging-stage1-rootfs");
+        var rootfs = Path.Join(workDir, "logging-stage1-rootfs-" + Path.GetFileNameWithoutExtension(aci));
         Directory.CreateDirectory(Path.Join(rootfs, "app"));
+        if (withStatusDirs)
+            foreach (var dir in Rkt.Kvm.Cli.Commands.BuildStage1Command.StageZeroDirectories) Directory.CreateDirectory(Path.Join(rootfs, dir));
         File.WriteAllText(Path.Join(rootfs, "record"), Record.Replace("\r", "") + "\n");
         foreach (var (name, body) in Entrypoints)
         {

@@ -31,8 +31,14 @@ public sealed class Stage0ConformanceTests : IDisposable
     {
         foreach (var pid in Directory.EnumerateFiles(_data, "pid", SearchOption.AllDirectories))
             if (int.TryParse(File.ReadAllText(pid).Trim(), out var p)) try { System.Diagnostics.Process.GetProcessById(p).Kill(); } catch (ArgumentException) { }
-        Directory.Delete(_tmp, recursive: true);
+        // Never delete through a mount a failed test left: it would reach into the tree store.
+        if (PodMounts.UnmountAllUnder(_tmp)) Directory.Delete(_tmp, recursive: true);
     }
+
+    /// <summary>Overlay mounts need root (as in rkt); without it stage0 says so and lays the pod out by copy.</summary>
+    private static bool IsRoot => Environment.UserName == "root";
+
+    private List<string> MountsUnderData() => [.. PodMounts.MountsUnder(_data)];
 
     private (int ExitCode, string Stdout, string Stderr) Cli(params string[] args) => RktKvm.Run(_data, _env, args);
 
@@ -40,13 +46,16 @@ public sealed class Stage0ConformanceTests : IDisposable
 
     private static string[] Values(string[] lines, string key) => lines.Where(l => l.StartsWith(key + "=", StringComparison.Ordinal)).Select(l => l[(key.Length + 1)..]).ToArray();
 
-    [Fact]
-    public void Run_StartsStage1RunInThePodDir_WithTheLockAndTheAppsPrepared()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Run_StartsStage1RunInThePodDir_WithTheLockAndTheAppsPrepared(bool overlay)
     {
         var env = new Dictionary<string, string>(_env) { ["STAGE1_TEST_RUN_EXIT"] = "3" };
         var uuidFile = Path.Join(_tmp, "uuid");
-        var (rc, _, err) = RktKvm.Run(_data, env, "run", "example.com/busybox", "--exec=/bin/true", "--", "a", "b c", "---",
-            "example.com/busybox", "--name=second", "--environment=ONLY=second", "--set-env=POD=wide", "--hostname=h1", "--uuid-file-save=" + uuidFile);
+        var (rc, _, err) = RktKvm.Run(_data, env, ["run", "example.com/busybox", "--exec=/bin/true", "--", "a", "b c", "---",
+            "example.com/busybox", "--name=second", "--environment=ONLY=second", "--set-env=POD=wide", "--hostname=h1", "--uuid-file-save=" + uuidFile,
+            .. overlay ? Array.Empty<string>() : ["--no-overlay"]]);
         Assert.True(rc == 3, err); // the pod's result is stage1 run's exit status
         var pod = OnlyPod("run");
         var uuid = File.ReadAllText(uuidFile);
@@ -70,6 +79,25 @@ public sealed class Stage0ConformanceTests : IDisposable
         Assert.True(File.Exists(Path.Join(pod, "stage1/rootfs/opt/stage2/second/rootfs/bin/busybox")));
         Assert.True(File.Exists(Path.Join(pod, "appsinfo/second/manifest")));
         Assert.StartsWith("sha512-", File.ReadAllText(Path.Join(pod, "appsinfo/second/treeStoreID")));
+        Assert.StartsWith("sha512-", File.ReadAllText(Path.Join(pod, "stage1TreeStoreID")));
+        Assert.True(File.Exists(Path.Join(pod, "stage1/rootfs/opt/stage2/second/rootfs/etc/mtab")) || !Directory.Exists(Path.Join(pod, "stage1/rootfs/opt/stage2/second/rootfs/etc")));
+        if (overlay && IsRoot)
+        {
+            // rkt's layout: the stage1 and each app are overlays on the tree store, written only in the pod's upper dirs.
+            Assert.True(File.Exists(Path.Join(pod, "overlay-prepared")));
+            Assert.Equal([Path.Join(pod, "stage1/rootfs"), Path.Join(pod, "stage1/rootfs/opt/stage2/busybox/rootfs"), Path.Join(pod, "stage1/rootfs/opt/stage2/second/rootfs")],
+                MountsUnderData().Order(StringComparer.Ordinal));
+            var stage1Tree = File.ReadAllText(Path.Join(pod, "stage1TreeStoreID"));
+            Assert.True(File.Exists(Path.Join(pod, "overlay", stage1Tree, "upper/rkt/status/busybox")), "stage1's writes did not land in its upper dir");
+            Assert.False(Directory.Exists(Path.Join(_data, "tree", stage1Tree, "rootfs/rkt/status/busybox")), "stage1's writes reached the tree store");
+            Assert.True(File.Exists(Path.Join(pod, "stage1/rootfs/opt/stage2/second/manifest")));
+        }
+        else
+        {
+            Assert.False(File.Exists(Path.Join(pod, "overlay-prepared")));
+            Assert.Empty(MountsUnderData());
+            if (overlay) Assert.Contains("disabling overlay support", err);
+        }
 
         // Exited: list and status read the status files stage1 wrote.
         Assert.False(PodLock.IsHeld(pod));
@@ -89,6 +117,70 @@ public sealed class Stage0ConformanceTests : IDisposable
         Assert.Equal($"\"{uuid}\"", rm.Stdout.Trim());
         Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods", "run")));
         Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods", "garbage")));
+        Assert.Empty(MountsUnderData());
+    }
+
+    [Fact]
+    public void Run_WithOverlay_NeedsRktStatusInTheStage1Image_AsRktDoes()
+    {
+        if (!IsRoot) return; // overlay is root's; without it the directory is never touched
+        var bare = new Dictionary<string, string> { ["RKT_KVM_STAGE1"] = LoggingStage1.Build(_tmp, Path.Join(_tmp, "bare-stage1.aci"), withStatusDirs: false) };
+        var (rc, _, err) = RktKvm.Run(_data, bare, "run", "example.com/busybox");
+        Assert.Equal(254, rc);
+        Assert.Contains("error setting up stage1", err);
+        Assert.Contains("rkt/status", err);
+        foreach (var phase in new[] { "embryo", "prepare", "prepared", "run" })
+            Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods", phase)));
+        Assert.Empty(MountsUnderData());
+        // Without overlay stage0 never looks for it.
+        Assert.Equal(0, RktKvm.Run(_data, bare, "run", "--no-overlay", "example.com/busybox").ExitCode);
+    }
+
+    [Fact]
+    public void Stage1Flags_NameTheImageAsRktDoes_AndAreMutuallyExclusive()
+    {
+        var aci = _env["RKT_KVM_STAGE1"];
+        var noEnv = new Dictionary<string, string> { ["RKT_KVM_STAGE1"] = "" };
+        string? stage1Id = null;
+        string StageOneOf(string flag)
+        {
+            var uuidFile = Path.Join(_tmp, "uuid-" + Guid.NewGuid());
+            var r = RktKvm.Run(_data, noEnv, "run", "example.com/busybox", flag, "--uuid-file-save=" + uuidFile);
+            Assert.True(r.ExitCode == 0, $"{flag}: {r.Stderr}");
+            return File.ReadAllText(Path.Join(_data, "pods", "run", File.ReadAllText(uuidFile), "stage1TreeStoreID"));
+        }
+        stage1Id = StageOneOf($"--stage1-path={Path.GetRelativePath(Environment.CurrentDirectory, aci)}");
+        foreach (var flag in new[] { $"--stage1-url=file://{aci}", $"--stage1-hash={stage1Id[..20]}", "--stage1-name=example.com/logging-stage1", $"--stage1-name={aci}" })
+            Assert.Equal(stage1Id, StageOneOf(flag));
+        foreach (var (args, message) in new[]
+        {
+            (new[] { $"--stage1-path={aci}", "--stage1-name=x" }, "flags --stage1-name and --stage1-path are mutually exclusive"),
+            ([$"--stage1-path={aci}", $"--stage1-path={aci}"], "--stage1-path already used"),
+            (["--stage1-url=https://example.com/stage1.aci"], "not supported yet"),
+            (["--stage1-name=example.com/no-such-stage1:1.0"], "no image"),
+            (["--stage1-from-dir=../escape.aci"], "give a file name"),
+        })
+        {
+            var r = RktKvm.Run(_data, noEnv, ["run", "example.com/busybox", .. args]);
+            Assert.True(r.ExitCode == 254, $"{string.Join(' ', args)}: {r.Stderr}");
+            Assert.Contains(message, r.Stderr);
+        }
+    }
+
+    [Fact]
+    public void ImageRm_KeepsTheTreesPodsAreLayeredOn()
+    {
+        var uuidFile = Path.Join(_tmp, "uuid");
+        Assert.Equal(0, RktKvm.Run(_data, _env, "run", "example.com/busybox", "--uuid-file-save=" + uuidFile).ExitCode);
+        var pod = Path.Join(_data, "pods", "run", File.ReadAllText(uuidFile));
+        var tree = Path.Join(_data, "tree", File.ReadAllText(Path.Join(pod, "appsinfo/busybox/treeStoreID")));
+        Assert.Equal(0, Cli("image", "rm", "example.com/busybox").ExitCode);
+        Assert.True(Directory.Exists(tree), "image rm removed a tree a pod is layered on");
+        Assert.Equal(0, Cli("image", "gc", "--grace-period=0s").ExitCode);
+        Assert.True(Directory.Exists(tree), "image gc removed a tree a pod is layered on");
+        Assert.Equal(0, Cli("rm", File.ReadAllText(uuidFile)).ExitCode);
+        Assert.Equal(0, Cli("image", "gc", "--grace-period=0s").ExitCode);
+        Assert.False(Directory.Exists(tree), "image gc kept a tree no pod refers to");
     }
 
     [Fact]
@@ -147,26 +239,38 @@ public sealed class Stage0ConformanceTests : IDisposable
             Assert.Equal(pod + "/stage1/rootfs/enter", Values(add.Lines, "env").Single(e => e.StartsWith("RKT_STAGE1_ENTERCMD=")).Split('=')[1]);
             Assert.Equal("X=1\n", File.ReadAllText(Path.Join(pod, "stage1/rootfs/rkt/env/one")));
             Assert.True(File.Exists(Path.Join(pod, "stage1/rootfs/rkt/status/one-created")));
+            if (IsRoot) Assert.Contains(Path.Join(pod, "stage1/rootfs/opt/stage2/one/rootfs"), MountsUnderData());
 
             Assert.Equal(0, Cli("app", "start", uuid, "--app=one").ExitCode);
             Assert.True(File.Exists(Path.Join(pod, "stage1/rootfs/rkt/status/one-started")));
             Assert.Equal(["--debug=false", "--app=one"], Values(LoggingStage1.Calls(pod).Last().Lines, "arg"));
             Assert.Contains("running", Cli("app", "list", uuid).Stdout);
 
+            // app/stop's 5 means "no such app" (systemctl's unit not loaded).
             File.WriteAllText(Path.Join(pod, "app-stop-exit"), "5");
             var stop5 = Cli("app", "stop", uuid, "--app=one");
-            File.Delete(Path.Join(pod, "app-stop-exit"));
             Assert.Equal(254, stop5.ExitCode);
-            Assert.Contains("is not running", stop5.Stderr);
+            Assert.Contains("no such app", stop5.Stderr);
+            // rkt 1.30's app rm fails on any non-zero app/stop, 5 included, and leaves the app in the pod.
+            var rm5 = Cli("app", "rm", uuid, "--app=one");
+            File.Delete(Path.Join(pod, "app-stop-exit"));
+            Assert.Equal(254, rm5.ExitCode);
+            Assert.Equal("app-stop", LoggingStage1.Calls(pod).Last().Name);
+            Assert.Single(Manifests.PodManifest.Load(Path.Join(pod, "pod")).Apps);
 
             var enter = Cli("enter", "--app=one", uuid, "/bin/echo", "-n", "x");
             Assert.Equal(7, enter.ExitCode); // enter's exit code is the command's
             var enterCall = LoggingStage1.Calls(pod).Last();
             Assert.Equal([$"--pid={File.ReadAllText(Path.Join(pod, "pid")).Trim()}", "--appname=one", "--", "/bin/echo", "-n", "x"], Values(enterCall.Lines, "arg"));
+            // As rkt's: enter runs from the stage1 image's tree in the store, cwd the pod.
+            Assert.StartsWith(Path.Join(_data, "tree", File.ReadAllText(Path.Join(pod, "stage1TreeStoreID")), "rootfs") + "/", Values(enterCall.Lines, "self").Single());
+            Assert.Equal(pod, Values(enterCall.Lines, "cwd").Single());
 
             Assert.Equal(0, Cli("app", "rm", uuid, "--app=one").ExitCode);
             Assert.Equal(["app-stop", "app-rm"], LoggingStage1.Calls(pod).TakeLast(2).Select(c => c.Name));
             Assert.False(Directory.Exists(Path.Join(pod, "stage1/rootfs/opt/stage2/one")));
+            Assert.False(Directory.Exists(Path.Join(pod, "appsinfo/one")));
+            Assert.DoesNotContain(MountsUnderData(), m => m.Contains("/opt/stage2/one"));
             Assert.Empty(Manifests.PodManifest.Load(Path.Join(pod, "pod")).Apps);
 
             var stop = Cli("stop", uuid);
@@ -182,6 +286,7 @@ public sealed class Stage0ConformanceTests : IDisposable
             Assert.Contains($"Garbage collecting pod \"{uuid}\"", gc.Stdout);
             Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods", "exited-garbage")));
             Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods", "garbage")));
+            Assert.Empty(MountsUnderData());
         }
         finally
         {

@@ -18,6 +18,10 @@ public sealed class BuildStage1Command() : Command("build-stage1",
 {
     public const string ImageName = "coreos.com/rkt/stage1-kvm";
 
+    /// <summary>Directories of the stage1 rootfs that rkt's stage0 expects to exist (stage0/run.go
+    /// <c>setupStage1Image</c>, stage0/app_add.go).</summary>
+    public static readonly string[] StageZeroDirectories = ["rkt/status", "rkt/env"];
+
     public override IReadOnlyList<FlagSpec> Flags { get; } =
     [
         new("entrypoint", "the rkt-kvm-stage1 binary"),
@@ -42,6 +46,10 @@ public sealed class BuildStage1Command() : Command("build-stage1",
             if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true);
             Directory.CreateDirectory(Path.Join(staging, "kvm"));
             Directory.CreateDirectory(Path.Join(staging, "app"));
+            // rkt's stage0 needs these in every stage1 image: with overlay it touches rkt/status
+            // before run (and fails without it); app add writes rkt/env/<app> and
+            // rkt/status/<app>-created without creating either directory.
+            foreach (var dir in StageZeroDirectories) Directory.CreateDirectory(Path.Join(staging, dir));
             foreach (var (name, source) in parts)
                 File.Copy(source, Path.Join(staging, "kvm", name));
             var annotations = new JsonArray { new JsonObject { ["name"] = Stage1Image.InterfaceVersionAnnotation, ["value"] = Stage1Image.SupportedInterfaceVersion.ToString() } };

@@ -1,5 +1,6 @@
 using System.Text.RegularExpressions;
 using Rkt.Kvm.Cli.Cli;
+using Rkt.Kvm.Cli.Pods;
 
 namespace Rkt.Kvm.Cli.Commands;
 
@@ -16,7 +17,7 @@ public sealed partial class GcImagesCommand() : Command("gc",
         args.Expect(0, $"rkt-kvm {Usage}");
         var graceText = args.Get("grace-period")!;
         TimeSpan? grace = graceText == "never" ? null : ParseDuration(graceText);
-        var result = context.Store.Collect(grace, DateTimeOffset.UtcNow);
+        var result = context.Store.Collect(grace, DateTimeOffset.UtcNow, new PodStore(context.DataDir).TreesInUse());
         foreach (var image in result.RemovedImages) context.Out.WriteLine($"successfully removed image \"{image.Id}\"");
         context.Out.WriteLine($"gc: {result.RemovedImages.Count} image(s), {result.RemovedBlobs} blob(s), {result.RemovedTrees} tree(s), {result.RemovedScratch} interrupted operation(s) removed");
         return 0;

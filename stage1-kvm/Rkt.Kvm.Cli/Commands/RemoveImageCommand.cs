@@ -1,4 +1,5 @@
 using Rkt.Kvm.Cli.Cli;
+using Rkt.Kvm.Cli.Pods;
 using Rkt.Kvm.Images;
 
 namespace Rkt.Kvm.Cli.Commands;
@@ -13,12 +14,13 @@ public sealed class RemoveImageCommand() : Command("rm",
     {
         if (args.Positional.Count == 0) throw new UsageException($"usage: rkt-kvm {Usage}");
         int failed = 0;
+        var treesInUse = new PodStore(context.DataDir).TreesInUse();
         foreach (var name in args.Positional)
         {
             try
             {
                 var image = context.Store.Resolve(name);
-                context.Store.Remove(image);
+                context.Store.Remove(image, treesInUse);
                 context.Out.WriteLine($"successfully removed image \"{image.Id}\"");
             }
             catch (ImageException e)

@@ -12,41 +12,51 @@ using Rkt.Kvm.Stage1.Pods;
 namespace Rkt.Kvm.Cli.Pods;
 
 /// <summary>
-/// What stage0 does before stage1 runs (rkt's prepare): the stage1 image and each app's image
-/// rendered into the pod directory, <c>appsinfo/</c>, and the pod manifest. The pod is built in
-/// <c>prepare/</c>; anything that fails removes it, so no half-made pod is ever left in <c>run/</c>.
+/// What stage0 does before stage1 runs (rkt's prepare, then the mounts of its run): the stage1
+/// image and each app's image rendered into the pod directory, <c>appsinfo/</c>, and the pod
+/// manifest. Where overlayfs works (and without <c>--no-overlay</c>) the pod gets rkt's overlay
+/// layout (<see cref="PodMounts"/>): prepare records the tree-store IDs and <c>overlay-prepared</c>,
+/// and <see cref="MountForRun"/> mounts the stage1 and app overlays just before stage1 run, as rkt
+/// does. Without overlay, the trees are laid into the pod directory as hardlink farms (rkt copies;
+/// hardlinks are equally safe here because every directory is made anew and pod files are only
+/// ever replaced by rename, never written in place). The pod is built in <c>prepare/</c>; anything
+/// that fails removes it, so no half-made pod is ever left in <c>run/</c>.
 /// </summary>
 public sealed class PodPreparer(ImageStore images, PodStore pods)
 {
-    public const string Stage1EnvironmentVariable = "RKT_KVM_STAGE1";
-
     private readonly TreeStore _trees = new(images);
-
-    /// <summary>The stage1 image to use: --stage1-path, then $RKT_KVM_STAGE1, then the one
-    /// installed beside rkt-kvm (<c>../stage1/stage1-kvm.aci</c>, as <c>make</c> lays out out/).</summary>
-    public static string LocateStage1(string? flag)
-    {
-        var path = flag ?? Environment.GetEnvironmentVariable(Stage1EnvironmentVariable)
-            ?? Path.GetFullPath(Path.Join(AppContext.BaseDirectory, "..", "stage1", "stage1-kvm.aci"));
-        return File.Exists(path) ? path
-            : throw new Stage1Exception($"stage1 image {path} does not exist (build it with `make stage1`, or give --stage1-path)");
-    }
 
     /// <summary>Prepares a pod in <c>prepared/</c>; returns it.</summary>
     public PodRef Prepare(RunRequest request)
     {
+        bool overlay = !request.NoOverlay;
+        if (overlay && PodMounts.OverlayUnsupportedReason(pods.Root) is { } why)
+        {
+            Console.Error.WriteLine($"disabling overlay support: \"{why}\"");
+            overlay = false;
+        }
         var pod = pods.Move(pods.CreateEmbryo(), PodPhase.Prepare);
         try
         {
             var dir = pod.Directory;
-            var stage1 = ImportStage1(LocateStage1(request.Stage1Path));
-            _trees.Export(stage1, Path.Join(pod.Path, "stage1"), ExportMode.Hardlink, rootfsOnly: false);
-            Stage1Image.Parse(File.ReadAllBytes(dir.Stage1Manifest), "stage1 manifest"); // a stage1 at all?
+            var stage1 = new Stage1Locator(images).Locate(request.Stage1);
+            if (overlay)
+            {
+                var tree = _trees.Render(stage1);
+                Directory.CreateDirectory(Path.Join(pod.Path, "stage1"));
+                File.Copy(Path.Join(tree, "manifest"), dir.Stage1Manifest);
+                images.MarkUsed(stage1.Id, DateTimeOffset.UtcNow);
+            }
+            else _trees.Export(stage1, Path.Join(pod.Path, "stage1"), ExportMode.Hardlink, rootfsOnly: false);
+            File.WriteAllText(dir.Stage1TreeStoreId, stage1.Id);
+            var stage1Image = Stage1Image.Parse(File.ReadAllBytes(dir.Stage1Manifest), "stage1 manifest"); // a stage1 at all?
+            if (request.Mutable && !stage1Image.SupportsMutablePods)
+                throw new Stage1Exception($"stage1 {stage1Image.Name} does not support mutable pods (it lacks app/rm, app/start or app/stop)");
 
             var apps = new JsonArray();
             var names = new HashSet<string>();
             foreach (var app in request.Apps)
-                apps.Add(PrepareApp(dir, app, request, names));
+                apps.Add(PrepareApp(dir, app, request, names, overlay));
 
             var manifest = new JsonObject
             {
@@ -62,6 +72,7 @@ public sealed class PodPreparer(ImageStore images, PodStore pods)
             PodManifest.Parse(bytes, "the pod manifest we wrote"); // our own output obeys the rules we enforce
             File.WriteAllBytes(dir.Manifest, bytes);
             File.WriteAllText(Path.Join(pod.Path, "pod-created"), "");
+            if (overlay) File.WriteAllText(dir.OverlayPrepared, "");
             return pods.Move(pod, PodPhase.Prepared);
         }
         catch
@@ -71,8 +82,9 @@ public sealed class PodPreparer(ImageStore images, PodStore pods)
         }
     }
 
-    /// <summary>Renders one app for a pod: rootfs, appsinfo, and its RuntimeApp JSON.</summary>
-    public JsonObject PrepareApp(PodDirectory dir, AppRequest request, RunRequest pod, ISet<string> takenNames)
+    /// <summary>Renders one app for a pod: appsinfo, the rootfs (without overlay; with it, the
+    /// rootfs is mounted by <see cref="MountApp"/>), and its RuntimeApp JSON.</summary>
+    public JsonObject PrepareApp(PodDirectory dir, AppRequest request, RunRequest pod, ISet<string> takenNames, bool overlay)
     {
         var image = images.Resolve(request.Image);
         var imageManifest = JsonNode.Parse(images.ReadManifest(image))!.AsObject();
@@ -123,10 +135,11 @@ public sealed class PodPreparer(ImageStore images, PodStore pods)
             mounts.Add(new JsonObject { ["volume"] = mpName, ["path"] = mpPath });
         }
 
-        _trees.Export(image, dir.AppRootfs(name), ExportMode.Hardlink, rootfsOnly: true);
-        Directory.CreateDirectory(Path.GetDirectoryName(dir.AppInfoManifest(name))!);
+        Directory.CreateDirectory(dir.AppInfoDir(name));
         File.WriteAllBytes(dir.AppInfoManifest(name), images.ReadManifest(image));
-        File.WriteAllText(Path.Join(Path.GetDirectoryName(dir.AppInfoManifest(name))!, "treeStoreID"), image.Id);
+        File.WriteAllText(dir.AppTreeStoreId(name), image.Id);
+        if (overlay) _trees.Render(image);
+        else _trees.Export(image, dir.AppDir(name), ExportMode.Hardlink, rootfsOnly: false);
 
         return new JsonObject
         {
@@ -152,20 +165,67 @@ public sealed class PodPreparer(ImageStore images, PodStore pods)
         return AcName.IsValidName(name) ? name : "app";
     }
 
-    private ImageRecord ImportStage1(string path)
+    /// <summary>What rkt's stage0 run does before it execs stage1 (stage0/run.go
+    /// <c>setupStage1Image</c>, <c>setupAppImage</c>): with overlay, mounts the stage1 and then each
+    /// app, and touches <c>rkt/status</c> (which the stage1 image must have); for every app, an
+    /// <c>/etc/mtab</c> link where its image has <c>/etc</c> but no mtab.</summary>
+    public void MountForRun(PodRef pod, PodManifest manifest)
     {
-        try { return new ImageImporter(images).Import(path, new ImportOptions(null, null)); }
-        catch (ImageException e) { throw new Stage1Exception($"stage1 image {path}: {e.Message}", e); }
+        var dir = pod.Directory;
+        if (dir.UsesOverlay)
+        {
+            MountStage1(dir);
+            try { Directory.SetLastWriteTimeUtc(dir.StatusDir, DateTime.UtcNow); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new Stage1Exception($"error setting up stage1: touching the status directory {dir.StatusDir}: {e.Message}", e);
+            }
+        }
+        foreach (var app in manifest.Apps) MountApp(dir, app.Name);
+    }
+
+    /// <summary>Mounts an overlay pod's stage1 rootfs.</summary>
+    public void MountStage1(PodDirectory dir)
+    {
+        var stage1 = File.ReadAllText(dir.Stage1TreeStoreId).Trim();
+        PodMounts.MountStage1(dir, stage1, TreeRootfs(stage1));
+    }
+
+    /// <summary>Gives a prepared app its rootfs in the pod (rkt's <c>setupAppImage</c>).</summary>
+    public void MountApp(PodDirectory dir, string app)
+    {
+        if (dir.UsesOverlay)
+        {
+            var tree = File.ReadAllText(dir.AppTreeStoreId(app)).Trim();
+            PodMounts.MountApp(dir, app, tree, TreeRootfs(tree));
+            File.Copy(dir.AppInfoManifest(app), Path.Join(dir.AppDir(app), "manifest"), overwrite: true);
+        }
+        EnsureMtab(dir.AppRootfs(app));
+    }
+
+    private string TreeRootfs(string id) => Path.Join(_trees.TreePath(id), "rootfs");
+
+    /// <summary>rkt's <c>ensureMtabExists</c>: <c>etc/mtab -> ../proc/self/mounts</c> where an image has <c>/etc</c> but no mtab.</summary>
+    private static void EnsureMtab(string rootfs)
+    {
+        var etc = Path.Join(rootfs, "etc");
+        var mtab = Path.Join(etc, "mtab");
+        if (new DirectoryInfo(etc) is { Exists: true, LinkTarget: null } && !Path.Exists(mtab) && new FileInfo(mtab).LinkTarget is null)
+            File.CreateSymbolicLink(mtab, "../proc/self/mounts");
     }
 
     private static JsonNode VolumeJson(VolumeRequest v) => v.Kind == "host"
         ? new JsonObject { ["name"] = v.Name, ["kind"] = "host", ["source"] = v.Source, ["readOnly"] = v.ReadOnly }
         : new JsonObject { ["name"] = v.Name, ["kind"] = "empty", ["readOnly"] = v.ReadOnly, ["mode"] = "0755", ["uid"] = 0, ["gid"] = 0 };
 
-    /// <summary>Removes a pod that did not get to run.</summary>
+    /// <summary>Removes a pod that did not get to run, once nothing is mounted in it any more
+    /// (deleting through a mount would reach into what it mounts).</summary>
     public static void Discard(PodRef pod)
     {
-        try { if (Directory.Exists(pod.Path)) Directory.Delete(pod.Path, recursive: true); }
+        try
+        {
+            if (Directory.Exists(pod.Path) && PodMounts.UnmountAllUnder(pod.Path)) Directory.Delete(pod.Path, recursive: true);
+        }
         catch (IOException) { /* best effort: gc removes what is left */ }
     }
 }

@@ -95,6 +95,20 @@ public sealed class PodStore(string dataDir)
         };
     }
 
-    /// <summary>Reads a UUID from a file written by <c>--uuid-file-save</c>, or takes the argument itself.</summary>
-    public PodRef FindFromArgument(string argument) => Find(argument);
+    /// <summary>The image trees that pods refer to (<c>stage1TreeStoreID</c>, <c>appsinfo/*/treeStoreID</c>),
+    /// in any phase: an overlay pod mounts them, so the image store must keep them (rkt's tree-store gc
+    /// asks the same of its pods).</summary>
+    public IReadOnlySet<string> TreesInUse()
+    {
+        var ids = new HashSet<string>(StringComparer.Ordinal);
+        void Add(string file) { try { ids.Add(File.ReadAllText(file).Trim()); } catch (IOException) { } }
+        foreach (var pod in All())
+        {
+            if (File.Exists(pod.Directory.Stage1TreeStoreId)) Add(pod.Directory.Stage1TreeStoreId);
+            var appsinfo = System.IO.Path.Join(pod.Path, "appsinfo");
+            if (Directory.Exists(appsinfo))
+                foreach (var file in Directory.EnumerateFiles(appsinfo, "treeStoreID", SearchOption.AllDirectories)) Add(file);
+        }
+        return ids;
+    }
 }

@@ -1,4 +1,5 @@
 using Rkt.Kvm.Cli.Cli;
+using Rkt.Kvm.Stage1.Entrypoints;
 using Rkt.Kvm.Stage1.Manifests;
 
 namespace Rkt.Kvm.Cli.Pods;
@@ -26,7 +27,8 @@ public sealed record VolumeRequest(string Name, string Kind, string? Source, boo
 /// <c>rkt-kvm run</c>'s command line, parsed the way rkt parses it: images in order, each
 /// followed by its own flags (<c>--exec --name --mount --memory --cpu --user --group
 /// --environment</c>) and optionally <c>-- ARGS… ---</c>; pod flags anywhere
-/// (<c>--volume --set-env --hostname --net --interactive --uuid-file-save --stage1-path</c>).
+/// (<c>--volume --set-env --hostname --net --interactive --no-overlay --uuid-file-save</c> and
+/// rkt's five ways of naming the stage1 image, <c>--stage1-{url,path,name,hash,from-dir}</c>).
 /// </summary>
 public sealed class RunRequest
 {
@@ -37,11 +39,12 @@ public sealed class RunRequest
     public string Net { get; set; } = "default";
     public bool Interactive { get; set; }
     public string? UuidFileSave { get; set; }
-    public string? Stage1Path { get; set; }
+    public Stage1Choice? Stage1 { get; set; }
+    public bool NoOverlay { get; set; }
     public bool Mutable { get; set; }
 
     private static readonly HashSet<string> AppFlags = ["exec", "name", "mount", "memory", "cpu", "user", "group", "environment"];
-    private static readonly HashSet<string> PodFlags = ["volume", "set-env", "hostname", "net", "interactive", "uuid-file-save", "stage1-path", "insecure-options", "no-overlay"];
+    private static readonly HashSet<string> PodFlags = ["volume", "set-env", "hostname", "net", "uuid-file-save", "insecure-options", .. Stage1Choice.Flags];
 
     public static RunRequest Parse(IReadOnlyList<string> argv, bool allowApps = true)
     {
@@ -68,7 +71,12 @@ public sealed class RunRequest
                     throw new UsageException(name == "private-users"
                         ? "--private-users is not supported by stage1-kvm: the pod's virtual machine already isolates user ids from the host"
                         : "--private-net is not supported: use --net=none or --net=default");
-                if (name == "interactive") { request.Interactive = eq < 0 || body[(eq + 1)..] is "true" or "1"; continue; }
+                if (name is "interactive" or "no-overlay")
+                {
+                    bool on = GoFlags.ParseBool(eq < 0 ? null : body[(eq + 1)..], name);
+                    if (name == "interactive") request.Interactive = on; else request.NoOverlay = on;
+                    continue;
+                }
                 if (AppFlags.Contains(name))
                 {
                     if (current is null) throw new UsageException($"--{name} applies to an app: put it after the image it is for");
@@ -111,9 +119,11 @@ public sealed class RunRequest
             case "hostname": request.Hostname = value; break;
             case "net": request.Net = value; break;
             case "uuid-file-save": request.UuidFileSave = value; break;
-            case "stage1-path": request.Stage1Path = value; break;
+            case "stage1-url" or "stage1-path" or "stage1-name" or "stage1-hash" or "stage1-from-dir":
+                request.Stage1 = Stage1Choice.With(request.Stage1, name, value);
+                break;
             // Accepted for command-line compatibility with rkt; images here are always local.
-            case "insecure-options" or "no-overlay": break;
+            case "insecure-options": break;
         }
     }
 

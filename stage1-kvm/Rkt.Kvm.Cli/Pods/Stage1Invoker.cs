@@ -42,10 +42,11 @@ public static class Stage1Invoker
     }
 
     /// <summary>Runs an entrypoint that inherits the environment (enter, stop, gc) and returns its exit code.
-    /// Output goes straight to ours (enter is interactive).</summary>
-    public static int Run(PodDirectory pod, string entrypoint, IReadOnlyList<string> args)
+    /// Output goes straight to ours (enter is interactive). <paramref name="stage1Rootfs"/> runs it
+    /// from another copy of the stage1 image: rkt runs enter from the tree store's.</summary>
+    public static int Run(PodDirectory pod, string entrypoint, IReadOnlyList<string> args, string? stage1Rootfs = null)
     {
-        var psi = Start(pod, entrypoint, args);
+        var psi = Start(pod, entrypoint, args, stage1Rootfs);
         using var process = Process.Start(psi) ?? throw new Stage1Exception($"cannot start the stage1 {entrypoint} entrypoint");
         process.WaitForExit();
         return process.ExitCode;
@@ -72,9 +73,9 @@ public static class Stage1Invoker
         return (process.ExitCode, output);
     }
 
-    private static ProcessStartInfo Start(PodDirectory pod, string entrypoint, IReadOnlyList<string> args)
+    private static ProcessStartInfo Start(PodDirectory pod, string entrypoint, IReadOnlyList<string> args, string? stage1Rootfs = null)
     {
-        var program = Load(pod).EntrypointPath(pod, entrypoint);
+        var program = Load(pod).EntrypointPath(stage1Rootfs ?? pod.Stage1Rootfs, entrypoint);
         if (!File.Exists(program)) throw new Stage1Exception($"the stage1 {entrypoint} entrypoint {program} does not exist");
         var psi = new ProcessStartInfo(program) { WorkingDirectory = pod.Path, UseShellExecute = false };
         foreach (var a in args) psi.ArgumentList.Add(a);

@@ -114,15 +114,17 @@ public sealed class ImageStore
     }
 
     /// <summary>Removes an image from the index, then its manifest, tree and the blobs no other
-    /// image shares. Removing from the index first means a crash halfway leaves only garbage.</summary>
-    public void Remove(ImageRecord image)
+    /// image shares. Removing from the index first means a crash halfway leaves only garbage.
+    /// A tree in <paramref name="treesInUse"/> stays: pods mount it as the lower layer of their
+    /// overlays; a later gc removes it once no pod refers to it.</summary>
+    public void Remove(ImageRecord image, IReadOnlySet<string>? treesInUse = null)
     {
         using var _ = Lock(exclusive: true);
         var index = LoadIndex();
         if (index.Images.RemoveAll(i => i.Id == image.Id) == 0) throw new ImageException($"no image \"{image.Id}\" in the store");
         SaveIndex(index);
         File.Delete(ManifestPath(image.Id));
-        new TreeStore(this).DeleteTree(image.Id);
+        if (treesInUse?.Contains(image.Id) != true) new TreeStore(this).DeleteTree(image.Id);
         var stillUsed = index.Images.SelectMany(i => i.Blobs).ToHashSet();
         foreach (var key in image.Blobs.Where(k => !stillUsed.Contains(k))) File.Delete(BlobPath(key));
     }
@@ -140,15 +142,16 @@ public sealed class ImageStore
     /// <summary>
     /// Like rkt's image gc: removes images not used within <paramref name="gracePeriod"/>
     /// (null keeps all images), then every blob, manifest and tree no image references and
-    /// the scratch directories of imports and renders that died.
+    /// the scratch directories of imports and renders that died. Trees in <paramref name="treesInUse"/>
+    /// (pods' overlay lower layers) stay.
     /// </summary>
-    public GcResult Collect(TimeSpan? gracePeriod, DateTimeOffset now)
+    public GcResult Collect(TimeSpan? gracePeriod, DateTimeOffset now, IReadOnlySet<string>? treesInUse = null)
     {
         var removedImages = new List<ImageRecord>();
         if (gracePeriod is { } grace)
             foreach (var image in List().Where(i => now - i.LastUsed > grace))
             {
-                Remove(image);
+                Remove(image, treesInUse);
                 removedImages.Add(image);
             }
 
@@ -172,7 +175,7 @@ public sealed class ImageStore
             foreach (var file in Directory.EnumerateFiles(manifestDir).Where(f => !ids.Contains(Path.GetFileName(f))).ToList())
                 File.Delete(file);
         var treeStore = new TreeStore(this);
-        foreach (var id in treeStore.CachedIds().Where(id => !ids.Contains(id)).ToList())
+        foreach (var id in treeStore.CachedIds().Where(id => !ids.Contains(id) && treesInUse?.Contains(id) != true).ToList())
         {
             treeStore.DeleteTree(id);
             trees++;

@@ -49,14 +49,13 @@ public sealed class GoFlags
     public string? Get(string name) => _flags.TryGetValue(name, out var v) ? v : null;
 
     /// <summary>Go's boolean syntax: bare flag = true; =true/false/1/0/t/f.</summary>
-    public bool Bool(string name)
+    public bool Bool(string name) => _flags.TryGetValue(name, out var value) && ParseBool(value, name);
+
+    /// <summary>Go's <c>strconv.ParseBool</c>, null (a bare flag) being true.</summary>
+    public static bool ParseBool(string? value, string name) => value switch
     {
-        if (!_flags.TryGetValue(name, out var value)) return false;
-        return value switch
-        {
-            null or "true" or "TRUE" or "True" or "1" or "t" or "T" => true,
-            "false" or "FALSE" or "False" or "0" or "f" or "F" => false,
-            _ => throw new Stage1Exception($"invalid boolean value \"{value}\" for flag --{name}"),
-        };
-    }
+        null or "true" or "TRUE" or "True" or "1" or "t" or "T" => true,
+        "false" or "FALSE" or "False" or "0" or "f" or "F" => false,
+        _ => throw new Stage1Exception($"invalid boolean value \"{value}\" for flag --{name}"),
+    };
 }

@@ -44,7 +44,10 @@ public sealed record Stage1Image(string Name, IReadOnlyDictionary<string, string
     }
 
     /// <summary>The entrypoint's absolute path under the pod's <c>stage1/rootfs</c>.</summary>
-    public string EntrypointPath(Pods.PodDirectory pod, string entrypoint) =>
-        Entrypoints.TryGetValue(entrypoint, out var relative) ? Path.Join(pod.Stage1Rootfs, relative)
+    public string EntrypointPath(Pods.PodDirectory pod, string entrypoint) => EntrypointPath(pod.Stage1Rootfs, entrypoint);
+
+    /// <summary>The entrypoint's absolute path under a stage1 rootfs (rkt's enter uses the tree store's).</summary>
+    public string EntrypointPath(string stage1Rootfs, string entrypoint) =>
+        Entrypoints.TryGetValue(entrypoint, out var relative) ? Path.Join(stage1Rootfs, relative)
             : throw new Stage1Exception($"the stage1 image {Name} has no {entrypoint} entrypoint");
 }

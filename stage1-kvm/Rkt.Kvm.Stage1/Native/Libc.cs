@@ -3,13 +3,14 @@ using System.Runtime.InteropServices;
 namespace Rkt.Kvm.Stage1.Native;
 
 /// <summary>The libc calls the stage1 contract needs and .NET lacks: directory locks handed
-/// across exec (flock + fcntl FD_CLOEXEC), kill.</summary>
+/// across exec (flock + fcntl FD_CLOEXEC), kill, and the overlay mounts of a pod directory.</summary>
 internal static partial class Libc
 {
     public const int O_RDONLY = 0, O_DIRECTORY = 0x10000, O_CLOEXEC = 0x80000;
     public const int LOCK_SH = 1, LOCK_EX = 2, LOCK_NB = 4;
     public const int F_GETFD = 1, F_SETFD = 2, FD_CLOEXEC = 1;
-    public const int EINTR = 4, EWOULDBLOCK = 11, ESRCH = 3;
+    public const int EINTR = 4, EWOULDBLOCK = 11, ESRCH = 3, EINVAL = 22, ENOENT = 2, EBUSY = 16;
+    public const int MNT_DETACH = 2;
 
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int open(string path, int flags, uint mode);
@@ -25,6 +26,19 @@ internal static partial class Libc
 
     [LibraryImport("libc", SetLastError = true)]
     public static partial int kill(int pid, int signal);
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int mount(string source, string target, string fstype, ulong flags, string data);
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int umount2(string target, int flags);
+
+    /// <summary>statfs(2) into a raw buffer: only <c>f_type</c> (the first 8 bytes on x86-64) is read.</summary>
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int statfs(string path, byte[] buf);
+
+    [LibraryImport("libc")]
+    public static partial uint geteuid();
 
     public static IOException Error(string call, string what)
     {

@@ -22,12 +22,22 @@ public sealed class PodDirectory(string path)
     public string SupervisorStatus => Join("stage1", "rootfs", "rkt", "supervisor-status");
     public string SharedVolumes => Join("sharedVolumes");
 
+    /// <summary>rkt's overlay layout (stage0/run.go): the marker that says the pod's stage1 and apps
+    /// are overlays, the tree-store IDs they are layered on, and their upper and work directories.</summary>
+    public string OverlayPrepared => Join("overlay-prepared");
+    public bool UsesOverlay => File.Exists(OverlayPrepared);
+    public string Stage1TreeStoreId => Join("stage1TreeStoreID");
+    public string OverlayDir => Join("overlay");
+
     /// <summary>Where stage1-kvm keeps its own per-pod state (VMM sockets, logs): inside the pod
     /// directory, so rkt's gc removes it with the pod.</summary>
     public string Stage1State => Join("stage1-kvm");
 
-    public string AppRootfs(string app) => Join("stage1", "rootfs", "opt", "stage2", Checked(app), "rootfs");
-    public string AppInfoManifest(string app) => Join("appsinfo", Checked(app), "manifest");
+    public string AppDir(string app) => Join("stage1", "rootfs", "opt", "stage2", Checked(app));
+    public string AppRootfs(string app) => System.IO.Path.Join(AppDir(app), "rootfs");
+    public string AppInfoDir(string app) => Join("appsinfo", Checked(app));
+    public string AppInfoManifest(string app) => System.IO.Path.Join(AppInfoDir(app), "manifest");
+    public string AppTreeStoreId(string app) => System.IO.Path.Join(AppInfoDir(app), "treeStoreID");
     public string AppStatus(string app) => System.IO.Path.Join(StatusDir, Checked(app));
     public string AppCreated(string app) => System.IO.Path.Join(StatusDir, Checked(app) + "-created");
     public string AppStarted(string app) => System.IO.Path.Join(StatusDir, Checked(app) + "-started");

@@ -86,7 +86,7 @@ public sealed class AppAddCommand() : Command("add", "Add an app to a mutable po
         var preparer = new PodPreparer(context.Store, new PodStore(context.DataDir));
         var taken = new HashSet<string>(pod.Apps.Select(a => a.Name));
         JsonObject app;
-        try { app = preparer.PrepareApp(dir, request.Apps[0], request, taken); }
+        try { app = preparer.PrepareApp(dir, request.Apps[0], request, taken, dir.UsesOverlay); }
         catch (Exception e) when (e is UsageException or Images.ImageException or Stage1Exception)
         {
             // PrepareApp fails before it renders anything for a duplicate name; otherwise clean up.
@@ -96,6 +96,7 @@ public sealed class AppAddCommand() : Command("add", "Add an app to a mutable po
         var name = (string)app["name"]!;
         try
         {
+            preparer.MountApp(dir, name);
             (manifest["apps"] as JsonArray ?? (JsonArray)(manifest["apps"] = new JsonArray())).Add(app);
             manifest["volumes"] = podVolumes;
             dir.WriteEnvironment(name, (app["app"]!["environment"] as JsonArray ?? []).Select(e => new KeyValuePair<string, string>((string)e!["name"]!, (string?)e["value"] ?? "")));
@@ -130,10 +131,14 @@ public sealed class AppAddCommand() : Command("add", "Add an app to a mutable po
         return (volumes, mounts);
     }
 
-    /// <summary>Everything stage0 made for an app (rkt's app rm removes the same).</summary>
+    /// <summary>Everything stage0 made for an app (rkt's app rm removes the same, in this order):
+    /// its overlay (unmounted; this fails while anything on the host still uses the app's files),
+    /// appsinfo, its directory under <c>opt/stage2</c>, its status and env files.</summary>
     public static void RemoveAppFiles(PodDirectory dir, string name)
     {
-        foreach (var path in new[] { Path.GetDirectoryName(dir.AppRootfs(name))!, Path.GetDirectoryName(dir.AppInfoManifest(name))! })
+        if (dir.UsesOverlay && File.Exists(dir.AppTreeStoreId(name)))
+            PodMounts.RemoveApp(dir, name, File.ReadAllText(dir.AppTreeStoreId(name)).Trim());
+        foreach (var path in new[] { dir.AppInfoDir(name), dir.AppDir(name) })
             if (Directory.Exists(path)) Directory.Delete(path, recursive: true);
         foreach (var path in new[] { dir.AppCreated(name), dir.AppStarted(name), dir.AppStatus(name), dir.AppEnv(name) })
             File.Delete(path);
@@ -159,10 +164,12 @@ public sealed class AppStartCommand() : Command("start", "Start an app of a muta
     }
 }
 
-/// <summary><c>app stop UUID --app=NAME</c>; stage1's exit 5 means the app is not running.</summary>
+/// <summary><c>app stop UUID --app=NAME</c>; stopping an app that already exited succeeds, as in
+/// rkt. stage1's exit 5 means the pod has no such app (rkt 1.30 never tells it apart from other
+/// failures, as its error wrapping hides the code; we name it).</summary>
 public sealed class AppStopCommand() : Command("stop", "Stop an app of a mutable pod", "app stop UUID --app=NAME")
 {
-    public const int NotRunning = 5;
+    public const int NoSuchApp = 5;
 
     public override IReadOnlyList<FlagSpec> Flags { get; } = [new("app", "the app")];
 
@@ -171,14 +178,15 @@ public sealed class AppStopCommand() : Command("stop", "Stop an app of a mutable
         var pod = MutablePod.Open(context, args.Expect(1, $"rkt-kvm {Usage}")[0]);
         var app = MutablePod.App(pod, args.Get("app"));
         var (rc, output) = Stage1Invoker.RunCrossing(pod.Pod.Directory, "app/stop", [$"--debug={args.Bool("debug").ToString().ToLowerInvariant()}", $"--app={app.Name}"], args.Bool("debug"));
-        if (rc == NotRunning) throw new Stage1Exception($"app \"{app.Name}\" is not running");
+        if (rc == NoSuchApp) throw new Stage1Exception($"stopping app \"{app.Name}\" failed: the pod's stage1 has no such app");
         if (rc != 0) throw new Stage1Exception($"stopping app \"{app.Name}\" failed: stage1 app/stop exited {rc}: {output.Trim().ReplaceLineEndings(" ")}");
         return 0;
     }
 }
 
-/// <summary><c>app rm UUID --app=NAME</c>: app/stop (as rkt, ignoring "not running"), app/rm,
-/// then the app's files and its entry in the pod manifest.</summary>
+/// <summary><c>app rm UUID --app=NAME</c> as rkt 1.30 does it: app/stop, then app/rm (any non-zero
+/// exit of either fails the command: rkt's wrapped error never lets its "exit 5" test match), then
+/// the app's mounts and files, then its entry in the pod manifest.</summary>
 public sealed class AppRmCommand() : Command("rm", "Remove an app from a mutable pod", "app rm UUID --app=NAME")
 {
     public override IReadOnlyList<FlagSpec> Flags { get; } = [new("app", "the app")];
@@ -189,16 +197,15 @@ public sealed class AppRmCommand() : Command("rm", "Remove an app from a mutable
         var app = MutablePod.App(pod, args.Get("app"));
         var debug = $"--debug={args.Bool("debug").ToString().ToLowerInvariant()}";
         using var _ = MutablePod.LockManifest(pod);
-        var (rc, output) = Stage1Invoker.RunCrossing(pod.Pod.Directory, "app/stop", [debug, $"--app={app.Name}"], args.Bool("debug"));
-        if (rc is not (0 or AppStopCommand.NotRunning)) throw new Stage1Exception($"stopping app \"{app.Name}\" failed: stage1 app/stop exited {rc}: {output.Trim()}");
+        MutablePod.Crossing(context, pod, "app/stop", [debug, $"--app={app.Name}"], args.Bool("debug"), $"removing app \"{app.Name}\" failed: stopping it");
         MutablePod.Crossing(context, pod, "app/rm", [debug, $"--app={app.Name}"], args.Bool("debug"), $"removing app \"{app.Name}\" failed");
+        AppAddCommand.RemoveAppFiles(pod.Pod.Directory, app.Name);
         var manifest = JsonNode.Parse(File.ReadAllBytes(pod.Pod.Directory.Manifest))!.AsObject();
         if (manifest["apps"] is JsonArray apps && apps.FirstOrDefault(a => (string?)a!["name"] == app.Name) is { } entry)
         {
             apps.Remove(entry);
             MutablePod.WriteManifest(pod, manifest);
         }
-        AppAddCommand.RemoveAppFiles(pod.Pod.Directory, app.Name);
         return 0;
     }
 }

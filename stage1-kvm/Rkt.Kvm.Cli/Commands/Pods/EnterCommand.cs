@@ -1,5 +1,6 @@
 using Rkt.Kvm.Cli.Cli;
 using Rkt.Kvm.Cli.Pods;
+using Rkt.Kvm.Images.Trees;
 using Rkt.Kvm.Stage1;
 
 namespace Rkt.Kvm.Cli.Commands.Pods;
@@ -33,6 +34,11 @@ public sealed class EnterCommand(string name, string summary) : Command(name, su
         }
         if (pod.Apps.All(a => a.Name != app)) throw new Stage1Exception($"pod \"{pod.Pod.Uuid}\" has no app \"{app}\"");
         var pid = pod.Pid ?? throw new Stage1Exception($"pod \"{pod.Pod.Uuid}\" has no pid file yet");
-        return Stage1Invoker.Run(pod.Pod.Directory, "enter", [$"--pid={pid}", $"--appname={app}", "--", .. command.Count > 0 ? command : ["/bin/sh"]]);
+        // As rkt's enter: the entrypoint runs from the stage1 image's tree in the store (cwd the pod).
+        var dir = pod.Pod.Directory;
+        string? treeRootfs = File.Exists(dir.Stage1TreeStoreId)
+            ? Path.Join(new TreeStore(context.Store).TreePath(File.ReadAllText(dir.Stage1TreeStoreId).Trim()), "rootfs") : null;
+        if (treeRootfs is not null && !Directory.Exists(treeRootfs)) treeRootfs = null; // the tree is gone: the pod's own copy will do
+        return Stage1Invoker.Run(dir, "enter", [$"--pid={pid}", $"--appname={app}", "--", .. command.Count > 0 ? command : ["/bin/sh"]], treeRootfs);
     }
 }

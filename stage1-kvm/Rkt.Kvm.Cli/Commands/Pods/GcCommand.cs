@@ -1,5 +1,7 @@
 using Rkt.Kvm.Cli.Cli;
 using Rkt.Kvm.Cli.Pods;
+using Rkt.Kvm.Stage1;
+using Rkt.Kvm.Stage1.Pods;
 
 namespace Rkt.Kvm.Cli.Commands.Pods;
 
@@ -48,20 +50,34 @@ public sealed class GcCommand() : Command("gc", "Garbage-collect exited pods", "
         return status == 0 ? 0 : CommandTable.ExitError;
     }
 
-    /// <summary>garbage/ → stage1 gc (cwd the pod dir, as rkt) → delete. A failing stage1 gc keeps
-    /// the pod in garbage/ for the next run: it may still hold host resources.</summary>
+    /// <summary>garbage/ → stage1 gc (cwd the pod dir, as rkt) → unmount everything in the pod →
+    /// delete. An overlay pod whose stage1 is no longer mounted (the host rebooted) gets it mounted
+    /// again first, as rkt's <c>mountPodStage1</c> does, so its gc entrypoint can run. Unlike rkt,
+    /// which logs a failing stage1 gc and deletes the pod anyway, a failing stage1 gc or a mount
+    /// that will not go keeps the pod in garbage/ for the next run: it may still hold host resources.</summary>
     public static int Collect(CommandContext context, PodStore store, PodRef pod)
     {
         if (pod.Phase != PodPhase.Garbage) pod = store.Move(pod, PodPhase.Garbage);
         context.Out.WriteLine($"Garbage collecting pod \"{pod.Uuid}\"");
-        if (File.Exists(pod.Directory.Stage1Manifest))
+        var dir = pod.Directory;
+        if (File.Exists(dir.Stage1Manifest))
         {
-            int rc = Stage1Invoker.Run(pod.Directory, "gc", [pod.Uuid]);
+            if (dir.UsesOverlay && !PodMounts.IsMountPoint(dir.Stage1Rootfs) && File.Exists(dir.Stage1TreeStoreId))
+            {
+                try { new PodPreparer(context.Store, store).MountStage1(dir); }
+                catch (Stage1Exception e) { context.Err.WriteLine($"rkt-kvm: pod \"{pod.Uuid}\": {e.Message}; its stage1 gc cannot run"); }
+            }
+            int rc = File.Exists(Stage1Invoker.Load(dir).EntrypointPath(dir, "gc")) ? Stage1Invoker.Run(dir, "gc", [pod.Uuid]) : -1;
             if (rc != 0)
             {
-                context.Err.WriteLine($"rkt-kvm: stage1 gc of pod \"{pod.Uuid}\" exited {rc}; it stays in garbage/ for the next gc");
+                context.Err.WriteLine($"rkt-kvm: stage1 gc of pod \"{pod.Uuid}\" {(rc < 0 ? "could not run" : $"exited {rc}")}; it stays in garbage/ for the next gc");
                 return 1;
             }
+        }
+        if (!PodMounts.UnmountAllUnder(pod.Path))
+        {
+            context.Err.WriteLine($"rkt-kvm: pod \"{pod.Uuid}\" still has mounts ({string.Join(", ", PodMounts.MountsUnder(pod.Path))}); it stays in garbage/ for the next gc");
+            return 1;
         }
         Directory.Delete(pod.Path, recursive: true);
         return 0;

@@ -1,6 +1,7 @@
 using Rkt.Kvm.Cli.Cli;
 using Rkt.Kvm.Cli.Pods;
 using Rkt.Kvm.Stage1;
+using Rkt.Kvm.Stage1.Manifests;
 using Rkt.Kvm.Stage1.Pods;
 
 namespace Rkt.Kvm.Cli.Commands.Pods;
@@ -12,8 +13,8 @@ namespace Rkt.Kvm.Cli.Commands.Pods;
 /// </summary>
 public sealed class RunCommand(bool sandbox) : Command(sandbox ? "sandbox" : "run",
     sandbox ? "Start an empty, mutable pod (add apps with `app add`)" : "Run images in a new pod",
-    sandbox ? "app sandbox [--hostname=H] [--net=none|default] [--volume=…] [--uuid-file-save=FILE] [--stage1-path=ACI]"
-        : "run IMAGE [--exec=CMD] [--name=NAME] [--mount=volume=V,target=/P] [--memory=Q] [--cpu=Q] [--user=U] [--group=G] [--environment=K=V] [-- ARGS… ---] … [--volume=V,kind=host,source=/P] [--set-env=K=V] [--hostname=H] [--net=none|default] [--interactive] [--uuid-file-save=FILE] [--stage1-path=ACI]")
+    sandbox ? "app sandbox [--hostname=H] [--net=none|default] [--volume=…] [--no-overlay] [--uuid-file-save=FILE] [--stage1-{path,url,name,hash,from-dir}=…]"
+        : "run IMAGE [--exec=CMD] [--name=NAME] [--mount=volume=V,target=/P] [--memory=Q] [--cpu=Q] [--user=U] [--group=G] [--environment=K=V] [-- ARGS… ---] … [--volume=V,kind=host,source=/P] [--set-env=K=V] [--hostname=H] [--net=none|default] [--interactive] [--no-overlay] [--uuid-file-save=FILE] [--stage1-{path,url,name,hash,from-dir}=…]")
 {
     public override bool RawArguments => true;
 
@@ -31,12 +32,14 @@ public sealed class RunCommand(bool sandbox) : Command(sandbox ? "sandbox" : "ru
         Stage1.Entrypoints.RunArguments.Parse([.. stage1Args, "00000000-0000-0000-0000-000000000000"]);
 
         var pods = new PodStore(context.DataDir);
-        var pod = new PodPreparer(context.Store, pods).Prepare(request);
+        var preparer = new PodPreparer(context.Store, pods);
+        var pod = preparer.Prepare(request);
         PodLock? podLock = null;
         try
         {
             podLock = PodLock.TryExclusive(pod.Path) ?? throw new Stage1Exception($"pod {pod.Uuid} is locked by another process");
             pod = pods.Move(pod, PodPhase.Run);
+            preparer.MountForRun(pod, PodManifest.Load(pod.Directory.Manifest));
             if (request.UuidFileSave is not null) File.WriteAllText(request.UuidFileSave, pod.Uuid);
         }
         catch
