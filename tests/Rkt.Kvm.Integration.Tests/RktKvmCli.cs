@@ -7,6 +7,7 @@ namespace Rkt.Kvm.Integration.Tests;
 /// built stage1-kvm image, the busybox image imported. Sockets go to a short runtime directory of
 /// the test's own. Disposing stops and collects every pod it made.
 /// </summary>
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class RktKvmCli : IDisposable
 {
     public string Root { get; } = Directory.CreateTempSubdirectory("rkt-kvm-e2e-").FullName;
@@ -84,6 +85,15 @@ public sealed class RktKvmCli : IDisposable
         Run("status", uuid).Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.Split('=', 2)).Where(kv => kv.Length == 2)
             .ToDictionary(kv => kv[0], kv => kv[1]);
 
+    /// <summary>What is mounted under the test's directory, read from the kernel (not from our bookkeeping).</summary>
+    public IReadOnlyList<string> MountsUnderRoot() => Rkt.Kvm.Stage1.Pods.PodMounts.MountsUnder(Root);
+
+    /// <summary>Processes whose command line names <paramref name="text"/> (a pod's VMM and stage1 do).</summary>
+    public List<string> ProcessesMentioning(string text) =>
+        Directory.GetDirectories("/proc").Select(Path.GetFileName).Where(n => n!.All(char.IsDigit))
+            .Where(pid => { try { return File.ReadAllText($"/proc/{pid}/cmdline").Contains(text); } catch (IOException) { return false; } })
+            .Select(pid => pid!).ToList();
+
     public string PodDir(string uuid) =>
         Directory.GetDirectories(Path.Join(DataDir, "pods"), uuid, SearchOption.AllDirectories).Single();
 
@@ -97,7 +107,9 @@ public sealed class RktKvmCli : IDisposable
         foreach (var pid in Directory.Exists(Path.Join(DataDir, "pods")) ? Directory.EnumerateFiles(Path.Join(DataDir, "pods"), "pid", SearchOption.AllDirectories) : [])
             if (int.TryParse(File.ReadAllText(pid).Trim(), out var vmm)) try { Process.GetProcessById(vmm).Kill(); } catch (ArgumentException) { }
         Run(TimeSpan.FromMinutes(1), "gc", "--grace-period=0s");
-        try { Directory.Delete(Root, recursive: true); } catch (IOException) { }
+        // Never delete through a mount a failed test left behind: it would reach into the tree store.
+        if (Rkt.Kvm.Stage1.Pods.PodMounts.UnmountAllUnder(Root))
+            try { Directory.Delete(Root, recursive: true); } catch (IOException) { }
         try { Directory.Delete(RuntimeRoot, recursive: true); } catch (IOException) { }
     }
 }

@@ -69,6 +69,10 @@ public sealed class Stage1ConformanceTests : IDisposable
             Assert.True(File.Exists(path), $"entrypoint {entry} at {path} is missing");
             Assert.True(File.GetUnixFileMode(path).HasFlag(UnixFileMode.UserExecute), $"entrypoint {entry} is not executable");
         }
+        // rkt's stage0 touches rkt/status before run (with overlay, its default) and writes into
+        // rkt/env and rkt/status on app add without creating them.
+        Assert.True(Directory.Exists(Path.Join(pod, "stage1/rootfs/rkt/status")), "the stage1 image has no rkt/status");
+        Assert.True(Directory.Exists(Path.Join(pod, "stage1/rootfs/rkt/env")), "the stage1 image has no rkt/env");
         var labels = manifest["labels"]!.AsArray().ToDictionary(a => (string)a!["name"]!, a => (string)a!["value"]!);
         Assert.Equal("amd64", labels["arch"]);
         Assert.Equal("linux", labels["os"]);
