@@ -33,7 +33,8 @@ KERNEL_DIR_FILE := $(OUT)/kernel-dir
 export DOTNET_CLI_TELEMETRY_OPTOUT := 1
 export DOTNET_NOLOGO := 1
 
-.PHONY: all run test deps apt-install kernel vmm agent stage2 tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-9p bench-pod stage1 busybox-image clean
+
+.PHONY: all run test deps soak apt-install kernel vmm agent stage2 tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-9p bench-pod stage1 busybox-image clean
 
 all: deps kernel vmm initramfs agent-initramfs cli stage1 busybox-image
 
@@ -77,6 +78,14 @@ bench-pod: all
 bench-9p: all
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_APT_PACKAGES)"
 	bench/9p/run.sh
+
+# Not part of `make test`: 50 pods, 5 at a time, with stage1 and rkt-kvm kills sprinkled in; the
+# host must end where it started (tests/soak/pods.sh prints RESULT lines).
+soak: all
+	tests/soak/pods.sh $(SOAK_PODS) $(SOAK_BATCH)
+
+SOAK_PODS ?= 50
+SOAK_BATCH ?= 5
 
 # Installs only what is missing, so a prepared machine pays nothing.
 deps:

@@ -58,6 +58,8 @@ public sealed class AgentVmProcess : IDisposable
                      "--kernel", options.KernelPath, "--initrd", options.InitrdPath, "--vsock", SocketPath,
                      "--memory", options.MemoryMiB.ToString(), "--cpus", options.Cpus.ToString(),
                      "--console", options.ConsoleToStdout ? "stdout" : "none", "--console-log", ConsoleLog, "--cmdline", "quiet",
+                     // The VM never outlives us, however we end (SIGKILL included): no orphan VMs.
+                     "--owner-pid", Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture),
                  })
             psi.ArgumentList.Add(a);
         foreach (var a in options.ExtraVmmArguments) psi.ArgumentList.Add(a);

@@ -47,20 +47,17 @@ internal static class StopEntrypoint
     }
 }
 
-/// <summary><c>gc UUID</c>: frees what a pod took on the host even when its VMM was killed: a
-/// VMM still running (killed), the runtime directory with the sockets. Idempotent.</summary>
+/// <summary><c>gc UUID</c>: frees what a pod took on the host even when its stage1 or VMM was
+/// killed, at any point: every process still serving the pod (found by executable and command
+/// line, so also a VMM whose <c>pid</c> was never written), then the runtime directory with the
+/// sockets. Idempotent.</summary>
 internal static class GcEntrypoint
 {
     public static int Execute(string[] argv)
     {
         GcArguments.Parse(argv);
         var files = Stage1Files.ForCurrentPod();
-        foreach (var pidFile in new[] { files.RunPid, files.Pod.PidFile })
-            if (PodProcesses.Alive(pidFile, files.Uuid) is { } pid)
-            {
-                PodProcesses.Signal(pid, Native.Signals.SIGKILL);
-                for (int i = 0; i < 100 && Directory.Exists($"/proc/{pid}"); i++) Thread.Sleep(20);
-            }
+        Runtime.PodRuntime.Kill(Runtime.PodRuntime.Processes(files.Uuid), TimeSpan.FromSeconds(5));
         // Only a directory named after this pod: the record is a file in the pod directory, and gc must never be talked into deleting anything else.
         if (Directory.Exists(files.RuntimeDir) && Path.GetFileName(Path.TrimEndingDirectorySeparator(files.RuntimeDir)) == files.Uuid)
             Directory.Delete(files.RuntimeDir, recursive: true);

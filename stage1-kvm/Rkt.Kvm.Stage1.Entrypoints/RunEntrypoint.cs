@@ -63,6 +63,8 @@ public sealed class RunEntrypoint
         Directory.CreateDirectory(_files.StateDir);
         Directory.CreateDirectory(_files.LogsDir);
         Directory.CreateDirectory(_files.RuntimeDir);
+        // Which pods directory this runtime directory serves: gc of that data dir removes it once the pod is gone.
+        File.WriteAllText(Path.Join(_files.RuntimeDir, Runtime.PodRuntime.OwnerFile), Runtime.PodRuntime.PodsRootOf(_files.Pod.Path) + "\n");
         File.WriteAllText(_files.RuntimeDirRecord, _files.RuntimeDir + "\n");
         File.WriteAllText(_files.RunPid, $"{Environment.ProcessId}\n");
         _timeline.Write("stage1-process-start", new DateTimeOffset(System.Diagnostics.Process.GetCurrentProcess().StartTime.ToUniversalTime()).ToUnixTimeMilliseconds());

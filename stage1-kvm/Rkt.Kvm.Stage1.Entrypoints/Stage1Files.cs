@@ -12,8 +12,6 @@ namespace Rkt.Kvm.Stage1.Entrypoints;
 /// </summary>
 public sealed class Stage1Files(PodDirectory pod, string uuid)
 {
-    public const string RuntimeRootVariable = "RKT_KVM_RUNTIME_DIR";
-    public const string DefaultRuntimeRoot = "/run/rkt-kvm";
 
     public PodDirectory Pod { get; } = pod;
     public string Uuid { get; } = uuid;
@@ -25,8 +23,7 @@ public sealed class Stage1Files(PodDirectory pod, string uuid)
 
     /// <summary>The runtime directory run chose, recorded in the pod directory: the crossing
     /// entrypoints get a replaced environment from stage0, so they cannot recompute it.</summary>
-    public string RuntimeDir => File.Exists(RuntimeDirRecord) ? File.ReadAllText(RuntimeDirRecord).Trim()
-        : Path.Join(Environment.GetEnvironmentVariable(RuntimeRootVariable) is { Length: > 0 } root ? root : DefaultRuntimeRoot, Uuid);
+    public string RuntimeDir => File.Exists(RuntimeDirRecord) ? File.ReadAllText(RuntimeDirRecord).Trim() : Runtime.PodRuntime.Directory(Uuid);
 
     public string RuntimeDirRecord => Path.Join(StateDir, "runtime-dir");
     public string AgentSocket => Path.Join(RuntimeDir, "vm.sock");

@@ -94,6 +94,20 @@ public sealed class RktKvmCli : IDisposable
             .Where(pid => { try { return File.ReadAllText($"/proc/{pid}/cmdline").Contains(text); } catch (IOException) { return false; } })
             .Select(pid => pid!).ToList();
 
+    /// <summary>What the host holds for this test's pods, read from the host itself (not from our
+    /// records): processes naming the test's directories, runtime directories, mounts, pod directories.</summary>
+    public HostSnapshot Snapshot() => new(
+        [.. ProcessesMentioning(Root).Concat(ProcessesMentioning(RuntimeRoot)).Distinct().Select(pid => $"{pid} {Cmdline(pid)}").Order()],
+        Directory.Exists(RuntimeRoot) ? [.. Directory.GetFileSystemEntries(RuntimeRoot).Order()] : [],
+        [.. MountsUnderRoot().Order()],
+        Directory.Exists(Path.Join(DataDir, "pods")) ? [.. Directory.GetDirectories(Path.Join(DataDir, "pods")).SelectMany(Directory.GetDirectories).Order()] : []);
+
+    private static string Cmdline(string pid)
+    {
+        try { return File.ReadAllText($"/proc/{pid}/cmdline").Replace('\0', ' '); }
+        catch (IOException) { return "(gone)"; }
+    }
+
     public string PodDir(string uuid) =>
         Directory.GetDirectories(Path.Join(DataDir, "pods"), uuid, SearchOption.AllDirectories).Single();
 
@@ -111,5 +125,19 @@ public sealed class RktKvmCli : IDisposable
         if (Rkt.Kvm.Stage1.Pods.PodMounts.UnmountAllUnder(Root))
             try { Directory.Delete(Root, recursive: true); } catch (IOException) { }
         try { Directory.Delete(RuntimeRoot, recursive: true); } catch (IOException) { }
+    }
+}
+
+/// <summary>A host's pod-related state at one moment; two are compared by value, list by list.</summary>
+public sealed record HostSnapshot(IReadOnlyList<string> Processes, IReadOnlyList<string> RuntimeEntries, IReadOnlyList<string> Mounts, IReadOnlyList<string> PodDirs)
+{
+    public override string ToString() =>
+        $"processes: [{string.Join("; ", Processes)}]\nruntime: [{string.Join(", ", RuntimeEntries)}]\nmounts: [{string.Join(", ", Mounts)}]\npods: [{string.Join(", ", PodDirs)}]";
+
+    public static void AssertSame(HostSnapshot before, HostSnapshot after)
+    {
+        Assert.True(before.Processes.SequenceEqual(after.Processes) && before.RuntimeEntries.SequenceEqual(after.RuntimeEntries)
+            && before.Mounts.SequenceEqual(after.Mounts) && before.PodDirs.SequenceEqual(after.PodDirs),
+            $"the host was not brought back to what it was.\nbefore:\n{before}\nafter:\n{after}");
     }
 }

@@ -168,6 +168,52 @@ public sealed class Stage0ConformanceTests : IDisposable
     }
 
     [Fact]
+    public void Gc_SweepsRuntimeDirsAndVmmsNoPodCanReach_AndNothingElse()
+    {
+        var runtime = Directory.CreateDirectory(Path.Join(_tmp, "run")).FullName;
+        var env = new Dictionary<string, string>(_env) { ["RKT_KVM_RUNTIME_DIR"] = runtime };
+        // A stand-in VMM: an executable named rkt-kvm-vmm (bash blocked in `read`) with a VMM's --vsock argument.
+        var fakeVmm = Path.Join(Directory.CreateDirectory(Path.Join(_tmp, "bin")).FullName, "rkt-kvm-vmm");
+        File.Copy("/bin/bash", fakeVmm);
+        System.Diagnostics.Process StartVmm(string uuid)
+        {
+            var psi = new System.Diagnostics.ProcessStartInfo(fakeVmm) { RedirectStandardInput = true };
+            foreach (var a in new[] { "-c", "read x", "--vsock", Path.Join(runtime, uuid, "vm.sock") }) psi.ArgumentList.Add(a);
+            return System.Diagnostics.Process.Start(psi)!;
+        }
+        string RuntimeDir(string uuid, string podsRoot)
+        {
+            var dir = Directory.CreateDirectory(Path.Join(runtime, uuid)).FullName;
+            File.WriteAllText(Path.Join(dir, "pods-root"), podsRoot + "\n");
+            return dir;
+        }
+        string orphan = Guid.NewGuid().ToString(), foreign = Guid.NewGuid().ToString(), unreachable = Guid.NewGuid().ToString(), live = Guid.NewGuid().ToString();
+        var podsRoot = Path.Join(_data, "pods");
+        RuntimeDir(orphan, podsRoot);
+        RuntimeDir(foreign, Path.Join(_tmp, "another-data-dir", "pods"));
+        RuntimeDir(live, podsRoot);
+        Directory.CreateDirectory(Path.Join(podsRoot, "prepared", live)); // gc leaves a fresh prepared pod alone
+        var vmms = new[] { orphan, foreign, unreachable, live }.ToDictionary(u => u, StartVmm);
+        try
+        {
+            var gc = RktKvm.Run(_data, env, "gc", "--grace-period=0s");
+            Assert.True(gc.ExitCode == 0, gc.Stderr);
+            Assert.True(vmms[orphan].WaitForExit(10_000), "the VMM of a pod that no longer exists was left running");
+            Assert.True(vmms[unreachable].WaitForExit(10_000), "a VMM whose runtime directory is gone was left running");
+            Assert.False(Directory.Exists(Path.Join(runtime, orphan)));
+            Assert.False(vmms[foreign].HasExited, "gc killed the VMM of another data directory's pod");
+            Assert.False(vmms[live].HasExited, "gc killed the VMM of a pod that exists");
+            Assert.True(Directory.Exists(Path.Join(runtime, foreign)) && Directory.Exists(Path.Join(runtime, live)));
+            Assert.Contains($"Removed the runtime directory {Path.Join(runtime, orphan)}", gc.Stdout);
+        }
+        finally
+        {
+            foreach (var vmm in vmms.Values) { if (!vmm.HasExited) vmm.Kill(); vmm.Dispose(); }
+            Directory.Delete(Path.Join(podsRoot, "prepared", live));
+        }
+    }
+
+    [Fact]
     public void ImageRm_KeepsTheTreesPodsAreLayeredOn()
     {
         var uuidFile = Path.Join(_tmp, "uuid");

@@ -31,6 +31,9 @@ public class VmmOptionsTests
         Assert.False(o.Machine.UseIrqfd);
         var defaults = VmmOptions.Parse(["--kernel", "k"]);
         Assert.Null(defaults.Machine.VsockSocketPath);
+        Assert.Null(defaults.Machine.OwnerPid);
+        Assert.Equal(4321, VmmOptions.Parse(["--kernel", "k", "--owner-pid", "4321"]).Machine.OwnerPid);
+        Assert.Throws<ArgumentException>(() => VmmOptions.Parse(["--kernel", "k", "--owner-pid", "-1"]));
         Assert.True(defaults.Machine.UseIoeventfd && defaults.Machine.UseIrqfd);
     }
 

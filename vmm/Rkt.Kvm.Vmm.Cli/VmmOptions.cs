@@ -8,7 +8,8 @@ public sealed record VmmOptions
     public const string Usage = """
         Usage: rkt-kvm-vmm --kernel PATH [options]
         Boots one Linux microVM on /dev/kvm and exits with its status:
-          0 guest reset or powered off, 1 VMM error, 2 guest kernel panic, 3 guest crash.
+          0 guest reset or powered off, 1 VMM error, 2 guest kernel panic, 3 guest crash,
+          4 its owner (--owner-pid) exited.
 
           --kernel PATH        ELF vmlinux (preferred) or bzImage
           --initrd PATH        initramfs / initrd image
@@ -31,6 +32,8 @@ public sealed record VmmOptions
           --control PATH       VMM control socket (newline-delimited JSON, docs/CONTROL.md):
                                add-export, remove-export, list-exports, status, stop;
                                the 9p device is present with --control or any --9p-export
+          --owner-pid PID      end the VM when process PID (the VMM's parent) exits, however
+                               it exits: the VM never outlives the process that owns it
           --debug              verbose VMM logging
           --quiet              only warnings and errors from the VMM
           --help               this text
@@ -47,6 +50,7 @@ public sealed record VmmOptions
     public static VmmOptions Parse(IReadOnlyList<string> args)
     {
         string? kernel = null, initrd = null, cmdline = null, consoleLog = null, kvmDevice = null, vsock = null, control = null;
+        int? owner = null;
         var exports = new List<P9ExportSpec>();
         ulong cid = 3;
         (bool Ioeventfd, bool Irqfd) eventFds = (true, true);
@@ -107,6 +111,7 @@ public sealed record VmmOptions
                     break;
                 case "--9p-export": exports.Add(ParseExport(Value())); break;
                 case "--control": control = Value(); break;
+                case "--owner-pid": owner = (int)WholeNumber(name, Value(), int.MaxValue); break;
                 case "--debug": debug = true; break;
                 case "--quiet": quiet = true; break;
                 case "--help" or "-h": help = true; break;
@@ -130,6 +135,7 @@ public sealed record VmmOptions
             UseIrqfd = eventFds.Irqfd,
             ControlSocketPath = control,
             P9Exports = exports,
+            OwnerPid = owner,
         };
         machine.Validate();
         return new VmmOptions { Machine = machine, ConsoleToStdout = toStdout, ConsoleLogPath = consoleLog, Debug = debug, Quiet = quiet };

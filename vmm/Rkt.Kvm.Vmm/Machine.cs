@@ -232,6 +232,12 @@ public sealed class Machine : IDisposable
             foreach (var e in config.P9Exports) server.AddExport(e.Name, e.Path, e.ReadOnly);
             AttachVirtio(P9Slot, _p9, signalling);
         }
+        if (config.OwnerPid is { } owner)
+        {
+            var gone = new VmExitResult(VmExitStatus.OwnerGone, $"its owner, process {owner}, exited; the VM goes with it");
+            if (OwnerWatch.Start(owner, _deviceLoop, () => RequestExit(gone)) is { } watch) _deviceResources.Add(watch);
+            else RequestExit(gone);
+        }
         if (config.ControlSocketPath is { } controlPath)
         {
             var commands = new ControlCommands(_p9?.Server, _sinceStart,

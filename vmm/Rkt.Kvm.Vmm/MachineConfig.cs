@@ -33,6 +33,9 @@ public sealed record MachineConfig
     /// <summary>Interrupts through KVM's irqfd where offered; off: KVM_IRQ_LINE from the device thread.</summary>
     public bool UseIrqfd { get; init; } = true;
 
+    /// <summary>The process whose exit ends the VM (it must be the VMM's parent); null: none.</summary>
+    public int? OwnerPid { get; init; }
+
     /// <summary>The VMM control socket (docs/CONTROL.md); null for none. Implies the 9p device.</summary>
     public string? ControlSocketPath { get; init; }
     /// <summary>Exports served from the start; more can be added through the control socket.</summary>

@@ -11,6 +11,8 @@ public enum VmExitStatus
     GuestPanic = 2,
     /// <summary>The guest crashed without a panic: triple fault, an instruction KVM cannot emulate, a failed VM entry.</summary>
     GuestCrash = 3,
+    /// <summary>The process that owns the VM (<c>--owner-pid</c>) exited, so the VM was ended.</summary>
+    OwnerGone = 4,
 }
 
 public sealed record VmExitResult(VmExitStatus Status, string Reason);

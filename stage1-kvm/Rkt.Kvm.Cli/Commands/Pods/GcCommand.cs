@@ -2,6 +2,7 @@ using Rkt.Kvm.Cli.Cli;
 using Rkt.Kvm.Cli.Pods;
 using Rkt.Kvm.Stage1;
 using Rkt.Kvm.Stage1.Pods;
+using Rkt.Kvm.Stage1.Runtime;
 
 namespace Rkt.Kvm.Cli.Commands.Pods;
 
@@ -47,6 +48,12 @@ public sealed class GcCommand() : Command("gc", "Garbage-collect exited pods", "
                     break;
             }
         }
+        // What no pod can reach any more: runtime directories (and their VMMs) whose pod is gone,
+        // VMMs whose runtime directory is gone. Found on the host, not in our own records.
+        var uuids = store.All().Select(p => p.Uuid).ToHashSet();
+        var orphans = PodRuntime.SweepOrphans(store.Root, uuids.Contains);
+        foreach (var dir in orphans.RuntimeDirs) context.Out.WriteLine($"Removed the runtime directory {dir} of a pod that no longer exists");
+        foreach (var p in orphans.Killed) context.Out.WriteLine($"Killed {p.Program} (pid {p.Pid}) of a pod that no longer exists");
         return status == 0 ? 0 : CommandTable.ExitError;
     }
 

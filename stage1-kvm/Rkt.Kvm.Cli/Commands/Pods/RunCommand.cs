@@ -53,9 +53,13 @@ public sealed class RunCommand(bool sandbox) : Command(sandbox ? "sandbox" : "ru
             int rc = Stage1Invoker.RunPod(pod.Directory, [.. stage1Args, pod.Uuid], podLock);
             if (rc != 0 && pod.Directory.ReadPid() is null)
             {
-                // stage1 failed before the pod started (no pid file): nothing ran, remove it.
-                PodPreparer.Discard(pod);
-                context.Err.WriteLine($"rkt-kvm: pod {pod.Uuid} did not start (stage1 run exited {rc}); removed it");
+                // stage1 failed (or was killed) before the pod started: collect it now, stage1 gc first,
+                // so a VMM it had started, its sockets and the mounts go before the directory does. If
+                // anything will not go, the pod stays in garbage/ for the next gc to finish.
+                var quiet = new CommandContext(context.DataDir, TextWriter.Null, context.Err, context.StderrIsTerminal);
+                bool removed = GcCommand.Collect(quiet, pods, pod) == 0;
+                context.Err.WriteLine($"rkt-kvm: pod {pod.Uuid} did not start (stage1 run exited {rc}); " +
+                    (removed ? "removed it" : "left it for `rkt-kvm gc`"));
             }
             return rc;
         }

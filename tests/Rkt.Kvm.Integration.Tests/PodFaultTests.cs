@@ -1,0 +1,136 @@
+using System.Diagnostics;
+using Rkt.Kvm.Stage1.Runtime;
+
+namespace Rkt.Kvm.Integration.Tests;
+
+/// <summary>
+/// Faults on real pod VMs: SIGKILL of stage1 <c>run</c> (while the agent boots, while the pod runs,
+/// during stop) and of <c>rkt-kvm</c> itself. After each, the pod is either running and usable, or
+/// exited and collectable; <c>list</c> and <c>gc</c> then bring the host back to exactly what it was
+/// before (processes, runtime directories, mounts, pod directories), compared on the host itself.
+/// Killing the VMM is <see cref="PodEndToEndTests.KilledVmm_ListShowsExited_AndGcLeavesNothing"/>.
+/// </summary>
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
+public sealed class PodFaultTests
+{
+    private const string Busybox = RktKvmCli.Busybox;
+    private static readonly TimeSpan VmGoesWithin = TimeSpan.FromSeconds(15);
+
+    [SkippableFact]
+    public void KilledStage1Run_WhileTheAgentBoots_TakesItsVmAlong_AndTheFailedStartLeavesNothing()
+    {
+        Skip.IfNot(TestEnvironment.HasKvm, TestEnvironment.NoKvmReason);
+        using var cli = new RktKvmCli();
+        var before = cli.Snapshot();
+        var (run, uuid) = cli.Start("run", Busybox, "--exec=/bin/sh", "--", "-c", "sleep 1000", "---");
+        var vmm = WaitFor(() => PodRuntime.Processes(uuid).FirstOrDefault(p => p.Program == PodRuntime.VmmProgram), "the pod's VMM to start");
+        Thread.Sleep(3000); // the guest kernel is booting (READY takes tens of seconds here)
+        Assert.False(File.Exists(Path.Join(cli.PodDir(uuid), "pid")), "the agent was already ready: the kill is meant for its boot");
+        KillStage1Run(uuid);
+
+        AssertGone(vmm);
+        Assert.True(run.WaitForExit(TimeSpan.FromMinutes(1)), "rkt-kvm run did not end after its stage1 was killed");
+        run.WaitForExit(); // and its output is all read
+        Assert.Equal(137, run.ExitCode);
+        Assert.Contains("did not start", cli.OutputOf(run));
+        Assert.Equal(0, cli.Run("gc", "--grace-period=0s").ExitCode);
+        HostSnapshot.AssertSame(before, cli.Snapshot());
+    }
+
+    [SkippableFact]
+    public void KilledStage1Run_WhileThePodRuns_TakesItsVmAlong_ListShowsExited_GcLeavesNothing()
+    {
+        Skip.IfNot(TestEnvironment.HasKvm, TestEnvironment.NoKvmReason);
+        using var cli = new RktKvmCli();
+        var before = cli.Snapshot();
+        var (run, uuid) = cli.Start("run", Busybox, "--exec=/bin/sh", "--", "-c", "echo up; sleep 1000", "---");
+        cli.WaitReady(uuid);
+        var vmm = PodRuntime.Processes(uuid).Single(p => p.Program == PodRuntime.VmmProgram);
+        KillStage1Run(uuid);
+
+        AssertGone(vmm);
+        Assert.True(run.WaitForExit(TimeSpan.FromMinutes(1)), "rkt-kvm run did not end after its stage1 was killed");
+        Assert.Equal("exited", cli.Status(uuid)["state"]);
+        Assert.Contains("exited", cli.Run("list", "--no-legend").Stdout);
+        Assert.Equal(0, cli.Run("gc", "--grace-period=0s").ExitCode);
+        HostSnapshot.AssertSame(before, cli.Snapshot());
+    }
+
+    [SkippableFact]
+    public void KilledStage1Run_DuringStop_TakesItsVmAlong_AndGcLeavesNothing()
+    {
+        Skip.IfNot(TestEnvironment.HasKvm, TestEnvironment.NoKvmReason);
+        using var cli = new RktKvmCli();
+        var before = cli.Snapshot();
+        var (sandbox, uuid) = cli.Start("app", "sandbox");
+        cli.WaitReady(uuid);
+        Assert.Equal(0, cli.Run("app", "add", uuid, Busybox, "--name=a", "--exec=/bin/sh", "--", "-c", "trap '' TERM; while true; do sleep 1; done", "---").ExitCode);
+        Assert.Equal(0, cli.Run("app", "start", uuid, "--app=a").ExitCode);
+        var vmm = PodRuntime.Processes(uuid).Single(p => p.Program == PodRuntime.VmmProgram);
+        Assert.Equal(0, cli.Run("stop", uuid).ExitCode); // the app ignores SIGTERM: stop takes its grace period
+        Thread.Sleep(500);
+        KillStage1Run(uuid);
+
+        AssertGone(vmm);
+        Assert.True(sandbox.WaitForExit(TimeSpan.FromMinutes(1)), "rkt-kvm app sandbox did not end after its stage1 was killed");
+        Assert.Equal("exited", cli.Status(uuid)["state"]);
+        Assert.Equal(0, cli.Run("rm", uuid).ExitCode);
+        Assert.Equal(0, cli.Run("gc", "--grace-period=0s").ExitCode);
+        HostSnapshot.AssertSame(before, cli.Snapshot());
+    }
+
+    [SkippableFact]
+    public void KilledRktKvm_WhileThePodRuns_LeavesThePodRunningAndUsable_ThenStopAndRmLeaveNothing()
+    {
+        Skip.IfNot(TestEnvironment.HasKvm, TestEnvironment.NoKvmReason);
+        using var cli = new RktKvmCli();
+        var before = cli.Snapshot();
+        var (run, uuid) = cli.Start("run", Busybox, "--exec=/bin/sh", "--", "-c", "echo up; while true; do echo tick; sleep 1; done", "---");
+        cli.WaitReady(uuid);
+        run.Kill(); // rkt-kvm only: rkt would have exec'd stage1, so stage1 is what runs the pod
+        Assert.True(run.WaitForExit(TimeSpan.FromSeconds(30)));
+        Thread.Sleep(3000); // the app goes on printing; its stage1, re-parented, goes on serving it
+
+        Assert.Equal("running", cli.Status(uuid)["state"]);
+        var entered = cli.Run("enter", uuid, "/bin/sh", "-c", "echo still here");
+        Assert.True(entered.ExitCode == 0, entered.Stderr);
+        Assert.Equal("still here\n", entered.Stdout);
+        Assert.Equal(0, cli.Run("stop", uuid).ExitCode);
+        WaitFor(() => cli.Status(uuid)["state"] == "exited" ? "" : null, "the pod to exit after stop");
+        Assert.Equal(0, cli.Run("rm", uuid).ExitCode);
+        HostSnapshot.AssertSame(before, cli.Snapshot());
+    }
+
+    private static void KillStage1Run(string uuid)
+    {
+        var stage1 = PodRuntime.Processes(uuid).Single(p => p.Program == PodRuntime.Stage1Program);
+        Process.GetProcessById(stage1.Pid).Kill();
+    }
+
+    private static void AssertGone(PodProcess vmm)
+    {
+        var deadline = DateTime.UtcNow + VmGoesWithin;
+        while (Directory.Exists($"/proc/{vmm.Pid}") && !IsZombie(vmm.Pid))
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"the VMM (pid {vmm.Pid}) outlived its stage1 by more than {VmGoesWithin.TotalSeconds} s");
+            Thread.Sleep(50);
+        }
+    }
+
+    private static bool IsZombie(int pid)
+    {
+        try { return File.ReadAllText($"/proc/{pid}/stat").Split(')').Last().TrimStart().StartsWith('Z'); }
+        catch (IOException) { return false; }
+    }
+
+    private static T WaitFor<T>(Func<T?> probe, string what) where T : class
+    {
+        var deadline = DateTime.UtcNow.AddMinutes(3);
+        while (true)
+        {
+            if (probe() is { } value) return value;
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"timed out waiting for {what}");
+            Thread.Sleep(50);
+        }
+    }
+}
