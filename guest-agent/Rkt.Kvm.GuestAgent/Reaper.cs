@@ -64,16 +64,14 @@ internal sealed class ChildStatusTable(int capacity = 256)
 /// <summary>
 /// The single waiter for the VM's children (the agent is PID 1: orphans and every pod process, which
 /// the stage2 helper clones with CLONE_PARENT, are its children). On SIGCHLD it peeks at the next exited
-/// child (waitid WNOWAIT) and reaps it, handing the status to <see cref="Statuses"/>, unless the child is
-/// <see cref="Own"/>ed by System.Diagnostics.Process, which must collect its status itself (start such a
-/// Process while holding <see cref="Lock"/> and call <see cref="Own"/> before releasing it).
+/// child (waitid WNOWAIT) and reaps it, handing the status to <see cref="Statuses"/>. Nothing else may
+/// wait for children: System.Diagnostics.Process is never used in the agent (see <see cref="Start"/>).
 /// </summary>
 internal static unsafe partial class Reaper
 {
     private const int P_ALL = 0, WEXITED = 4, WNOHANG = 1, WNOWAIT = 0x0100_0000;
 
-    public static readonly Lock Lock = new();
-    private static readonly HashSet<int> s_owned = [];
+    private static readonly Lock Lock = new(); // ReapOrphans runs on the reaper thread and at start-up
     private static bool s_started;
 
     /// <summary>Exit statuses of reaped children, for whoever registered (or registers later) their pid.</summary>
@@ -115,22 +113,14 @@ internal static unsafe partial class Reaper
             }
             int pid = *(int*)(info + 16);
             if (Apps.Stage2.Debug) Log.Line($"reaper: child {pid} exited");
-            bool owned;
-            lock (Lock) owned = s_owned.Contains(pid);
-            if (owned) { Thread.Sleep(10); continue; } // System.Diagnostics.Process collects it
             ReapOrphans();
         }
     }
 
-    /// <summary>Marks a child as collected by System.Diagnostics.Process (call under <see cref="Lock"/>).</summary>
-    public static void Own(int pid) { lock (Lock) s_owned.Add(pid); }
-
-    public static void Disown(int pid) { lock (Lock) s_owned.Remove(pid); }
-
     /// <summary>Waits for <paramref name="pid"/> (a child of the agent) to exit.</summary>
     public static Task<ExitStatus> WaitAsync(int pid) => Statuses.Claim(pid);
 
-    /// <summary>Reaps exited children that System.Diagnostics.Process does not own; returns how many.</summary>
+    /// <summary>Reaps every exited child; returns how many.</summary>
     public static int ReapOrphans()
     {
         int reaped = 0;
@@ -142,7 +132,7 @@ internal static unsafe partial class Reaper
                 new Span<byte>(info, 128).Clear();
                 if (waitid(P_ALL, 0, info, WEXITED | WNOHANG | WNOWAIT) != 0) break; // ECHILD: no children
                 int pid = *(int*)(info + 16);
-                if (pid == 0 || s_owned.Contains(pid)) break; // nothing exited, or Process's to collect
+                if (pid == 0) break; // nothing exited
                 int status;
                 if (waitpid(pid, &status, WNOHANG) != pid) break;
                 reaped++;

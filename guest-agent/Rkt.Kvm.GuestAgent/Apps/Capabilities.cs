@@ -21,8 +21,6 @@ internal static class Capabilities
         "CAP_NET_RAW", "CAP_NET_BIND_SERVICE", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_SETFCAP", "CAP_SYS_CHROOT",
     ];
 
-    public static int LastCap => s_names.Length - 1;
-
     /// <summary>The number of a capability named "CAP_X" (or "X", any case); throws ArgumentException otherwise.</summary>
     public static int Number(string name)
     {

@@ -21,7 +21,6 @@ internal sealed class LogBuffer(int maxBytes = LogBuffer.DefaultMaxBytes)
 
     public ulong Dropped { get; private set; }
     public long Bytes { get { lock (_records) return _bytes; } }
-    public bool IsComplete { get { lock (_records) return _complete; } }
 
     private long _lastTimestampNs;
 

@@ -72,13 +72,6 @@ internal static unsafe partial class HostFs
         EMFILE = 24, EFBIG = 27, ENOSPC = 28, EBUSY = 16, EXDEV = 18, EROFS = 30, ERANGE = 34, ENAMETOOLONG = 36, ENOSYS = 38, ENOTEMPTY = 39, ELOOP = 40, ENODATA = 61,
         EPROTO = 71, EMSGSIZE = 90, EOPNOTSUPP = 95;
     public const long UTIME_NOW = (1L << 30) - 1, UTIME_OMIT = (1L << 30) - 2;
-    /// <summary>openat2 resolve flags: no "..", no absolute or symlink escape; no /proc magic links; no symlinks at all.</summary>
-    public const ulong RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_NO_SYMLINKS = 0x04, RESOLVE_BENEATH = 0x08;
-    private const long SysOpenat2 = 437;
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct OpenHow { public ulong Flags, Mode, Resolve; }
-
     private static int Check(int rc) => rc >= 0 ? rc : throw new P9Error(Marshal.GetLastPInvokeError());
     private static long Check(long rc) => rc >= 0 ? rc : throw new P9Error(Marshal.GetLastPInvokeError());
 
@@ -130,14 +123,6 @@ internal static unsafe partial class HostFs
     {
         using var d = new Borrowed(pathFd);
         fixed (byte* p = Z($"/proc/self/fd/{d.Number}")) return new FileDescriptor(Check(openat(AT_FDCWD, p, flags | O_CLOEXEC, 0)));
-    }
-
-    /// <summary>openat2 beneath <paramref name="dir"/> with no symlinks, no magic links and no "..": the kernel itself guarantees no escape.</summary>
-    public static FileDescriptor OpenBeneath(FileDescriptor dir, string relative, int flags, uint mode = 0)
-    {
-        using var d = new Borrowed(dir);
-        var how = new OpenHow { Flags = (ulong)(flags | O_CLOEXEC), Mode = mode, Resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS };
-        fixed (byte* p = Z(relative)) return new FileDescriptor((int)Check(syscall(SysOpenat2, d.Number, (nint)p, (nint)(&how), sizeof(OpenHow))));
     }
 
     public static HostStat Stat(FileDescriptor fd)
@@ -298,7 +283,6 @@ internal static unsafe partial class HostFs
     }
 
     [LibraryImport("libc", SetLastError = true)] private static partial int openat(int dirfd, byte* path, int flags, uint mode);
-    [LibraryImport("libc", SetLastError = true)] private static partial long syscall(long number, nint a, nint b, nint c, nint d);
     [LibraryImport("libc", SetLastError = true)] private static partial int fstatat(int dirfd, byte* path, HostStat* st, int flags);
     [LibraryImport("libc", SetLastError = true)] private static partial int fstatfs(int fd, HostStatFs* st);
     [LibraryImport("libc", SetLastError = true)] private static partial long readlinkat(int dirfd, byte* path, byte* buffer, nint size);

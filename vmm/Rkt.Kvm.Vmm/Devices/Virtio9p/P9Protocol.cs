@@ -54,13 +54,4 @@ public static class P9
     public static bool IsValidName(string name, bool allowDots = false) =>
         name.Length > 0 && name.Length <= MaxNameBytes && System.Text.Encoding.UTF8.GetByteCount(name) <= MaxNameBytes
         && !name.Contains('/') && !name.Contains('\0') && (allowDots || (name != "." && name != ".."));
-
-    /// <summary>Names message types for logs and errors.</summary>
-    public static bool IsKnownRequest(byte type) => type switch
-    {
-        Tstatfs or Tlopen or Tlcreate or Tsymlink or Tmknod or Trename or Treadlink or Tgetattr or Tsetattr or Txattrwalk or Txattrcreate
-            or Treaddir or Tfsync or Tlock or Tgetlock or Tlink or Tmkdir or Trenameat or Tunlinkat or Tversion or Tauth or Tattach
-            or Tflush or Twalk or Tread or Twrite or Tclunk or Tremove => true,
-        _ => false,
-    };
 }
