@@ -42,10 +42,9 @@ public sealed class PodPreparer(ImageStore images, PodStore pods)
             var stage1 = new Stage1Locator(images).Locate(request.Stage1);
             if (overlay)
             {
-                var tree = _trees.Render(stage1);
+                var tree = RenderForOverlay(stage1);
                 Directory.CreateDirectory(Path.Join(pod.Path, "stage1"));
                 File.Copy(Path.Join(tree, "manifest"), dir.Stage1Manifest);
-                images.MarkUsed(stage1.Id, DateTimeOffset.UtcNow);
             }
             else _trees.Export(stage1, Path.Join(pod.Path, "stage1"), ExportMode.Hardlink, rootfsOnly: false);
             File.WriteAllText(dir.Stage1TreeStoreId, stage1.Id);
@@ -138,7 +137,7 @@ public sealed class PodPreparer(ImageStore images, PodStore pods)
         Directory.CreateDirectory(dir.AppInfoDir(name));
         File.WriteAllBytes(dir.AppInfoManifest(name), images.ReadManifest(image));
         File.WriteAllText(dir.AppTreeStoreId(name), image.Id);
-        if (overlay) _trees.Render(image);
+        if (overlay) RenderForOverlay(image);
         else _trees.Export(image, dir.AppDir(name), ExportMode.Hardlink, rootfsOnly: false);
 
         return new JsonObject
@@ -204,6 +203,15 @@ public sealed class PodPreparer(ImageStore images, PodStore pods)
     }
 
     private string TreeRootfs(string id) => Path.Join(_trees.TreePath(id), "rootfs");
+
+    /// <summary>An overlay pod uses the image's tree in place: render it (once) and count it as used,
+    /// as an export would.</summary>
+    private string RenderForOverlay(ImageRecord image)
+    {
+        var tree = _trees.Render(image);
+        images.MarkUsed(image.Id, DateTimeOffset.UtcNow);
+        return tree;
+    }
 
     /// <summary>rkt's <c>ensureMtabExists</c>: <c>etc/mtab -> ../proc/self/mounts</c> where an image has <c>/etc</c> but no mtab.</summary>
     private static void EnsureMtab(string rootfs)
