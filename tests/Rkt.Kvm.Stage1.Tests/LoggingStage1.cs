@@ -10,7 +10,8 @@ namespace Rkt.Kvm.Stage1.Tests;
 /// directory, and behave just enough like a stage1 for stage0 to proceed: run writes <c>pid</c>,
 /// the supervisor symlink and an exit status per app, then exits with $STAGE1_TEST_RUN_EXIT (or
 /// stays up, as a mutable pod, until stop kills it). app/stop exits with the number in the pod's
-/// <c>app-stop-exit</c> file: crossing entrypoints get no environment from the caller.
+/// <c>app-stop-exit</c> file: crossing entrypoints get no environment from the caller. A
+/// <c>hang-&lt;entrypoint&gt;</c> file (<c>hang-app-rm</c>, <c>hang-gc</c>…) in the pod makes that one hang.
 /// </summary>
 public static class LoggingStage1
 {
@@ -22,6 +23,8 @@ public static class LoggingStage1
           f="calls/$(printf %03d "$n")-$(echo "$name" | tr / -)"
           { echo "cwd=$PWD"; echo "self=$0"; for a in "$@"; do echo "arg=$a"; done; env | sort | sed 's/^/env=/';
             if [ -n "$RKT_LOCK_FD" ]; then echo "lockfd=$(readlink /proc/$$/fd/$RKT_LOCK_FD)"; fi; } > "$f"
+          # A hang-<entrypoint> file in the pod makes that entrypoint hang, for tests that kill stage0 mid-call.
+          if [ -e "hang-$(echo "$name" | tr / -)" ]; then exec sleep 1000; fi
         }
         """;
 

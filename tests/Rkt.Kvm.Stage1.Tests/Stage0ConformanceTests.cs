@@ -341,6 +341,57 @@ public sealed class Stage0ConformanceTests : IDisposable
         }
     }
 
+    /// <summary>rkt-kvm killed (with what it started) in the middle of app add, app rm and gc: the pod
+    /// stays running and usable, or exited and collectable, and the next command finishes the job.</summary>
+    [Fact]
+    public void KilledMidCommand_AppAddAppRmGc_LeaveWhatTheNextCommandFinishes()
+    {
+        var uuidFile = Path.Join(_tmp, "uuid");
+        var sandbox = RktKvm.Start(_data, _env, "app", "sandbox", "--uuid-file-save=" + uuidFile);
+        try
+        {
+            var uuid = WaitFor(() => File.Exists(uuidFile) ? File.ReadAllText(uuidFile) : null);
+            var pod = Path.Join(_data, "pods", "run", uuid);
+            WaitFor(() => File.Exists(Path.Join(pod, "stage1/rootfs/rkt/supervisor-status")) ? "" : null);
+            void KillDuring(string entrypoint, string podDir, params string[] args)
+            {
+                var hang = Path.Join(podDir, "hang-" + entrypoint);
+                File.WriteAllText(hang, "");
+                using var cli = RktKvm.Start(_data, _env, args);
+                WaitFor(() => LoggingStage1.Calls(File.Exists(hang) ? podDir : Directory.GetDirectories(Path.Join(_data, "pods"), uuid, SearchOption.AllDirectories).Single())
+                    .Any(c => c.Name == entrypoint) ? "" : null);
+                cli.Kill(entireProcessTree: true);
+                cli.WaitForExit();
+                foreach (var h in Directory.GetFiles(Path.Join(_data, "pods"), "hang-" + entrypoint, SearchOption.AllDirectories)) File.Delete(h);
+            }
+
+            KillDuring("app-add", pod, "app", "add", uuid, "example.com/busybox", "--name=one");
+            Assert.Contains("one", Cli("app", "list", uuid).Stdout); // rkt leaves a failed add in place: app rm takes it out
+            KillDuring("app-rm", pod, "app", "rm", uuid, "--app=one");
+            Assert.Contains("one", Cli("app", "list", uuid).Stdout);
+            Assert.True(PodLock.IsHeld(pod), "the pod stopped running");
+            var rm = Cli("app", "rm", uuid, "--app=one");
+            Assert.True(rm.ExitCode == 0, rm.Stderr);
+            Assert.DoesNotContain("one", Cli("app", "list", uuid).Stdout);
+            Assert.DoesNotContain(MountsUnderData(), m => m.Contains("/opt/stage2/one"));
+
+            Assert.Equal(0, Cli("stop", uuid).ExitCode);
+            Assert.True(sandbox.WaitForExit(TimeSpan.FromSeconds(30)));
+            KillDuring("gc", pod, "gc", "--grace-period=0s");
+            var left = Assert.Single(Directory.GetDirectories(Path.Join(_data, "pods"), uuid, SearchOption.AllDirectories));
+            Assert.Equal("garbage", Path.GetFileName(Path.GetDirectoryName(left))); // collectable: the next gc finishes
+            var gc = Cli("gc", "--grace-period=0s");
+            Assert.True(gc.ExitCode == 0, gc.Stderr);
+            Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods"), uuid, SearchOption.AllDirectories));
+            Assert.Empty(MountsUnderData());
+        }
+        finally
+        {
+            if (!sandbox.HasExited) sandbox.Kill(entireProcessTree: true);
+            sandbox.Dispose();
+        }
+    }
+
     [Fact]
     public void AppAdd_ToAPodStartedByRun_FailsWithImmutablePod()
     {
