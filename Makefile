@@ -34,7 +34,7 @@ export DOTNET_CLI_TELEMETRY_OPTOUT := 1
 export DOTNET_NOLOGO := 1
 
 
-.PHONY: all run test deps soak apt-install kernel vmm agent stage2 tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-9p bench-pod stage1 busybox-image clean
+.PHONY: all run test deps soak apt-install kernel vmm agent stage2 tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-9p bench-pod bench-stage0 stage1 busybox-image clean
 
 all: deps kernel vmm initramfs agent-initramfs cli stage1 busybox-image
 
@@ -57,7 +57,7 @@ test: all
 	  --results-directory $(OUT)/test-results || status=$$?; \
 	tests/summarize-trx.sh $(OUT)/test-results; exit $$status
 
-bench: bench-boot bench-vsock bench-images bench-9p bench-pod
+bench: bench-boot bench-vsock bench-images bench-9p bench-pod bench-stage0
 
 bench-boot: all
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_APT_PACKAGES)"
@@ -69,6 +69,10 @@ bench-images: deps cli
 
 bench-vsock: all
 	bench/vsock/run.sh
+
+# Laying a pod out as rkt does (overlay) against --no-overlay hardlinks, no VM (bench/stage0/).
+bench-stage0: cli busybox-image
+	bench/stage0/run.sh
 
 # A pod's wall time by phase, app add/start, pods per minute, idle pod memory (bench/pod/).
 bench-pod: all
