@@ -64,7 +64,7 @@ public static class Program
         for (int i = 0; i < runs; i++)
         {
             var watch = Stopwatch.StartNew();
-            using var vm = AgentVmProcess.StartAsync(new AgentVmOptions { VmmPath = vmm, KernelPath = kernel, InitrdPath = initrd, Cpus = 1, MemoryMiB = 256 }).GetAwaiter().GetResult();
+            using var vm = AgentVmProcess.StartAsync(new AgentVmOptions { VmmPath = vmm, CommandLine = AgentVmOptions.DefaultCommandLine(kernel, initrd) }).GetAwaiter().GetResult();
             vm.Client.Stub.Shutdown(new Rkt.Kvm.Agent.V1.ShutdownRequest());
             vm.WaitForExitAsync(TimeSpan.FromMinutes(2)).GetAwaiter().GetResult();
             bare.Add(watch.Elapsed.TotalMilliseconds);

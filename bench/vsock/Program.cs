@@ -4,6 +4,7 @@ using Google.Protobuf;
 using Grpc.Core;
 using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Agent.V1;
+using Rkt.Kvm.Vmm.Client;
 
 namespace Rkt.Kvm.Bench.Vsock;
 
@@ -23,7 +24,7 @@ public static class Program
             .ToDictionary(x => x.a[2..], x => args[x.i + 1]);
         int calls = int.Parse(o.GetValueOrDefault("calls", "500"), CultureInfo.InvariantCulture);
         long bytes = long.Parse(o.GetValueOrDefault("mib", "64"), CultureInfo.InvariantCulture) << 20;
-        var vmOptions = new AgentVmOptions { VmmPath = o["vmm"], KernelPath = o["kernel"], InitrdPath = o["initrd"], Cpus = 1, MemoryMiB = 256 };
+        var vmOptions = new AgentVmOptions { VmmPath = o["vmm"], CommandLine = AgentVmOptions.DefaultCommandLine(o["kernel"], o["initrd"]) };
 
         Console.WriteLine($"== ceiling: the same agent on a host Unix socket ({calls} unary calls, {bytes >> 20} MiB each way)");
         var ceiling = await MeasureHostAgent(o["agent"], calls, bytes);
@@ -45,7 +46,7 @@ public static class Program
 
         Console.WriteLine("== ours without KVM eventfds (notifies exit to a vCPU thread, interrupts by KVM_IRQ_LINE)");
         Figures exits;
-        using (var vm = await AgentVmProcess.StartAsync(vmOptions with { ExtraVmmArguments = ["--kvm-eventfds", "off"] }))
+        using (var vm = await AgentVmProcess.StartAsync(vmOptions with { CommandLine = vmOptions.CommandLine with { KvmEventFds = KvmEventFds.Off } }))
         {
             exits = await Measure(vm.Client, calls, bytes);
             await vm.Client.ShutdownAsync();
@@ -54,7 +55,7 @@ public static class Program
         Print(exits);
 
         Console.WriteLine("== the VMM and guest kernel alone: a static C echo server as init, raw bytes through the hybrid socket");
-        var raw = await MeasureRawEcho(vmOptions with { InitrdPath = o["raw-initrd"] }, calls, Math.Min(bytes, 8L << 20));
+        var raw = await MeasureRawEcho(vmOptions with { CommandLine = vmOptions.CommandLine with { Initrd = o["raw-initrd"] } }, calls, Math.Min(bytes, 8L << 20));
         Console.WriteLine($"  64-byte round trip median {raw.MedianUs:F0} us, p99 {raw.P99Us:F0} us; echo {raw.HostToGuestMiBs:F2} MiB/s each way");
 
         var r = info.AtReady;

@@ -36,10 +36,11 @@ public static class Program
             var options = new AgentVmOptions
             {
                 VmmPath = Required(values, "vmm"),
-                KernelPath = Required(values, "kernel"),
-                InitrdPath = Required(values, "initrd"),
-                Cpus = values.TryGetValue("cpus", out var c) ? int.Parse(c, CultureInfo.InvariantCulture) : 1,
-                MemoryMiB = values.TryGetValue("memory", out var m) ? int.Parse(m, CultureInfo.InvariantCulture) : 256,
+                CommandLine = AgentVmOptions.DefaultCommandLine(Required(values, "kernel"), Required(values, "initrd")) with
+                {
+                    Cpus = values.TryGetValue("cpus", out var c) ? int.Parse(c, CultureInfo.InvariantCulture) : 1,
+                    MemoryMiB = values.TryGetValue("memory", out var m) ? ulong.Parse(m, CultureInfo.InvariantCulture) : 256,
+                },
             };
             using var vm = await AgentVmProcess.StartAsync(options);
             var info = await vm.Client.GuestInfoAsync();

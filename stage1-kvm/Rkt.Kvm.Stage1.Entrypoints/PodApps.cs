@@ -1,7 +1,7 @@
 using System.Globalization;
 using Rkt.Kvm.Agent.V1;
-using Rkt.Kvm.Stage1.Control;
 using Rkt.Kvm.Stage1.Manifests;
+using Rkt.Kvm.Vmm.Client.Control;
 
 namespace Rkt.Kvm.Stage1.Entrypoints;
 

@@ -1,8 +1,8 @@
 using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Agent.V1;
-using Rkt.Kvm.Stage1.Control;
 using Rkt.Kvm.Stage1.Manifests;
 using Rkt.Kvm.Stage1.Pods;
+using Rkt.Kvm.Vmm.Client.Control;
 
 namespace Rkt.Kvm.Stage1.Entrypoints;
 

@@ -1,6 +1,7 @@
 using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Stage1;
 using Rkt.Kvm.Stage1.Entrypoints;
+using Rkt.Kvm.Vmm.Client.Control;
 
 // rkt-kvm-stage1 ENTRYPOINT ARGS…: the scripts at the paths the stage1 manifest names call this
 // binary with their entrypoint's name. Errors: one line on stderr, exit 1 (app/stop: 5 = not running).
@@ -26,7 +27,7 @@ try
         var other => throw new Stage1Exception($"unknown entrypoint \"{other}\""),
     };
 }
-catch (Exception e) when (e is Stage1Exception or AgentException or IOException or UnauthorizedAccessException)
+catch (Exception e) when (e is Stage1Exception or AgentException or VmmControlException or IOException or UnauthorizedAccessException)
 {
     Console.Error.WriteLine($"stage1-kvm {args[0]}: {e.Message.Split('\n')[0]}");
     return 1;

@@ -4,11 +4,11 @@ using System.Text;
 using Grpc.Core;
 using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Agent.V1;
-using Rkt.Kvm.Stage1.Control;
 using Rkt.Kvm.Stage1.Entrypoints;
 using Rkt.Kvm.Stage1.Manifests;
 using Rkt.Kvm.Stage1.Pods;
 using Rkt.Kvm.Stage1.Sizing;
+using Rkt.Kvm.Vmm.Client;
 
 namespace Rkt.Kvm.Stage1.Entrypoints;
 
@@ -72,10 +72,7 @@ public sealed class RunEntrypoint
         using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; _stop.Cancel(); });
 
         var size = VmSize.For(_pod, Environment.ProcessorCount);
-        var exports = PodApps.Exports(_files, _pod);
-        var vmmArgs = new List<string> { "--control", _files.ControlSocket };
-        foreach (var (name, (path, readOnly)) in exports) vmmArgs.AddRange(["--9p-export", $"{name}={path}{(readOnly ? ",ro" : "")}"]);
-        if (!_args.Debug) vmmArgs.Add("--quiet");
+        var exports = PodApps.Exports(_files, _pod).Select(e => new P9ExportSpec(e.Key, e.Value.Path, e.Value.ReadOnly)).ToList();
         Log($"starting the VM: {size.Vcpus} vCPU, {size.MemoryMiB} MiB, {_pod.Apps.Count} app(s)");
 
         AgentVmProcess vm;
@@ -85,13 +82,16 @@ public sealed class RunEntrypoint
             vm = await AgentVmProcess.StartAsync(new AgentVmOptions
             {
                 VmmPath = Stage1Files.Vmm,
-                KernelPath = Stage1Files.Kernel,
-                InitrdPath = Stage1Files.Initrd,
-                Cpus = size.Vcpus,
-                MemoryMiB = size.MemoryMiB,
+                CommandLine = AgentVmOptions.DefaultCommandLine(Stage1Files.Kernel, Stage1Files.Initrd) with
+                {
+                    Cpus = size.Vcpus,
+                    MemoryMiB = (ulong)size.MemoryMiB,
+                    ConsoleLog = _files.ConsoleLog,
+                    Control = _files.ControlSocket,
+                    Exports = exports,
+                    Quiet = !_args.Debug,
+                },
                 RuntimeDirectory = _files.RuntimeDir,
-                ConsoleLogPath = _files.ConsoleLog,
-                ExtraVmmArguments = vmmArgs,
                 ClientOptions = Stage1Files.AgentOptions,
             }, _stop.Token);
         }

@@ -5,15 +5,11 @@ namespace Rkt.Kvm.Integration.Tests;
 /// <summary>Boots the built artifacts: a VM whose init is the guest agent, ready to answer over vsock.</summary>
 public static class AgentVm
 {
-    public static Task<AgentVmProcess> BootAsync(int cpus = 1, int memoryMiB = 256, IReadOnlyList<string>? extraVmmArguments = null) =>
+    public static Task<AgentVmProcess> BootAsync(int cpus = 1, ulong memoryMiB = 256) =>
         AgentVmProcess.StartAsync(new AgentVmOptions
         {
             VmmPath = TestEnvironment.Vmm,
-            KernelPath = TestEnvironment.Vmlinux,
-            InitrdPath = TestEnvironment.AgentInitrd,
-            Cpus = cpus,
-            MemoryMiB = memoryMiB,
-            ExtraVmmArguments = extraVmmArguments ?? [],
+            CommandLine = AgentVmOptions.DefaultCommandLine(TestEnvironment.Vmlinux, TestEnvironment.AgentInitrd) with { Cpus = cpus, MemoryMiB = memoryMiB },
             ReadyTimeout = VmmProcess.BootTimeout,
         });
 }

@@ -64,20 +64,21 @@ public static class AppVm
         return output;
     }
 
-    public static async Task<(AgentVmProcess Vm, string Directory)> BootAsync(int cpus = 2, int memoryMiB = 384)
+    public static async Task<(AgentVmProcess Vm, string Directory)> BootAsync(int cpus = 2, ulong memoryMiB = 384)
     {
         string dir = Directory.CreateTempSubdirectory("rkt-kvm-apps-").FullName;
         string initrd = BuildInitrd(dir);
         var vm = await AgentVmProcess.StartAsync(new AgentVmOptions
         {
             VmmPath = TestEnvironment.Vmm,
-            KernelPath = TestEnvironment.Vmlinux,
-            InitrdPath = initrd,
-            Cpus = cpus,
-            MemoryMiB = memoryMiB,
+            CommandLine = AgentVmOptions.DefaultCommandLine(TestEnvironment.Vmlinux, initrd) with
+            {
+                Cpus = cpus,
+                MemoryMiB = memoryMiB,
+                // RKT_KVM_APPS_CONSOLE: keep the console (see AppVmFixture) and let the agent log its helper runs.
+                Cmdline = Environment.GetEnvironmentVariable("RKT_KVM_APPS_CONSOLE") is { Length: > 0 } ? "quiet RKT_KVM_AGENT_DEBUG=1" : "quiet",
+            },
             ReadyTimeout = VmmProcess.BootTimeout,
-            // RKT_KVM_APPS_CONSOLE: keep the console (see AppVmFixture) and let the agent log its helper runs.
-            ExtraVmmArguments = Environment.GetEnvironmentVariable("RKT_KVM_APPS_CONSOLE") is { Length: > 0 } ? ["--cmdline", "quiet RKT_KVM_AGENT_DEBUG=1"] : [],
         });
         return (vm, dir);
     }

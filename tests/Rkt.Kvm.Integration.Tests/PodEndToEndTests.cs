@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using Rkt.Kvm.Stage1.Control;
+using Rkt.Kvm.Vmm.Client.Control;
 
 namespace Rkt.Kvm.Integration.Tests;
 

@@ -1,8 +1,10 @@
-using System.Globalization;
+using Rkt.Kvm.Vmm.Client;
 
 namespace Rkt.Kvm.Vmm.Cli;
 
-/// <summary>The command line of `rkt-kvm-vmm`; every problem is an <see cref="ArgumentException"/> with a one-line message.</summary>
+/// <summary>The command line of `rkt-kvm-vmm` as the VMM uses it: the usage text, and the parsed
+/// <see cref="VmmCommandLine"/> mapped onto a validated <see cref="MachineConfig"/>. Every problem is an
+/// <see cref="ArgumentException"/> with a one-line message.</summary>
 public sealed record VmmOptions
 {
     public const string Usage = """
@@ -47,128 +49,39 @@ public sealed record VmmOptions
     public bool Quiet { get; init; }
     public bool ShowHelp { get; init; }
 
+    /// <summary>Parses with <see cref="VmmCommandLine.Parse"/>, the same code that builds a VMM's argv, then checks the machine against the VMM's limits.</summary>
     public static VmmOptions Parse(IReadOnlyList<string> args)
     {
-        string? kernel = null, initrd = null, cmdline = null, consoleLog = null, kvmDevice = null, vsock = null, control = null;
-        int? owner = null;
-        var exports = new List<P9ExportSpec>();
-        ulong cid = 3;
-        (bool Ioeventfd, bool Irqfd) eventFds = (true, true);
-        ulong memory = MachineConfig.DefaultMemoryMiB;
-        int cpus = 1;
-        bool toStdout = true, debug = false, quiet = false, help = false;
-        var pvm = PvmMode.Auto;
-        for (int i = 0; i < args.Count; i++)
-        {
-            string arg = args[i];
-            string name = arg, value = "";
-            int eq = arg.IndexOf('=');
-            bool inline = arg.StartsWith("--", StringComparison.Ordinal) && eq > 0;
-            if (inline) { name = arg[..eq]; value = arg[(eq + 1)..]; }
-            string Value()
-            {
-                if (inline) return value;
-                if (i + 1 >= args.Count) throw new ArgumentException($"{name} needs a value.");
-                return args[++i];
-            }
-            switch (name)
-            {
-                case "--kernel": kernel = Value(); break;
-                case "--initrd": initrd = Value(); break;
-                case "--cmdline": cmdline = Value(); break;
-                case "--memory": memory = ParseMemory(Value()); break;
-                case "--cpus": cpus = (int)WholeNumber(name, Value(), int.MaxValue); break;
-                case "--console":
-                    toStdout = Value() switch
-                    {
-                        "stdout" => true,
-                        "none" => false,
-                        var v => throw new ArgumentException($"--console must be stdout or none, not '{v}'."),
-                    };
-                    break;
-                case "--console-log": consoleLog = Value(); break;
-                case "--pvm":
-                    pvm = Value() switch
-                    {
-                        "auto" => PvmMode.Auto,
-                        "on" => PvmMode.On,
-                        "off" => PvmMode.Off,
-                        var v => throw new ArgumentException($"--pvm must be auto, on or off, not '{v}'."),
-                    };
-                    break;
-                case "--kvm-device": kvmDevice = Value(); break;
-                case "--vsock": vsock = Value(); break;
-                case "--vsock-cid": cid = WholeNumber(name, Value(), ulong.MaxValue); break;
-                case "--kvm-eventfds":
-                    eventFds = Value() switch
-                    {
-                        "on" => (true, true),
-                        "off" => (false, false),
-                        "ioeventfd" => (true, false),
-                        "irqfd" => (false, true),
-                        var v => throw new ArgumentException($"--kvm-eventfds must be on, off, ioeventfd or irqfd, not '{v}'."),
-                    };
-                    break;
-                case "--9p-export": exports.Add(ParseExport(Value())); break;
-                case "--control": control = Value(); break;
-                case "--owner-pid": owner = (int)WholeNumber(name, Value(), int.MaxValue); break;
-                case "--debug": debug = true; break;
-                case "--quiet": quiet = true; break;
-                case "--help" or "-h": help = true; break;
-                default: throw new ArgumentException($"unknown argument '{arg}'.");
-            }
-        }
-        if (help) return new VmmOptions { Machine = new MachineConfig { KernelPath = "" }, ShowHelp = true };
-        if (kernel is null) throw new ArgumentException("--kernel is required.");
+        var line = VmmCommandLine.Parse(args);
+        if (line.Help) return new VmmOptions { Machine = new MachineConfig { KernelPath = "" }, ShowHelp = true };
         var machine = new MachineConfig
         {
-            KernelPath = kernel,
-            InitrdPath = initrd,
-            ExtraCmdline = cmdline,
-            MemoryMiB = memory,
-            Cpus = cpus,
-            Pvm = pvm,
-            KvmDevicePath = kvmDevice ?? Kvm.KvmSystem.DefaultDevicePath,
-            VsockSocketPath = vsock,
-            GuestCid = cid,
-            UseIoeventfd = eventFds.Ioeventfd,
-            UseIrqfd = eventFds.Irqfd,
-            ControlSocketPath = control,
-            P9Exports = exports,
-            OwnerPid = owner,
+            KernelPath = line.Kernel,
+            InitrdPath = line.Initrd,
+            ExtraCmdline = line.Cmdline,
+            MemoryMiB = line.MemoryMiB,
+            Cpus = line.Cpus,
+            Pvm = line.Pvm,
+            KvmDevicePath = line.KvmDevice ?? Kvm.KvmSystem.DefaultDevicePath,
+            VsockSocketPath = line.Vsock,
+            GuestCid = line.VsockCid,
+            UseIoeventfd = line.KvmEventFds is KvmEventFds.On or KvmEventFds.Ioeventfd,
+            UseIrqfd = line.KvmEventFds is KvmEventFds.On or KvmEventFds.Irqfd,
+            ControlSocketPath = line.Control,
+            P9Exports = line.Exports,
+            OwnerPid = line.OwnerPid,
         };
         machine.Validate();
-        return new VmmOptions { Machine = machine, ConsoleToStdout = toStdout, ConsoleLogPath = consoleLog, Debug = debug, Quiet = quiet };
-    }
-
-    private static ulong WholeNumber(string option, string text, ulong max) =>
-        ulong.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out ulong value) && value <= max
-            ? value
-            : throw new ArgumentException($"{option} must be a whole number, not '{text}'.");
-
-    /// <summary>"NAME=PATH" or "NAME=PATH,ro" (a path may itself contain commas; only a trailing ",ro" or ",rw" is an option).</summary>
-    public static P9ExportSpec ParseExport(string text)
-    {
-        int eq = text.IndexOf('=');
-        if (eq <= 0 || eq == text.Length - 1) throw new ArgumentException($"--9p-export must be NAME=PATH[,ro], not '{text}'.");
-        string name = text[..eq], path = text[(eq + 1)..];
-        bool readOnly = false;
-        if (path.EndsWith(",ro", StringComparison.Ordinal)) { readOnly = true; path = path[..^3]; }
-        else if (path.EndsWith(",rw", StringComparison.Ordinal)) path = path[..^3];
-        return new P9ExportSpec(name, path, readOnly);
+        return new VmmOptions
+        {
+            Machine = machine,
+            ConsoleToStdout = line.Console == VmmConsole.Stdout,
+            ConsoleLogPath = line.ConsoleLog,
+            Debug = line.Debug,
+            Quiet = line.Quiet,
+        };
     }
 
     /// <summary>"512", "512M", "512MiB", "2G", "2GiB" → MiB.</summary>
-    public static ulong ParseMemory(string text)
-    {
-        string t = text.Trim();
-        ulong multiplier = 1;
-        foreach (var (suffix, factor) in new[] { ("GiB", 1024UL), ("MiB", 1UL), ("G", 1024UL), ("M", 1UL) })
-        {
-            if (t.EndsWith(suffix, StringComparison.OrdinalIgnoreCase)) { t = t[..^suffix.Length]; multiplier = factor; break; }
-        }
-        if (!ulong.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out ulong value) || value > ulong.MaxValue / multiplier / (1 << 20))
-            throw new ArgumentException($"--memory must be a size like 128, 512M or 2G, not '{text}'.");
-        return value * multiplier;
-    }
+    public static ulong ParseMemory(string text) => VmmCommandLine.ParseMemory(text);
 }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Rkt.Kvm.Vmm.Boot;
+using Rkt.Kvm.Vmm.Client;
 using Rkt.Kvm.Vmm.Control;
 using Rkt.Kvm.Vmm.Devices;
 using Rkt.Kvm.Vmm.Devices.BootTimer;

@@ -1,33 +1,24 @@
+using Rkt.Kvm.Vmm.Client;
+
 namespace Rkt.Kvm.Vmm;
-
-public enum PvmMode
-{
-    /// <summary>Detect a PVM host and add its guest options only there.</summary>
-    Auto,
-    On,
-    Off,
-}
-
-/// <summary>A host directory the guest can mount over virtio-9p (aname = <see cref="Name"/>).</summary>
-public sealed record P9ExportSpec(string Name, string Path, bool ReadOnly);
 
 /// <summary>Everything needed to build and boot one VM.</summary>
 public sealed record MachineConfig
 {
     public const int MaxCpus = 8;
-    public const ulong DefaultMemoryMiB = 128;
+    public const ulong DefaultMemoryMiB = VmmCommandLine.DefaultMemoryMiB;
 
     public required string KernelPath { get; init; }
     public string? InitrdPath { get; init; }
     /// <summary>Appended after the VMM's own options, so it can override them.</summary>
     public string? ExtraCmdline { get; init; }
     public ulong MemoryMiB { get; init; } = DefaultMemoryMiB;
-    public int Cpus { get; init; } = 1;
+    public int Cpus { get; init; } = VmmCommandLine.DefaultCpus;
     public PvmMode Pvm { get; init; } = PvmMode.Auto;
     public string KvmDevicePath { get; init; } = Kvm.KvmSystem.DefaultDevicePath;
     /// <summary>The hybrid vsock Unix socket (shared/VSOCK.md); null for a VM without vsock.</summary>
     public string? VsockSocketPath { get; init; }
-    public ulong GuestCid { get; init; } = 3;
+    public ulong GuestCid { get; init; } = VmmCommandLine.DefaultGuestCid;
     /// <summary>Queue notifies through KVM's ioeventfd where offered; off: MMIO exits (for measuring).</summary>
     public bool UseIoeventfd { get; init; } = true;
     /// <summary>Interrupts through KVM's irqfd where offered; off: KVM_IRQ_LINE from the device thread.</summary>

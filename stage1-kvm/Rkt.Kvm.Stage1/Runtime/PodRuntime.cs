@@ -1,4 +1,5 @@
 using System.Globalization;
+using Rkt.Kvm.Vmm.Client;
 
 namespace Rkt.Kvm.Stage1.Runtime;
 
@@ -69,18 +70,12 @@ public static class PodRuntime
             }
         }
         var rootPrefix = Path.TrimEndingDirectorySeparator(Path.GetFullPath(Root)) + "/";
-        var unreachable = HostProcesses().Where(p => p.Program == VmmProgram && VsockPath(p.Argv) is { } sock
+        var unreachable = HostProcesses().Where(p => p.Program == VmmProgram && VmmCommandLine.FindVsock(p.Argv) is { } sock
             && sock.StartsWith(rootPrefix, StringComparison.Ordinal) && !System.IO.Directory.Exists(Path.GetDirectoryName(sock)))
             .Select(p => new PodProcess(p.Pid, p.Program)).ToList();
         Kill(unreachable, TimeSpan.FromSeconds(5));
         killed.AddRange(unreachable);
         return new OrphanSweep(dirs, killed);
-    }
-
-    private static string? VsockPath(IReadOnlyList<string> argv)
-    {
-        int i = argv.ToList().IndexOf("--vsock");
-        return i >= 0 && i + 1 < argv.Count ? argv[i + 1] : null;
     }
 
     private static bool Alive(PodProcess p) =>

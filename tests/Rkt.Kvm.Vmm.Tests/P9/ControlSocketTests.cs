@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net.Sockets;
 using System.Text;
+using Rkt.Kvm.Vmm.Client.Control;
 using Rkt.Kvm.Vmm.Control;
 using Rkt.Kvm.Vmm.Devices.Virtio9p;
 using Rkt.Kvm.Vmm.Host;
@@ -51,6 +52,26 @@ public sealed class ControlSocketTests : IClassFixture<TrapTree>, IDisposable
         Assert.Equal("{\"ok\":false,\"error\":\"No export is named 'data'.\"}", Ask(c, "{\"op\":\"remove-export\",\"name\":\"data\"}"));
         Assert.Equal("{\"ok\":true,\"state\":\"stopping\"}", Ask(c, "{\"op\":\"stop\"}"));
         Assert.True(SpinWait.SpinUntil(() => Volatile.Read(ref _stops) == 1, 5000));
+    }
+
+    [Fact]
+    public void The_client_reads_every_typed_reply_the_VMM_sends()
+    {
+        // Both ends share the message types in Vmm.Client: what the VMM sends, the client reads back in full.
+        var client = new VmmControlClient(_control.Path);
+        var added = client.AddExport("data", _tree.Export, readOnly: true);
+        Assert.Equal(("data", _tree.Export, true, 0), (added.Export!.Name, added.Export.Path, added.Export.ReadOnly, added.Export.Fids));
+        Assert.Equal("data", Assert.Single(client.ListExports()).Name);
+        var status = client.Status();
+        Assert.Equal("running", status.State);
+        Assert.True(status.UptimeSeconds >= 0);
+        Assert.Equal(0, status.Fids);
+        Assert.Single(status.Exports!);
+        Assert.Equal(1, client.RemoveExport("data").ClosedFds);
+        var refused = Assert.Throws<VmmControlException>(() => client.RemoveExport("data"));
+        Assert.Equal("VMM remove-export data: No export is named 'data'.", refused.Message);
+        Assert.Equal("stopping", client.Stop().State);
+        Assert.Contains("cannot reach the VMM control socket", Assert.Throws<VmmControlException>(() => new VmmControlClient(_control.Path + ".none").Status()).Message);
     }
 
     [Theory]

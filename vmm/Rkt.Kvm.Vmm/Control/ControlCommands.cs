@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
+using Rkt.Kvm.Vmm.Client.Control;
 using Rkt.Kvm.Vmm.Devices.Virtio9p;
 
 namespace Rkt.Kvm.Vmm.Control;

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Rkt.Kvm.Vmm.Client.Control;
 using Rkt.Kvm.Vmm.Host;
 using Serilog;
 using static Tmds.Linux.LibC;

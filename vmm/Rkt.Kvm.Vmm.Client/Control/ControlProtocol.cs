@@ -1,8 +1,9 @@
 using System.Text.Json.Serialization;
 
-namespace Rkt.Kvm.Vmm.Control;
+namespace Rkt.Kvm.Vmm.Client.Control;
 
-// The VMM control socket protocol (docs/CONTROL.md): newline-delimited JSON on a Unix socket,
+// The VMM control socket protocol (docs/CONTROL.md), one copy for both ends: the VMM serves it
+// (vmm/Rkt.Kvm.Vmm/Control), VmmControlClient speaks it: newline-delimited JSON on a Unix socket,
 // one request object per line, one reply object per line, in order.
 //   {"op":"add-export","name":"data","path":"/srv/data","readOnly":true}
 //   {"op":"remove-export","name":"data"}        -> {"ok":true,"closedFds":3}

@@ -1,0 +1,67 @@
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json;
+
+namespace Rkt.Kvm.Vmm.Client.Control;
+
+/// <summary>
+/// Host side of the VMM's control socket: newline-delimited JSON, one request and one reply per
+/// line, in the message types the VMM itself serves (<see cref="ControlRequest"/>,
+/// <see cref="ControlReply"/>). Used by stage1 to export app root filesystems and volumes to the
+/// pod's 9p device and to withdraw them (the VMM closes every host fd under an export before it
+/// replies). A refused request or an unreachable VMM is a <see cref="VmmControlException"/>.
+/// </summary>
+public sealed class VmmControlClient(string socketPath)
+{
+    public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
+    /// <summary>A reply line longer than this is a broken VMM, not a big answer.</summary>
+    private const int MaxReplyBytes = 1 << 20;
+
+    /// <summary>The reply carries the new export in <see cref="ControlReply.Export"/>.</summary>
+    public ControlReply AddExport(string name, string path, bool readOnly) =>
+        Call(new ControlRequest { Op = "add-export", Name = name, Path = path, ReadOnly = readOnly });
+
+    /// <summary>The reply carries how many host fds the VMM closed in <see cref="ControlReply.ClosedFds"/>.</summary>
+    public ControlReply RemoveExport(string name) => Call(new ControlRequest { Op = "remove-export", Name = name });
+
+    public IReadOnlyList<ControlExport> ListExports() => Call(new ControlRequest { Op = "list-exports" }).Exports ?? [];
+
+    /// <summary>State, uptime, exports and open fids of the running VM.</summary>
+    public ControlReply Status() => Call(new ControlRequest { Op = "status" });
+
+    /// <summary>The VMM replies "stopping", then ends the VM and exits 0.</summary>
+    public ControlReply Stop() => Call(new ControlRequest { Op = "stop" });
+
+    private ControlReply Call(ControlRequest request)
+    {
+        using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+        {
+            ReceiveTimeout = (int)Timeout.TotalMilliseconds,
+            SendTimeout = (int)Timeout.TotalMilliseconds,
+        };
+        try { socket.Connect(new UnixDomainSocketEndPoint(socketPath)); }
+        catch (SocketException e) { throw new VmmControlException($"cannot reach the VMM control socket {socketPath}: {e.Message}", e); }
+        var line = JsonSerializer.Serialize(request, ControlJsonContext.Wire.ControlRequest) + "\n";
+        socket.Send(Encoding.UTF8.GetBytes(line));
+        var reply = new MemoryStream();
+        var buffer = new byte[4096];
+        while (true)
+        {
+            int n;
+            try { n = socket.Receive(buffer); }
+            catch (SocketException e) { throw new VmmControlException($"the VMM control socket did not answer {request.Op}: {e.Message}", e); }
+            if (n == 0) break;
+            int newline = Array.IndexOf(buffer, (byte)'\n', 0, n);
+            reply.Write(buffer, 0, newline >= 0 ? newline : n);
+            if (newline >= 0) break;
+            if (reply.Length > MaxReplyBytes) throw new VmmControlException("the VMM control socket sent an over-long reply");
+        }
+        var parsed = reply.Length == 0 ? null : JsonSerializer.Deserialize(reply.ToArray(), ControlJsonContext.Wire.ControlReply);
+        if (parsed is null) throw new VmmControlException($"the VMM closed the control socket without answering {request.Op}");
+        if (!parsed.Ok) throw new VmmControlException($"VMM {request.Op}{(request.Name is null ? "" : " " + request.Name)}: {parsed.Error}");
+        return parsed;
+    }
+}
+
+/// <summary>The one exception <see cref="VmmControlClient"/> throws; its message is one line naming the request or the socket.</summary>
+public sealed class VmmControlException(string message, Exception? inner = null) : Exception(message, inner);
