@@ -69,7 +69,7 @@ while ((started < pods)); do
     for f in "${uuids[@]}"; do
         [[ -s "$f" ]] || continue
         for ((w = 0; w < 1800; w++)); do
-            state=$(rk status "$(cat "$f")" 2>/dev/null | sed -n 's/^state=//p')
+            state=$(rk status "$(cat "$f")" 2>/dev/null | sed -n 's/^state=//p' || true)
             [[ "$state" == running ]] || break; sleep 0.2
         done
     done
