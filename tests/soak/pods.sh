@@ -77,7 +77,12 @@ while ((started < pods)); do
     echo "$round $(measure) $((SECONDS - t0))"
 done
 read -r p1 f1 m1 mo1 r1 d1 < <(measure)
-leftover=$(for p in /proc/[0-9]*; do tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q -- "$work" && echo "$p"; done | wc -l)
+# Our programs (rkt-kvm, its stage1, VMMs) still running for this soak's pods.
+leftover=0
+for p in /proc/[0-9]*; do
+    case "$(readlink "$p/exe" 2>/dev/null)" in */rkt-kvm|*/rkt-kvm-vmm|*/rkt-kvm-stage1) ;; *) continue ;; esac
+    if tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q -- "$work"; then leftover=$((leftover + 1)); fi
+done
 echo "soak: killed $killed_stage1 stage1 run and $killed_stage0 rkt-kvm processes; $failures gc failures; $((SECONDS - t_all)) s"
 echo "RESULT soak_pods ours=${started}pods"
 echo "RESULT soak_process_growth ours=$((p1 - p0))procs"
