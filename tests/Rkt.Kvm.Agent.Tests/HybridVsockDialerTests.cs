@@ -42,7 +42,9 @@ public class HybridVsockDialerTests(AgentFixture fixture) : IClassFixture<AgentF
         Assert.Contains("closed the connection before the agent accepted it", e.Message);
         Assert.Contains("gave up after", e.Message);
         Assert.InRange(clock.Elapsed.TotalSeconds, 0.9, 10);
-        Assert.True(vmm.Connections > 3, $"{vmm.Connections} attempts");
+        // Retried until the deadline: at least twice. How many fit in the second depends on the
+        // machine's load (CI saw 3 under parallel test assemblies), so no more is asserted.
+        Assert.True(vmm.Connections >= 2, $"{vmm.Connections} attempts");
     }
 
     [Fact]
