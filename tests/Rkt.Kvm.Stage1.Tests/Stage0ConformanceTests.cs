@@ -263,82 +263,71 @@ public sealed class Stage0ConformanceTests : IDisposable
     [Fact]
     public void MutablePod_AppVerbsCallTheCrossingEntrypointsWithRktsEnvironment()
     {
-        var uuidFile = Path.Join(_tmp, "uuid");
-        var sandbox = RktKvm.Start(_data, _env, "app", "sandbox", "--uuid-file-save=" + uuidFile);
-        try
-        {
-            var uuid = WaitFor(() => File.Exists(uuidFile) ? File.ReadAllText(uuidFile) : null);
-            var pod = Path.Join(_data, "pods", "run", uuid);
-            WaitFor(() => File.Exists(Path.Join(pod, "stage1/rootfs/rkt/supervisor-status")) ? "" : null);
-            Assert.True(PodLock.IsHeld(pod)); // running = some process holds the lock
-            var run = LoggingStage1.Calls(pod).Single(c => c.Name == "run");
-            Assert.Equal(["--net=default", "--mutable", uuid], Values(run.Lines, "arg"));
-            Assert.True(Manifests.PodManifest.Load(Path.Join(pod, "pod")).Mutable);
+        using var started = StartSandbox();
+        var (sandbox, uuid, pod) = (started.Process, started.Uuid, started.Pod);
+        Assert.True(PodLock.IsHeld(pod)); // running = some process holds the lock
+        var run = LoggingStage1.Calls(pod).Single(c => c.Name == "run");
+        Assert.Equal(["--net=default", "--mutable", uuid], Values(run.Lines, "arg"));
+        Assert.True(Manifests.PodManifest.Load(Path.Join(pod, "pod")).Mutable);
 
-            Assert.Equal(0, Cli("app", "add", uuid, "example.com/busybox", "--name=one", "--environment=X=1").ExitCode);
-            var add = LoggingStage1.Calls(pod).Last();
-            Assert.Equal("app-add", add.Name);
-            Assert.Equal(["--debug=false", $"--uuid={uuid}", "--app=one"], Values(add.Lines, "arg"));
-            // The crossing entrypoints get a replaced environment: only these three (plus what sh itself sets).
-            var envNames = Values(add.Lines, "env").Select(e => e.Split('=')[0]).Where(n => n is not ("PWD" or "SHLVL" or "_" or "OLDPWD")).ToArray();
-            Assert.Equal(["PATH", "RKT_STAGE1_ENTERCMD", "RKT_STAGE1_ENTERPID"], envNames.Order());
-            Assert.Equal(pod + "/stage1/rootfs/enter", Values(add.Lines, "env").Single(e => e.StartsWith("RKT_STAGE1_ENTERCMD=")).Split('=')[1]);
-            Assert.Equal("X=1\n", File.ReadAllText(Path.Join(pod, "stage1/rootfs/rkt/env/one")));
-            Assert.True(File.Exists(Path.Join(pod, "stage1/rootfs/rkt/status/one-created")));
-            if (IsRoot) Assert.Contains(Path.Join(pod, "stage1/rootfs/opt/stage2/one/rootfs"), MountsUnderData());
+        Assert.Equal(0, Cli("app", "add", uuid, "example.com/busybox", "--name=one", "--environment=X=1").ExitCode);
+        var add = LoggingStage1.Calls(pod).Last();
+        Assert.Equal("app-add", add.Name);
+        Assert.Equal(["--debug=false", $"--uuid={uuid}", "--app=one"], Values(add.Lines, "arg"));
+        // The crossing entrypoints get a replaced environment: only these three (plus what sh itself sets).
+        var envNames = Values(add.Lines, "env").Select(e => e.Split('=')[0]).Where(n => n is not ("PWD" or "SHLVL" or "_" or "OLDPWD")).ToArray();
+        Assert.Equal(["PATH", "RKT_STAGE1_ENTERCMD", "RKT_STAGE1_ENTERPID"], envNames.Order());
+        Assert.Equal(pod + "/stage1/rootfs/enter", Values(add.Lines, "env").Single(e => e.StartsWith("RKT_STAGE1_ENTERCMD=")).Split('=')[1]);
+        Assert.Equal("X=1\n", File.ReadAllText(Path.Join(pod, "stage1/rootfs/rkt/env/one")));
+        Assert.True(File.Exists(Path.Join(pod, "stage1/rootfs/rkt/status/one-created")));
+        if (IsRoot) Assert.Contains(Path.Join(pod, "stage1/rootfs/opt/stage2/one/rootfs"), MountsUnderData());
 
-            Assert.Equal(0, Cli("app", "start", uuid, "--app=one").ExitCode);
-            Assert.True(File.Exists(Path.Join(pod, "stage1/rootfs/rkt/status/one-started")));
-            Assert.Equal(["--debug=false", "--app=one"], Values(LoggingStage1.Calls(pod).Last().Lines, "arg"));
-            Assert.Contains("running", Cli("app", "list", uuid).Stdout);
+        Assert.Equal(0, Cli("app", "start", uuid, "--app=one").ExitCode);
+        Assert.True(File.Exists(Path.Join(pod, "stage1/rootfs/rkt/status/one-started")));
+        Assert.Equal(["--debug=false", "--app=one"], Values(LoggingStage1.Calls(pod).Last().Lines, "arg"));
+        Assert.Contains("running", Cli("app", "list", uuid).Stdout);
 
-            // app/stop's 5 means "no such app" (systemctl's unit not loaded).
-            File.WriteAllText(Path.Join(pod, "app-stop-exit"), "5");
-            var stop5 = Cli("app", "stop", uuid, "--app=one");
-            Assert.Equal(254, stop5.ExitCode);
-            Assert.Contains("no such app", stop5.Stderr);
-            // rkt 1.30's app rm fails on any non-zero app/stop, 5 included, and leaves the app in the pod.
-            var rm5 = Cli("app", "rm", uuid, "--app=one");
-            File.Delete(Path.Join(pod, "app-stop-exit"));
-            Assert.Equal(254, rm5.ExitCode);
-            Assert.Equal("app-stop", LoggingStage1.Calls(pod).Last().Name);
-            Assert.Single(Manifests.PodManifest.Load(Path.Join(pod, "pod")).Apps);
+        // app/stop's 5 means "no such app" (systemctl's unit not loaded).
+        File.WriteAllText(Path.Join(pod, "app-stop-exit"), "5");
+        var stop5 = Cli("app", "stop", uuid, "--app=one");
+        Assert.Equal(254, stop5.ExitCode);
+        Assert.Contains("no such app", stop5.Stderr);
+        // rkt 1.30's app rm fails on any non-zero app/stop, 5 included, and leaves the app in the pod.
+        var rm5 = Cli("app", "rm", uuid, "--app=one");
+        File.Delete(Path.Join(pod, "app-stop-exit"));
+        Assert.Equal(254, rm5.ExitCode);
+        Assert.Equal("app-stop", LoggingStage1.Calls(pod).Last().Name);
+        Assert.Single(Manifests.PodManifest.Load(Path.Join(pod, "pod")).Apps);
 
-            var enter = Cli("enter", "--app=one", uuid, "/bin/echo", "-n", "x");
-            Assert.Equal(7, enter.ExitCode); // enter's exit code is the command's
-            var enterCall = LoggingStage1.Calls(pod).Last();
-            Assert.Equal([$"--pid={File.ReadAllText(Path.Join(pod, "pid")).Trim()}", "--appname=one", "--", "/bin/echo", "-n", "x"], Values(enterCall.Lines, "arg"));
-            // As rkt's: enter runs from the stage1 image's tree in the store, cwd the pod.
-            Assert.StartsWith(Path.Join(_data, "tree", File.ReadAllText(Path.Join(pod, "stage1TreeStoreID")), "rootfs") + "/", Values(enterCall.Lines, "self").Single());
-            Assert.Equal(pod, Values(enterCall.Lines, "cwd").Single());
+        var enter = Cli("enter", "--app=one", uuid, "/bin/echo", "-n", "x");
+        Assert.Equal(7, enter.ExitCode); // enter's exit code is the command's
+        var enterCall = LoggingStage1.Calls(pod).Last();
+        Assert.Equal([$"--pid={File.ReadAllText(Path.Join(pod, "pid")).Trim()}", "--appname=one", "--", "/bin/echo", "-n", "x"], Values(enterCall.Lines, "arg"));
+        // As rkt's: enter runs from the stage1 image's tree in the store, cwd the pod.
+        Assert.StartsWith(Path.Join(_data, "tree", File.ReadAllText(Path.Join(pod, "stage1TreeStoreID")), "rootfs") + "/", Values(enterCall.Lines, "self").Single());
+        Assert.Equal(pod, Values(enterCall.Lines, "cwd").Single());
 
-            Assert.Equal(0, Cli("app", "rm", uuid, "--app=one").ExitCode);
-            Assert.Equal(["app-stop", "app-rm"], LoggingStage1.Calls(pod).TakeLast(2).Select(c => c.Name));
-            Assert.False(Directory.Exists(Path.Join(pod, "stage1/rootfs/opt/stage2/one")));
-            Assert.False(Directory.Exists(Path.Join(pod, "appsinfo/one")));
-            Assert.DoesNotContain(MountsUnderData(), m => m.Contains("/opt/stage2/one"));
-            Assert.Empty(Manifests.PodManifest.Load(Path.Join(pod, "pod")).Apps);
+        Assert.Equal(0, Cli("app", "rm", uuid, "--app=one").ExitCode);
+        Assert.Equal(["app-stop", "app-rm"], LoggingStage1.Calls(pod).TakeLast(2).Select(c => c.Name));
+        Assert.False(Directory.Exists(Path.Join(pod, "stage1/rootfs/opt/stage2/one")));
+        Assert.False(Directory.Exists(Path.Join(pod, "appsinfo/one")));
+        Assert.DoesNotContain(MountsUnderData(), m => m.Contains("/opt/stage2/one"));
+        Assert.Empty(Manifests.PodManifest.Load(Path.Join(pod, "pod")).Apps);
 
-            var stop = Cli("stop", uuid);
-            Assert.Equal(0, stop.ExitCode);
-            Assert.Equal($"\"{uuid}\"", stop.Stdout.Trim());
-            Assert.True(sandbox.WaitForExit(TimeSpan.FromSeconds(30)));
-            Assert.Equal($"pod \"{uuid}\" is already stopped", Cli("stop", uuid).Stdout.Trim());
-            var late = Cli("app", "add", uuid, "example.com/busybox");
-            Assert.True(late.ExitCode == 254, late.Stdout + late.Stderr + string.Join(",", LoggingStage1.Calls(pod).Select(c => c.Name)));
+        var stop = Cli("stop", uuid);
+        Assert.Equal(0, stop.ExitCode);
+        Assert.Equal($"\"{uuid}\"", stop.Stdout.Trim());
+        Assert.True(sandbox.WaitForExit(TimeSpan.FromSeconds(30)));
+        Assert.Equal($"pod \"{uuid}\" is already stopped", Cli("stop", uuid).Stdout.Trim());
+        var late = Cli("app", "add", uuid, "example.com/busybox");
+        Assert.True(late.ExitCode == 254, late.Stdout + late.Stderr + string.Join(",", LoggingStage1.Calls(pod).Select(c => c.Name)));
 
-            var gc = Cli("gc", "--grace-period=0s");
-            Assert.Equal(0, gc.ExitCode);
-            Assert.Contains($"Garbage collecting pod \"{uuid}\"", gc.Stdout);
-            Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods", "exited-garbage")));
-            Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods", "garbage")));
-            Assert.Empty(MountsUnderData());
-        }
-        finally
-        {
-            if (!sandbox.HasExited) sandbox.Kill(entireProcessTree: true);
-            sandbox.Dispose();
-        }
+        var gc = Cli("gc", "--grace-period=0s");
+        Assert.Equal(0, gc.ExitCode);
+        Assert.Contains($"Garbage collecting pod \"{uuid}\"", gc.Stdout);
+        Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods", "exited-garbage")));
+        Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods", "garbage")));
+        Assert.Empty(MountsUnderData());
     }
 
     /// <summary>rkt-kvm killed (with what it started) in the middle of app add, app rm and gc: the pod
@@ -346,50 +335,39 @@ public sealed class Stage0ConformanceTests : IDisposable
     [Fact]
     public void KilledMidCommand_AppAddAppRmGc_LeaveWhatTheNextCommandFinishes()
     {
-        var uuidFile = Path.Join(_tmp, "uuid");
-        var sandbox = RktKvm.Start(_data, _env, "app", "sandbox", "--uuid-file-save=" + uuidFile);
-        try
+        using var started = StartSandbox();
+        var (sandbox, uuid, pod) = (started.Process, started.Uuid, started.Pod);
+        void KillDuring(string entrypoint, string podDir, params string[] args)
         {
-            var uuid = WaitFor(() => File.Exists(uuidFile) ? File.ReadAllText(uuidFile) : null);
-            var pod = Path.Join(_data, "pods", "run", uuid);
-            WaitFor(() => File.Exists(Path.Join(pod, "stage1/rootfs/rkt/supervisor-status")) ? "" : null);
-            void KillDuring(string entrypoint, string podDir, params string[] args)
-            {
-                var hang = Path.Join(podDir, "hang-" + entrypoint);
-                File.WriteAllText(hang, "");
-                using var cli = RktKvm.Start(_data, _env, args);
-                WaitFor(() => LoggingStage1.Calls(File.Exists(hang) ? podDir : Directory.GetDirectories(Path.Join(_data, "pods"), uuid, SearchOption.AllDirectories).Single())
-                    .Any(c => c.Name == entrypoint) ? "" : null);
-                cli.Kill(entireProcessTree: true);
-                cli.WaitForExit();
-                foreach (var h in Directory.GetFiles(Path.Join(_data, "pods"), "hang-" + entrypoint, SearchOption.AllDirectories)) File.Delete(h);
-            }
-
-            KillDuring("app-add", pod, "app", "add", uuid, "example.com/busybox", "--name=one");
-            Assert.Contains("one", Cli("app", "list", uuid).Stdout); // rkt leaves a failed add in place: app rm takes it out
-            KillDuring("app-rm", pod, "app", "rm", uuid, "--app=one");
-            Assert.Contains("one", Cli("app", "list", uuid).Stdout);
-            Assert.True(PodLock.IsHeld(pod), "the pod stopped running");
-            var rm = Cli("app", "rm", uuid, "--app=one");
-            Assert.True(rm.ExitCode == 0, rm.Stderr);
-            Assert.DoesNotContain("one", Cli("app", "list", uuid).Stdout);
-            Assert.DoesNotContain(MountsUnderData(), m => m.Contains("/opt/stage2/one"));
-
-            Assert.Equal(0, Cli("stop", uuid).ExitCode);
-            Assert.True(sandbox.WaitForExit(TimeSpan.FromSeconds(30)));
-            KillDuring("gc", pod, "gc", "--grace-period=0s");
-            var left = Assert.Single(Directory.GetDirectories(Path.Join(_data, "pods"), uuid, SearchOption.AllDirectories));
-            Assert.Equal("garbage", Path.GetFileName(Path.GetDirectoryName(left))); // collectable: the next gc finishes
-            var gc = Cli("gc", "--grace-period=0s");
-            Assert.True(gc.ExitCode == 0, gc.Stderr);
-            Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods"), uuid, SearchOption.AllDirectories));
-            Assert.Empty(MountsUnderData());
+            var hang = Path.Join(podDir, "hang-" + entrypoint);
+            File.WriteAllText(hang, "");
+            using var cli = RktKvm.Start(_data, _env, args);
+            WaitFor(() => LoggingStage1.Calls(File.Exists(hang) ? podDir : Directory.GetDirectories(Path.Join(_data, "pods"), uuid, SearchOption.AllDirectories).Single())
+                .Any(c => c.Name == entrypoint) ? "" : null);
+            cli.Kill(entireProcessTree: true);
+            cli.WaitForExit();
+            foreach (var h in Directory.GetFiles(Path.Join(_data, "pods"), "hang-" + entrypoint, SearchOption.AllDirectories)) File.Delete(h);
         }
-        finally
-        {
-            if (!sandbox.HasExited) sandbox.Kill(entireProcessTree: true);
-            sandbox.Dispose();
-        }
+
+        KillDuring("app-add", pod, "app", "add", uuid, "example.com/busybox", "--name=one");
+        Assert.Contains("one", Cli("app", "list", uuid).Stdout); // rkt leaves a failed add in place: app rm takes it out
+        KillDuring("app-rm", pod, "app", "rm", uuid, "--app=one");
+        Assert.Contains("one", Cli("app", "list", uuid).Stdout);
+        Assert.True(PodLock.IsHeld(pod), "the pod stopped running");
+        var rm = Cli("app", "rm", uuid, "--app=one");
+        Assert.True(rm.ExitCode == 0, rm.Stderr);
+        Assert.DoesNotContain("one", Cli("app", "list", uuid).Stdout);
+        Assert.DoesNotContain(MountsUnderData(), m => m.Contains("/opt/stage2/one"));
+
+        Assert.Equal(0, Cli("stop", uuid).ExitCode);
+        Assert.True(sandbox.WaitForExit(TimeSpan.FromSeconds(30)));
+        KillDuring("gc", pod, "gc", "--grace-period=0s");
+        var left = Assert.Single(Directory.GetDirectories(Path.Join(_data, "pods"), uuid, SearchOption.AllDirectories));
+        Assert.Equal("garbage", Path.GetFileName(Path.GetDirectoryName(left))); // collectable: the next gc finishes
+        var gc = Cli("gc", "--grace-period=0s");
+        Assert.True(gc.ExitCode == 0, gc.Stderr);
+        Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods"), uuid, SearchOption.AllDirectories));
+        Assert.Empty(MountsUnderData());
     }
 
     [Fact]
@@ -401,6 +379,27 @@ public sealed class Stage0ConformanceTests : IDisposable
         var (rc, _, err) = Cli("app", "add", File.ReadAllText(uuidFile), "example.com/busybox", "--name=late");
         Assert.Equal(254, rc);
         Assert.Contains("not running", err); // exited already; a running immutable pod says "immutable pod" (end-to-end tests)
+    }
+
+    /// <summary>An <c>app sandbox</c> running in the background, ready (supervisor-status), killed with
+    /// what it started when disposed.</summary>
+    private sealed record Sandbox(System.Diagnostics.Process Process, string Uuid, string Pod) : IDisposable
+    {
+        public void Dispose()
+        {
+            if (!Process.HasExited) Process.Kill(entireProcessTree: true);
+            Process.Dispose();
+        }
+    }
+
+    private Sandbox StartSandbox()
+    {
+        var uuidFile = Path.Join(_tmp, "uuid-sandbox");
+        var process = RktKvm.Start(_data, _env, "app", "sandbox", "--uuid-file-save=" + uuidFile);
+        var uuid = WaitFor(() => File.Exists(uuidFile) ? File.ReadAllText(uuidFile) : null);
+        var pod = Path.Join(_data, "pods", "run", uuid);
+        WaitFor(() => File.Exists(Path.Join(pod, "stage1/rootfs/rkt/supervisor-status")) ? "" : null);
+        return new Sandbox(process, uuid, pod);
     }
 
     private static T WaitFor<T>(Func<T?> probe) where T : class
