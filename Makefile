@@ -154,6 +154,9 @@ initramfs: tools
 agent-initramfs: tools agent
 	$(MKINITRAMFS) --spec guest-agent/agent-initramfs.spec -o $(AGENT_INITRD)
 
+# Pods keep their overlay mounts until gc: unmount whatever is mounted under out/ first, so that
+# rm never reaches through a mount.
 clean:
+	@awk '{print $$5}' /proc/self/mountinfo | { grep "^$(OUT)/" || true; } | sort -r | xargs -r -n1 umount -l
 	rm -rf $(OUT)
 	find . -type d \( -name bin -o -name obj \) -prune -exec rm -rf {} +
