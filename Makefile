@@ -13,8 +13,11 @@ DOTNET ?= dotnet
 DOTNET_FLAGS := --nologo -v quiet
 # Debian packages the build and the tests need (the kernel script installs its own); the
 # benchmarks also need QEMU, as the reference they measure against. The image tests build their
-# fixtures with appc-spec (actool), umoci, skopeo, the compressors and attr (setfattr).
-APT_PACKAGES := busybox-static cpio gcc libc6-dev zlib1g-dev appc-spec umoci skopeo zstd xz-utils bzip2 attr
+# fixtures with appc-spec (actool), umoci, skopeo, the compressors and attr (setfattr). Pod
+# networking runs CNI plugins (containernetworking-plugins) and iproute2's ip and tc; the default
+# network's masquerade and --port's DNAT go through iptables.
+APT_PACKAGES := busybox-static cpio gcc libc6-dev zlib1g-dev appc-spec umoci skopeo zstd xz-utils bzip2 attr \
+  containernetworking-plugins iproute2 iptables
 BENCH_APT_PACKAGES := qemu-system-x86
 
 VMM := $(OUT)/vmm/rkt-kvm-vmm
@@ -34,7 +37,7 @@ export DOTNET_CLI_TELEMETRY_OPTOUT := 1
 export DOTNET_NOLOGO := 1
 
 
-.PHONY: all run test deps soak apt-install kernel vmm agent stage2 tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-9p bench-pod bench-stage0 stage1 busybox-image clean
+.PHONY: all run test deps soak apt-install kernel vmm agent stage2 tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-9p bench-net bench-pod bench-stage0 stage1 busybox-image clean
 
 all: deps kernel vmm initramfs agent-initramfs cli stage1 busybox-image
 
@@ -57,7 +60,7 @@ test: all
 	  --results-directory $(OUT)/test-results || status=$$?; \
 	tests/summarize-trx.sh $(OUT)/test-results; exit $$status
 
-bench: bench-boot bench-vsock bench-images bench-9p bench-pod bench-stage0
+bench: bench-boot bench-vsock bench-images bench-9p bench-net bench-pod bench-stage0
 
 bench-boot: all
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_APT_PACKAGES)"
@@ -82,6 +85,12 @@ bench-pod: all
 bench-9p: all
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_APT_PACKAGES)"
 	bench/9p/run.sh
+
+# TCP both ways and a 1-byte round trip through our virtio-net against QEMU's on the same tap, the
+# same over our vsock, and pod start-up with the default network against --net=none (bench/net/).
+bench-net: all
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_APT_PACKAGES)"
+	bench/net/run.sh
 
 # Not part of `make test`: 50 pods, 5 at a time, with stage1 and rkt-kvm kills sprinkled in; the
 # host must end where it started (tests/soak/pods.sh prints RESULT lines).

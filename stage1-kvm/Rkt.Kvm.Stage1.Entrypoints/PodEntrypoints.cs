@@ -49,8 +49,8 @@ internal static class StopEntrypoint
 
 /// <summary><c>gc UUID</c>: frees what a pod took on the host even when its stage1 or VMM was
 /// killed, at any point: every process still serving the pod (found by executable and command
-/// line, so also a VMM whose <c>pid</c> was never written), then the runtime directory with the
-/// sockets. Idempotent.</summary>
+/// line, so also a VMM whose <c>pid</c> was never written), then the pod's networks and network
+/// namespace, then the runtime directory with the sockets. Idempotent.</summary>
 internal static class GcEntrypoint
 {
     public static int Execute(string[] argv)
@@ -58,6 +58,8 @@ internal static class GcEntrypoint
         GcArguments.Parse(argv);
         var files = Stage1Files.ForCurrentPod();
         Runtime.PodRuntime.Kill(Runtime.PodRuntime.Processes(files.Uuid), TimeSpan.FromSeconds(5));
+        // With the VMM gone nothing holds the taps: CNI DEL each network, then remove the namespace.
+        new Networking.PodNetwork(files.Pod, files.Uuid, Networking.CniPlugin.FromEnvironment()).Teardown();
         // Only a directory named after this pod: the record is a file in the pod directory, and gc must never be talked into deleting anything else.
         if (Directory.Exists(files.RuntimeDir) && Path.GetFileName(Path.TrimEndingDirectorySeparator(files.RuntimeDir)) == files.Uuid)
             Directory.Delete(files.RuntimeDir, recursive: true);

@@ -6,6 +6,7 @@ using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Agent.V1;
 using Rkt.Kvm.Stage1.Entrypoints;
 using Rkt.Kvm.Stage1.Manifests;
+using Rkt.Kvm.Stage1.Networking;
 using Rkt.Kvm.Stage1.Pods;
 using Rkt.Kvm.Stage1.Sizing;
 using Rkt.Kvm.Vmm.Client;
@@ -37,6 +38,7 @@ public sealed class RunEntrypoint
     private readonly TaskCompletionSource _allExited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly Timeline _timeline;
     private volatile bool _ending;
+    private PodNetworkSetup? _network;
 
     private RunEntrypoint(RunArguments args, Stage1Files files, PodManifest pod)
     {
@@ -75,6 +77,16 @@ public sealed class RunEntrypoint
         var exports = PodApps.Exports(_files, _pod).Select(e => new P9ExportSpec(e.Key, e.Value.Path, e.Value.ReadOnly)).ToList();
         Log($"starting the VM: {size.Vcpus} vCPU, {size.MemoryMiB} MiB, {_pod.Apps.Count} app(s)");
 
+        var network = new PodNetwork(_files.Pod, _files.Uuid, CniPlugin.FromEnvironment());
+        if (_args.Networks.None && _pod.Ports.Count > 0) throw new Stage1Exception("--port needs a network: the pod was started with --net=none");
+        if (!_args.Networks.None)
+        {
+            _timeline.Mark("network-setup");
+            _network = network.Setup(_args.Networks, _args.LocalConfig, _pod.ForwardedPorts());
+            _timeline.Mark("network-ready");
+            Log($"networks: {NetInfo.Describe(_network.NetInfo)}");
+        }
+
         AgentVmProcess vm;
         _timeline.Mark("vmm-start");
         try
@@ -89,6 +101,7 @@ public sealed class RunEntrypoint
                     ConsoleLog = _files.ConsoleLog,
                     Control = _files.ControlSocket,
                     Exports = exports,
+                    Net = _network?.Nics.Select(n => new NetDeviceSpec { Tap = n.Tap, Netns = n.Netns, Mac = n.Mac, Mtu = n.Mtu }).ToList() ?? [],
                     Quiet = !_args.Debug,
                 },
                 RuntimeDirectory = _files.RuntimeDir,
@@ -98,6 +111,7 @@ public sealed class RunEntrypoint
         catch (AgentException e)
         {
             CleanRuntimeDir();
+            TeardownNetwork(network);
             throw new Stage1Exception($"the pod's VM did not start: {e.Message.Split('\n')[0]} (console: {_files.ConsoleLog})", e);
         }
         using (vm)
@@ -114,6 +128,7 @@ public sealed class RunEntrypoint
                 if (!vm.HasExited) await ShutdownAsync(vm);
                 _timeline.Mark("vm-off");
                 CleanRuntimeDir();
+                TeardownNetwork(network);
             }
         }
     }
@@ -127,7 +142,7 @@ public sealed class RunEntrypoint
             var info = await agent.Stub.GuestInfoAsync(new GuestInfoRequest(), deadline: DateTime.UtcNow.AddSeconds(30));
             _timeline.Write("agent-process-start-to-ready-ms", info.ProcessStartToReadyMs);
         }
-        await agent.ConfigurePodAsync(new ConfigurePodRequest { Hostname = _args.Hostname ?? $"rkt-{_files.Uuid}", Hosts = "", ResolvConf = ResolvConf() });
+        await agent.ConfigurePodAsync(ConfigurePodRequest());
         // Subscribe before any app starts, so no exit can be missed.
         using var events = await agent.EventsAsync(Forever);
         var eventLoop = FollowEventsAsync(agent, events.ResponseStream);
@@ -265,11 +280,47 @@ public sealed class RunEntrypoint
         return 0;
     }
 
-    /// <summary><c>--dns-conf-mode=resolv=stage0</c>: stage0 wrote <c>etc/rkt-resolv.conf</c> in the stage1 rootfs.</summary>
-    private string ResolvConf()
+    /// <summary>The hostname, <c>/etc/hosts</c>, <c>/etc/resolv.conf</c> and network every app of the pod shares.</summary>
+    private ConfigurePodRequest ConfigurePodRequest()
     {
-        var staged = Path.Join(_files.Pod.Stage1Rootfs, "etc", "rkt-resolv.conf");
-        return _args.DnsConfMode?.Contains("resolv=stage0") == true && File.Exists(staged) ? File.ReadAllText(staged) : "";
+        var request = new ConfigurePodRequest
+        {
+            Hostname = _args.Hostname ?? $"rkt-{_files.Uuid}",
+            Hosts = DnsFile("hosts", "rkt-hosts", "/etc/hosts", cni: null),
+            ResolvConf = DnsFile("resolv", "rkt-resolv.conf", "/etc/resolv.conf", cni: _network?.ResolvConf),
+        };
+        foreach (var nic in _network?.Nics ?? [])
+        {
+            var nicRequest = new NetworkInterface { Mac = nic.Mac, Mtu = (uint)nic.Mtu };
+            nicRequest.Addresses.AddRange(nic.Addresses);
+            request.Interfaces.Add(nicRequest);
+            request.Routes.AddRange(nic.Routes.Select(r => new NetworkRoute { Destination = r.Destination, Gateway = r.Gateway ?? "", Mac = nic.Mac }));
+        }
+        return request;
+    }
+
+    /// <summary>
+    /// <c>--dns-conf-mode</c> as rkt's stage1 reads it: <c>stage0</c> means stage0 wrote the file into
+    /// the stage1 rootfs (<c>etc/rkt-resolv.conf</c>, <c>etc/rkt-hosts</c>); <c>host</c> the host's
+    /// own file; <c>none</c> nothing; <c>default</c> what a network's plugin returned (resolv.conf),
+    /// else the agent's default (empty).
+    /// </summary>
+    private string DnsFile(string key, string staged, string hostFile, string? cni)
+    {
+        string Read(string path) => File.Exists(path) ? File.ReadAllText(path) : "";
+        return _args.DnsMode(key) switch
+        {
+            "stage0" => Read(Path.Join(_files.Pod.Stage1Rootfs, "etc", staged)),
+            "host" => Read(hostFile),
+            "none" => "",
+            _ => cni ?? "",
+        };
+    }
+
+    private void TeardownNetwork(PodNetwork network)
+    {
+        try { network.Teardown(); }
+        catch (Stage1Exception e) { Log($"network teardown incomplete ({e.Message}); `gc` retries it"); }
     }
 
     /// <summary>sd_notify READY=1 to $NOTIFY_SOCKET (a datagram socket; '@' means the abstract namespace).</summary>

@@ -38,9 +38,14 @@ public class HybridVsockDialerTests(AgentFixture fixture) : IClassFixture<AgentF
         using var client = AgentClient.ForVm(vmm.SocketPath, new AgentClientOptions { ConnectTimeout = TimeSpan.FromSeconds(1), RetryDelay = TimeSpan.FromMilliseconds(50) });
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var e = await Assert.ThrowsAsync<AgentException>(() => client.HealthAsync());
-        Assert.Equal(AgentFailure.Unreachable, e.Failure);
-        Assert.Contains("closed the connection before the agent accepted it", e.Message);
-        Assert.Contains("gave up after", e.Message);
+        // Under heavy load the deadline can fall inside an attempt, which is then a timeout; otherwise
+        // the error names what the last attempt saw.
+        Assert.True(e.Failure is AgentFailure.Unreachable or AgentFailure.Timeout, e.ToString());
+        if (e.Failure == AgentFailure.Unreachable)
+        {
+            Assert.Contains("closed the connection before the agent accepted it", e.Message);
+            Assert.Contains("gave up after", e.Message);
+        }
         Assert.InRange(clock.Elapsed.TotalSeconds, 0.9, 10);
         // Retried until the deadline: at least twice. How many fit in the second depends on the
         // machine's load (CI saw 3 under parallel test assemblies), so no more is asserted.

@@ -16,24 +16,34 @@ public sealed class ArgumentTests
         Assert.True(run.Debug);
         Assert.True(run.Mutable);
         Assert.False(run.Interactive);
-        Assert.Equal(["default"], run.Networks);
+        Assert.Equal("default", run.Networks.ToString());
+        Assert.Equal("/etc/rkt", run.LocalConfig);
+        Assert.Equal("default", run.DnsMode("resolv"));
         Assert.Equal("web", run.Hostname);
         Assert.Equal("resolv=default,hosts=default", run.DnsConfMode);
-        Assert.Equal(["none"], RunArguments.Parse(["--net=none", Uuid]).Networks);
+        Assert.True(RunArguments.Parse(["--net=none", Uuid]).Networks.None);
+        Assert.Equal("stage0", RunArguments.Parse(["--net=none", "--dns-conf-mode=resolv=stage0,hosts=host", Uuid]).DnsMode("resolv"));
+        Assert.Equal("host", RunArguments.Parse(["--net=none", "--dns-conf-mode=resolv=stage0,hosts=host", Uuid]).DnsMode("hosts"));
+        var named = RunArguments.Parse(["--net=mybridge:IP=10.0.0.2,default", Uuid]).Networks;
+        Assert.Equal("IP=10.0.0.2", named.ArgsOf("mybridge"));
+        Assert.True(named.Wants("default") && named.Wants("mybridge") && !named.Wants("other"));
+        Assert.True(RunArguments.Parse(["--net=all", Uuid]).Networks.Wants("anything"));
         Assert.False(RunArguments.Parse(["--debug=false", "--net=none", Uuid]).Debug);
     }
 
     [Theory]
     [InlineData("--net=host", "--net=host is not supported")]
     [InlineData("--net=default,host", "--net=host is not supported")]
-    [InlineData("--net=mybridge:IP=10.0.0.2", "only --net=default and --net=none")]
+    [InlineData("--net=none,default", "--net=none cannot be combined")]
+    [InlineData("--net=a,a", "network a is given twice")]
+    [InlineData("--net=Bad_Name", "is not a valid network name")]
     [InlineData("--private-users=", "--private-users is not supported")]
     [InlineData("--private-users", "--private-users is not supported")]
     [InlineData("--ipc=parent", "--ipc=parent is not supported")]
     [InlineData("--ipc=weird", "expected auto, private or parent")]
     public void Run_RefusesWhatAVmCannotDo(string flag, string expected)
     {
-        var e = Assert.Throws<Stage1Exception>(() => RunArguments.Parse(["--net=default", flag, Uuid]));
+        var e = Assert.Throws<Stage1Exception>(() => RunArguments.Parse(flag.StartsWith("--net") ? [flag, Uuid] : ["--net=default", flag, Uuid]));
         Assert.Contains(expected, e.Message);
     }
 

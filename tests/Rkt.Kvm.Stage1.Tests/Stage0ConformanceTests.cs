@@ -63,7 +63,7 @@ public sealed class Stage0ConformanceTests : IDisposable
 
         var (name, lines) = Assert.Single(LoggingStage1.Calls(pod));
         Assert.Equal("run", name);
-        Assert.Equal(["--net=default", "--hostname=h1", uuid], Values(lines, "arg"));
+        Assert.Equal(["--net=default", "--local-config=/etc/rkt", "--hostname=h1", uuid], Values(lines, "arg"));
         Assert.Equal(pod, Values(lines, "cwd").Single());
         Assert.Equal(pod, Values(lines, "lockfd").Single()); // RKT_LOCK_FD: an fd on the pod directory itself
         Assert.Contains(Values(lines, "env"), e => e.StartsWith("PATH=", StringComparison.Ordinal)); // the environment is inherited
@@ -267,7 +267,7 @@ public sealed class Stage0ConformanceTests : IDisposable
         var (sandbox, uuid, pod) = (started.Process, started.Uuid, started.Pod);
         Assert.True(PodLock.IsHeld(pod)); // running = some process holds the lock
         var run = LoggingStage1.Calls(pod).Single(c => c.Name == "run");
-        Assert.Equal(["--net=default", "--mutable", uuid], Values(run.Lines, "arg"));
+        Assert.Equal(["--net=default", "--local-config=/etc/rkt", "--mutable", uuid], Values(run.Lines, "arg"));
         Assert.True(Manifests.PodManifest.Load(Path.Join(pod, "pod")).Mutable);
 
         Assert.Equal(0, Cli("app", "add", uuid, "example.com/busybox", "--name=one", "--environment=X=1").ExitCode);

@@ -20,6 +20,7 @@ public class VmmCommandLineTests
         VsockCid = 42,
         KvmEventFds = KvmEventFds.Irqfd,
         Exports = [new("app", "/srv/app", true), new("vol", "/srv/vol", false), new("odd", "/srv/a,ro", false)],
+        Net = [new() { Tap = "tap0", Netns = "/var/run/netns/cni-1", Mac = "02:00:00:00:00:01", Mtu = 1500 }, new() { Fd = 7 }],
         Control = "/run/control.sock",
         OwnerPid = 4321,
         Debug = true,
@@ -31,8 +32,9 @@ public class VmmCommandLineTests
     {
         var args = Everything.ToArguments();
         var parsed = VmmCommandLine.Parse(args);
-        Assert.Equal(Everything with { Exports = [] }, parsed with { Exports = [] });
+        Assert.Equal(Everything with { Exports = [], Net = [] }, parsed with { Exports = [], Net = [] });
         Assert.Equal(Everything.Exports, parsed.Exports);
+        Assert.Equal(Everything.Net, parsed.Net);
         Assert.Equal(args, parsed.ToArguments());
     }
 
@@ -40,14 +42,14 @@ public class VmmCommandLineTests
     public void Defaults_are_left_out_of_the_argv()
     {
         Assert.Equal(["--kernel", "/k"], new VmmCommandLine { Kernel = "/k" }.ToArguments());
-        Assert.Equal(new VmmCommandLine { Kernel = "/k" } with { Exports = [] }, VmmCommandLine.Parse(["--kernel", "/k"]) with { Exports = [] });
+        Assert.Equal(new VmmCommandLine { Kernel = "/k" } with { Exports = [], Net = [] }, VmmCommandLine.Parse(["--kernel", "/k"]) with { Exports = [], Net = [] });
     }
 
     [Fact]
     public void The_built_argv_is_what_the_VMM_reads()
     {
         // Without the paths VmmOptions checks on this host.
-        var line = Everything with { Vsock = null, Control = null, Exports = [] };
+        var line = Everything with { Vsock = null, Control = null, Exports = [], Net = [] };
         var o = VmmOptions.Parse(line.ToArguments());
         Assert.Equal(("/k", "/i", "quiet x=1", 384ul, 2), (o.Machine.KernelPath, o.Machine.InitrdPath, o.Machine.ExtraCmdline, o.Machine.MemoryMiB, o.Machine.Cpus));
         Assert.Equal((PvmMode.Off, "/dev/x", 42ul, false, true, 4321), (o.Machine.Pvm, o.Machine.KvmDevicePath, o.Machine.GuestCid, o.Machine.UseIoeventfd, o.Machine.UseIrqfd, o.Machine.OwnerPid));

@@ -8,6 +8,9 @@
 #   9p          mount the VMM's virtio-9p exports (rw, ro, and "late", which the host adds through
 #               the control socket while we wait), run file operations, print "9p ok|FAIL <name>",
 #               then wait for the host to stop the VM
+#   net         configure eth0 (virtio-net) as 10.123.0.2/24, ping 10.123.0.1, receive a TCP stream on
+#               port 8080 (print its size and md5), send `seq 1 40000` to 10.123.0.1:8081, print
+#               "net ok|FAIL <step>" for each step and the negotiated virtio features, then reboot
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -87,6 +90,24 @@ case "$mode" in
         t late-read '[ "$(cat /mnt/late/hello.txt)" = late ]'
         echo "rkt-kvm-guest: 9p done"
         while true; do sleep 3600; done ;;
+    net)
+        /bin/busybox --install -s /bin
+        t() { if eval "$2" >/dev/null 2>&1; then echo "rkt-kvm-guest: net ok $1"; else echo "rkt-kvm-guest: net FAIL $1"; fi; }
+        echo "rkt-kvm-guest: net eth0 $(cat /sys/class/net/eth0/address 2>&1)"
+        echo "rkt-kvm-guest: net features $(cat /sys/class/net/eth0/device/features 2>&1)"
+        t link-up 'ip link set eth0 up'
+        t addr 'ip addr add 10.123.0.2/24 dev eth0'
+        if ping -c 3 -W 20 10.123.0.1 >/tmp/ping 2>&1; then echo "rkt-kvm-guest: net ok ping"; else echo "rkt-kvm-guest: net FAIL ping"; fi
+        sed 's/^/rkt-kvm-guest: ping: /' /tmp/ping
+        # The host connects until we listen, sends its stream and closes.
+        echo "rkt-kvm-guest: net listening 8080"
+        t receive 'nc -l -p 8080 >/tmp/in </dev/null'
+        echo "rkt-kvm-guest: net received $(wc -c </tmp/in) bytes md5 $(md5sum </tmp/in | cut -d' ' -f1)"
+        seq 1 40000 >/tmp/out
+        t send 'nc 10.123.0.1 8081 </tmp/out'
+        echo "rkt-kvm-guest: net eth0 rx $(cat /sys/class/net/eth0/statistics/rx_packets) tx $(cat /sys/class/net/eth0/statistics/tx_packets) packets"
+        echo "rkt-kvm-guest: net irq $(grep virtio /proc/interrupts | tr -s ' ' | tr '\n' ';')"
+        echo "rkt-kvm-guest: net done" ;;
 esac
 echo "rkt-kvm-guest: done, rebooting"
 reboot -f

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Rkt.Kvm.Vmm;
 using Rkt.Kvm.Vmm.Boot;
+using Rkt.Kvm.Vmm.Devices.VirtioNet;
 using Rkt.Kvm.Vmm.Kvm;
 using Rkt.Kvm.Vmm.Memory;
 using Serilog;
@@ -45,7 +46,7 @@ public static class Program
             Environment.Exit((int)result.Status);
             return (int)result.Status;
         }
-        catch (Exception e) when (e is BootException or KvmException or GuestMemoryException or ArgumentException or IOException or UnauthorizedAccessException)
+        catch (Exception e) when (e is BootException or KvmException or GuestMemoryException or TapException or ArgumentException or IOException or UnauthorizedAccessException)
         {
             Console.Error.WriteLine($"rkt-kvm-vmm: {e.Message}");
             return (int)VmExitStatus.VmmError;

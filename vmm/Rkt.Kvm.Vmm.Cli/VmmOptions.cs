@@ -31,6 +31,12 @@ public sealed record VmmOptions
           --9p-export NAME=PATH[,ro]
                                serve host directory PATH over virtio-9p (mount tag "rkt");
                                the guest picks it with aname=NAME; repeatable; ",ro": read-only
+          --net tap=NAME[,netns=PATH][,mac=MAC][,mtu=N]
+          --net fd=N[,mac=MAC][,mtu=N]
+                               a virtio-net NIC on the tap NAME (opened, or created, inside the
+                               network namespace file PATH when given) or on an inherited tap fd
+                               (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR); MAC default: random 02:xx:..;
+                               mtu: told to the guest; repeatable (eth0, eth1, ...; at most 4)
           --control PATH       VMM control socket (newline-delimited JSON, docs/CONTROL.md):
                                add-export, remove-export, list-exports, status, stop;
                                the 9p device is present with --control or any --9p-export
@@ -69,6 +75,7 @@ public sealed record VmmOptions
             UseIrqfd = line.KvmEventFds is KvmEventFds.On or KvmEventFds.Irqfd,
             ControlSocketPath = line.Control,
             P9Exports = line.Exports,
+            NetDevices = line.Net,
             OwnerPid = line.OwnerPid,
         };
         machine.Validate();

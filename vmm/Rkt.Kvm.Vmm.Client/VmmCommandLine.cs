@@ -34,6 +34,8 @@ public sealed record VmmCommandLine
     public KvmEventFds KvmEventFds { get; init; } = KvmEventFds.On;
     /// <summary>Directories served over virtio-9p from the start.</summary>
     public IReadOnlyList<P9ExportSpec> Exports { get; init; } = [];
+    /// <summary>NICs (virtio-net over a tap), in guest order: the first is eth0.</summary>
+    public IReadOnlyList<NetDeviceSpec> Net { get; init; } = [];
     /// <summary>The control socket (docs/CONTROL.md); with it the 9p device is present even without exports.</summary>
     public string? Control { get; init; }
     /// <summary>The VM ends when this process (the VMM's parent) exits.</summary>
@@ -66,6 +68,7 @@ public sealed record VmmCommandLine
         if (KvmEventFds != KvmEventFds.On)
             Add("--kvm-eventfds", KvmEventFds switch { KvmEventFds.Off => "off", KvmEventFds.Ioeventfd => "ioeventfd", _ => "irqfd" });
         foreach (var export in Exports) Add("--9p-export", export.ToArgument());
+        foreach (var nic in Net) Add("--net", nic.ToArgument());
         Add("--control", Control);
         Add("--owner-pid", OwnerPid?.ToString(CultureInfo.InvariantCulture));
         if (Debug) args.Add("--debug");
@@ -74,12 +77,13 @@ public sealed record VmmCommandLine
         return args;
     }
 
-    /// <summary>Reads an argv: each option as <c>--name value</c> or <c>--name=value</c>; the last of a repeated option wins (exports add up).</summary>
+    /// <summary>Reads an argv: each option as <c>--name value</c> or <c>--name=value</c>; the last of a repeated option wins (exports and NICs add up).</summary>
     public static VmmCommandLine Parse(IReadOnlyList<string> args)
     {
         string? kernel = null, initrd = null, cmdline = null, consoleLog = null, kvmDevice = null, vsock = null, control = null;
         int? owner = null;
         var exports = new List<P9ExportSpec>();
+        var nets = new List<NetDeviceSpec>();
         ulong cid = DefaultGuestCid;
         var eventFds = KvmEventFds.On;
         ulong memory = DefaultMemoryMiB;
@@ -139,6 +143,7 @@ public sealed record VmmCommandLine
                     };
                     break;
                 case "--9p-export": exports.Add(P9ExportSpec.Parse(Value())); break;
+                case "--net": nets.Add(NetDeviceSpec.Parse(Value())); break;
                 case "--control": control = Value(); break;
                 case "--owner-pid": owner = (int)WholeNumber(name, Value(), int.MaxValue); break;
                 case "--debug": debug = true; break;
@@ -164,6 +169,7 @@ public sealed record VmmCommandLine
             VsockCid = cid,
             KvmEventFds = eventFds,
             Exports = exports,
+            Net = nets,
             Control = control,
             OwnerPid = owner,
             Debug = debug,

@@ -48,3 +48,86 @@ public sealed record P9ExportSpec(string Name, string Path, bool ReadOnly)
         : Path.EndsWith(",ro", StringComparison.Ordinal) || Path.EndsWith(",rw", StringComparison.Ordinal) ? $"{Name}={Path},rw"
         : $"{Name}={Path}";
 }
+
+/// <summary>
+/// A NIC: virtio-net backed by a tap. <c>--net tap=NAME[,netns=PATH][,mac=MAC][,mtu=N]</c> opens (or
+/// creates) the tap NAME, inside the network namespace at PATH when given (e.g. /var/run/netns/cni-…);
+/// <c>--net fd=N[,mac=MAC][,mtu=N]</c> adopts a tap file descriptor the VMM inherited. Without a MAC the
+/// VMM picks a random locally administered one; with an MTU the guest is told it (VIRTIO_NET_F_MTU).
+/// Values may not contain commas. Parsing checks syntax; the VMM checks the rest (MachineConfig).
+/// </summary>
+public sealed record NetDeviceSpec
+{
+    /// <summary>The tap interface name; null when <see cref="Fd"/> is given.</summary>
+    public string? Tap { get; init; }
+    /// <summary>A network namespace file (only with <see cref="Tap"/>); null: the VMM's own namespace.</summary>
+    public string? Netns { get; init; }
+    /// <summary>An inherited tap descriptor; null when <see cref="Tap"/> is given.</summary>
+    public int? Fd { get; init; }
+    /// <summary>Lower-case "xx:xx:xx:xx:xx:xx"; null: random.</summary>
+    public string? Mac { get; init; }
+    public int? Mtu { get; init; }
+
+    public static NetDeviceSpec Parse(string text)
+    {
+        ArgumentException Bad(string why) => new($"--net {why} (expected tap=NAME[,netns=PATH][,mac=XX:XX:XX:XX:XX:XX][,mtu=N] or fd=N[,mac=...][,mtu=N], got '{text}').");
+        string? tap = null, netns = null, mac = null;
+        int? fd = null, mtu = null;
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (string part in text.Split(','))
+        {
+            int eq = part.IndexOf('=');
+            if (eq <= 0 || eq == part.Length - 1) throw Bad($"needs key=value pairs, not '{part}'");
+            string key = part[..eq], value = part[(eq + 1)..];
+            if (!seen.Add(key)) throw Bad($"gives {key} twice");
+            switch (key)
+            {
+                case "tap": tap = value; break;
+                case "netns": netns = value; break;
+                case "fd": fd = (int)Number(value, int.MaxValue); break;
+                case "mac": mac = FormatMac(ParseMac(value) ?? throw Bad($"mac '{value}' is not six hex bytes separated by colons")); break;
+                case "mtu": mtu = (int)Number(value, int.MaxValue); break;
+                default: throw Bad($"has an unknown key '{key}'");
+            }
+        }
+        if ((tap is null) == (fd is null)) throw Bad("needs exactly one of tap= and fd=");
+        if (netns is not null && fd is not null) throw Bad("netns= only goes with tap= (an inherited fd is already open)");
+        return new NetDeviceSpec { Tap = tap, Netns = netns, Fd = fd, Mac = mac, Mtu = mtu };
+
+        ulong Number(string value, ulong max) =>
+            ulong.TryParse(value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out ulong n) && n <= max
+                ? n
+                : throw Bad($"'{value}' is not a whole number");
+    }
+
+    /// <summary>The text <see cref="Parse"/> reads back.</summary>
+    public string ToArgument()
+    {
+        var parts = new List<string>();
+        if (Tap is not null) parts.Add($"tap={Tap}");
+        if (Netns is not null) parts.Add($"netns={Netns}");
+        if (Fd is { } fd) parts.Add($"fd={fd.ToString(System.Globalization.CultureInfo.InvariantCulture)}");
+        if (Mac is not null) parts.Add($"mac={Mac}");
+        if (Mtu is { } mtu) parts.Add($"mtu={mtu.ToString(System.Globalization.CultureInfo.InvariantCulture)}");
+        foreach (var p in parts)
+            if (p.IndexOf(',') >= 0) throw new ArgumentException($"--net values may not contain commas: '{p}'.");
+        return string.Join(",", parts);
+    }
+
+    /// <summary>"02:AB:cd:00:11:22" → 6 bytes; null when it is not six colon-separated hex bytes.</summary>
+    public static byte[]? ParseMac(string text)
+    {
+        var parts = text.Split(':');
+        if (parts.Length != 6) return null;
+        var mac = new byte[6];
+        for (int i = 0; i < 6; i++)
+        {
+            if (parts[i].Length != 2 || !byte.TryParse(parts[i], System.Globalization.NumberStyles.AllowHexSpecifier, System.Globalization.CultureInfo.InvariantCulture, out mac[i]))
+                return null;
+        }
+        return mac;
+    }
+
+    public static string FormatMac(ReadOnlySpan<byte> mac) =>
+        string.Join(":", mac.ToArray().Select(b => b.ToString("x2", System.Globalization.CultureInfo.InvariantCulture)));
+}

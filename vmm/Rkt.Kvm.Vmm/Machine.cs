@@ -9,6 +9,7 @@ using Rkt.Kvm.Vmm.Devices.I8042;
 using Rkt.Kvm.Vmm.Devices.Serial8250;
 using Rkt.Kvm.Vmm.Devices.Virtio;
 using Rkt.Kvm.Vmm.Devices.Virtio9p;
+using Rkt.Kvm.Vmm.Devices.VirtioNet;
 using Rkt.Kvm.Vmm.Devices.VirtioRng;
 using Rkt.Kvm.Vmm.Devices.Vsock;
 using Rkt.Kvm.Vmm.Host;
@@ -35,8 +36,20 @@ public sealed class Machine : IDisposable
     public const int VsockSlot = 1;
     /// <summary>virtio-9p: 0xc0003000, IRQ 7 (mount tag "rkt").</summary>
     public const int P9Slot = 2;
+    /// <summary>virtio-net, one slot per NIC: 0xc0004000-0xc0007000, IRQs 9-12.</summary>
+    public const int FirstNetSlot = 3;
+    /// <summary>The ISA line of the CMOS RTC: no virtio device takes it, so a guest RTC driver can.</summary>
+    public const int RtcIrq = 8;
 
-    public static (ulong Address, int Irq) VirtioSlot(int slot) => (MemoryLayout.VirtioMmioStart + (ulong)slot * MmioTransport.WindowSize, FirstVirtioIrq + slot);
+    public static int NetSlot(int nic) => FirstNetSlot + nic;
+
+    /// <summary>Slot n: window n from 0xc0001000; IRQ 5 + n, skipping <see cref="RtcIrq"/> (serial is 4, the PIT 0, the cascade 2).</summary>
+    public static (ulong Address, int Irq) VirtioSlot(int slot)
+    {
+        int irq = FirstVirtioIrq + slot;
+        if (irq >= RtcIrq) irq++;
+        return (MemoryLayout.VirtioMmioStart + (ulong)slot * MmioTransport.WindowSize, irq);
+    }
 
     /// <summary>How the guest learns about a virtio-mmio device without ACPI or device tree.</summary>
     public static string VirtioCmdline(int slot)
@@ -59,6 +72,9 @@ public sealed class Machine : IDisposable
     private readonly List<IDisposable> _deviceResources = [];
     private VsockDevice? _vsock;
     private Virtio9pDevice? _p9;
+    private readonly List<VirtioNetDevice> _nics = [];
+    /// <summary>Opened, not yet handed to their device (which then owns them).</summary>
+    private readonly List<TapDevice?> _taps = [];
     private GuestConsoleOutput? _console;
     private LoadedKernel? _kernel;
     private VmExitResult? _result;
@@ -114,6 +130,8 @@ public sealed class Machine : IDisposable
                 slots.GetAwaiter().GetResult();
             }
             machine.CreateVcpus(config.Cpus);
+            // Taps before the console: a tap that cannot be opened leaves no console file behind.
+            machine.OpenTaps(config.NetDevices);
             machine.AttachDevices(config, consoleTargets());
             return machine;
         }
@@ -131,11 +149,13 @@ public sealed class Machine : IDisposable
     }
 
     /// <summary>Our options and virtio devices, then the PVM host's (only on such a host), then the user's, which may override ours.</summary>
-    public static KernelCommandLine GuestCmdline(bool pvmHost, string? extra, bool vsock = false, bool p9 = false)
+    public static KernelCommandLine GuestCmdline(bool pvmHost, string? extra, bool vsock = false, bool p9 = false, int nics = 0)
     {
         var cmdline = new KernelCommandLine().Add(BaseCmdline).Add(VirtioCmdline(RngSlot));
         if (vsock) cmdline.Add(VirtioCmdline(VsockSlot));
         if (p9) cmdline.Add(VirtioCmdline(P9Slot));
+        // In NIC order: the guest names them eth0, eth1, ... in the order it probes them.
+        for (int i = 0; i < nics; i++) cmdline.Add(VirtioCmdline(NetSlot(i)));
         if (pvmHost) cmdline.Add(HostPlatform.PvmGuestOptions);
         return cmdline.Add(extra);
     }
@@ -155,7 +175,7 @@ public sealed class Machine : IDisposable
         (ulong Address, ulong Size) initrd = config.InitrdPath is { } path ? InitrdLoader.Load(path, _kernel, _memory) : (0, 0);
 
         bool pvm = config.Pvm switch { PvmMode.On => true, PvmMode.Off => false, _ => HostPlatform.IsPvmHost() };
-        var cmdline = GuestCmdline(pvm, config.ExtraCmdline, vsock: config.VsockSocketPath is not null, p9: config.HasP9);
+        var cmdline = GuestCmdline(pvm, config.ExtraCmdline, vsock: config.VsockSocketPath is not null, p9: config.HasP9, nics: config.NetDevices.Count);
         byte[] cmdlineBytes = cmdline.ToBytes(_kernel.CmdlineMax);
         Cmdline = cmdline.ToString();
         _memory.Write(MemoryLayout.CmdlineStart, cmdlineBytes);
@@ -233,6 +253,7 @@ public sealed class Machine : IDisposable
             foreach (var e in config.P9Exports) server.AddExport(e.Name, e.Path, e.ReadOnly);
             AttachVirtio(P9Slot, _p9, signalling);
         }
+        for (int i = 0; i < config.NetDevices.Count; i++) AttachNic(i, config.NetDevices[i], signalling);
         if (config.OwnerPid is { } owner)
         {
             var gone = new VmExitResult(VmExitStatus.OwnerGone, $"its owner, process {owner}, exited; the VM goes with it");
@@ -246,6 +267,23 @@ public sealed class Machine : IDisposable
             // Disposed before the 9p device (resources go in order): no control request runs against a closed server.
             _deviceResources.Insert(0, new ControlSocket(controlPath, _deviceLoop, commands, _log));
         }
+    }
+
+    private void OpenTaps(IReadOnlyList<NetDeviceSpec> nics)
+    {
+        foreach (var spec in nics) _taps.Add(spec.Tap is { } name ? TapDevice.Open(name, spec.Netns) : TapDevice.Adopt(spec.Fd!.Value));
+    }
+
+    private void AttachNic(int index, NetDeviceSpec spec, (bool Ioeventfd, bool Irqfd) signalling)
+    {
+        var tap = _taps[index]!;
+        byte[] mac = spec.Mac is { } text ? NetDeviceSpec.ParseMac(text)! : VirtioNetDevice.RandomMac();
+        var nic = new VirtioNetDevice(_memory, tap, mac, spec.Mtu, _deviceLoop, _log);
+        _taps[index] = null;
+        _deviceResources.Add(nic);
+        _nics.Add(nic);
+        AttachVirtio(NetSlot(index), nic, signalling);
+        _log.Debug("NIC {Index}: virtio-net on tap {Tap}{Netns}, MAC {Mac}", index, tap.Name, spec.Netns is null ? "" : $" in {spec.Netns}", NetDeviceSpec.FormatMac(nic.Mac));
     }
 
     /// <summary>
@@ -306,6 +344,9 @@ public sealed class Machine : IDisposable
         _log.Debug("VM ended after {Ms:F0} ms; exits to the VMM: {Exits}; emulated int3 {Int3} and fwait {Fwait} times; {Unclaimed} unclaimed port accesses",
             _sinceStart.Elapsed.TotalMilliseconds, string.Join(", ", exits.Select(e => $"{e.Reason} {e.Count}")),
             runners.Sum(r => r.Int3Emulations), runners.Sum(r => r.FwaitEmulations), _portBus.UnclaimedAccesses);
+        foreach (var nic in _nics)
+            _log.Debug("NIC {Tap}: rx {RxPackets} packets ({RxDropped} dropped), tx {TxPackets} packets ({TxDropped} dropped), {Malformed} malformed chains",
+                nic.TapName, nic.RxPackets, nic.RxDropped, nic.TxPackets, nic.TxDropped, nic.MalformedChains);
         return _result!;
     }
 
@@ -344,6 +385,7 @@ public sealed class Machine : IDisposable
     public void Dispose()
     {
         ReleaseDevices();
+        foreach (var tap in _taps) tap?.Dispose();
         _deviceLoop.Dispose();
         foreach (var v in _vcpus) v.Dispose();
         _console?.Dispose();

@@ -6,6 +6,8 @@ namespace Rkt.Kvm.Vmm;
 public sealed record MachineConfig
 {
     public const int MaxCpus = 8;
+    /// <summary>NICs per VM: each takes a virtio-mmio slot and an IRQ line (Machine.NetSlot).</summary>
+    public const int MaxNetDevices = 4;
     public const ulong DefaultMemoryMiB = VmmCommandLine.DefaultMemoryMiB;
 
     public required string KernelPath { get; init; }
@@ -33,6 +35,9 @@ public sealed record MachineConfig
     public IReadOnlyList<P9ExportSpec> P9Exports { get; init; } = [];
     /// <summary>The 9p device is present whenever there is a control socket or an export.</summary>
     public bool HasP9 => ControlSocketPath is not null || P9Exports.Count > 0;
+
+    /// <summary>NICs (virtio-net over taps), in guest order: the first is eth0.</summary>
+    public IReadOnlyList<NetDeviceSpec> NetDevices { get; init; } = [];
 
     /// <summary>Checks what can be checked without touching the host; throws <see cref="ArgumentException"/> with a one-line reason.</summary>
     public void Validate()
@@ -63,6 +68,39 @@ public sealed record MachineConfig
             Devices.Virtio9p.P9Export.ValidateName(e.Name);
             if (!names.Add(e.Name)) throw new ArgumentException($"--9p-export {e.Name} is given twice.");
             if (!Path.IsPathFullyQualified(e.Path) || !Directory.Exists(e.Path)) throw new ArgumentException($"--9p-export {e.Name}: {e.Path} is not an absolute path to a directory.");
+        }
+        ValidateNetDevices();
+    }
+
+    private void ValidateNetDevices()
+    {
+        if (NetDevices.Count > MaxNetDevices) throw new ArgumentException($"--net is given {NetDevices.Count} times; a VM has at most {MaxNetDevices} NICs.");
+        var taps = new HashSet<(string?, string)>();
+        var fds = new HashSet<int>();
+        var macs = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var nic in NetDevices)
+        {
+            string arg = $"--net {nic.ToArgument()}";
+            if (nic.Tap is { } tap)
+            {
+                if (Devices.VirtioNet.TapDevice.InvalidNameReason(tap) is { } why) throw new ArgumentException($"{arg}: the tap name {why}.");
+                if (nic.Netns is { } netns && !File.Exists(netns)) throw new ArgumentException($"{arg}: the network namespace {netns} does not exist.");
+                if (!taps.Add((nic.Netns, tap))) throw new ArgumentException($"{arg}: tap {tap} is given twice.");
+            }
+            else if (nic.Fd is { } fd)
+            {
+                if (fd < 3) throw new ArgumentException($"{arg}: fd {fd} is standard input, output or error, not a tap.");
+                if (!fds.Add(fd)) throw new ArgumentException($"{arg}: fd {fd} is given twice.");
+            }
+            else throw new ArgumentException($"{arg}: needs tap= or fd=.");
+            if (nic.Mac is { } mac)
+            {
+                var bytes = NetDeviceSpec.ParseMac(mac) ?? throw new ArgumentException($"{arg}: {mac} is not a MAC address.");
+                if (Devices.VirtioNet.VirtioNetDevice.InvalidMacReason(bytes) is { } why) throw new ArgumentException($"{arg}: the MAC address {why}.");
+                if (!macs.Add(NetDeviceSpec.FormatMac(bytes))) throw new ArgumentException($"{arg}: MAC {mac} is given to two NICs.");
+            }
+            if (nic.Mtu is { } mtu && (mtu < Devices.VirtioNet.VirtioNetDevice.MinMtu || mtu > Devices.VirtioNet.VirtioNetDevice.MaxMtu))
+                throw new ArgumentException($"{arg}: the MTU must be between {Devices.VirtioNet.VirtioNetDevice.MinMtu} and {Devices.VirtioNet.VirtioNetDevice.MaxMtu}, not {mtu}.");
         }
     }
 }

@@ -1,6 +1,7 @@
 using System.Threading.Channels;
 using Google.Protobuf;
 using Rkt.Kvm.Agent.V1;
+using Rkt.Kvm.GuestAgent.Network;
 
 namespace Rkt.Kvm.GuestAgent.Apps;
 
@@ -26,7 +27,8 @@ internal sealed class App(string name, AddAppRequest spec, AppRoot root, Credent
 /// <summary>
 /// The pod's apps: their roots, cgroups, processes (started through the stage2 helper), exit statuses
 /// (from the <see cref="Reaper"/>), logs and events. The pod's PID/IPC/UTS namespaces belong to a
-/// pod-init process made at the first StartApp with the hostname from ConfigurePod.
+/// pod-init process made at the first StartApp with the hostname from ConfigurePod. The network namespace is the
+/// VM's own, shared by every app as in rkt; ConfigurePod configures it (<see cref="PodNetwork"/>).
 /// </summary>
 internal sealed class AppSupervisor(bool enabled)
 {
@@ -36,6 +38,9 @@ internal sealed class AppSupervisor(bool enabled)
     private readonly List<Channel<EventsReply>> _subscribers = [];
     private PodConfig _pod = PodConfig.Create(null, null, null);
     private Task<int>? _podInit;
+    private readonly Lock _networkLock = new();
+    private string? _network;        // the applied network (PodNetwork.ToString), once applied
+    private string? _networkFailure; // the netlink error that left it half configured
 
     public static long NowNs() => (DateTime.UtcNow.Ticks - DateTime.UnixEpoch.Ticks) * 100;
 
@@ -61,17 +66,51 @@ internal sealed class AppSupervisor(bool enabled)
             };
     }
 
+    /// <summary>
+    /// Sets the hostname and /etc files for apps added later, and applies the pod's network (lo always, then
+    /// the NICs and routes) before any app starts. The network is applied once: a later ConfigurePod with the
+    /// same network (the same canonical text) leaves it alone, a different one is FailedPrecondition, as is any
+    /// ConfigurePod after a netlink failure left the network half made. Validation comes first: a bad request
+    /// changes nothing.
+    /// </summary>
     public ConfigurePodReply ConfigurePod(ConfigurePodRequest request)
     {
         RequireEnabled();
-        lock (_lock)
+        if (request.Hostname.Length > 64 || request.Hostname.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-' or '.')))
+            throw new GrpcException(GrpcException.InvalidArgument, $"'{request.Hostname}' is not a valid hostname.");
+        PodNetwork network;
+        try { network = PodNetwork.Parse(request.Interfaces, request.Routes); }
+        catch (ArgumentException e) { throw new GrpcException(GrpcException.InvalidArgument, e.Message); }
+        // _networkLock, held by pod-init until the network is in place, orders the network before any app.
+        lock (_networkLock)
         {
-            if (_podInit is not null) throw new GrpcException(GrpcException.FailedPrecondition, "The pod is already running apps; configure it before the first StartApp.");
-            if (request.Hostname.Length > 64 || request.Hostname.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-' or '.')))
-                throw new GrpcException(GrpcException.InvalidArgument, $"'{request.Hostname}' is not a valid hostname.");
-            _pod = PodConfig.Create(request.Hostname, request.Hosts, request.ResolvConf);
+            lock (_lock)
+                if (_podInit is not null) throw new GrpcException(GrpcException.FailedPrecondition, "The pod is already running apps; configure it before the first StartApp.");
+            ApplyNetwork(network);
+            lock (_lock) _pod = PodConfig.Create(request.Hostname, request.Hosts, request.ResolvConf);
         }
         return new ConfigurePodReply();
+    }
+
+    private void ApplyNetwork(PodNetwork network)
+    {
+        string wanted = network.ToString();
+        if (_networkFailure is not null)
+            throw new GrpcException(GrpcException.FailedPrecondition, $"An earlier ConfigurePod left the pod's network half configured ({_networkFailure}); it cannot be configured again.");
+        if (_network is not null)
+        {
+            if (_network == wanted) return;
+            throw new GrpcException(GrpcException.FailedPrecondition, $"The pod's network is already configured ({_network}); a pod's network is set once.");
+        }
+        try { network.Apply(PodNetwork.DefaultLinkWait); }
+        catch (LinkNotFoundException e) { throw new GrpcException(GrpcException.FailedPrecondition, e.Message); } // only lo changed: a retry may work
+        catch (IOException e)
+        {
+            _networkFailure = e.Message;
+            throw new GrpcException(GrpcException.Internal, $"Configuring the pod's network failed: {e.Message}.");
+        }
+        _network = wanted;
+        if (Stage2.Debug) Log.Line($"rkt-kvm-agent: network: {wanted}");
     }
 
     public static bool IsValidName(string name) =>
@@ -141,6 +180,15 @@ internal sealed class AppSupervisor(bool enabled)
             if (_podInit is { IsFaulted: true }) _podInit = null;
             return _podInit ??= Task.Run(async () =>
             {
+                lock (_networkLock)
+                {
+                    // Apps share the VM's network namespace: without a ConfigurePod they still get lo.
+                    if (_network is null && _networkFailure is null)
+                    {
+                        PodNetwork.BringUpLoopback();
+                        _network = PodNetwork.LoopbackOnly;
+                    }
+                }
                 int devNull = OpenDevNull();
                 try
                 {

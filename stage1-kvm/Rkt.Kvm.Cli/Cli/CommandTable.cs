@@ -8,7 +8,7 @@ using Serilog.Events;
 namespace Rkt.Kvm.Cli.Cli;
 
 /// <summary>
-/// The rkt-kvm command line: global flags (--dir, --debug), verb dispatch, logging set-up, and
+/// The rkt-kvm command line: global flags (--dir, --local-config, --debug), verb dispatch, logging set-up, and
 /// rkt's error convention: one line on stderr and exit status 254.
 /// </summary>
 public static class CommandTable
@@ -18,6 +18,7 @@ public static class CommandTable
     public static readonly FlagSpec[] GlobalFlags =
     [
         new("dir", "data directory (image store, trees)", Default: ImageStore.DefaultDataDir),
+        new("local-config", "local configuration directory (network configurations in net.d/)", Default: CommandContext.DefaultLocalConfig),
         new("debug", "log debug output to stderr", IsBool: true),
         new("help", "show usage", IsBool: true),
     ];
@@ -65,7 +66,7 @@ public static class CommandTable
                 .MinimumLevel.Is(args.Bool("debug") ? LogEventLevel.Debug : LogEventLevel.Warning)
                 .WriteTo.Console(standardErrorFromLevel: LogEventLevel.Verbose, outputTemplate: "rkt-kvm: {Message:lj}{NewLine}{Exception}")
                 .CreateLogger();
-            return command.Run(new CommandContext(args.Get("dir")!, stdout, stderr, stderrIsTerminal), args);
+            return command.Run(new CommandContext(args.Get("dir")!, stdout, stderr, stderrIsTerminal, args.Get("local-config")!), args);
         }
         catch (Exception e) when (e is ImageException or UsageException or Stage1.Stage1Exception or IOException or UnauthorizedAccessException)
         {

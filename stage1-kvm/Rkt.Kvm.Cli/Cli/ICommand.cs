@@ -31,9 +31,14 @@ public abstract class Command(string name, string summary, string usage) : IComm
 
 /// <summary>What every command gets: the store under --dir, the output streams, and how to
 /// show progress (bars on a terminal, plain lines otherwise).</summary>
-public sealed class CommandContext(string dataDir, TextWriter stdout, TextWriter stderr, bool stderrIsTerminal)
+public sealed class CommandContext(string dataDir, TextWriter stdout, TextWriter stderr, bool stderrIsTerminal, string localConfig = CommandContext.DefaultLocalConfig)
 {
+    /// <summary>rkt's default <c>--local-config</c>.</summary>
+    public const string DefaultLocalConfig = "/etc/rkt";
+
     public string DataDir { get; } = dataDir;
+    /// <summary>rkt's local configuration directory: stage1 reads network configurations from its <c>net.d/</c>.</summary>
+    public string LocalConfig { get; } = localConfig;
     public TextWriter Out { get; } = stdout;
     public TextWriter Err { get; } = stderr;
     public bool StderrIsTerminal { get; } = stderrIsTerminal;

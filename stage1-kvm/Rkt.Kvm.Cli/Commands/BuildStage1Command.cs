@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using Rkt.Kvm.Stage1.Networking;
 using Rkt.Kvm.Cli.Cli;
 using Rkt.Kvm.Images.Builders;
 using Rkt.Kvm.Stage1.Manifests;
@@ -52,6 +53,10 @@ public sealed class BuildStage1Command() : Command("build-stage1",
             foreach (var dir in StageZeroDirectories) Directory.CreateDirectory(Path.Join(staging, dir));
             foreach (var (name, source) in parts)
                 File.Copy(source, Path.Join(staging, "kvm", name));
+            // rkt's two built-in networks, where rkt's stage1 keeps them (a user's net.d may override either).
+            Directory.CreateDirectory(Path.Join(staging, Path.GetDirectoryName(NetworkConfig.DefaultPath)!));
+            File.WriteAllText(Path.Join(staging, NetworkConfig.DefaultPath), NetworkConfig.DefaultJson + "\n");
+            File.WriteAllText(Path.Join(staging, NetworkConfig.DefaultRestrictedPath), NetworkConfig.DefaultRestrictedJson + "\n");
             var annotations = new JsonArray { new JsonObject { ["name"] = Stage1Image.InterfaceVersionAnnotation, ["value"] = Stage1Image.SupportedInterfaceVersion.ToString() } };
             foreach (var entrypoint in Stage1Image.EntrypointNames)
             {

@@ -15,8 +15,11 @@ public sealed record AppInfo(string Name, string State, int? ExitCode, string Im
 /// exit file whose content is the exit code and whose mtime is the finish time).
 /// </summary>
 public sealed record PodInfo(PodRef Pod, string State, DateTimeOffset? Created, DateTimeOffset? Started, int? Pid,
-    IReadOnlyList<AppInfo> Apps, PodManifest? Manifest)
+    IReadOnlyList<AppInfo> Apps, PodManifest? Manifest, IReadOnlyList<Stage1.Networking.NetInfo> Networks)
 {
+    /// <summary>rkt's NETWORKS column and <c>networks=</c> value: <c>default:ip4=172.16.28.2</c>.</summary>
+    public string NetworksText => Stage1.Networking.NetInfo.Describe(Networks);
+
     public bool Running => State == "running";
 
     public static PodInfo Read(PodRef pod)
@@ -47,6 +50,7 @@ public sealed record PodInfo(PodRef Pod, string State, DateTimeOffset? Created, 
                 exit is not null ? Mtime(dir.AppStatus(app.Name)) : null,
                 app.Mounts));
         }
-        return new PodInfo(pod, state, created, started, running || started is not null ? dir.ReadPid() : null, apps, manifest);
+        return new PodInfo(pod, state, created, started, running || started is not null ? dir.ReadPid() : null, apps, manifest,
+            Stage1.Networking.NetInfo.Load(dir.NetInfo));
     }
 }

@@ -65,10 +65,11 @@ public sealed class PodPreparer(ImageStore images, PodStore pods)
                 ["volumes"] = new JsonArray(request.Volumes.Select(VolumeJson).ToArray()),
                 ["isolators"] = null,
                 ["annotations"] = new JsonArray(new JsonObject { ["name"] = PodManifest.MutableAnnotation, ["value"] = request.Mutable ? "true" : "false" }),
-                ["ports"] = null,
+                ["ports"] = request.Ports.Count == 0 ? null : new JsonArray([.. request.Ports.Select(p => p.ToJson())]),
             };
             var bytes = JsonSerializer.SerializeToUtf8Bytes(manifest);
-            PodManifest.Parse(bytes, "the pod manifest we wrote"); // our own output obeys the rules we enforce
+            // Our own output obeys the rules we enforce, and every --port names a port an app declares.
+            PodManifest.Parse(bytes, "the pod manifest we wrote").ForwardedPorts();
             File.WriteAllBytes(dir.Manifest, bytes);
             File.WriteAllText(Path.Join(pod.Path, "pod-created"), "");
             if (overlay) File.WriteAllText(dir.OverlayPrepared, "");

@@ -27,7 +27,7 @@ public sealed record VolumeRequest(string Name, string Kind, string? Source, boo
 /// <c>rkt-kvm run</c>'s command line, parsed the way rkt parses it: images in order, each
 /// followed by its own flags (<c>--exec --name --mount --memory --cpu --user --group
 /// --environment</c>) and optionally <c>-- ARGS… ---</c>; pod flags anywhere
-/// (<c>--volume --set-env --hostname --net --interactive --no-overlay --uuid-file-save</c> and
+/// (<c>--volume --set-env --hostname --net --port --dns… --hosts-entry --interactive --no-overlay --uuid-file-save</c> and
 /// rkt's five ways of naming the stage1 image, <c>--stage1-{url,path,name,hash,from-dir}</c>).
 /// </summary>
 public sealed class RunRequest
@@ -37,6 +37,8 @@ public sealed class RunRequest
     public List<KeyValuePair<string, string>> PodEnvironment { get; } = [];
     public string? Hostname { get; set; }
     public string Net { get; set; } = "default";
+    public DnsRequest Dns { get; } = new();
+    public List<ExposedPort> Ports { get; } = [];
     public bool Interactive { get; set; }
     public string? UuidFileSave { get; set; }
     public Stage1Choice? Stage1 { get; set; }
@@ -44,7 +46,7 @@ public sealed class RunRequest
     public bool Mutable { get; set; }
 
     private static readonly HashSet<string> AppFlags = ["exec", "name", "mount", "memory", "cpu", "user", "group", "environment"];
-    private static readonly HashSet<string> PodFlags = ["volume", "set-env", "hostname", "net", "uuid-file-save", "insecure-options", .. Stage1Choice.Flags];
+    private static readonly HashSet<string> PodFlags = ["volume", "set-env", "hostname", "net", "port", "uuid-file-save", "insecure-options", .. Stage1Choice.Flags, .. DnsRequest.Flags];
 
     public static RunRequest Parse(IReadOnlyList<string> argv, bool allowApps = true)
     {
@@ -118,6 +120,11 @@ public sealed class RunRequest
             case "set-env": request.PodEnvironment.Add(ParseEnv(value, "--set-env")); break;
             case "hostname": request.Hostname = value; break;
             case "net": request.Net = value; break;
+            case "port":
+                try { request.Ports.Add(ExposedPort.ParseFlag(value)); }
+                catch (Stage1.Stage1Exception e) { throw new UsageException(e.Message); }
+                break;
+            case "dns" or "dns-search" or "dns-opt" or "dns-domain" or "hosts-entry": request.Dns.Apply(name, value); break;
             case "uuid-file-save": request.UuidFileSave = value; break;
             case "stage1-url" or "stage1-path" or "stage1-name" or "stage1-hash" or "stage1-from-dir":
                 request.Stage1 = Stage1Choice.With(request.Stage1, name, value);

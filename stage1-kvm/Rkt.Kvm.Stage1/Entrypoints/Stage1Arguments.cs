@@ -15,30 +15,18 @@ public static partial class PodUuid
 }
 
 /// <summary>
-/// <c>run [--debug] --net=… [--interactive] [--private-users=…] [--hostname=…] [--mutable] … UUID</c>.
-/// What a VM cannot do is refused here, with the reason: the host network, user namespaces
-/// mapped to the host, the host's IPC namespace.
+/// <c>run [--debug] --net=… [--interactive] [--private-users=…] [--hostname=…] [--local-config=…]
+/// [--dns-conf-mode=…] [--mutable] … UUID</c>. What a VM cannot do is refused here, with the reason:
+/// the host network, user namespaces mapped to the host, the host's IPC namespace.
 /// </summary>
-public sealed record RunArguments(string Uuid, bool Debug, IReadOnlyList<string> Networks, bool Interactive, bool Mutable,
+public sealed record RunArguments(string Uuid, bool Debug, Networking.NetworkList Networks, bool Interactive, bool Mutable,
     string? Hostname, string? DnsConfMode, string? LocalConfig)
 {
     public static RunArguments Parse(IReadOnlyList<string> argv)
     {
         var f = GoFlags.Parse(argv);
         var uuid = PodUuid.Require(f.Positional.LastOrDefault(), "run");
-        var net = f.Get("net") ?? "default";
-        var networks = net.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
-        if (networks.Count == 0) networks.Add("default");
-        foreach (var n in networks)
-        {
-            var name = n.Split(':', 2)[0];
-            if (name == "host")
-                throw new Stage1Exception("--net=host is not supported by stage1-kvm: a pod is a virtual machine and cannot share the host's network namespace");
-            if (name is not ("default" or "none"))
-                throw new Stage1Exception($"--net={n}: stage1-kvm supports only --net=default and --net=none for now");
-        }
-        if (networks.Contains("none") && networks.Count > 1)
-            throw new Stage1Exception("--net=none cannot be combined with other networks");
+        var networks = Networking.NetworkList.Parse(f.Get("net"));
         if (f.Has("private-users"))
             throw new Stage1Exception("--private-users is not supported by stage1-kvm: the pod's virtual machine already isolates user ids from the host");
         var ipc = f.Get("ipc");
@@ -48,6 +36,17 @@ public sealed record RunArguments(string Uuid, bool Debug, IReadOnlyList<string>
             throw new Stage1Exception($"--ipc={ipc}: expected auto, private or parent");
         return new RunArguments(uuid, f.Bool("debug"), networks, f.Bool("interactive"), f.Bool("mutable"),
             string.IsNullOrEmpty(f.Get("hostname")) ? null : f.Get("hostname"), f.Get("dns-conf-mode"), f.Get("local-config"));
+    }
+
+    /// <summary>A part of <c>--dns-conf-mode=resolv=…,hosts=…</c>: <c>host</c>, <c>stage0</c>, <c>none</c> or <c>default</c> (also when absent).</summary>
+    public string DnsMode(string key)
+    {
+        foreach (var part in (DnsConfMode ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var kv = part.Split('=', 2);
+            if (kv.Length == 2 && kv[0] == key) return kv[1];
+        }
+        return "default";
     }
 }
 

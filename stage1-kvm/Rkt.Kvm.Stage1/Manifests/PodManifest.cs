@@ -13,7 +13,8 @@ public sealed record AppSpec(
     string? WorkingDirectory,
     IReadOnlyList<KeyValuePair<string, string>> Environment,
     IReadOnlyList<MountPoint> MountPoints,
-    Isolators Isolators)
+    Isolators Isolators,
+    IReadOnlyList<AppPort> Ports)
 {
     public static AppSpec Parse(JsonObject app, string where)
     {
@@ -34,7 +35,7 @@ public sealed record AppSpec(
         if (workingDirectory is { Length: > 0 }) AbsolutePath(workingDirectory, $"{where}.workingDirectory");
         return new AppSpec(exec, JsonRead.RequiredString(app, "user", where), JsonRead.RequiredString(app, "group", where), gids,
             string.IsNullOrEmpty(workingDirectory) ? null : workingDirectory,
-            JsonRead.NameValues(app, "environment", where), mountPoints, Isolators.Parse(app, where));
+            JsonRead.NameValues(app, "environment", where), mountPoints, Isolators.Parse(app, where), AppPort.Parse(app, where));
     }
 
     /// <summary>Absolute, no NUL, no <c>..</c> component: a path inside the app, as the agent will use it.</summary>
@@ -72,7 +73,8 @@ public sealed record PodManifest(
     IReadOnlyList<RuntimeApp> Apps,
     IReadOnlyList<Volume> Volumes,
     Isolators Isolators,
-    IReadOnlyList<KeyValuePair<string, string>> Annotations)
+    IReadOnlyList<KeyValuePair<string, string>> Annotations,
+    IReadOnlyList<ExposedPort> Ports)
 {
     public const string MutableAnnotation = "coreos.com/rkt/stage1/mutable";
 
@@ -140,6 +142,24 @@ public sealed record PodManifest(
                 JsonRead.NameValues(a, "annotations", at)));
         }
 
-        return new PodManifest(pod, apps, volumes, Isolators.Parse(pod, what), JsonRead.NameValues(pod, "annotations", what));
+        return new PodManifest(pod, apps, volumes, Isolators.Parse(pod, what), JsonRead.NameValues(pod, "annotations", what), ExposedPort.Parse(pod, what));
+    }
+
+    /// <summary>
+    /// The pod's exposed ports, each resolved to the app port of that name (its protocol and
+    /// port), as rkt forwards them; a name no app declares is an error, as in rkt.
+    /// </summary>
+    public IReadOnlyList<ForwardedPort> ForwardedPorts()
+    {
+        var result = new List<ForwardedPort>();
+        foreach (var exposed in Ports)
+        {
+            var port = Apps.SelectMany(a => a.App?.Ports ?? []).FirstOrDefault(p => p.Name == exposed.Name)
+                ?? throw new Stage1Exception($"port \"{exposed.Name}\" is not declared by any app of the pod (declared: {string.Join(", ", Apps.SelectMany(a => a.App?.Ports ?? []).Select(p => p.Name).DefaultIfEmpty("none"))})");
+            if (result.Any(r => r.HostPort == exposed.HostPort && r.Protocol == port.Protocol))
+                throw new Stage1Exception($"host port {exposed.HostPort}/{port.Protocol} is forwarded twice");
+            result.Add(new ForwardedPort(port.Protocol, exposed.HostIp, exposed.HostPort, port.Port));
+        }
+        return result;
     }
 }

@@ -71,6 +71,14 @@ public sealed unsafe class EventLoop : IDeviceExecutor, IDisposable
         return token;
     }
 
+    /// <summary>Changes which <paramref name="events"/> a registration from <see cref="Add"/> waits for (0: only errors and hang-ups).</summary>
+    public void Modify(FileDescriptor fd, ulong token, int events)
+    {
+        var ev = new epoll_event { events = events };
+        ev.data.u64 = token;
+        if (epoll_ctl(_epoll.Number, EPOLL_CTL_MOD, fd.Number, &ev) < 0) throw new KvmException("epoll_ctl(MOD)", errno);
+    }
+
     /// <summary>Stops watching <paramref name="fd"/>; events already fetched for it are dropped. Call before closing the fd.</summary>
     public void Remove(FileDescriptor fd, ulong token)
     {

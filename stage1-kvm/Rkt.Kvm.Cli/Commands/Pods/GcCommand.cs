@@ -74,7 +74,7 @@ public sealed class GcCommand() : Command("gc", "Garbage-collect exited pods", "
                 try { new PodPreparer(context.Store, store).MountStage1(dir); }
                 catch (Stage1Exception e) { context.Err.WriteLine($"rkt-kvm: pod \"{pod.Uuid}\": {e.Message}; its stage1 gc cannot run"); }
             }
-            int rc = File.Exists(Stage1Invoker.Load(dir).EntrypointPath(dir, "gc")) ? Stage1Invoker.Run(dir, "gc", [pod.Uuid]) : -1;
+            int rc = File.Exists(Stage1Invoker.Load(dir).EntrypointPath(dir, "gc")) ? Stage1Invoker.Run(dir, "gc", ["--local-config", context.LocalConfig, pod.Uuid]) : -1;
             if (rc != 0)
             {
                 context.Err.WriteLine($"rkt-kvm: stage1 gc of pod \"{pod.Uuid}\" {(rc < 0 ? "could not run" : $"exited {rc}")}; it stays in garbage/ for the next gc");
@@ -97,7 +97,7 @@ public sealed class RmCommand() : Command("rm", "Remove exited pods", "rm UUID..
     public override int Run(CommandContext context, Arguments args)
     {
         // gc's own "Garbage collecting pod" lines are not rm's output: rm prints the UUID alone.
-        var quiet = new CommandContext(context.DataDir, TextWriter.Null, context.Err, context.StderrIsTerminal);
+        var quiet = new CommandContext(context.DataDir, TextWriter.Null, context.Err, context.StderrIsTerminal, context.LocalConfig);
         return EachPod.Run(context, args, Usage, (store, pod) =>
         {
             if (pod.State is "running") return $"pod \"{pod.Uuid}\" is running: stop it first";

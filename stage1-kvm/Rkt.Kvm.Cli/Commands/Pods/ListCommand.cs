@@ -34,12 +34,12 @@ public sealed class ListCommand() : Command("list", "List pods", "list [--full] 
         foreach (var pod in pods)
         {
             var uuid = full ? pod.Pod.Uuid : pod.Pod.Uuid[..8];
-            if (pod.Apps.Count == 0) rows.Add([uuid, "-", "-", pod.State, Time(pod.Created), Time(pod.Started), ""]);
+            if (pod.Apps.Count == 0) rows.Add([uuid, "-", "-", pod.State, Time(pod.Created), Time(pod.Started), pod.NetworksText]);
             for (int i = 0; i < pod.Apps.Count; i++)
             {
                 var app = pod.Apps[i];
                 rows.Add(i == 0
-                    ? [uuid, app.Name, app.ImageName, pod.State, Time(pod.Created), Time(pod.Started), ""]
+                    ? [uuid, app.Name, app.ImageName, pod.State, Time(pod.Created), Time(pod.Started), pod.NetworksText]
                     : ["", app.Name, app.ImageName, "", "", "", ""]);
             }
         }

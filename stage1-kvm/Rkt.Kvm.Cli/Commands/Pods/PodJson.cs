@@ -12,7 +12,7 @@ public static class PodJson
     {
         ["name"] = pod.Pod.Uuid,
         ["state"] = pod.State,
-        ["networks"] = Array.Empty<object>(),
+        ["networks"] = pod.Networks.Select(n => n.ToJson()).ToList(),
         ["app_names"] = pod.Apps.Select(a => a.Name).ToList(),
         ["apps"] = pod.Apps.Select(App).ToList(),
         ["created_at"] = pod.Created?.ToUnixTimeSeconds(),

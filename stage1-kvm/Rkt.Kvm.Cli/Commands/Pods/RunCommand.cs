@@ -13,8 +13,8 @@ namespace Rkt.Kvm.Cli.Commands.Pods;
 /// </summary>
 public sealed class RunCommand(bool sandbox) : Command(sandbox ? "sandbox" : "run",
     sandbox ? "Start an empty, mutable pod (add apps with `app add`)" : "Run images in a new pod",
-    sandbox ? "app sandbox [--hostname=H] [--net=none|default] [--volume=…] [--no-overlay] [--uuid-file-save=FILE] [--stage1-{path,url,name,hash,from-dir}=…]"
-        : "run IMAGE [--exec=CMD] [--name=NAME] [--mount=volume=V,target=/P] [--memory=Q] [--cpu=Q] [--user=U] [--group=G] [--environment=K=V] [-- ARGS… ---] … [--volume=V,kind=host,source=/P] [--set-env=K=V] [--hostname=H] [--net=none|default] [--interactive] [--no-overlay] [--uuid-file-save=FILE] [--stage1-{path,url,name,hash,from-dir}=…]")
+    sandbox ? "app sandbox [--hostname=H] [--net=default|none|all|NAME[:ARGS],…] [--dns=IP|host|none] [--dns-search=D] [--dns-opt=O] [--dns-domain=D] [--hosts-entry=IP=HOST|host] [--volume=…] [--no-overlay] [--uuid-file-save=FILE] [--stage1-{path,url,name,hash,from-dir}=…]"
+        : "run IMAGE [--exec=CMD] [--name=NAME] [--mount=volume=V,target=/P] [--memory=Q] [--cpu=Q] [--user=U] [--group=G] [--environment=K=V] [-- ARGS… ---] … [--volume=V,kind=host,source=/P] [--set-env=K=V] [--hostname=H] [--net=default|none|all|NAME[:ARGS],…] [--dns=IP|host|none] [--dns-search=D] [--dns-opt=O] [--dns-domain=D] [--hosts-entry=IP=HOST|host] [--interactive] [--no-overlay] [--uuid-file-save=FILE] [--stage1-{path,url,name,hash,from-dir}=…]")
 {
     public override bool RawArguments => true;
 
@@ -24,7 +24,8 @@ public sealed class RunCommand(bool sandbox) : Command(sandbox ? "sandbox" : "ru
         request.Mutable = sandbox;
         if (!sandbox && request.Apps.Count == 0) throw new UsageException($"usage: rkt-kvm {Usage}");
         // Refuse here too, before anything is prepared: nothing is left behind for a bad request.
-        var stage1Args = new List<string> { $"--net={request.Net}" };
+        var stage1Args = new List<string> { $"--net={request.Net}", $"--local-config={context.LocalConfig}" };
+        if (request.Dns.ConfMode is { } dnsMode) stage1Args.Add($"--dns-conf-mode={dnsMode}");
         if (args.Bool("debug")) stage1Args.Add("--debug");
         if (request.Interactive) stage1Args.Add("--interactive");
         if (request.Hostname is not null) stage1Args.Add($"--hostname={request.Hostname}");
@@ -40,6 +41,7 @@ public sealed class RunCommand(bool sandbox) : Command(sandbox ? "sandbox" : "ru
             podLock = PodLock.TryExclusive(pod.Path) ?? throw new Stage1Exception($"pod {pod.Uuid} is locked by another process");
             pod = pods.Move(pod, PodPhase.Run);
             preparer.MountForRun(pod, PodManifest.Load(pod.Directory.Manifest));
+            request.Dns.WriteStage0Files(pod.Directory.Stage1Rootfs);
             if (request.UuidFileSave is not null) File.WriteAllText(request.UuidFileSave, pod.Uuid);
         }
         catch
@@ -56,7 +58,7 @@ public sealed class RunCommand(bool sandbox) : Command(sandbox ? "sandbox" : "ru
                 // stage1 failed (or was killed) before the pod started: collect it now, stage1 gc first,
                 // so a VMM it had started, its sockets and the mounts go before the directory does. If
                 // anything will not go, the pod stays in garbage/ for the next gc to finish.
-                var quiet = new CommandContext(context.DataDir, TextWriter.Null, context.Err, context.StderrIsTerminal);
+                var quiet = new CommandContext(context.DataDir, TextWriter.Null, context.Err, context.StderrIsTerminal, context.LocalConfig);
                 bool removed = GcCommand.Collect(quiet, pods, pod) == 0;
                 context.Err.WriteLine($"rkt-kvm: pod {pod.Uuid} did not start (stage1 run exited {rc}); " +
                     (removed ? "removed it" : "left it for `rkt-kvm gc`"));

@@ -35,7 +35,7 @@ public sealed class StatusCommand() : Command("status", "Show a pod's status", "
         o.WriteLine($"state={pod.State}");
         if (pod.Created is { } c) o.WriteLine($"created={c.ToLocalTime():yyyy-MM-dd HH:mm:ss.fff zzz}");
         if (pod.Started is { } s) o.WriteLine($"started={s.ToLocalTime():yyyy-MM-dd HH:mm:ss.fff zzz}");
-        o.WriteLine("networks=");
+        o.WriteLine($"networks={pod.NetworksText}");
         if (pod.Pid is { } pid) o.WriteLine($"pid={pid}");
         o.WriteLine($"exited={(pod.Running || pod.State is "preparing" or "prepared" or "embryo" ? "false" : "true")}");
         foreach (var app in pod.Apps.Where(a => a.ExitCode is not null))

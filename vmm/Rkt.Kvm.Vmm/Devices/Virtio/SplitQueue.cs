@@ -93,7 +93,44 @@ public sealed class SplitQueue
         ushort head = BinaryPrimitives.ReadUInt16LittleEndian(_memory.GetSpan(AvailableRing + 4 + 2UL * slot, 2));
         _nextAvail++;
         if (head >= Size) throw new VirtqueueException($"The available ring names descriptor {head} of a {Size}-entry table.", queueBroken: true);
-        return new DescriptorChain(head, Walk(head));
+        var buffers = new List<DescriptorBuffer>();
+        Walk(head, buffers);
+        return new DescriptorChain(head, buffers);
+    }
+
+    /// <summary>
+    /// <see cref="PopValid"/> without allocating, for per-packet paths: the next well-formed chain's
+    /// buffers go into <paramref name="buffers"/> (cleared first) and its head into <paramref name="head"/>.
+    /// False when nothing is left or the rings are broken. Never throws for guest data.
+    /// </summary>
+    public bool PopValid(List<DescriptorBuffer> buffers, out ushort head, Action<string> onMalformed)
+    {
+        head = 0;
+        while (!Broken)
+        {
+            try
+            {
+                if (Pending == 0) return false;
+                ushort slot = (ushort)(_nextAvail % Size);
+                head = BinaryPrimitives.ReadUInt16LittleEndian(_memory.GetSpan(AvailableRing + 4 + 2UL * slot, 2));
+                _nextAvail++;
+                if (head >= Size) throw new VirtqueueException($"The available ring names descriptor {head} of a {Size}-entry table.", queueBroken: true);
+                buffers.Clear();
+                Walk(head, buffers);
+                return true;
+            }
+            catch (VirtqueueException e) when (e.Head is { } bad)
+            {
+                onMalformed(e.Message);
+                PushUsed(bad, 0);
+            }
+            catch (VirtqueueException e)
+            {
+                Broken = true;
+                onMalformed(e.Message);
+            }
+        }
+        return false;
     }
 
     /// <summary>Set once the rings were found inconsistent: the device must ignore the queue until the driver resets it.</summary>
@@ -131,12 +168,11 @@ public sealed class SplitQueue
     public void UndoPop() => _nextAvail--;
 
     /// <summary>Follows a chain; every table read is inside a table validated to lie in RAM, every buffer is checked.</summary>
-    private List<DescriptorBuffer> Walk(ushort head)
+    private void Walk(ushort head, List<DescriptorBuffer> buffers)
     {
         // The chain is already off the ring: name its head so the device can hand it back empty.
         VirtqueueException Malformed(string why) => new(why, head);
 
-        var buffers = new List<DescriptorBuffer>();
         ulong table = DescriptorTable;
         uint tableSize = Size;
         bool inIndirect = false;
@@ -175,7 +211,7 @@ public sealed class SplitQueue
                 throw Malformed($"Buffer 0x{address:X}+0x{length:X} is outside guest RAM.");
             buffers.Add(new DescriptorBuffer(address, length, writable));
 
-            if ((flags & FlagNext) == 0) return buffers;
+            if ((flags & FlagNext) == 0) return;
             if (next >= tableSize) throw Malformed($"Descriptor {index} points to descriptor {next} of a {tableSize}-entry table.");
             index = next;
         }
