@@ -75,7 +75,6 @@ public sealed class RunEntrypoint
 
         var size = VmSize.For(_pod, Environment.ProcessorCount);
         var exports = PodApps.Exports(_files, _pod).Select(e => new P9ExportSpec(e.Key, e.Value.Path, e.Value.ReadOnly)).ToList();
-        Log($"starting the VM: {size.Vcpus} vCPU, {size.MemoryMiB} MiB, {_pod.Apps.Count} app(s)");
 
         var network = new PodNetwork(_files.Pod, _files.Uuid, CniPlugin.FromEnvironment());
         if (_args.Networks.None && _pod.Ports.Count > 0) throw new Stage1Exception("--port needs a network: the pod was started with --net=none");
@@ -87,6 +86,7 @@ public sealed class RunEntrypoint
             Log($"networks: {NetInfo.Describe(_network.NetInfo)}");
         }
 
+        Log($"starting the VM: {size.Vcpus} vCPU, {size.MemoryMiB} MiB, {_pod.Apps.Count} app(s)");
         AgentVmProcess vm;
         _timeline.Mark("vmm-start");
         try

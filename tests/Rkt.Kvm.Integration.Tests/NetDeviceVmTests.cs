@@ -16,6 +16,7 @@ namespace Rkt.Kvm.Integration.Tests;
 /// host, receives a TCP stream the host sends to its port 8080 and sends `seq 1 40000` to the
 /// host's port 8081, then reboots.
 /// </summary>
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class NetDeviceVmFixture : IDisposable
 {
     public const string GuestMac = "02:00:00:00:00:a1";
@@ -126,25 +127,17 @@ public sealed class NetDeviceVmFixture : IDisposable
     [DllImport("libc", SetLastError = true)]
     private static extern int setns(int fd, int nstype);
 
-    private static void Ip(params string[] args)
-    {
-        var psi = new ProcessStartInfo("ip") { RedirectStandardError = true, RedirectStandardOutput = true };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        string err = p.StandardError.ReadToEnd();
-        p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        if (p.ExitCode != 0) throw new InvalidOperationException($"ip {string.Join(' ', args)} failed: {err.Trim()}");
-    }
+    private static void Ip(params string[] args) => Rkt.Kvm.Stage1.Networking.HostCommand.Check("ip", args);
 
     public void Dispose()
     {
         if (Unavailable is not null) return;
         try { Ip("netns", "del", Netns); }
-        catch (InvalidOperationException) { }
+        catch (Rkt.Kvm.Stage1.Stage1Exception) { }
     }
 }
 
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class NetDeviceVmTests(NetDeviceVmFixture vm) : IClassFixture<NetDeviceVmFixture>
 {
     private VmmRun Booted()

@@ -42,6 +42,7 @@ public sealed class PodNetworkTests
         Assert.Equal("eth0", netInfo[0]!["ifName"]!.GetValue<string>());
         Assert.Equal("255.255.255.0", netInfo[0]!["mask"]!.GetValue<string>());
         Assert.Contains($"cni-{uuid}", Host("ip", "netns", "list"));
+        Assert.Contains($"netns cni-{uuid}", cli.NetworkLeftovers()); // what the leftover check looks for is really there while the pod runs
 
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(60) };
         // The host reaches the pod at the address list shows ...
@@ -70,7 +71,7 @@ public sealed class PodNetworkTests
         Assert.Equal(2, pods.Count);
         Assert.Equal(0, cli.Run("gc", "--grace-period=0s").ExitCode);
         Assert.Empty(cli.Run("list", "--no-legend").Stdout.Trim());
-        foreach (var pod in pods) Assert.Equal("", NetworkLeftovers(pod));
+        Assert.Empty(cli.NetworkLeftovers());
     }
 
     [SkippableFact]
@@ -87,7 +88,42 @@ public sealed class PodNetworkTests
         var uuid = Regex.Match(cli.Run("list", "--full", "--no-legend").Stdout, @"^([0-9a-f-]{36})", RegexOptions.Multiline).Groups[1].Value;
         Assert.Equal("", cli.Status(uuid)["networks"]);
         Assert.False(File.Exists(Path.Join(cli.PodDir(uuid), "net-info.json")));
-        Assert.Equal("", NetworkLeftovers(uuid));
+        Assert.Empty(cli.NetworkLeftovers());
+    }
+
+    /// <summary>
+    /// Networks that cannot be set up fail the pod before its VM starts: one clear line from stage1,
+    /// rkt's exit, the pod removed, and no namespace, lease or rule left for it. No VM boots here.
+    /// </summary>
+    [Theory]
+    [InlineData("nosuch", null, "networks not found: nosuch")]
+    [InlineData("broken", """{"name":"broken","type":"ptp",""", "is not valid JSON")]
+    [InlineData("noplugin", """{"cniVersion":"0.3.1","name":"noplugin","type":"nosuchplugin"}""", "CNI plugin \"nosuchplugin\" not found")]
+    [InlineData("full", """{"cniVersion":"0.3.1","name":"full","type":"ptp","ipam":{"type":"host-local","subnet":"10.214.0.0/24","rangeStart":"10.214.0.9","rangeEnd":"10.214.0.9"}}""", "no IP addresses available")]
+    public void BadNetworks_FailThePodBeforeItsVm_WithOneLine_AndLeaveNothing(string net, string? conf, string expected)
+    {
+        using var cli = new RktKvmCli();
+        var config = Directory.CreateDirectory(Path.Join(cli.Root, "etc", "net.d")).FullName;
+        var name = $"{net}-{Guid.NewGuid():N}"[..20];
+        if (conf is not null) File.WriteAllText(Path.Join(config, "10-test.conf"), conf.Replace($"\"name\":\"{net}\"", $"\"name\":\"{name}\""));
+        // The one address of "full" is already taken by someone else.
+        var leases = Path.Join("/var/lib/cni/networks", name);
+        if (net == "full") { Directory.CreateDirectory(leases); File.WriteAllText(Path.Join(leases, "10.214.0.9"), "someone-else\neth0"); }
+        try
+        {
+            var (rc, stdout, stderr) = cli.Run($"--local-config={Path.GetDirectoryName(config)}", "run", $"--net={(conf is null ? net : name)}", RktKvmCli.Busybox, "--exec=/bin/true");
+            Assert.True(rc != 0, stdout + stderr);
+            var stage1Lines = stderr.Split('\n').Where(l => l.StartsWith("stage1-kvm", StringComparison.Ordinal)).ToList();
+            Assert.True(stage1Lines.Count == 1 && stage1Lines[0].Contains(expected), stderr);
+            Assert.Contains("did not start", stderr);
+            Assert.Empty(cli.Run("list", "--no-legend").Stdout.Trim());
+            Assert.NotEmpty(cli.KnownPods);
+            Assert.Empty(cli.NetworkLeftovers());
+        }
+        finally
+        {
+            if (Directory.Exists(leases)) Directory.Delete(leases, recursive: true);
+        }
     }
 
     /// <summary>The busybox image with a declared port ("http", tcp 8080), as --port needs.</summary>
@@ -106,30 +142,7 @@ public sealed class PodNetworkTests
         return "rkt-kvm.local/busybox-http";
     }
 
-    /// <summary>What a pod on the default network would leave on the host, found by its UUID (other pods may
-    /// run beside the test): its namespace, its IPAM lease, masquerade and port-forwarding rules.</summary>
-    private static string NetworkLeftovers(string uuid)
-    {
-        var leases = "/var/lib/cni/networks/default";
-        return string.Join("\n", new[]
-        {
-            Host("ip", "netns", "list").Split('\n').FirstOrDefault(l => l.StartsWith($"cni-{uuid}")) ?? "",
-            Directory.Exists(leases) ? string.Join(" ", Directory.GetFiles(leases).Where(f => File.ReadAllText(f).StartsWith(uuid))) : "",
-            string.Join("\n", Host("iptables-save", "-t", "nat").Split('\n').Where(l => l.Contains(uuid))),
-        }.Where(s => s.Length > 0));
-    }
-
-    private static string Host(string program, params string[] args)
-    {
-        var psi = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEnd();
-        p.WaitForExit();
-        Assert.True(p.ExitCode == 0, $"{program} {string.Join(' ', args)}: {stderr}");
-        return stdout.Result;
-    }
+    private static string Host(string program, params string[] args) => RktKvmCli.HostTool(program, args);
 
     /// <summary>A pod's first connection may race the guest's ARP; a few tries within a minute.</summary>
     private static T Retry<T>(Func<T> action)

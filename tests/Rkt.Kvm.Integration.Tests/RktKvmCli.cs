@@ -46,8 +46,39 @@ public sealed class RktKvmCli : IDisposable
             p.Kill(entireProcessTree: true);
             throw new TimeoutException($"rkt-kvm {string.Join(' ', args)} did not finish in {timeout}: {stderr.Result}");
         }
+        NotePods(stdout.Result + stderr.Result);
         return (p.ExitCode, stdout.Result, stderr.Result);
     }
+
+    /// <summary>Every pod this CLI's data directory has held, so what the host keeps for them can be checked after they are gone.</summary>
+    public HashSet<string> KnownPods { get; } = [];
+
+    private void NotePods(string output = "")
+    {
+        // A pod that failed to start is already gone: its UUID is in what rkt-kvm printed.
+        foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(output, "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"))
+            KnownPods.Add(m.Value);
+        var pods = Path.Join(DataDir, "pods");
+        if (!Directory.Exists(pods)) return;
+        foreach (var dir in Directory.GetDirectories(pods).SelectMany(Directory.GetDirectories)) KnownPods.Add(Path.GetFileName(dir));
+    }
+
+    /// <summary>What the host keeps for this CLI's pods' networks, found by their UUIDs (other pods may run
+    /// beside the test): network namespaces, IPAM leases, NAT rules (masquerade, port forwarding).</summary>
+    public IReadOnlyList<string> NetworkLeftovers()
+    {
+        NotePods();
+        var leases = Directory.Exists("/var/lib/cni/networks") ? Directory.GetFiles("/var/lib/cni/networks", "*", SearchOption.AllDirectories) : [];
+        var netns = Directory.Exists("/var/run/netns") ? Directory.GetFiles("/var/run/netns").Select(Path.GetFileName).ToList() : [];
+        var nat = HostTool("iptables-save", "-t", "nat").Split('\n');
+        return [.. KnownPods.SelectMany(uuid =>
+            netns.Where(n => n == $"cni-{uuid}").Select(n => $"netns {n}")
+            .Concat(leases.Where(f => { try { return File.ReadAllText(f).StartsWith(uuid, StringComparison.Ordinal); } catch (IOException) { return false; } }).Select(f => $"lease {f}"))
+            .Concat(nat.Where(l => l.Contains(uuid)).Select(l => $"nat {l}"))).Order()];
+    }
+
+    /// <summary>A host program's stdout; a failure fails the test.</summary>
+    public static string HostTool(string program, params string[] args) => Rkt.Kvm.Stage1.Networking.HostCommand.Check(program, args);
 
     /// <summary>Starts a pod in the background (run or app sandbox) and returns its process and UUID once written.</summary>
     public (Process Process, string Uuid) Start(params string[] args)
@@ -67,7 +98,9 @@ public sealed class RktKvmCli : IDisposable
             if (p.HasExited || DateTime.UtcNow > deadline) throw new InvalidOperationException($"rkt-kvm {string.Join(' ', args)} did not create a pod: {output}");
             Thread.Sleep(50);
         }
-        return (p, File.ReadAllText(uuidFile));
+        var uuid = File.ReadAllText(uuidFile);
+        KnownPods.Add(uuid);
+        return (p, uuid);
     }
 
     public Dictionary<Process, System.Text.StringBuilder> Outputs { get; } = [];
@@ -100,7 +133,8 @@ public sealed class RktKvmCli : IDisposable
         [.. ProcessesMentioning(Root).Concat(ProcessesMentioning(RuntimeRoot)).Distinct().Select(pid => $"{pid} {Cmdline(pid)}").Order()],
         Directory.Exists(RuntimeRoot) ? [.. Directory.GetFileSystemEntries(RuntimeRoot).Order()] : [],
         [.. MountsUnderRoot().Order()],
-        Directory.Exists(Path.Join(DataDir, "pods")) ? [.. Directory.GetDirectories(Path.Join(DataDir, "pods")).SelectMany(Directory.GetDirectories).Order()] : []);
+        Directory.Exists(Path.Join(DataDir, "pods")) ? [.. Directory.GetDirectories(Path.Join(DataDir, "pods")).SelectMany(Directory.GetDirectories).Order()] : [],
+        NetworkLeftovers());
 
     private static string Cmdline(string pid)
     {
@@ -129,15 +163,16 @@ public sealed class RktKvmCli : IDisposable
 }
 
 /// <summary>A host's pod-related state at one moment; two are compared by value, list by list.</summary>
-public sealed record HostSnapshot(IReadOnlyList<string> Processes, IReadOnlyList<string> RuntimeEntries, IReadOnlyList<string> Mounts, IReadOnlyList<string> PodDirs)
+public sealed record HostSnapshot(IReadOnlyList<string> Processes, IReadOnlyList<string> RuntimeEntries, IReadOnlyList<string> Mounts, IReadOnlyList<string> PodDirs,
+    IReadOnlyList<string> Networks)
 {
     public override string ToString() =>
-        $"processes: [{string.Join("; ", Processes)}]\nruntime: [{string.Join(", ", RuntimeEntries)}]\nmounts: [{string.Join(", ", Mounts)}]\npods: [{string.Join(", ", PodDirs)}]";
+        $"processes: [{string.Join("; ", Processes)}]\nruntime: [{string.Join(", ", RuntimeEntries)}]\nmounts: [{string.Join(", ", Mounts)}]\npods: [{string.Join(", ", PodDirs)}]\nnetworks: [{string.Join("; ", Networks)}]";
 
     public static void AssertSame(HostSnapshot before, HostSnapshot after)
     {
         Assert.True(before.Processes.SequenceEqual(after.Processes) && before.RuntimeEntries.SequenceEqual(after.RuntimeEntries)
-            && before.Mounts.SequenceEqual(after.Mounts) && before.PodDirs.SequenceEqual(after.PodDirs),
+            && before.Mounts.SequenceEqual(after.Mounts) && before.PodDirs.SequenceEqual(after.PodDirs) && before.Networks.SequenceEqual(after.Networks),
             $"the host was not brought back to what it was.\nbefore:\n{before}\nafter:\n{after}");
     }
 }

@@ -21,12 +21,10 @@ public sealed class CniPlugin(IReadOnlyList<string> searchPath)
             .Split(':', StringSplitOptions.RemoveEmptyEntries));
 
     /// <summary>The directory holding plugin <paramref name="type"/>; a clear error naming the package when none does.</summary>
-    public string Find(string type)
-    {
-        foreach (var dir in SearchPath)
-            if (File.Exists(Path.Join(dir, type))) return dir;
-        throw new Stage1Exception($"CNI plugin \"{type}\" not found in {string.Join(":", SearchPath)} (install Debian's {Package}, or set RKT_KVM_CNI_PATH)");
-    }
+    public string Find(string type) =>
+        TryFind(type) ?? throw new Stage1Exception($"CNI plugin \"{type}\" not found in {string.Join(":", SearchPath)} (install Debian's {Package}, or set RKT_KVM_CNI_PATH)");
+
+    public string? TryFind(string type) => SearchPath.FirstOrDefault(dir => File.Exists(Path.Join(dir, type)));
 
     public CniResult Add(string type, byte[] config, string containerId, string netns, string ifName, string args) =>
         CniResult.Parse(Invoke("ADD", type, config, containerId, netns, ifName, args), type);

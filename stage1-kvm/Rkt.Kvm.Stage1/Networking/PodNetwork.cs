@@ -49,7 +49,7 @@ public sealed class PodNetwork(PodDirectory pod, string uuid, CniPlugin plugins)
                 string ifName = $"eth{i}", args = list.ArgsOf(net.Name);
                 var copy = Path.Join(ConfDir, Path.GetFileName(net.Path));
                 File.WriteAllBytes(copy, net.Bytes);
-                started.Add(new JsonObject { ["netName"] = net.Name, ["type"] = net.Type, ["netConf"] = copy, ["ifName"] = ifName, ["args"] = args });
+                started.Add(new JsonObject { ["netName"] = net.Name, ["type"] = net.Type, ["netConf"] = Path.GetRelativePath(pod.Path, copy), ["ifName"] = ifName, ["args"] = args });
                 SaveState(started);
                 var result = plugins.Add(net.Type, net.Bytes, uuid, netns.Path, ifName, args);
                 var ip = result.Ips.FirstOrDefault() ?? throw new Stage1Exception($"network {net.Name}: CNI plugin {net.Type} assigned no IPv4 address");
@@ -65,7 +65,7 @@ public sealed class PodNetwork(PodDirectory pod, string uuid, CniPlugin plugins)
                     var portmap = PortmapConfig(net, result, ports);
                     var portmapCopy = Path.Join(ConfDir, $"{Path.GetFileNameWithoutExtension(net.Path)}-portmap.conf");
                     File.WriteAllBytes(portmapCopy, portmap);
-                    started.Add(new JsonObject { ["netName"] = net.Name, ["type"] = "portmap", ["netConf"] = portmapCopy, ["ifName"] = ifName, ["args"] = "" });
+                    started.Add(new JsonObject { ["netName"] = net.Name, ["type"] = "portmap", ["netConf"] = Path.GetRelativePath(pod.Path, portmapCopy), ["ifName"] = ifName, ["args"] = "" });
                     SaveState(started);
                     plugins.Add("portmap", portmap, uuid, netns.Path, ifName, "");
                 }
@@ -94,16 +94,22 @@ public sealed class PodNetwork(PodDirectory pod, string uuid, CniPlugin plugins)
         for (int i = state.Count - 1; i >= 0; i--)
         {
             var s = state[i];
-            string conf = s["netConf"]!.GetValue<string>();
+            // Relative to the pod directory: stage0 moves the pod (run/ → garbage/) before gc.
+            string conf = Path.Join(pod.Path, s["netConf"]!.GetValue<string>());
+            string type = s["type"]!.GetValue<string>();
             try
             {
-                if (File.Exists(conf))
-                    plugins.Delete(s["type"]!.GetValue<string>(), File.ReadAllBytes(conf), uuid, netns.Exists ? netns.Path : "", s["ifName"]!.GetValue<string>(), s["args"]!.GetValue<string>());
+                // A plugin that is not installed never ran ADD (it is looked up the same way), so there is nothing to undo.
+                if (File.Exists(conf) && plugins.TryFind(type) is not null)
+                    plugins.Delete(type, File.ReadAllBytes(conf), uuid, netns.Exists ? netns.Path : "", s["ifName"]!.GetValue<string>(), s["args"]!.GetValue<string>());
                 File.Delete(conf);
                 state.RemoveAt(i);
                 SaveState(state);
             }
-            catch (Stage1Exception e) { first ??= e; }
+            catch (Exception e) when (e is Stage1Exception or IOException)
+            {
+                first ??= e as Stage1Exception ?? new Stage1Exception($"network {s["netName"]}: {e.Message}", e);
+            }
         }
         try { netns.Delete(); } catch (Stage1Exception e) { first ??= e; }
         if (first is not null) throw first;

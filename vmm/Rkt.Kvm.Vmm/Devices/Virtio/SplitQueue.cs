@@ -88,14 +88,22 @@ public sealed class SplitQueue
     /// <summary>Takes the next available chain, or null when there is none. Throws on a malformed chain (after consuming it).</summary>
     public DescriptorChain? TryPop()
     {
-        if (Pending == 0) return null;
+        var buffers = new List<DescriptorBuffer>();
+        return TryPop(buffers, out ushort head) ? new DescriptorChain(head, buffers) : null;
+    }
+
+    /// <summary><see cref="TryPop()"/> into a caller's list (cleared first): false when there is none.</summary>
+    private bool TryPop(List<DescriptorBuffer> buffers, out ushort head)
+    {
+        head = 0;
+        if (Pending == 0) return false;
         ushort slot = (ushort)(_nextAvail % Size);
-        ushort head = BinaryPrimitives.ReadUInt16LittleEndian(_memory.GetSpan(AvailableRing + 4 + 2UL * slot, 2));
+        head = BinaryPrimitives.ReadUInt16LittleEndian(_memory.GetSpan(AvailableRing + 4 + 2UL * slot, 2));
         _nextAvail++;
         if (head >= Size) throw new VirtqueueException($"The available ring names descriptor {head} of a {Size}-entry table.", queueBroken: true);
-        var buffers = new List<DescriptorBuffer>();
+        buffers.Clear();
         Walk(head, buffers);
-        return new DescriptorChain(head, buffers);
+        return true;
     }
 
     /// <summary>
@@ -110,14 +118,7 @@ public sealed class SplitQueue
         {
             try
             {
-                if (Pending == 0) return false;
-                ushort slot = (ushort)(_nextAvail % Size);
-                head = BinaryPrimitives.ReadUInt16LittleEndian(_memory.GetSpan(AvailableRing + 4 + 2UL * slot, 2));
-                _nextAvail++;
-                if (head >= Size) throw new VirtqueueException($"The available ring names descriptor {head} of a {Size}-entry table.", queueBroken: true);
-                buffers.Clear();
-                Walk(head, buffers);
-                return true;
+                return TryPop(buffers, out head);
             }
             catch (VirtqueueException e) when (e.Head is { } bad)
             {
@@ -144,24 +145,8 @@ public sealed class SplitQueue
     /// </summary>
     public DescriptorChain? PopValid(Action<string> onMalformed)
     {
-        while (!Broken)
-        {
-            try
-            {
-                return TryPop();
-            }
-            catch (VirtqueueException e) when (e.Head is { } head)
-            {
-                onMalformed(e.Message);
-                PushUsed(head, 0);
-            }
-            catch (VirtqueueException e)
-            {
-                Broken = true;
-                onMalformed(e.Message);
-            }
-        }
-        return null;
+        var buffers = new List<DescriptorBuffer>();
+        return PopValid(buffers, out ushort head, onMalformed) ? new DescriptorChain(head, buffers) : null;
     }
 
     /// <summary>Puts the chain last taken by <see cref="TryPop"/> back (the device found nothing to put in it after all).</summary>
