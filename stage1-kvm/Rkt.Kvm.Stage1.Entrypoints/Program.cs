@@ -29,8 +29,25 @@ try
 }
 catch (Exception e) when (e is Stage1Exception or AgentException or VmmControlException or IOException or UnauthorizedAccessException)
 {
-    Console.Error.WriteLine($"stage1-kvm {args[0]}: {e.Message.Split('\n')[0]}");
+    Console.Error.WriteLine($"stage1-kvm {args[0]}: {Describe(e)}");
     return 1;
+}
+
+// NativeAOT with UseSystemResourceKeys gives runtime exceptions a resource key for a message
+// ("IO_PathNotFound_Path, /x"): say what it means instead.
+static string Describe(Exception e)
+{
+    var message = e.Message.Split('\n')[0];
+    var comma = message.IndexOf(", ", StringComparison.Ordinal);
+    if (comma < 0 || !(message.StartsWith("IO_", StringComparison.Ordinal) || message.StartsWith("UnauthorizedAccess_", StringComparison.Ordinal)))
+        return message;
+    var path = message[(comma + 2)..];
+    return e switch
+    {
+        FileNotFoundException or DirectoryNotFoundException => $"{path}: no such file or directory",
+        UnauthorizedAccessException => $"{path}: permission denied",
+        _ => $"{path}: {message[..comma]}",
+    };
 }
 
 // attach: apps here have no terminals or attachable streams yet; `--action=list` lists none.

@@ -162,6 +162,17 @@ public sealed class NetworkingTests : IDisposable
         Assert.Throws<Cli.Cli.UsageException>(() => mixed.Apply("dns", "10.0.0.1"));
     }
 
+    [Fact]
+    public void TeardownOfAPodThatNeverRanDoesNothing()
+    {
+        var uuid = Guid.NewGuid().ToString();
+        var podDir = Directory.CreateDirectory(Path.Join(_dir, uuid)).FullName;
+        var network = new PodNetwork(new PodDirectory(podDir), uuid, new CniPlugin([_dir]));
+        network.Teardown();
+        network.Teardown();
+        Assert.Empty(Directory.GetFileSystemEntries(podDir));
+    }
+
     /// <summary>
     /// The real thing on this host, no VM: a pod joins a ptp network (host-local IPAM on a subnet of
     /// its own), gets its namespace, veth, tap and redirects; teardown, run twice, leaves no

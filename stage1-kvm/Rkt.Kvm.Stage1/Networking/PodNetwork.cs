@@ -102,7 +102,7 @@ public sealed class PodNetwork(PodDirectory pod, string uuid, CniPlugin plugins)
                 // A plugin that is not installed never ran ADD (it is looked up the same way), so there is nothing to undo.
                 if (File.Exists(conf) && plugins.TryFind(type) is not null)
                     plugins.Delete(type, File.ReadAllBytes(conf), uuid, netns.Exists ? netns.Path : "", s["ifName"]!.GetValue<string>(), s["args"]!.GetValue<string>());
-                File.Delete(conf);
+                if (File.Exists(conf)) File.Delete(conf);
                 state.RemoveAt(i);
                 SaveState(state);
             }
@@ -113,8 +113,9 @@ public sealed class PodNetwork(PodDirectory pod, string uuid, CniPlugin plugins)
         }
         try { netns.Delete(); } catch (Stage1Exception e) { first ??= e; }
         if (first is not null) throw first;
-        File.Delete(StateFile);
-        File.Delete(NetnsFile);
+        // File.Delete throws when the directory is missing: a pod that never ran has no stage1-kvm/.
+        if (File.Exists(StateFile)) File.Delete(StateFile);
+        if (File.Exists(NetnsFile)) File.Delete(NetnsFile);
         if (Directory.Exists(ConfDir) && !Directory.EnumerateFileSystemEntries(ConfDir).Any()) Directory.Delete(ConfDir);
     }
 
