@@ -50,56 +50,89 @@ public sealed class NetDeviceVmFixture : IDisposable
             s.Listen(1);
             return s;
         });
-        using var stop = new CancellationTokenSource();
-        var receive = Task.Run(() => ReceiveAll(listener, stop.Token));
-        var send = Task.Run(() => SendToGuest(stop.Token));
+        // The host's side runs on two threads of its own that stay inside the namespace, with blocking
+        // sockets: nothing of it depends on the thread pool while the VM boots.
+        byte[]? received = null;
+        var receiver = InNetnsThread(() => received = ReceiveAll(listener));
+        var sender = InNetnsThread(SendToGuest);
         Run = VmmProcess.BootBusybox(initMode: "net", extra: ["--net", $"tap={Tap},netns=/var/run/netns/{Netns},mac={GuestMac}", "--debug"]);
-        stop.CancelAfter(TimeSpan.FromSeconds(5)); // the guest has finished by now; whatever is still waiting has failed
-        try
-        {
-            ReceivedFromGuest = receive.GetAwaiter().GetResult();
-            send.GetAwaiter().GetResult();
-        }
-        catch (Exception e)
-        {
-            HostFailure = e.ToString();
-        }
+        _stopAt = DateTime.UtcNow.AddSeconds(5); // the guest has finished by now; whatever is still waiting has failed
+        listener.Dispose(); // unblocks an Accept that never got a connection
+        receiver.Join();
+        sender.Join();
+        var failures = string.Join("\n", new[] { receiver.Failure, sender.Failure }.Where(f => f is not null));
+        if (failures.Length > 0) HostFailure = failures;
+        ReceivedFromGuest = received;
     }
+
+    private DateTime _stopAt = DateTime.MaxValue;
 
     /// <summary>Connects to the guest's port 8080 until it listens (it boots meanwhile), sends the stream, closes.</summary>
-    private async Task SendToGuest(CancellationToken stop)
+    private void SendToGuest()
     {
-        while (true)
+        while (DateTime.UtcNow < _stopAt)
         {
-            using var socket = InNetns(() => new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp));
-            using var attempt = CancellationTokenSource.CreateLinkedTokenSource(stop);
-            attempt.CancelAfter(TimeSpan.FromSeconds(5));
+            using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            var connect = socket.ConnectAsync(new IPEndPoint(GuestIp, 8080));
             try
             {
-                await socket.ConnectAsync(new IPEndPoint(GuestIp, 8080), attempt.Token);
+                if (!connect.Wait(TimeSpan.FromSeconds(5))) continue; // disposing the socket abandons the attempt
             }
-            catch (Exception) when (!stop.IsCancellationRequested)
+            catch (AggregateException)
             {
-                await Task.Delay(500, stop);
+                Thread.Sleep(500); // refused: the guest is not listening yet
                 continue;
             }
-            await socket.SendAsync(SentToGuest, stop);
+            socket.Send(SentToGuest);
             socket.Shutdown(SocketShutdown.Send);
             // Wait for the guest to close its side, so everything was read.
+            socket.ReceiveTimeout = 120_000;
             var sink = new byte[256];
-            while (await socket.ReceiveAsync(sink, stop) > 0) { }
+            while (socket.Receive(sink) > 0) { }
             return;
         }
+        throw new TimeoutException("the guest never accepted the stream on port 8080");
     }
 
-    private static async Task<byte[]> ReceiveAll(Socket listener, CancellationToken stop)
+    private static byte[] ReceiveAll(Socket listener)
     {
-        using var connection = await listener.AcceptAsync(stop);
+        using var connection = listener.Accept();
+        connection.ReceiveTimeout = 120_000;
         var data = new MemoryStream();
         var buffer = new byte[64 * 1024];
         int n;
-        while ((n = await connection.ReceiveAsync(buffer, stop)) > 0) data.Write(buffer, 0, n);
+        while ((n = connection.Receive(buffer)) > 0) data.Write(buffer, 0, n);
         return data.ToArray();
+    }
+
+    private sealed class NetnsThread(Thread thread)
+    {
+        public Thread Thread { get; } = thread;
+        public string? Failure { get; set; }
+        /// <summary>Waits a bounded time: a thread still blocked by then has failed (it is a background thread).</summary>
+        public void Join()
+        {
+            if (!Thread.Join(TimeSpan.FromSeconds(30))) Failure ??= "still blocked 30 s after the VM ended";
+        }
+    }
+
+    /// <summary>Runs <paramref name="work"/> on a new thread that enters the test's namespace first: its sockets live there.</summary>
+    private NetnsThread InNetnsThread(Action work)
+    {
+        NetnsThread? handle = null;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                using var ns = File.OpenHandle($"/var/run/netns/{Netns}");
+                if (setns((int)ns.DangerousGetHandle(), CloneNewNet) != 0) throw new InvalidOperationException($"setns into {Netns} failed: errno {Marshal.GetLastPInvokeError()}");
+                work();
+            }
+            catch (Exception e) { handle!.Failure = e.ToString(); }
+        }) { IsBackground = true };
+        handle = new NetnsThread(thread);
+        thread.Start();
+        return handle;
     }
 
     /// <summary>Runs on a throwaway thread inside the test's namespace: a socket made there stays there.</summary>
