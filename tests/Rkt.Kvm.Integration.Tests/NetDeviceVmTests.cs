@@ -55,7 +55,16 @@ public sealed class NetDeviceVmFixture : IDisposable
         byte[]? received = null;
         var receiver = InNetnsThread(() => received = ReceiveAll(listener));
         var sender = InNetnsThread(SendToGuest);
-        Run = VmmProcess.BootBusybox(initMode: "net", extra: ["--net", $"tap={Tap},netns=/var/run/netns/{Netns},mac={GuestMac}", "--debug"]);
+        try
+        {
+            Run = VmmProcess.BootBusybox(initMode: "net", extra: ["--net", $"tap={Tap},netns=/var/run/netns/{Netns},mac={GuestMac}", "--debug"]);
+        }
+        catch
+        {
+            _stopAt = DateTime.UtcNow; // the sender stops retrying
+            Dispose(); // xunit does not dispose a fixture whose constructor threw: the namespace would stay
+            throw;
+        }
         _stopAt = DateTime.UtcNow.AddSeconds(5); // the guest has finished by now; whatever is still waiting has failed
         listener.Dispose(); // unblocks an Accept that never got a connection
         receiver.Join();
