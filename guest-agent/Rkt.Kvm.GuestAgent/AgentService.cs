@@ -21,6 +21,9 @@ internal sealed class AgentService(AgentMode mode)
 
     public ReadyFigures? Ready { get; set; }
 
+    /// <summary>Resume after a restore from a template snapshot: reseeds the RNG, sets the clock.</summary>
+    public Resume.ResumeHandler Resumer { get; } = new(mode);
+
     /// <summary>Completes with the reason once someone asked the agent to power off.</summary>
     public Task<string> ShutdownRequested => _shutdown.Task;
 

@@ -156,6 +156,9 @@ internal sealed class GrpcApplication(AgentService service) : IHttpApplication<I
                 var dial = await call.ReadSingleAsync(Rkt.Kvm.Agent.V1.DialHostRequest.Parser);
                 await call.WriteAsync(service.DialHost(dial));
                 break;
+            case "Resume":
+                await call.WriteAsync(service.Resumer.Resume(await call.ReadSingleAsync(V1.ResumeRequest.Parser)));
+                break;
             case "Shutdown":
                 await call.ReadSingleAsync(Rkt.Kvm.Agent.V1.ShutdownRequest.Parser);
                 await call.WriteAsync(new Rkt.Kvm.Agent.V1.ShutdownReply());

@@ -13,7 +13,7 @@ internal static unsafe partial class Libc
     public const int EEXIST = 17;
     public const int EBUSY = 16;
     public const int EINTR = 4;
-    public const int CLOCK_BOOTTIME = 7;
+    public const int CLOCK_REALTIME = 0, CLOCK_BOOTTIME = 7;
     public const int LINUX_REBOOT_CMD_RESTART = 0x01234567;
 
     public const ulong MS_RDONLY = 1, MS_NOSUID = 2, MS_NODEV = 4, MS_NOEXEC = 8, MS_REMOUNT = 32, MS_BIND = 4096,
@@ -86,6 +86,11 @@ internal static unsafe partial class Libc
     [LibraryImport("libc")] public static partial int close(int fd);
 
     [LibraryImport("libc")] public static partial int clock_gettime(int clock, out Timespec value);
+
+    [LibraryImport("libc", SetLastError = true)] public static partial int clock_settime(int clock, in Timespec value);
+
+    /// <summary>ioctl(2) with a pointer (or no) argument; the request is an unsigned long in glibc.</summary>
+    [LibraryImport("libc", SetLastError = true)] public static partial int ioctl(int fd, nuint request, void* argument);
 
     [LibraryImport("libc")] public static partial int uname(byte* buffer);
 

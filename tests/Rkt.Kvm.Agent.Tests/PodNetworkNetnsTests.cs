@@ -59,6 +59,9 @@ public sealed class TestNetns : IDisposable
     /// <summary>Lines of `ip -n NAME …`, trimmed.</summary>
     public string[] Lines(string arguments) => Ip($"-n {Name} {arguments}").Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
 
+    /// <summary>How often the link's carrier went on or off (sysfs of the namespace, through `ip netns exec`).</summary>
+    public int CarrierChanges(string link) => int.Parse(Ip($"netns exec {Name} cat /sys/class/net/{link}/carrier_changes").Trim(), System.Globalization.CultureInfo.InvariantCulture);
+
     /// <summary>Runs <paramref name="action"/> on a new thread inside the namespace; rethrows what it threw.</summary>
     public T Run<T>(Func<T> action)
     {
@@ -179,6 +182,85 @@ public class PodNetworkNetnsTests
         e = Assert.Throws<GrpcException>(() => ns.Run(() => supervisor.ConfigurePod(new ConfigurePodRequest())));
         Assert.Equal(GrpcException.FailedPrecondition, e.Status);
         Assert.Contains("mtu 1450", ns.Lines("-o link show veth0")[0]);
+    }
+
+    private const string TemplateMac = "02:00:ac:10:00:99";
+
+    /// <summary>The typical request for a NIC that still has the template's MAC.</summary>
+    private static ConfigurePodRequest Restored(string hostname = "pod")
+    {
+        var request = Request(hostname);
+        request.Interfaces[0].LinkMac = TemplateMac;
+        return request;
+    }
+
+    [SkippableFact]
+    public void Apply_finds_the_link_by_link_mac_gives_it_the_mac_and_configures_it_as_that_nic()
+    {
+        Skip.If(TestNetns.Unavailable() is not null, TestNetns.Unavailable());
+        using var ns = new TestNetns(withVeth: false);
+        ns.AddVeth("veth0", TemplateMac);
+        PodNetwork network = PodNetwork.Parse(Restored().Interfaces, Restored().Routes);
+        ns.Run(() => network.Apply(TimeSpan.FromSeconds(2)));
+
+        string veth = ns.Lines("-o link show veth0")[0];
+        Assert.Contains("link/ether " + TestNetns.Mac + " ", veth);
+        Assert.Matches(@"<BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1450 ", veth);
+        Assert.Matches(@"^\d+: veth0 +inet 172\.16\.28\.2/24 ", Assert.Single(ns.Lines("-4 -o addr show dev veth0")));
+        // The routes that name the NIC's MAC went out of the renamed link.
+        Assert.Equal(["172.16.28.0/24 dev veth0 proto boot scope link", "default via 172.16.28.1 dev veth0 proto boot scope global"],
+            ns.Lines("-d -4 route show table main").Select(l => l.Replace("unicast ", "")).Order(StringComparer.Ordinal));
+    }
+
+    [SkippableFact]
+    public void A_link_mac_on_a_link_that_is_up_is_set_after_bringing_it_down_and_the_other_nic_is_left_alone()
+    {
+        Skip.If(TestNetns.Unavailable() is not null, TestNetns.Unavailable());
+        using var ns = new TestNetns(withVeth: false);
+        ns.AddVeth("veth0", TemplateMac);
+        ns.AddVeth("veth1", "02:00:ac:10:1d:02");
+        ns.Ip($"-n {ns.Name} link set veth0 up");
+        int carrierChanges = ns.CarrierChanges("veth0");
+        var request = Restored();
+        request.Interfaces.Add(new NetworkInterface { Mac = "02:00:ac:10:1d:02", Addresses = { "172.16.29.2/24" } });
+        ns.Run(() => PodNetwork.Parse(request.Interfaces, request.Routes).Apply(TimeSpan.FromSeconds(2)));
+        Assert.Contains("link/ether " + TestNetns.Mac + " ", ns.Lines("-o link show veth0")[0]);
+        Assert.Contains(",UP,", ns.Lines("-o link show veth0")[0]);
+        // veth could take the address while up; the carrier going off and on again shows it was taken down first
+        // (a driver without IFF_LIVE_ADDR_CHANGE refuses a running link's new address with EBUSY).
+        Assert.Equal(carrierChanges + 2, ns.CarrierChanges("veth0"));
+        Assert.Contains("link/ether 02:00:ac:10:1d:02 ", ns.Lines("-o link show veth1")[0]);
+        Assert.Single(ns.Lines("-4 -o addr show dev veth1"));
+    }
+
+    [SkippableFact]
+    public void A_link_mac_that_no_link_has_is_named_in_the_error_and_nothing_but_lo_changes()
+    {
+        Skip.If(TestNetns.Unavailable() is not null, TestNetns.Unavailable());
+        using var ns = new TestNetns(); // veth0 already has the pod's MAC, not the template's
+        var e = Assert.Throws<LinkNotFoundException>(() => ns.Run(() => PodNetwork.Parse(Restored().Interfaces, Restored().Routes).Apply(TimeSpan.Zero)));
+        Assert.StartsWith($"No network link has the MAC {TemplateMac} (the link MAC of the interface {TestNetns.Mac}; waited 0 ms; links: ", e.Message);
+        Assert.Contains("state DOWN", ns.Lines("-o link show veth0")[0]);
+        Assert.Empty(ns.Lines("-4 -o addr show dev veth0"));
+    }
+
+    [SkippableFact]
+    public void ConfigurePod_with_a_link_mac_applies_once_and_a_repeat_with_or_without_it_is_the_same_network()
+    {
+        Skip.If(TestNetns.Unavailable() is not null, TestNetns.Unavailable());
+        using var ns = new TestNetns(withVeth: false);
+        ns.AddVeth("veth0", TemplateMac);
+        var supervisor = new AppSupervisor(enabled: true);
+        ns.Run(() => supervisor.ConfigurePod(Restored()));
+        Assert.Contains("link/ether " + TestNetns.Mac + " ", ns.Lines("-o link show veth0")[0]);
+
+        // No link has the template's MAC any more, yet the repeats are no-ops rather than "not found" or EEXIST.
+        ns.Run(() => supervisor.ConfigurePod(Restored("again")));
+        ns.Run(() => supervisor.ConfigurePod(Request("plain")));
+        var different = Restored();
+        different.Interfaces[0].Mtu = 1400;
+        Assert.Equal(GrpcException.FailedPrecondition, Assert.Throws<GrpcException>(() => ns.Run(() => supervisor.ConfigurePod(different))).Status);
+        Assert.Single(ns.Lines("-4 -o addr show dev veth0"));
     }
 
     [SkippableFact]

@@ -26,6 +26,22 @@ public class RtNetlinkTests
     }
 
     [Fact]
+    public void SetLinkDown_clears_iff_up_through_ifi_change()
+    {
+        Assert.Equal(Hex("20000000 1000 0500 04000000 00000000 | 00 00 0000 03000000 00000000 01000000"), RtNetlink.SetLinkDown(4, 3));
+    }
+
+    [Fact]
+    public void SetLinkAddress_is_newlink_with_no_flag_change_and_a_six_byte_address_padded_to_12()
+    {
+        Assert.Equal(Hex(
+            "2c000000 1000 0500 06000000 00000000" +  // len 44, RTM_NEWLINK, REQUEST|ACK, seq 6
+            "00 00 0000 03000000 00000000 00000000" + // ifinfomsg: index 3, flags 0, change 0
+            "0a00 0100 0200ac101c02 0000"),           // IFLA_ADDRESS, rta_len 10, padded to 12
+            RtNetlink.SetLinkAddress(6, 3, PodNetwork.MacBytes("02:00:AC:10:1C:02")));
+    }
+
+    [Fact]
     public void GetLinks_is_a_dump_request_with_an_empty_ifinfomsg()
     {
         Assert.Equal(Hex("20000000 1200 0103 05000000 00000000 | 00000000 00000000 00000000 00000000"), RtNetlink.GetLinks(5));
@@ -70,6 +86,7 @@ public class RtNetlinkTests
     public void Every_message_states_its_length_and_is_aligned_to_4()
     {
         foreach (byte[] m in new[] { RtNetlink.SetLinkUp(1, 1, 0), RtNetlink.SetLinkUp(1, 1, 9000), RtNetlink.GetLinks(1),
+            RtNetlink.SetLinkDown(1, 2), RtNetlink.SetLinkAddress(1, 2, new byte[6]),
             RtNetlink.NewAddress(1, 2, Prefix("10.0.0.1", 8)), RtNetlink.NewRoute(1, 2, Prefix("0.0.0.0", 0), null) })
         {
             Assert.Equal(m.Length, BitConverter.ToInt32(m, 0));
@@ -163,6 +180,8 @@ public class PodNetworkParseTests
         return nic;
     }
 
+    private static NetworkInterface Renamed(string mac, string linkMac) => new() { Mac = mac, LinkMac = linkMac };
+
     private static NetworkRoute Route(string destination, string gateway, string mac) => new() { Destination = destination, Gateway = gateway, Mac = mac };
 
     internal static (NetworkInterface[], NetworkRoute[]) Typical(string mac = "02:00:ac:10:1c:02") => (
@@ -222,6 +241,63 @@ public class PodNetworkParseTests
         Assert.Contains("is IPv6", Refused([Nic(mac)], [Route("0.0.0.0/0", "fe80::1", mac)]));
         Assert.Contains("is given twice", Refused([Nic(mac), Nic(mac.ToUpperInvariant())], []));
         Assert.Contains("outside 68..65535", Refused([Nic(mac, 67)], []));
+    }
+
+    [Fact]
+    public void A_link_mac_is_parsed_like_a_mac_and_left_out_of_the_canonical_text()
+    {
+        var (nics, routes) = Typical();
+        nics[0].LinkMac = "02:00:AC:10:00:99";
+        PodNetwork network = PodNetwork.Parse(nics, routes);
+        Assert.Equal("02:00:ac:10:00:99", network.Interfaces[0].LinkMac);
+        Assert.Equal("02:00:ac:10:00:99", network.Interfaces[0].CurrentMac);
+        Assert.Equal("02:00:ac:10:1c:02", network.Interfaces[0].Mac);
+        // The same network as without it: a repeated ConfigurePod with or without link_mac is the same request.
+        Assert.Equal(PodNetwork.Parse(Typical().Item1, Typical().Item2).ToString(), network.ToString());
+
+        // link_mac equal to mac (any case): nothing to rename.
+        nics[0].LinkMac = "02:00:AC:10:1C:02";
+        Assert.Null(PodNetwork.Parse(nics, routes).Interfaces[0].LinkMac);
+        nics[0].LinkMac = "";
+        Assert.Null(PodNetwork.Parse(nics, routes).Interfaces[0].LinkMac);
+    }
+
+    [Theory]
+    [InlineData("02:00:ac:10:00")]
+    [InlineData("02-00-ac-10-00-99")]
+    [InlineData("02:00:ac:10:00:9z")]
+    [InlineData(" 02:00:ac:10:00:99")]
+    public void Bad_link_macs_are_refused_like_bad_macs(string linkMac)
+    {
+        var e = Assert.Throws<ArgumentException>(() => PodNetwork.Parse([Renamed("02:00:ac:10:1c:02", linkMac)], []));
+        Assert.Equal($"'{linkMac}' is not a MAC address (six hex bytes separated by ':').", e.Message);
+    }
+
+    [Fact]
+    public void Link_macs_that_would_find_one_link_twice_are_refused()
+    {
+        string Refused(params NetworkInterface[] nics) => Assert.Throws<ArgumentException>(() => PodNetwork.Parse(nics, [])).Message;
+        Assert.Equal("The link MAC 02:00:ac:10:00:99 is given twice.",
+            Refused(Renamed("02:00:ac:10:1c:02", "02:00:ac:10:00:99"), Renamed("02:00:ac:10:1d:02", "02:00:AC:10:00:99")));
+        Assert.Equal("The link MAC 02:00:ac:10:1c:02 of the interface 02:00:ac:10:1d:02 is the MAC by which the interface 02:00:ac:10:1c:02 finds its link.",
+            Refused(Nic("02:00:ac:10:1c:02"), Renamed("02:00:ac:10:1d:02", "02:00:ac:10:1c:02")));
+        Assert.Equal("The interface 02:00:ac:10:00:99 would find the link that the interface 02:00:ac:10:1c:02 finds by its link MAC 02:00:ac:10:00:99.",
+            Refused(Renamed("02:00:ac:10:1c:02", "02:00:ac:10:00:99"), Nic("02:00:ac:10:00:99")));
+
+        // Two template links given each other's MACs: every NIC still finds a link of its own.
+        PodNetwork swapped = PodNetwork.Parse([Renamed("02:00:ac:10:00:02", "02:00:ac:10:00:01"), Renamed("02:00:ac:10:00:01", "02:00:ac:10:00:02")], []);
+        Assert.Equal(["02:00:ac:10:00:01", "02:00:ac:10:00:02"], swapped.Interfaces.Select(n => n.CurrentMac));
+    }
+
+    [Fact]
+    public void ConfigurePod_refuses_a_bad_link_mac_as_invalid_argument()
+    {
+        var supervisor = new AppSupervisor(enabled: true);
+        var request = new ConfigurePodRequest { Hostname = "pod" };
+        request.Interfaces.Add(Renamed("02:00:ac:10:1c:02", "template"));
+        var e = Assert.Throws<GrpcException>(() => supervisor.ConfigurePod(request));
+        Assert.Equal(GrpcException.InvalidArgument, e.Status);
+        Assert.Equal("'template' is not a MAC address (six hex bytes separated by ':').", e.Message);
     }
 
     [Fact]

@@ -46,7 +46,7 @@ public static class Program
             Environment.Exit((int)result.Status);
             return (int)result.Status;
         }
-        catch (Exception e) when (e is BootException or KvmException or GuestMemoryException or TapException or ArgumentException or IOException or UnauthorizedAccessException)
+        catch (Exception e) when (e is BootException or Rkt.Kvm.Vmm.Snapshot.SnapshotException or KvmException or GuestMemoryException or TapException or ArgumentException or IOException or UnauthorizedAccessException)
         {
             Console.Error.WriteLine($"rkt-kvm-vmm: {e.Message}");
             return (int)VmExitStatus.VmmError;

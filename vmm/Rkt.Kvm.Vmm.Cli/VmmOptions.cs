@@ -38,10 +38,15 @@ public sealed record VmmOptions
                                (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR); MAC default: random 02:xx:..;
                                mtu: told to the guest; repeatable (eth0, eth1, ...; at most 4)
           --control PATH       VMM control socket (newline-delimited JSON, docs/CONTROL.md):
-                               add-export, remove-export, list-exports, status, stop;
+                               add-export, remove-export, list-exports, status, snapshot, stop;
                                the 9p device is present with --control or any --9p-export
           --owner-pid PID      end the VM when process PID (the VMM's parent) exits, however
                                it exits: the VM never outlives the process that owns it
+          --restore FILE       continue from a snapshot (the control socket's snapshot op)
+                               instead of booting; the other options must describe the VM it
+                               was taken from (same kernel, initrd, memory, vCPUs, devices);
+                               its RAM is mapped copy-on-write, shared with every VM restored
+                               from FILE; 9p exports and taps are this VM's own
           --debug              verbose VMM logging
           --quiet              only warnings and errors from the VMM
           --help               this text
@@ -77,6 +82,7 @@ public sealed record VmmOptions
             P9Exports = line.Exports,
             NetDevices = line.Net,
             OwnerPid = line.OwnerPid,
+            RestorePath = line.Restore,
         };
         machine.Validate();
         return new VmmOptions

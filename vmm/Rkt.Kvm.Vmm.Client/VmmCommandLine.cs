@@ -40,6 +40,8 @@ public sealed record VmmCommandLine
     public string? Control { get; init; }
     /// <summary>The VM ends when this process (the VMM's parent) exits.</summary>
     public int? OwnerPid { get; init; }
+    /// <summary>Continue from this snapshot file (written by the control socket's snapshot op) instead of booting.</summary>
+    public string? Restore { get; init; }
     public bool Debug { get; init; }
     public bool Quiet { get; init; }
     public bool Help { get; init; }
@@ -71,6 +73,7 @@ public sealed record VmmCommandLine
         foreach (var nic in Net) Add("--net", nic.ToArgument());
         Add("--control", Control);
         Add("--owner-pid", OwnerPid?.ToString(CultureInfo.InvariantCulture));
+        Add("--restore", Restore);
         if (Debug) args.Add("--debug");
         if (Quiet) args.Add("--quiet");
         if (Help) args.Add("--help");
@@ -80,7 +83,7 @@ public sealed record VmmCommandLine
     /// <summary>Reads an argv: each option as <c>--name value</c> or <c>--name=value</c>; the last of a repeated option wins (exports and NICs add up).</summary>
     public static VmmCommandLine Parse(IReadOnlyList<string> args)
     {
-        string? kernel = null, initrd = null, cmdline = null, consoleLog = null, kvmDevice = null, vsock = null, control = null;
+        string? kernel = null, initrd = null, cmdline = null, consoleLog = null, kvmDevice = null, vsock = null, control = null, restore = null;
         int? owner = null;
         var exports = new List<P9ExportSpec>();
         var nets = new List<NetDeviceSpec>();
@@ -146,6 +149,7 @@ public sealed record VmmCommandLine
                 case "--net": nets.Add(NetDeviceSpec.Parse(Value())); break;
                 case "--control": control = Value(); break;
                 case "--owner-pid": owner = (int)WholeNumber(name, Value(), int.MaxValue); break;
+                case "--restore": restore = Value(); break;
                 case "--debug": debug = true; break;
                 case "--quiet": quiet = true; break;
                 case "--help" or "-h": help = true; break;
@@ -172,6 +176,7 @@ public sealed record VmmCommandLine
             Net = nets,
             Control = control,
             OwnerPid = owner,
+            Restore = restore,
             Debug = debug,
             Quiet = quiet,
         };

@@ -16,6 +16,7 @@ using Rkt.Kvm.Vmm.Host;
 using Rkt.Kvm.Vmm.GuestConsole;
 using Rkt.Kvm.Vmm.Kvm;
 using Rkt.Kvm.Vmm.Memory;
+using Rkt.Kvm.Vmm.Snapshot;
 using Serilog;
 
 namespace Rkt.Kvm.Vmm;
@@ -76,11 +77,17 @@ public sealed class Machine : IDisposable
     /// <summary>Opened, not yet handed to their device (which then owns them).</summary>
     private readonly List<TapDevice?> _taps = [];
     private GuestConsoleOutput? _console;
-    private LoadedKernel? _kernel;
+    private Serial8250? _serial;
+    /// <summary>Every virtio transport by slot (what a snapshot saves and a restore puts back).</summary>
+    private readonly SortedDictionary<int, MmioTransport> _transports = [];
+    private MachineConfig? _config;
+    private List<VcpuRunner>? _runners;
+    private readonly object _snapshotLock = new();
     private VmExitResult? _result;
 
     public string Cmdline { get; private set; } = "";
-    public KernelFormat KernelFormat => _kernel!.Format;
+    /// <summary>The snapshot this VM was restored from, or null for a cold boot.</summary>
+    public SnapshotHeader? RestoredFrom { get; private set; }
 
     private Machine(KvmSystem kvm, KvmVm vm, GuestMemory memory, ILogger log, Stopwatch sinceStart)
     {
@@ -117,10 +124,30 @@ public sealed class Machine : IDisposable
             vm.SetTssAddress(MemoryLayout.KvmTssAddress);
             vm.CreateIrqchip();
             vm.CreatePit();
+            if (config.RestorePath is { } snapshotPath)
+            {
+                var (header, state, file) = SnapshotFile.Open(snapshotPath);
+                using (file)
+                {
+                    SnapshotCompatibility.Check(snapshotPath, header, config);
+                    memory = GuestMemory.MapFile(file, header.Regions.Select(r => (r.GuestAddress, r.Size, r.FileOffset)));
+                }
+                RegisterMemorySlotsAsync(vm, memory).GetAwaiter().GetResult();
+                machine = new Machine(kvm, vm, memory, log, sinceStart ?? Stopwatch.StartNew()) { _config = config, Cmdline = header.Cmdline, RestoredFrom = header };
+                machine.CreateVcpus(config.Cpus, state.Vcpus);
+                // After the vCPUs (setting the clock updates each one's kvm-clock page), before the
+                // devices: an interrupt a device raises on restore must meet the guest's IOAPIC
+                // routing, not the reset state that masks every pin (the edge would be lost).
+                state.Vm.Apply(vm);
+                machine.OpenTaps(config.NetDevices);
+                machine.AttachDevices(config, consoleTargets());
+                machine.RestoreDevices(state);
+                return machine;
+            }
             memory = GuestMemory.Allocate(MemoryLayout.RamRanges(config.MemoryMiB << 20));
             // Registering RAM with KVM takes milliseconds on this host; do it while the kernel is read in.
             var slots = RegisterMemorySlotsAsync(vm, memory);
-            machine = new Machine(kvm, vm, memory, log, sinceStart ?? Stopwatch.StartNew());
+            machine = new Machine(kvm, vm, memory, log, sinceStart ?? Stopwatch.StartNew()) { _config = config };
             try
             {
                 machine.LoadGuest(config);
@@ -171,19 +198,19 @@ public sealed class Machine : IDisposable
 
     private void LoadGuest(MachineConfig config)
     {
-        _kernel = KernelLoader.Load(config.KernelPath, _memory);
-        (ulong Address, ulong Size) initrd = config.InitrdPath is { } path ? InitrdLoader.Load(path, _kernel, _memory) : (0, 0);
+        var kernel = KernelLoader.Load(config.KernelPath, _memory);
+        (ulong Address, ulong Size) initrd = config.InitrdPath is { } path ? InitrdLoader.Load(path, kernel, _memory) : (0, 0);
 
         bool pvm = config.Pvm switch { PvmMode.On => true, PvmMode.Off => false, _ => HostPlatform.IsPvmHost() };
         var cmdline = GuestCmdline(pvm, config.ExtraCmdline, vsock: config.VsockSocketPath is not null, p9: config.HasP9, nics: config.NetDevices.Count);
-        byte[] cmdlineBytes = cmdline.ToBytes(_kernel.CmdlineMax);
+        byte[] cmdlineBytes = cmdline.ToBytes(kernel.CmdlineMax);
         Cmdline = cmdline.ToString();
         _memory.Write(MemoryLayout.CmdlineStart, cmdlineBytes);
 
         _memory.Write(MemoryLayout.SetupDataStart, SetupData.RngSeedNode());
         var zeroPage = ZeroPage.Build(new ZeroPageParameters
         {
-            SetupHeader = _kernel.SetupHeader,
+            SetupHeader = kernel.SetupHeader,
             CmdlineAddress = MemoryLayout.CmdlineStart,
             CmdlineSize = (uint)(cmdlineBytes.Length - 1),
             InitrdAddress = initrd.Address,
@@ -196,10 +223,14 @@ public sealed class Machine : IDisposable
         Gdt.Write(_memory);
         PageTables.Write(_memory);
         _log.Debug("Loaded {Format} kernel: entry 0x{Entry:X}, end 0x{End:X}; initrd at 0x{InitrdAddress:X} ({InitrdSize} bytes); PVM host options {Pvm}; cmdline \"{Cmdline}\"",
-            _kernel.Format, _kernel.Entry, _kernel.End, initrd.Address, initrd.Size, pvm, Cmdline);
+            kernel.Format, kernel.Entry, kernel.End, initrd.Address, initrd.Size, pvm, Cmdline);
+        _bootEntry = kernel.Entry;
     }
 
-    private void CreateVcpus(int count)
+    private ulong _bootEntry;
+
+    /// <summary>Creates the vCPUs with their CPUID; a cold boot gets the boot state, a restore the snapshot's.</summary>
+    private void CreateVcpus(int count, IReadOnlyList<KvmVcpuState>? restored = null)
     {
         var supportedCpuid = _kvm.GetSupportedCpuid();
         for (int id = 0; id < count; id++)
@@ -207,6 +238,11 @@ public sealed class Machine : IDisposable
             var vcpu = _vm.CreateVcpu(id);
             _vcpus.Add(vcpu);
             vcpu.SetCpuid(CpuSetup.CpuidFor(supportedCpuid, id, count));
+            if (restored is not null)
+            {
+                restored[id].Apply(vcpu);
+                continue;
+            }
             var msrs = CpuSetup.BootMsrs();
             int accepted = vcpu.SetMsrs(msrs);
             if (accepted != msrs.Length)
@@ -219,7 +255,7 @@ public sealed class Machine : IDisposable
             {
                 // Only the boot CPU starts in long mode; the others wait for INIT/SIPI from the guest.
                 vcpu.SetSregs(CpuSetup.LongModeSregs(vcpu.GetSregs()));
-                vcpu.SetRegs(CpuSetup.BootRegs(_kernel!.Entry));
+                vcpu.SetRegs(CpuSetup.BootRegs(_bootEntry));
             }
         }
     }
@@ -228,7 +264,8 @@ public sealed class Machine : IDisposable
     {
         _console = new GuestConsoleOutput(consoleTargets, _panicDetector.OnLine);
         var serialIrq = new KvmInterruptLine(_vm, Serial8250.Com1Irq);
-        _portBus.Register(Serial8250.Com1Port, Serial8250.RegisterCount, new Serial8250(_console, serialIrq));
+        _serial = new Serial8250(_console, serialIrq);
+        _portBus.Register(Serial8250.Com1Port, Serial8250.RegisterCount, _serial);
         // 0x61 (between the i8042's two ports) is KVM's PIT speaker port, so the controller is registered twice.
         var i8042 = new I8042(OnGuestReset);
         _portBus.Register(I8042.DataPort, 1, i8042);
@@ -263,7 +300,7 @@ public sealed class Machine : IDisposable
         if (config.ControlSocketPath is { } controlPath)
         {
             var commands = new ControlCommands(_p9?.Server, _sinceStart,
-                () => RequestExit(new VmExitResult(VmExitStatus.GuestShutdown, "stopped through the control socket")));
+                () => RequestExit(new VmExitResult(VmExitStatus.GuestShutdown, "stopped through the control socket")), Snapshot);
             // Disposed before the 9p device (resources go in order): no control request runs against a closed server.
             _deviceResources.Insert(0, new ControlSocket(controlPath, _deviceLoop, commands, _log));
         }
@@ -303,6 +340,7 @@ public sealed class Machine : IDisposable
             line = new IrqfdInterruptLine(irqEvent);
         }
         var transport = new MmioTransport(device, _memory, line, _deviceLoop, _log);
+        _transports.Add(slot, transport);
         _mmioBus.Register(address, MmioTransport.WindowSize, transport);
         if (!signalling.Ioeventfd) return;
         for (int queue = 0; queue < transport.QueueCount; queue++)
@@ -322,7 +360,8 @@ public sealed class Machine : IDisposable
     /// <summary>Boots the VM and blocks until it ends. Runs once.</summary>
     public VmExitResult Run()
     {
-        var runners = _vcpus.Select(v => new VcpuRunner(v, _portBus, _mmioBus, RequestExit, () => _exited.IsSet, _log)
+        VcpuKick.Install();
+        var runners = _runners = _vcpus.Select(v => new VcpuRunner(v, _portBus, _mmioBus, RequestExit, () => _exited.IsSet, _log)
         {
             BeforeFirstEntry = v.Id == 0 ? () => _log.Debug("First vCPU entry {SinceStartMs:F1} ms after VMM start (unix {UnixMicros} µs)",
                 _sinceStart.Elapsed.TotalMilliseconds, (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10) : null,
@@ -348,6 +387,80 @@ public sealed class Machine : IDisposable
             _log.Debug("NIC {Tap}: rx {RxPackets} packets ({RxDropped} dropped), tx {TxPackets} packets ({TxDropped} dropped), {Malformed} malformed chains",
                 nic.TapName, nic.RxPackets, nic.RxDropped, nic.TxPackets, nic.TxDropped, nic.MalformedChains);
         return _result!;
+    }
+
+    /// <summary>Puts the UART and every virtio transport back where the snapshot left them (before any vCPU runs).</summary>
+    private void RestoreDevices(MachineState state)
+    {
+        _serial!.RestoreState(state.Serial);
+        var missing = state.Transports.Keys.Except(_transports.Keys).Concat(_transports.Keys.Except(state.Transports.Keys)).ToList();
+        if (missing.Count > 0) throw new SnapshotException($"The snapshot's virtio devices (slots {string.Join(",", state.Transports.Keys)}) are not this VM's (slots {string.Join(",", _transports.Keys)}).");
+        foreach (var (slot, transport) in _transports)
+        {
+            try { transport.RestoreState(state.Transports[slot]); }
+            catch (InvalidDataException e) { throw new SnapshotException($"The snapshot's virtio slot {slot} cannot be restored: {e.Message}"); }
+        }
+    }
+
+    /// <summary>
+    /// Writes a snapshot of the running VM to <paramref name="path"/> and lets it continue: every
+    /// vCPU is paused at a clean point, the devices are asked on their thread whether they can be
+    /// saved (nothing in flight), then KVM's state, the devices' and RAM go to one file.
+    /// Runs on the device thread (the control socket's), so device state cannot change under it.
+    /// </summary>
+    public SnapshotHeader Snapshot(string path)
+    {
+        var runners = _runners ?? throw new SnapshotException("The VM is not running yet.");
+        var clock = Stopwatch.StartNew();
+        lock (_snapshotLock)
+        {
+            foreach (var r in runners) r.RequestPause();
+            try
+            {
+                foreach (var r in runners)
+                    if (!r.WaitPaused(TimeSpan.FromSeconds(5))) throw new SnapshotException($"vCPU {r.Vcpu.Id} did not pause within 5 s.");
+                if (_exited.IsSet) throw new SnapshotException("The VM ended.");
+                double pausedMs = clock.Elapsed.TotalMilliseconds;
+                var caps = KvmVcpuState.Capabilities.Probe(_kvm);
+                var vcpus = runners.Select(r => KvmVcpuState.Capture(r.Vcpu, caps)).ToList();
+                var vm = KvmVmState.Capture(_vm);
+                MachineState? state = null;
+                string? blocker = null;
+                _deviceLoop.Invoke(() =>
+                {
+                    blocker = _transports.Select(t => t.Value.SnapshotBlocker is { } why ? $"virtio slot {t.Key}: {why}" : null).FirstOrDefault(b => b is not null);
+                    if (blocker is null) state = new MachineState(vcpus, vm, _serial!.SaveState(), _transports.ToDictionary(t => t.Key, t => t.Value.SaveState()));
+                });
+                if (blocker is not null) throw new SnapshotException($"The VM cannot be snapshotted now: {blocker}.");
+                var config = _config!;
+                var header = new SnapshotHeader
+                {
+                    FormatVersion = SnapshotFile.FormatVersion,
+                    VmmBuild = SnapshotFile.VmmBuild(),
+                    CreatedUtc = DateTime.UtcNow,
+                    Kernel = SnapshotFile.Describe(config.KernelPath),
+                    Initrd = config.InitrdPath is { } initrd ? SnapshotFile.Describe(initrd) : null,
+                    MemoryMiB = config.MemoryMiB,
+                    Cpus = config.Cpus,
+                    Cmdline = Cmdline,
+                    Vsock = config.VsockSocketPath is not null,
+                    GuestCid = config.GuestCid,
+                    P9 = config.HasP9,
+                    Nics = config.NetDevices.Count,
+                    StateLength = 0,
+                    Regions = [],
+                    MemoryBytesWritten = 0,
+                };
+                header = SnapshotFile.Write(path, header, state!, _memory);
+                _log.Information("Snapshot {Path}: {Written} MiB of {Memory} MiB RAM, {Msrs} MSRs per vCPU; paused {PausedMs:F0} ms, written in {TotalMs:F0} ms",
+                    path, header.MemoryBytesWritten >> 20, config.MemoryMiB, vcpus[0].Msrs.Length, pausedMs, clock.Elapsed.TotalMilliseconds);
+                return header;
+            }
+            finally
+            {
+                foreach (var r in runners) r.Resume();
+            }
+        }
     }
 
     private void RequestExit(VmExitResult result)

@@ -39,6 +39,12 @@ public sealed record MachineConfig
     /// <summary>NICs (virtio-net over taps), in guest order: the first is eth0.</summary>
     public IReadOnlyList<NetDeviceSpec> NetDevices { get; init; } = [];
 
+    /// <summary>
+    /// A snapshot file to continue from instead of booting the kernel (its kernel, initrd, RAM,
+    /// vCPUs and devices must be this configuration's; <see cref="Snapshot.SnapshotCompatibility"/>).
+    /// </summary>
+    public string? RestorePath { get; init; }
+
     /// <summary>Checks what can be checked without touching the host; throws <see cref="ArgumentException"/> with a one-line reason.</summary>
     public void Validate()
     {

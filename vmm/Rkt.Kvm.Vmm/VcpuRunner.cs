@@ -26,13 +26,55 @@ internal sealed unsafe class VcpuRunner(KvmVcpu vcpu, Bus portBus, Bus mmioBus, 
     public long Int3Emulations { get; private set; }
     public long FwaitEmulations { get; private set; }
 
+    public KvmVcpu Vcpu => vcpu;
+
+    private volatile bool _pauseRequested;
+    private volatile int _threadId;
+    private readonly ManualResetEventSlim _paused = new(), _resume = new();
+
+    /// <summary>
+    /// Asks the vCPU to stop at a clean point: out of KVM_RUN with the last exit completed, so its
+    /// registers say everything. immediate_exit catches a thread about to enter the guest, the
+    /// kick one that is inside it.
+    /// </summary>
+    public void RequestPause()
+    {
+        _resume.Reset();
+        _pauseRequested = true;
+        vcpu.RunState->ImmediateExit = 1;
+        Host.VcpuKick.Kick(_threadId);
+    }
+
+    /// <summary>Waits until the vCPU is paused (or the VM ends); false on time-out.</summary>
+    public bool WaitPaused(TimeSpan timeout) => _paused.Wait(timeout);
+
+    public void Resume()
+    {
+        _pauseRequested = false;
+        _resume.Set();
+    }
+
+    private void Pause()
+    {
+        // KVM finishes the instruction of the exit we just handled (an I/O read takes its value
+        // now) and returns at once without running guest code.
+        vcpu.RunState->ImmediateExit = 1;
+        vcpu.Run();
+        vcpu.RunState->ImmediateExit = 0;
+        _paused.Set();
+        while (!_resume.Wait(100) && !stopping()) { }
+        _paused.Reset();
+    }
+
     public void Run()
     {
         try
         {
+            _threadId = Host.VcpuKick.CurrentThreadId();
             BeforeFirstEntry?.Invoke();
             while (!stopping())
             {
+                if (_pauseRequested) { Pause(); continue; }
                 if (!vcpu.Run()) continue; // a signal interrupted KVM_RUN: just re-enter
                 if (HandleExit() is { } result)
                 {

@@ -5,7 +5,13 @@ using Rkt.Kvm.Agent.V1;
 
 namespace Rkt.Kvm.GuestAgent.Network;
 
-internal sealed record InterfaceConfig(string Mac, IReadOnlyList<Ipv4Prefix> Addresses, uint Mtu);
+/// <param name="LinkMac">The MAC the link has now when it is not <paramref name="Mac"/> (a VM restored from a template
+/// keeps the template's MACs): the link is found by it and given <paramref name="Mac"/>. Null: found by Mac.</param>
+internal sealed record InterfaceConfig(string Mac, IReadOnlyList<Ipv4Prefix> Addresses, uint Mtu, string? LinkMac = null)
+{
+    /// <summary>The MAC the link has before Apply, which finds it.</summary>
+    public string CurrentMac => LinkMac ?? Mac;
+}
 
 internal sealed record RouteConfig(Ipv4Prefix Destination, IPAddress? Gateway, string Mac);
 
@@ -14,9 +20,10 @@ internal sealed class LinkNotFoundException(string message) : IOException(messag
 
 /// <summary>
 /// The pod's network from ConfigurePod (agent.proto NetworkInterface, NetworkRoute), validated up front, and
-/// applied with rtnetlink: lo up; per NIC (found by MAC) the MTU, up, the addresses without a prefix route (the
-/// host gives the exact routes of the pod's namespace); then the routes in the order given. Synchronous: netlink
-/// sockets belong to the calling thread's network namespace, which the tests rely on.
+/// applied with rtnetlink: lo up; per NIC (found by its MAC, or by its link MAC and then given its MAC) the MTU, up,
+/// the addresses without a prefix route (the host gives the exact routes of the pod's namespace); then the routes in
+/// the order given. Synchronous: netlink sockets belong to the calling thread's network namespace, which the tests
+/// rely on.
 /// </summary>
 internal sealed class PodNetwork
 {
@@ -39,8 +46,17 @@ internal sealed class PodNetwork
         {
             string mac = ParseMac(nic.Mac);
             if (nics.Any(n => n.Mac == mac)) throw new ArgumentException($"The interface MAC {mac} is given twice.");
+            // link_mac equal to mac: nothing to rename, the same as no link_mac.
+            string? linkMac = nic.LinkMac.Length == 0 ? null : ParseMac(nic.LinkMac);
+            if (linkMac == mac) linkMac = null;
+            if (linkMac is not null && nics.Any(n => n.LinkMac == linkMac)) throw new ArgumentException($"The link MAC {linkMac} is given twice.");
+            // Each NIC must find its own link: a link_mac that is another NIC's lookup MAC would find that NIC's link.
+            if (nics.FirstOrDefault(n => n.CurrentMac == (linkMac ?? mac)) is { } other)
+                throw new ArgumentException(linkMac is null
+                    ? $"The interface {mac} would find the link that the interface {other.Mac} finds by its link MAC {mac}."
+                    : $"The link MAC {linkMac} of the interface {mac} is the MAC by which the interface {other.Mac} finds its link.");
             if (nic.Mtu != 0 && nic.Mtu is < 68 or > 65535) throw new ArgumentException($"The MTU {nic.Mtu} of the interface {mac} is outside 68..65535.");
-            nics.Add(new InterfaceConfig(mac, nic.Addresses.Select(a => ParsePrefix(a, $"address of the interface {mac}")).ToList(), nic.Mtu));
+            nics.Add(new InterfaceConfig(mac, nic.Addresses.Select(a => ParsePrefix(a, $"address of the interface {mac}")).ToList(), nic.Mtu, linkMac));
         }
         var list = new List<RouteConfig>();
         foreach (var route in routes)
@@ -59,7 +75,9 @@ internal sealed class PodNetwork
         return new PodNetwork(nics, list);
     }
 
-    /// <summary>Canonical text: equal configurations read the same (used to make a repeated ConfigurePod idempotent).</summary>
+    /// <summary>Canonical text: equal configurations read the same (used to make a repeated ConfigurePod idempotent).
+    /// Without link MACs: they say how to find a link, not what the network is, and once applied the links have the
+    /// MACs the text names, so a repeat with or without them describes the same network.</summary>
     public override string ToString()
     {
         var text = new StringBuilder(LoopbackOnly);
@@ -81,10 +99,14 @@ internal sealed class PodNetwork
         using var socket = RtNetlinkSocket.Open();
         SetUp(socket, RtNetlink.LoopbackIndex, "lo", 0);
         if (Interfaces.Count == 0) return;
-        Dictionary<string, NetLink> links = FindLinks(socket, linkWait);
+        // Every link is found before any is changed (so a missing one leaves only lo changed, and a rename cannot
+        // make one NIC's link look like another's); from then on a NIC's link is known by the NIC's MAC.
+        Dictionary<string, NetLink> byCurrentMac = FindLinks(socket, linkWait);
+        var links = Interfaces.ToDictionary(n => n.Mac, n => byCurrentMac[n.CurrentMac]);
         foreach (var nic in Interfaces)
         {
             NetLink link = links[nic.Mac];
+            if (nic.LinkMac is not null) SetAddress(socket, link, nic.Mac);
             SetUp(socket, link.Index, link.Name, nic.Mtu);
             foreach (var address in nic.Addresses)
             {
@@ -108,13 +130,29 @@ internal sealed class PodNetwork
         SetUp(socket, RtNetlink.LoopbackIndex, "lo", 0);
     }
 
+    /// <summary>Gives the link <paramref name="mac"/>, down: a driver without IFF_LIVE_ADDR_CHANGE refuses a new
+    /// address on a running link (EBUSY), and the kernel applies IFLA_ADDRESS before flags in one request, hence
+    /// two. A NIC of a restored template was never brought up, so usually only the second is sent.</summary>
+    private static void SetAddress(RtNetlinkSocket socket, NetLink link, string mac)
+    {
+        uint seq;
+        if ((link.Flags & RtNetlink.IFF_UP) != 0)
+        {
+            seq = socket.NextSeq();
+            socket.Request(RtNetlink.SetLinkDown(seq, link.Index), seq, $"RTM_NEWLINK {link.Name} down");
+        }
+        seq = socket.NextSeq();
+        socket.Request(RtNetlink.SetLinkAddress(seq, link.Index, MacBytes(mac)), seq, $"RTM_NEWLINK {link.Name} address {mac}");
+    }
+
     private static void SetUp(RtNetlinkSocket socket, int index, string name, uint mtu)
     {
         uint seq = socket.NextSeq();
         socket.Request(RtNetlink.SetLinkUp(seq, index, mtu), seq, mtu == 0 ? $"RTM_NEWLINK {name} up" : $"RTM_NEWLINK {name} up mtu {mtu}");
     }
 
-    /// <summary>The links with the configured MACs; polls while the virtio-net driver may still be probing.</summary>
+    /// <summary>The links by their current MACs (each NIC's link_mac or MAC); polls while the virtio-net driver may
+    /// still be probing.</summary>
     private Dictionary<string, NetLink> FindLinks(RtNetlinkSocket socket, TimeSpan wait)
     {
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -124,12 +162,13 @@ internal sealed class PodNetwork
             var byMac = new Dictionary<string, NetLink>();
             foreach (var link in all)
                 if ((link.Flags & IFF_LOOPBACK) == 0 && link.Mac.Length > 0) byMac.TryAdd(link.Mac, link);
-            string? missing = Interfaces.Select(n => n.Mac).FirstOrDefault(m => !byMac.ContainsKey(m));
+            InterfaceConfig? missing = Interfaces.FirstOrDefault(n => !byMac.ContainsKey(n.CurrentMac));
             if (missing is null) return byMac;
             if (System.Diagnostics.Stopwatch.GetElapsedTime(start) >= wait)
             {
                 string present = all.Count == 0 ? "none" : string.Join(", ", all.Select(l => l.Mac.Length > 0 ? $"{l.Name} {l.Mac}" : l.Name));
-                throw new LinkNotFoundException($"No network link has the MAC {missing} (waited {(long)wait.TotalMilliseconds} ms; links: {present}).");
+                string whose = missing.LinkMac is null ? "" : $"the link MAC of the interface {missing.Mac}; ";
+                throw new LinkNotFoundException($"No network link has the MAC {missing.CurrentMac} ({whose}waited {(long)wait.TotalMilliseconds} ms; links: {present}).");
             }
             Thread.Sleep(20);
         }
@@ -143,6 +182,9 @@ internal sealed class PodNetwork
             ok = i % 3 == 2 ? text[i] == ':' : char.IsAsciiHexDigit(text[i]);
         return ok ? text.ToLowerInvariant() : throw new ArgumentException($"'{text}' is not a MAC address (six hex bytes separated by ':').");
     }
+
+    /// <summary>The six bytes of a MAC from <see cref="ParseMac"/>.</summary>
+    public static byte[] MacBytes(string mac) => Convert.FromHexString(ParseMac(mac).Replace(":", "", StringComparison.Ordinal));
 
     /// <summary>"172.16.28.2/24"; IPv6 is refused with its own message.</summary>
     public static Ipv4Prefix ParsePrefix(string text, string what)

@@ -62,6 +62,24 @@ internal static class RtNetlink
         return m.ToArray();
     }
 
+    /// <summary>RTM_NEWLINK on an existing link clearing IFF_UP (ifi_change IFF_UP, ifi_flags 0), as `ip link set down`.</summary>
+    public static byte[] SetLinkDown(uint seq, int index)
+    {
+        var m = new Writer(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
+        m.U8(AF_UNSPEC).U8(0).U16(0).I32(index).U32(0).U32(IFF_UP);
+        return m.ToArray();
+    }
+
+    /// <summary>RTM_NEWLINK on an existing link with IFLA_ADDRESS (its MAC) and no flag change, as `ip link set
+    /// address`.</summary>
+    public static byte[] SetLinkAddress(uint seq, int index, ReadOnlySpan<byte> mac)
+    {
+        var m = new Writer(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
+        m.U8(AF_UNSPEC).U8(0).U16(0).I32(index).U32(0).U32(0);
+        m.Attr(IFLA_ADDRESS, mac);
+        return m.ToArray();
+    }
+
     /// <summary>RTM_GETLINK dump of every link.</summary>
     public static byte[] GetLinks(uint seq)
     {

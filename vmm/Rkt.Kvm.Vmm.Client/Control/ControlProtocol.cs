@@ -9,6 +9,7 @@ namespace Rkt.Kvm.Vmm.Client.Control;
 //   {"op":"remove-export","name":"data"}        -> {"ok":true,"closedFds":3}
 //   {"op":"list-exports"}                        -> {"ok":true,"exports":[{"name":..,"path":..,"readOnly":..,"fids":..}]}
 //   {"op":"status"}                              -> {"ok":true,"state":"running","uptimeSeconds":12.5,"exports":[..],"fids":4}
+//   {"op":"snapshot","path":"/dir/vm.snapshot"}  -> {"ok":true,"snapshot":{"path":..,"memoryBytes":..,"milliseconds":..}}; the VM goes on
 //   {"op":"stop"}                                -> {"ok":true,"state":"stopping"}, then the VM ends and the VMM exits 0
 // Failures: {"ok":false,"error":"one sentence"}.
 
@@ -20,6 +21,15 @@ public sealed class ControlRequest
     public string? Name { get; set; }
     public string? Path { get; set; }
     public bool? ReadOnly { get; set; }
+}
+
+public sealed class ControlSnapshot
+{
+    public required string Path { get; init; }
+    /// <summary>Guest RAM written (the non-zero pages).</summary>
+    public long MemoryBytes { get; init; }
+    /// <summary>From the pause request to the file on disk.</summary>
+    public double Milliseconds { get; init; }
 }
 
 public sealed class ControlExport
@@ -41,6 +51,7 @@ public sealed class ControlReply
     public List<ControlExport>? Exports { get; init; }
     public int? Fids { get; init; }
     public int? ClosedFds { get; init; }
+    public ControlSnapshot? Snapshot { get; init; }
 
     public static ControlReply Fail(string error) => new() { Ok = false, Error = error };
 }

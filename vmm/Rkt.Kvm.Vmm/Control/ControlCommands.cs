@@ -9,7 +9,7 @@ namespace Rkt.Kvm.Vmm.Control;
 /// What each control request does, apart from the socket: parse one line, act, produce one reply.
 /// Never throws for bad input; every failure is a reply with one clear sentence.
 /// </summary>
-public sealed class ControlCommands(P9Server? server, Stopwatch uptime, Action stop)
+public sealed class ControlCommands(P9Server? server, Stopwatch uptime, Action stop, Func<string, Snapshot.SnapshotHeader>? snapshot = null)
 {
     /// <summary>Set by a stop request: the socket sends the reply, then calls <see cref="Stop"/>.</summary>
     public bool StopRequested { get; private set; }
@@ -43,14 +43,24 @@ public sealed class ControlCommands(P9Server? server, Stopwatch uptime, Action s
                     Exports = Exports(),
                     Fids = server?.FidCount ?? 0,
                 },
+                "snapshot" => TakeSnapshot(Required(request.Path, "path")),
                 "stop" => RequestStop(),
-                _ => ControlReply.Fail($"Unknown op '{op}' (add-export, remove-export, list-exports, status, stop)."),
+                _ => ControlReply.Fail($"Unknown op '{op}' (add-export, remove-export, list-exports, status, snapshot, stop)."),
             };
         }
-        catch (ArgumentException e)
+        catch (Exception e) when (e is ArgumentException or Snapshot.SnapshotException or IOException or UnauthorizedAccessException)
         {
             return ControlReply.Fail(e.Message);
         }
+    }
+
+    private ControlReply TakeSnapshot(string path)
+    {
+        if (snapshot is null) throw new ArgumentException("This VM cannot be snapshotted.");
+        if (!Path.IsPathFullyQualified(path) || !Directory.Exists(Path.GetDirectoryName(path))) throw new ArgumentException($"The snapshot path {path} is not an absolute path in an existing directory.");
+        var clock = Stopwatch.StartNew();
+        var header = snapshot(path);
+        return new ControlReply { Ok = true, Snapshot = new ControlSnapshot { Path = path, MemoryBytes = header.MemoryBytesWritten, Milliseconds = Math.Round(clock.Elapsed.TotalMilliseconds, 1) } };
     }
 
     private P9Server Server => server ?? throw new ArgumentException("This VM has no 9p device.");

@@ -21,6 +21,7 @@ internal static class KvmIoctl
     public static readonly uint CheckExtension = Io(0x03);
     public static readonly uint GetVcpuMmapSize = Io(0x04);
     public static readonly uint GetSupportedCpuid = Iowr(0x05, 8);
+    public static readonly uint GetMsrIndexList = Iowr(0x02, 4);
 
     // VM ioctls.
     public static readonly uint CreateVcpu = Io(0x41);
@@ -32,6 +33,13 @@ internal static class KvmIoctl
     public static readonly uint CreatePit2 = Iow(0x77, 64);
     public static readonly uint Irqfd = Iow(0x76, 32);
     public static readonly uint Ioeventfd = Iow(0x79, 64);
+    // State save/restore (snapshots). linux/kvm.h really declares KVM_SET_IRQCHIP as _IOR.
+    public static readonly uint GetIrqchip = Iowr(0x62, 520);
+    public static readonly uint SetIrqchip = Ior(0x63, 520);
+    public static readonly uint GetPit2 = Ior(0x9F, 112);
+    public static readonly uint SetPit2 = Iow(0xA0, 112);
+    public static readonly uint GetClock = Ior(0x7C, 48);
+    public static readonly uint SetClock = Iow(0x7B, 48);
 
     // vCPU ioctls.
     public static readonly uint Run = Io(0x80);
@@ -39,9 +47,19 @@ internal static class KvmIoctl
     public static readonly uint SetRegs = Iow(0x82, 144);
     public static readonly uint GetSregs = Ior(0x83, 312);
     public static readonly uint SetSregs = Iow(0x84, 312);
+    public static readonly uint GetMsrs = Iowr(0x88, 8);
     public static readonly uint SetMsrs = Iow(0x89, 8);
     public static readonly uint SetCpuid2 = Iow(0x90, 8);
+    public static readonly uint GetFpu = Ior(0x8C, 416);
     public static readonly uint SetFpu = Iow(0x8D, 416);
+    public static readonly uint GetMpState = Ior(0x98, 4);
+    public static readonly uint SetMpState = Iow(0x99, 4);
+    public static readonly uint GetDebugRegs = Ior(0xA1, 128);
+    public static readonly uint SetDebugRegs = Iow(0xA2, 128);
+    public static readonly uint GetXsave = Ior(0xA4, 4096);
+    public static readonly uint SetXsave = Iow(0xA5, 4096);
+    public static readonly uint GetXcrs = Ior(0xA6, 392);
+    public static readonly uint SetXcrs = Iow(0xA7, 392);
     public static readonly uint GetLapic = Ior(0x8E, 1024);
     public static readonly uint SetLapic = Iow(0x8F, 1024);
     public static readonly uint GetVcpuEvents = Ior(0x9F, 64);
@@ -55,6 +73,23 @@ internal static class KvmIoctl
         _ when request == CheckExtension => "KVM_CHECK_EXTENSION",
         _ when request == GetVcpuMmapSize => "KVM_GET_VCPU_MMAP_SIZE",
         _ when request == GetSupportedCpuid => "KVM_GET_SUPPORTED_CPUID",
+        _ when request == GetMsrIndexList => "KVM_GET_MSR_INDEX_LIST",
+        _ when request == GetIrqchip => "KVM_GET_IRQCHIP",
+        _ when request == SetIrqchip => "KVM_SET_IRQCHIP",
+        _ when request == GetPit2 => "KVM_GET_PIT2",
+        _ when request == SetPit2 => "KVM_SET_PIT2",
+        _ when request == GetClock => "KVM_GET_CLOCK",
+        _ when request == SetClock => "KVM_SET_CLOCK",
+        _ when request == GetMsrs => "KVM_GET_MSRS",
+        _ when request == GetFpu => "KVM_GET_FPU",
+        _ when request == GetMpState => "KVM_GET_MP_STATE",
+        _ when request == SetMpState => "KVM_SET_MP_STATE",
+        _ when request == GetDebugRegs => "KVM_GET_DEBUGREGS",
+        _ when request == SetDebugRegs => "KVM_SET_DEBUGREGS",
+        _ when request == GetXsave => "KVM_GET_XSAVE",
+        _ when request == SetXsave => "KVM_SET_XSAVE",
+        _ when request == GetXcrs => "KVM_GET_XCRS",
+        _ when request == SetXcrs => "KVM_SET_XCRS",
         _ when request == CreateVcpu => "KVM_CREATE_VCPU",
         _ when request == SetUserMemoryRegion => "KVM_SET_USER_MEMORY_REGION",
         _ when request == SetTssAddr => "KVM_SET_TSS_ADDR",
@@ -93,6 +128,11 @@ internal static class KvmCapability
     public const int MaxVcpus = 66;
     public const int Irqfd = 32;
     public const int Ioeventfd = 36;
+    public const int AdjustClock = 39;
+    public const int PitState2 = 35;
+    public const int DebugRegs = 50;
+    public const int Xsave = 55;
+    public const int Xcrs = 56;
 }
 
 /// <summary>kvm_run.exit_reason values (linux/kvm.h).</summary>

@@ -104,6 +104,23 @@ public sealed unsafe class KvmSystem : IDisposable
         throw new KvmException("KVM_GET_SUPPORTED_CPUID returned more than 4096 entries.");
     }
 
+    /// <summary>The MSRs KVM can save and restore for a vCPU (KVM_GET_MSR_INDEX_LIST: what it saves plus what it emulates).</summary>
+    public uint[] GetMsrIndexList()
+    {
+        uint count = 0;
+        // Asked with room for none, KVM answers E2BIG and the count it needs.
+        int rc = ioctl(_fd.Number, unchecked((int)KvmIoctl.GetMsrIndexList), &count);
+        if (rc == 0) return [];
+        if (errno != E2BIG) throw new KvmException("KVM_GET_MSR_INDEX_LIST", errno);
+        var buffer = new uint[count + 1];
+        fixed (uint* p = buffer)
+        {
+            p[0] = count;
+            Syscall.Ioctl(_fd, KvmIoctl.GetMsrIndexList, p);
+            return buffer.AsSpan(1, (int)p[0]).ToArray();
+        }
+    }
+
     public KvmVm CreateVm()
     {
         int fd = Syscall.Ioctl(_fd, KvmIoctl.CreateVm, 0);

@@ -62,6 +62,34 @@ public sealed unsafe class KvmVcpu : IDisposable
     public KvmVcpuEvents GetEvents() { KvmVcpuEvents e; Syscall.Ioctl(_fd, KvmIoctl.GetVcpuEvents, &e); return e; }
     public void SetEvents(in KvmVcpuEvents events) { fixed (KvmVcpuEvents* p = &events) Syscall.Ioctl(_fd, KvmIoctl.SetVcpuEvents, p); }
 
+    /// <summary>Reads a state structure of <paramref name="size"/> bytes with a KVM_GET_* ioctl (snapshots keep them as opaque bytes).</summary>
+    public byte[] GetState(uint request, int size)
+    {
+        var bytes = new byte[size];
+        fixed (byte* p = bytes) Syscall.Ioctl(_fd, request, p);
+        return bytes;
+    }
+
+    /// <summary>Writes a state structure read by <see cref="GetState"/> back with the matching KVM_SET_* ioctl.</summary>
+    public void SetState(uint request, byte[] bytes)
+    {
+        fixed (byte* p = bytes) Syscall.Ioctl(_fd, request, p);
+    }
+
+    /// <summary>Reads MSRs; returns how many KVM read (it stops at the first one it cannot), their values in <paramref name="entries"/>.</summary>
+    public int GetMsrs(Span<KvmMsrEntry> entries)
+    {
+        var buffer = new byte[8 + entries.Length * sizeof(KvmMsrEntry)];
+        fixed (byte* p = buffer)
+        {
+            *(uint*)p = (uint)entries.Length;
+            entries.CopyTo(new Span<KvmMsrEntry>(p + 8, entries.Length));
+            int read = Syscall.Ioctl(_fd, KvmIoctl.GetMsrs, p);
+            new Span<KvmMsrEntry>(p + 8, entries.Length).CopyTo(entries);
+            return read;
+        }
+    }
+
     public void SetCpuid(ReadOnlySpan<KvmCpuidEntry2> entries)
     {
         var buffer = new byte[8 + entries.Length * sizeof(KvmCpuidEntry2)];

@@ -59,6 +59,20 @@ public sealed unsafe class KvmVm : IDisposable
         Syscall.Ioctl(_fd, KvmIoctl.Ioeventfd, &ioeventfd);
     }
 
+    /// <summary>Reads a VM-wide state structure (irqchip, PIT, clock) as opaque bytes; <paramref name="initial"/> fills the request's input fields.</summary>
+    public byte[] GetState(uint request, int size, ReadOnlySpan<byte> initial = default)
+    {
+        var bytes = new byte[size];
+        initial.CopyTo(bytes);
+        fixed (byte* p = bytes) Syscall.Ioctl(_fd, request, p);
+        return bytes;
+    }
+
+    public void SetState(uint request, byte[] bytes)
+    {
+        fixed (byte* p = bytes) Syscall.Ioctl(_fd, request, p);
+    }
+
     public KvmVcpu CreateVcpu(int id)
     {
         int fd = Syscall.Ioctl(_fd, KvmIoctl.CreateVcpu, (ulong)id);

@@ -58,6 +58,39 @@ public sealed unsafe class GuestMemory : IDisposable
         }
     }
 
+    /// <summary>
+    /// Maps RAM from a snapshot file, copy-on-write (MAP_PRIVATE): every VM restored from the same
+    /// file shares its pages through the page cache until it writes one. Nothing is read here; the
+    /// guest faults pages in as it touches them.
+    /// </summary>
+    public static GuestMemory MapFile(SafeFileHandle file, IEnumerable<(ulong GuestAddress, ulong Size, long FileOffset)> ranges)
+    {
+        var regions = new List<GuestRegion>();
+        bool added = false;
+        file.DangerousAddRef(ref added);
+        try
+        {
+            int fd = (int)file.DangerousGetHandle();
+            foreach (var (gpa, size, offset) in ranges)
+            {
+                void* p = mmap(null, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, offset);
+                if (p == MAP_FAILED)
+                    throw new GuestMemoryException($"Cannot map {size >> 20} MiB of guest memory from the snapshot: {System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(errno)}.");
+                regions.Add(new GuestRegion(gpa, size, (IntPtr)p));
+            }
+            return new GuestMemory(regions.ToArray());
+        }
+        catch
+        {
+            foreach (var r in regions) munmap((void*)r.HostAddress, (size_t)r.Size);
+            throw;
+        }
+        finally
+        {
+            if (added) file.DangerousRelease();
+        }
+    }
+
     /// <summary>True when [address, address+length) lies inside one RAM region.</summary>
     public bool IsValidRange(ulong address, ulong length) => FindRegion(address, length) is not null;
 

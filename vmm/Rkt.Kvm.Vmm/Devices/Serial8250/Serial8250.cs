@@ -70,6 +70,32 @@ public sealed class Serial8250 : IBusDevice
         }
     }
 
+    /// <summary>The UART's registers and FIFO for a snapshot: the guest's interrupt-driven console stalls if IER or a pending THR-empty is lost.</summary>
+    public byte[] SaveState()
+    {
+        lock (_lock)
+        {
+            var state = new List<byte> { _ier, _lcr, _mcr, _scratch, _divisorLow, _divisorHigh,
+                (byte)((_fifoEnabled ? 1 : 0) | (_thrEmptyInterrupt ? 2 : 0) | (_overrun ? 4 : 0) | (_lineAsserted ? 8 : 0)), (byte)_receive.Count };
+            state.AddRange(_receive);
+            return state.ToArray();
+        }
+    }
+
+    /// <summary>Takes back <see cref="SaveState"/>'s bytes (before any vCPU runs); the line level came back with the interrupt controller.</summary>
+    public void RestoreState(ReadOnlySpan<byte> state)
+    {
+        if (state.Length < 8 || state[7] > ReceiveFifoSize || state.Length != 8 + state[7]) throw new InvalidDataException("The serial port's snapshot state is malformed.");
+        lock (_lock)
+        {
+            (_ier, _lcr, _mcr, _scratch, _divisorLow, _divisorHigh) = ((byte)(state[0] & 0x0F), state[1], (byte)(state[2] & 0x1F), state[3], state[4], state[5]);
+            byte flags = state[6];
+            (_fifoEnabled, _thrEmptyInterrupt, _overrun, _lineAsserted) = ((flags & 1) != 0, (flags & 2) != 0, (flags & 4) != 0, (flags & 8) != 0);
+            _receive.Clear();
+            foreach (byte b in state[8..]) _receive.Enqueue(b);
+        }
+    }
+
     private bool DivisorLatch => (_lcr & LcrDivisorLatch) != 0;
     private bool Loopback => (_mcr & McrLoopback) != 0;
 

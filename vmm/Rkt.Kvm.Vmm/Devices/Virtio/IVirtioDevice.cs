@@ -23,4 +23,14 @@ public interface IVirtioDevice
 
     /// <summary>The driver reset the device (status 0): drop all state.</summary>
     void Reset();
+
+    /// <summary>
+    /// Why the device cannot be snapshotted right now (requests in flight, chains it holds, host
+    /// state a restored VM could not get back), or null when its queues and transport say it all.
+    /// Asked on the device thread with the vCPUs paused.
+    /// </summary>
+    string? SnapshotBlocker => null;
+
+    /// <summary>The VM was restored from a snapshot and the device re-activated with its queues: tell the driver what it must know (e.g. vsock's transport reset).</summary>
+    void OnRestored() { }
 }

@@ -245,6 +245,83 @@ public sealed class MmioTransport : IBusDevice
         }
     }
 
+    /// <summary>Why this device cannot be snapshotted now, or null. Device thread, vCPUs paused.</summary>
+    public string? SnapshotBlocker
+    {
+        get
+        {
+            lock (_lock)
+            {
+                if ((_status & StatusNeedsReset) != 0) return "it needs a reset";
+                if (_status != 0 && (_status & StatusDriverOk) == 0) return "its driver is still setting it up";
+            }
+            return _device.SnapshotBlocker;
+        }
+    }
+
+    public TransportState SaveState()
+    {
+        lock (_lock)
+        {
+            return new TransportState(_device.DeviceId, _status, _interruptStatus, _driverFeatures, _deviceFeaturesSel, _driverFeaturesSel, _queueSel,
+                _queues.Select(q => new QueueState(q.Size, q.Desc, q.Driver, q.Device, q.Ready is not null,
+                    q.Ready?.NextAvailable ?? 0, q.Ready?.NextUsed ?? 0)).ToList());
+        }
+    }
+
+    /// <summary>
+    /// Puts the transport back where a snapshot left it, before any vCPU runs: the queues are
+    /// validated again (the file is input like any other) and an active device is re-activated
+    /// with them. The interrupt controller's state came back with the VM, so a pending interrupt is
+    /// not raised a second time.
+    /// </summary>
+    public void RestoreState(TransportState state)
+    {
+        if (state.DeviceId != _device.DeviceId) throw new InvalidDataException($"The snapshot has device {state.DeviceId} where this VM has device {_device.DeviceId}.");
+        if (state.Queues.Count != _queues.Length) throw new InvalidDataException($"The snapshot's device {state.DeviceId} has {state.Queues.Count} queues, this one {_queues.Length}.");
+        Action? activate = null;
+        lock (_lock)
+        {
+            _status = state.Status;
+            _interruptStatus = state.InterruptStatus;
+            _driverFeatures = state.DriverFeatures;
+            _deviceFeaturesSel = state.DeviceFeaturesSel;
+            _driverFeaturesSel = state.DriverFeaturesSel;
+            _queueSel = state.QueueSel;
+            if ((_driverFeatures & ~OfferedFeatures) != 0) throw new InvalidDataException($"The snapshot's device {state.DeviceId} accepted features this device does not offer.");
+            for (int i = 0; i < _queues.Length; i++)
+            {
+                var s = state.Queues[i];
+                var q = _queues[i];
+                (q.Size, q.Desc, q.Driver, q.Device, q.Ready) = (s.Size, s.Desc, s.Driver, s.Device, null);
+                if (!s.Ready) continue;
+                if (s.Size == 0 || s.Size > _device.QueueMaxSizes[i]) throw new InvalidDataException($"The snapshot's queue {i} of device {state.DeviceId} has size {s.Size}.");
+                try
+                {
+                    q.Ready = new SplitQueue(_memory, s.Size, s.Desc, s.Driver, s.Device, indirectAllowed: (_driverFeatures & FeatureIndirectDesc) != 0);
+                }
+                catch (VirtqueueException e)
+                {
+                    throw new InvalidDataException($"The snapshot's queue {i} of device {state.DeviceId}: {e.Message}");
+                }
+                q.Ready.RestorePositions(s.NextAvailable, s.NextUsed);
+            }
+            _lineAsserted = _interruptStatus != 0;
+            if ((_status & StatusDriverOk) != 0 && (_status & StatusNeedsReset) == 0)
+            {
+                if (_queues.Any(q => q.Ready is null)) throw new InvalidDataException($"The snapshot's device {state.DeviceId} is active with a queue that is not ready.");
+                ulong features = _driverFeatures;
+                var queues = _queues.Select(q => q.Ready!).ToArray();
+                activate = () =>
+                {
+                    _device.Activate(features, queues, SignalUsed);
+                    _device.OnRestored();
+                };
+            }
+        }
+        if (activate is not null) _executor.Invoke(activate);
+    }
+
     private void UpdateLine()
     {
         bool asserted = _interruptStatus != 0;

@@ -51,6 +51,17 @@ public sealed class SplitQueue
     /// <summary>Whether VIRTIO_F_INDIRECT_DESC was negotiated.</summary>
     public bool IndirectAllowed { get; }
 
+    /// <summary>The next available-ring position to take and used-ring position to fill (a snapshot keeps both).</summary>
+    public ushort NextAvailable => _nextAvail;
+    public ushort NextUsed => _nextUsed;
+
+    /// <summary>Continues a queue from a snapshot: the same rings, at the positions it had reached.</summary>
+    public void RestorePositions(ushort nextAvailable, ushort nextUsed)
+    {
+        _nextAvail = nextAvailable;
+        _nextUsed = nextUsed;
+    }
+
     public SplitQueue(GuestMemory memory, ushort size, ulong descriptorTable, ulong availableRing, ulong usedRing, bool indirectAllowed = false)
     {
         if (size == 0 || size > MaxSize || (size & (size - 1)) != 0)

@@ -92,6 +92,12 @@ public sealed class Virtio9pDevice : IVirtioDevice, IDisposable
         Server.ResetSession();
     }
 
+    /// <summary>Open fids name host files a restored VM would not have, and requests in flight would be lost.</summary>
+    public string? SnapshotBlocker =>
+        !_work.IsEmpty || _inFlightTags.Count > 0 || !_completions.IsEmpty ? "9p requests are in flight"
+        : Server.FidCount > 0 ? $"the guest has {Server.FidCount} 9p fids open (a template must not mount 9p)"
+        : null;
+
     public bool OnNotify(int index)
     {
         if (index != 0 || _queue is not { } queue) return false;

@@ -200,6 +200,9 @@ public sealed class VirtioNetDevice : IVirtioDevice, IDisposable
         UpdateInterest();
     }
 
+    /// <summary>A packet waiting for the tap or rx buffers taken for a frame would be lost in a snapshot.</summary>
+    public string? SnapshotBlocker => _txPending || _rxChainCount > 0 || _rxFrameLength > 0 ? $"virtio-net {_tap.Name} holds packets in flight" : null;
+
     public void Reset()
     {
         ClearState();

@@ -41,7 +41,7 @@ public sealed class VsockDevice : IVirtioDevice, IDisposable
     /// <summary>RSTs for packets that named no connection; bounded so a guest cannot grow it.</summary>
     private readonly Queue<(uint Local, uint Peer)> _orphanRsts = new();
     private readonly HashSet<PendingHandshake> _handshakes = [];
-    private SplitQueue? _rx, _tx;
+    private SplitQueue? _rx, _tx, _event;
     private Action<int>? _signalUsed;
     private uint _nextHostPort = FirstHostPort;
 
@@ -75,7 +75,31 @@ public sealed class VsockDevice : IVirtioDevice, IDisposable
     {
         _rx = queues[RxQueue];
         _tx = queues[TxQueue];
+        _event = queues[EventQueue];
         _signalUsed = signalUsed;
+    }
+
+    /// <summary>VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: the guest drops every connection it had and re-reads its CID.</summary>
+    public const uint EventTransportReset = 0;
+
+    /// <summary>
+    /// After a restore the guest still believes in the connections of the VM it was snapshotted
+    /// from, whose host ends are gone: tell it to reset them (listening sockets survive), as the
+    /// Linux driver expects after a migration.
+    /// </summary>
+    public void OnRestored()
+    {
+        if (_event is not { } events) return;
+        if (TryPop(events, "event") is not { } chain)
+        {
+            _log.Warning("vsock: the guest posted no event buffer; it is not told that its connections were reset");
+            return;
+        }
+        Span<byte> resetEvent = stackalloc byte[4];
+        BinaryPrimitives.WriteUInt32LittleEndian(resetEvent, EventTransportReset);
+        int written = chain.WriteTo(_memory, 0, resetEvent);
+        events.PushUsed(chain.Head, (uint)written);
+        _signalUsed?.Invoke(EventQueue);
     }
 
     /// <summary>The driver reset the device: every connection is gone (the guest dropped its side too).</summary>
@@ -84,7 +108,7 @@ public sealed class VsockDevice : IVirtioDevice, IDisposable
         foreach (var c in _connections.Values.ToList()) Remove(c);
         _rxReady.Clear();
         _orphanRsts.Clear();
-        _rx = _tx = null;
+        _rx = _tx = _event = null;
         _signalUsed = null;
     }
 
