@@ -89,6 +89,21 @@ public sealed partial class AgentClient : IDisposable
     public Task<GuestInfoReply> GuestInfoAsync(GuestInfoRequest request, CancellationToken cancellation = default) =>
         Translate(() => Stub.GuestInfoAsync(request, deadline: Deadline(), cancellationToken: cancellation).ResponseAsync, "GuestInfo");
 
+    /// <summary>
+    /// The first call to a VM restored from a template: the agent reseeds the kernel RNG (from
+    /// virtio-rng and 32 bytes of ours) and sets the wall clock to ours, so the VM stops being a
+    /// clone of the template. A failure means the VM must not run apps.
+    /// </summary>
+    public Task<ResumeReply> ResumeAsync(CancellationToken cancellation = default)
+    {
+        var request = new ResumeRequest
+        {
+            UnixTimeNs = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks * 100,
+            Entropy = Google.Protobuf.ByteString.CopyFrom(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32)),
+        };
+        return Translate(() => Stub.ResumeAsync(request, deadline: Deadline(), cancellationToken: cancellation).ResponseAsync, "Resume");
+    }
+
     /// <summary>Asks the agent to power the VM off (host-process agent: exit). Returns once the agent acknowledged.</summary>
     public Task ShutdownAsync(CancellationToken cancellation = default) =>
         Translate(() => Stub.ShutdownAsync(new ShutdownRequest(), deadline: Deadline(), cancellationToken: cancellation).ResponseAsync, "Shutdown");

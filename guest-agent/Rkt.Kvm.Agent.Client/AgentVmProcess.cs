@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Rkt.Kvm.Agent.V1;
 using Rkt.Kvm.Vmm.Client;
 
 namespace Rkt.Kvm.Agent.Client;
@@ -47,8 +48,10 @@ public sealed class AgentVmProcess : IDisposable
     public string SocketPath { get; }
     public string ConsoleLog { get; }
     public ReadyLine Ready { get; private set; }
-    /// <summary>VMM process start → READY received.</summary>
+    /// <summary>VMM process start → READY received (a restored VM: → Resume answered).</summary>
     public TimeSpan StartToReady { get; private set; }
+    /// <summary>What the agent did on Resume, for a VM restored from a template (<see cref="VmmCommandLine.Restore"/>); null for a cold boot.</summary>
+    public ResumeReply? Resumed { get; private set; }
     public AgentClient Client { get; }
     public int Pid => _vmm.Pid;
     public bool HasExited => _vmm.HasExited;
@@ -69,7 +72,12 @@ public sealed class AgentVmProcess : IDisposable
         Client = AgentClient.ForVm(SocketPath, options.ClientOptions);
     }
 
-    /// <summary>Starts the VMM and waits for the agent's READY; throws <see cref="AgentException"/> with the console and VMM log when it never comes.</summary>
+    /// <summary>
+    /// Starts the VMM and waits for the agent: a cold boot until its READY, a VM restored from a
+    /// snapshot until it answered Resume (the restored agent sent its READY long ago, to the
+    /// template's host). Throws <see cref="AgentException"/> with the console and VMM log when the
+    /// agent never comes.
+    /// </summary>
     public static async Task<AgentVmProcess> StartAsync(AgentVmOptions options, CancellationToken cancellation = default)
     {
         var vm = new AgentVmProcess(options);
@@ -78,6 +86,19 @@ public sealed class AgentVmProcess : IDisposable
         var kind = AgentFailure.Unreachable;
         try
         {
+            if (options.CommandLine.Restore is not null)
+            {
+                var clock = Stopwatch.StartNew();
+                vm._vmm.Start();
+                var resumeTask = ResumeRestoredAsync(vm, cancellation);
+                if (await Task.WhenAny(resumeTask, vm._vmm.WaitForExitAsync(cancellation)).ConfigureAwait(false) == resumeTask)
+                {
+                    vm.Ready = await resumeTask.ConfigureAwait(false);
+                    vm.StartToReady = clock.Elapsed;
+                    return vm;
+                }
+                throw new AgentException(AgentFailure.Unreachable, $"The VMM exited with status {vm._vmm.ExitCode} before the restored agent answered.");
+            }
             // Listen before the VM exists, so the announcement cannot be missed.
             using var ready = ReadyListener.ForVm(vm.SocketPath);
             var watch = Stopwatch.StartNew();
@@ -103,6 +124,13 @@ public sealed class AgentVmProcess : IDisposable
         string diagnostics = vm.Diagnostics();
         vm.Dispose();
         throw new AgentException(kind, $"{failure}\n{diagnostics}", inner);
+    }
+
+    private static async Task<ReadyLine> ResumeRestoredAsync(AgentVmProcess vm, CancellationToken cancellation)
+    {
+        vm.Resumed = await vm.Client.ResumeAsync(cancellation).ConfigureAwait(false);
+        var health = await vm.Client.HealthAsync(cancellation).ConfigureAwait(false);
+        return new ReadyLine(health.AgentVersion, 0);
     }
 
     /// <summary>Waits for the VMM to end and returns its exit status (0: the guest powered off).</summary>

@@ -8,6 +8,7 @@ using Rkt.Kvm.Stage1.Entrypoints;
 using Rkt.Kvm.Stage1.Manifests;
 using Rkt.Kvm.Stage1.Networking;
 using Rkt.Kvm.Stage1.Pods;
+using Rkt.Kvm.Stage1.Runtime;
 using Rkt.Kvm.Stage1.Sizing;
 using Rkt.Kvm.Vmm.Client;
 
@@ -37,6 +38,8 @@ public sealed class RunEntrypoint
     private readonly CancellationTokenSource _stop = new();
     private readonly TaskCompletionSource _allExited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly Timeline _timeline;
+    /// <summary>The VM was restored from a template (its NICs have the template's MACs).</summary>
+    private bool _restored;
     private volatile bool _ending;
     private PodNetworkSetup? _network;
 
@@ -88,25 +91,20 @@ public sealed class RunEntrypoint
 
         Log($"starting the VM: {size.Vcpus} vCPU, {size.MemoryMiB} MiB, {_pod.Apps.Count} app(s)");
         AgentVmProcess vm;
-        _timeline.Mark("vmm-start");
+        var starter = new PodVmStarter(_files, _timeline, Log);
         try
         {
-            vm = await AgentVmProcess.StartAsync(new AgentVmOptions
+            vm = await starter.StartAsync(AgentVmOptions.DefaultCommandLine(Stage1Files.Kernel, Stage1Files.Initrd) with
             {
-                VmmPath = Stage1Files.Vmm,
-                CommandLine = AgentVmOptions.DefaultCommandLine(Stage1Files.Kernel, Stage1Files.Initrd) with
-                {
-                    Cpus = size.Vcpus,
-                    MemoryMiB = (ulong)size.MemoryMiB,
-                    ConsoleLog = _files.ConsoleLog,
-                    Control = _files.ControlSocket,
-                    Exports = exports,
-                    Net = _network?.Nics.Select(n => new NetDeviceSpec { Tap = n.Tap, Netns = n.Netns, Mac = n.Mac, Mtu = n.Mtu }).ToList() ?? [],
-                    Quiet = !_args.Debug,
-                },
-                RuntimeDirectory = _files.RuntimeDir,
-                ClientOptions = Stage1Files.AgentOptions,
+                Cpus = size.Vcpus,
+                MemoryMiB = (ulong)size.MemoryMiB,
+                ConsoleLog = _files.ConsoleLog,
+                Control = _files.ControlSocket,
+                Exports = exports,
+                Net = _network?.Nics.Select(n => new NetDeviceSpec { Tap = n.Tap, Netns = n.Netns, Mac = n.Mac, Mtu = n.Mtu }).ToList() ?? [],
+                Quiet = !_args.Debug,
             }, _stop.Token);
+            _restored = starter.Restored;
         }
         catch (AgentException e)
         {
@@ -291,7 +289,8 @@ public sealed class RunEntrypoint
         };
         foreach (var nic in _network?.Nics ?? [])
         {
-            var nicRequest = new NetworkInterface { Mac = nic.Mac, Mtu = (uint)nic.Mtu };
+            // A VM restored from a template still has the template's MAC on each NIC; the agent moves it to the pod's.
+            var nicRequest = new NetworkInterface { Mac = nic.Mac, Mtu = (uint)nic.Mtu, LinkMac = _restored ? VmTemplateStore.TemplateMac(request.Interfaces.Count) : "" };
             nicRequest.Addresses.AddRange(nic.Addresses);
             request.Interfaces.Add(nicRequest);
             request.Routes.AddRange(nic.Routes.Select(r => new NetworkRoute { Destination = r.Destination, Gateway = r.Gateway ?? "", Mac = nic.Mac }));

@@ -20,7 +20,7 @@ public sealed class PodFaultTests
     public void KilledStage1Run_WhileTheAgentBoots_TakesItsVmAlong_AndTheFailedStartLeavesNothing()
     {
         Skip.IfNot(TestEnvironment.HasKvm, TestEnvironment.NoKvmReason);
-        using var cli = new RktKvmCli();
+        using var cli = new RktKvmCli(sharedTemplates: false); // a cold boot: the pod makes its own template
         var before = cli.Snapshot();
         var (run, uuid) = cli.Start("run", Busybox, "--exec=/bin/sh", "--", "-c", "sleep 1000", "---");
         var vmm = WaitFor(() => PodRuntime.Processes(uuid).FirstOrDefault(p => p.Program == PodRuntime.VmmProgram), "the pod's VMM to start");

@@ -14,9 +14,19 @@ public sealed class RktKvmCli : IDisposable
     public string DataDir => Path.Join(Root, "data");
     public string RuntimeRoot { get; }
 
-    public RktKvmCli()
+    /// <param name="sharedTemplates">
+    /// Pods restore VM templates from one store shared by the whole test run (the data
+    /// directory's template store is a link to it), so only the first pod of the run pays a cold
+    /// boot. False: this data directory's own empty store, for a test that needs a cold boot.
+    /// </param>
+    public RktKvmCli(bool sharedTemplates = true)
     {
         RuntimeRoot = Path.Join("/run/rkt-kvm-test", Path.GetFileName(Root));
+        if (sharedTemplates)
+        {
+            Directory.CreateDirectory(Path.Join(DataDir, "stage1-kvm"));
+            Directory.CreateSymbolicLink(Path.Join(DataDir, "stage1-kvm", "templates"), TestEnvironment.SharedTemplates);
+        }
         var (rc, _, err) = Run("image", "import", TestEnvironment.BusyboxAci);
         if (rc != 0) throw new InvalidOperationException($"image import failed: {err}");
     }

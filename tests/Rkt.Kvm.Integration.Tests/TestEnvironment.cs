@@ -11,6 +11,11 @@ public static class TestEnvironment
 
     public static bool HasKvm => File.Exists(KvmDevice);
 
+    /// <summary>The VM template store every <see cref="RktKvmCli"/> of this machine's test runs shares (root-only, like the real one).</summary>
+    [System.Runtime.Versioning.SupportedOSPlatform("linux")]
+    public static string SharedTemplates => Directory.CreateDirectory(Path.Join(Path.GetTempPath(), "rkt-kvm-test-templates"),
+        UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute).FullName;
+
     public static string NoKvmReason => $"{KvmDevice} is absent on this machine, so no VM can boot here.";
 
     public static string RepositoryRoot

@@ -64,18 +64,30 @@ public sealed record NetDeviceSpec
     public string? Netns { get; init; }
     /// <summary>An inherited tap descriptor; null when <see cref="Tap"/> is given.</summary>
     public int? Fd { get; init; }
+    /// <summary>
+    /// A tap the VMM creates in a network namespace of its own that nothing else can reach: the
+    /// NIC exists for the guest but carries no traffic (a template VM, restored later with a real tap).
+    /// </summary>
+    public bool Isolated { get; init; }
     /// <summary>Lower-case "xx:xx:xx:xx:xx:xx"; null: random.</summary>
     public string? Mac { get; init; }
     public int? Mtu { get; init; }
 
     public static NetDeviceSpec Parse(string text)
     {
-        ArgumentException Bad(string why) => new($"--net {why} (expected tap=NAME[,netns=PATH][,mac=XX:XX:XX:XX:XX:XX][,mtu=N] or fd=N[,mac=...][,mtu=N], got '{text}').");
+        ArgumentException Bad(string why) => new($"--net {why} (expected tap=NAME[,netns=PATH][,mac=XX:XX:XX:XX:XX:XX][,mtu=N], fd=N[,mac=...][,mtu=N] or isolated[,mac=...][,mtu=N], got '{text}').");
         string? tap = null, netns = null, mac = null;
         int? fd = null, mtu = null;
+        bool isolated = false;
         var seen = new HashSet<string>(StringComparer.Ordinal);
         foreach (string part in text.Split(','))
         {
+            if (part == "isolated")
+            {
+                if (!seen.Add(part)) throw Bad("gives isolated twice");
+                isolated = true;
+                continue;
+            }
             int eq = part.IndexOf('=');
             if (eq <= 0 || eq == part.Length - 1) throw Bad($"needs key=value pairs, not '{part}'");
             string key = part[..eq], value = part[(eq + 1)..];
@@ -90,9 +102,9 @@ public sealed record NetDeviceSpec
                 default: throw Bad($"has an unknown key '{key}'");
             }
         }
-        if ((tap is null) == (fd is null)) throw Bad("needs exactly one of tap= and fd=");
-        if (netns is not null && fd is not null) throw Bad("netns= only goes with tap= (an inherited fd is already open)");
-        return new NetDeviceSpec { Tap = tap, Netns = netns, Fd = fd, Mac = mac, Mtu = mtu };
+        if ((tap is null ? 0 : 1) + (fd is null ? 0 : 1) + (isolated ? 1 : 0) != 1) throw Bad("needs exactly one of tap=, fd= and isolated");
+        if (netns is not null && tap is null) throw Bad("netns= only goes with tap= (an inherited fd is already open, an isolated tap has its own)");
+        return new NetDeviceSpec { Tap = tap, Netns = netns, Fd = fd, Isolated = isolated, Mac = mac, Mtu = mtu };
 
         ulong Number(string value, ulong max) =>
             ulong.TryParse(value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out ulong n) && n <= max
@@ -107,6 +119,7 @@ public sealed record NetDeviceSpec
         if (Tap is not null) parts.Add($"tap={Tap}");
         if (Netns is not null) parts.Add($"netns={Netns}");
         if (Fd is { } fd) parts.Add($"fd={fd.ToString(System.Globalization.CultureInfo.InvariantCulture)}");
+        if (Isolated) parts.Add("isolated");
         if (Mac is not null) parts.Add($"mac={Mac}");
         if (Mtu is { } mtu) parts.Add($"mtu={mtu.ToString(System.Globalization.CultureInfo.InvariantCulture)}");
         foreach (var p in parts)

@@ -308,7 +308,13 @@ public sealed class Machine : IDisposable
 
     private void OpenTaps(IReadOnlyList<NetDeviceSpec> nics)
     {
-        foreach (var spec in nics) _taps.Add(spec.Tap is { } name ? TapDevice.Open(name, spec.Netns) : TapDevice.Adopt(spec.Fd!.Value));
+        for (int i = 0; i < nics.Count; i++)
+        {
+            var spec = nics[i];
+            _taps.Add(spec.Tap is { } name ? TapDevice.Open(name, spec.Netns)
+                : spec.Fd is { } fd ? TapDevice.Adopt(fd)
+                : TapDevice.OpenIsolated($"tap{i}"));
+        }
     }
 
     private void AttachNic(int index, NetDeviceSpec spec, (bool Ioeventfd, bool Irqfd) signalling)

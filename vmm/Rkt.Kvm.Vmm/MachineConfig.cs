@@ -98,7 +98,7 @@ public sealed record MachineConfig
                 if (fd < 3) throw new ArgumentException($"{arg}: fd {fd} is standard input, output or error, not a tap.");
                 if (!fds.Add(fd)) throw new ArgumentException($"{arg}: fd {fd} is given twice.");
             }
-            else throw new ArgumentException($"{arg}: needs tap= or fd=.");
+            else if (!nic.Isolated) throw new ArgumentException($"{arg}: needs tap=, fd= or isolated.");
             if (nic.Mac is { } mac)
             {
                 var bytes = NetDeviceSpec.ParseMac(mac) ?? throw new ArgumentException($"{arg}: {mac} is not a MAC address.");

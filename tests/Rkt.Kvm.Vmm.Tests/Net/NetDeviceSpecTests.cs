@@ -24,8 +24,8 @@ public class NetDeviceSpecTests
 
     [Theory]
     [InlineData("", "key=value")]
-    [InlineData("tap=a,fd=3", "exactly one of tap= and fd=")]
-    [InlineData("mac=02:00:00:00:00:01", "exactly one of tap= and fd=")]
+    [InlineData("tap=a,fd=3", "exactly one of tap=, fd= and isolated")]
+    [InlineData("mac=02:00:00:00:00:01", "exactly one of tap=, fd= and isolated")]
     [InlineData("fd=3,netns=/x", "netns= only goes with tap=")]
     [InlineData("tap=a,mac=02:00:00:00:00", "not six hex bytes")]
     [InlineData("tap=a,mac=02:00:00:00:00:0g", "not six hex bytes")]

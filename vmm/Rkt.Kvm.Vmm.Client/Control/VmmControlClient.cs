@@ -29,6 +29,9 @@ public sealed class VmmControlClient(string socketPath)
     /// <summary>State, uptime, exports and open fids of the running VM.</summary>
     public ControlReply Status() => Call(new ControlRequest { Op = "status" });
 
+    /// <summary>Writes a snapshot of the running VM to <paramref name="path"/> (the VM goes on); the reply carries <see cref="ControlReply.Snapshot"/>.</summary>
+    public ControlReply Snapshot(string path) => Call(new ControlRequest { Op = "snapshot", Path = path });
+
     /// <summary>The VMM replies "stopping", then ends the VM and exits 0.</summary>
     public ControlReply Stop() => Call(new ControlRequest { Op = "stop" });
 

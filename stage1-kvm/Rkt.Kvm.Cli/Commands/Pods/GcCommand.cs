@@ -2,6 +2,7 @@ using Rkt.Kvm.Cli.Cli;
 using Rkt.Kvm.Cli.Pods;
 using Rkt.Kvm.Stage1;
 using Rkt.Kvm.Stage1.Pods;
+using Rkt.Kvm.Images.Trees;
 using Rkt.Kvm.Stage1.Runtime;
 
 namespace Rkt.Kvm.Cli.Commands.Pods;
@@ -54,6 +55,10 @@ public sealed class GcCommand() : Command("gc", "Garbage-collect exited pods", "
         var orphans = PodRuntime.SweepOrphans(store.Root, uuids.Contains);
         foreach (var dir in orphans.RuntimeDirs) context.Out.WriteLine($"Removed the runtime directory {dir} of a pod that no longer exists");
         foreach (var p in orphans.Killed) context.Out.WriteLine($"Killed {p.Program} (pid {p.Pid}) of a pod that no longer exists");
+        // VM templates of stage1 images no longer in the tree store: no pod can restore them.
+        var trees = new TreeStore(context.Store);
+        foreach (var key in VmTemplateStore.ForPodsRoot(store.Root).RemoveStale(id => Directory.Exists(trees.TreePath(id))))
+            context.Out.WriteLine($"Removed the stale VM template {key}");
         return status == 0 ? 0 : CommandTable.ExitError;
     }
 

@@ -70,6 +70,13 @@ public sealed class VsockDevice : IVirtioDevice, IDisposable
     public IReadOnlyList<ushort> QueueMaxSizes { get; } = [QueueSize, QueueSize, QueueSize];
     public ReadOnlySpan<byte> Config => _config;
     private bool Active => _rx is not null;
+    /// <summary>
+    /// A transport reset was sent after a restore and the guest has not handled it yet: a
+    /// connection made now could be reset along with the old ones (the driver handles events and
+    /// packets in separate work items). The guest re-posts its event buffer once it has handled
+    /// the event, and that notify ends this.
+    /// </summary>
+    private bool _resetPending;
 
     public void Activate(ulong acceptedFeatures, IReadOnlyList<SplitQueue> queues, Action<int> signalUsed)
     {
@@ -99,6 +106,7 @@ public sealed class VsockDevice : IVirtioDevice, IDisposable
         BinaryPrimitives.WriteUInt32LittleEndian(resetEvent, EventTransportReset);
         int written = chain.WriteTo(_memory, 0, resetEvent);
         events.PushUsed(chain.Head, (uint)written);
+        _resetPending = true;
         _signalUsed?.Invoke(EventQueue);
     }
 
@@ -110,6 +118,7 @@ public sealed class VsockDevice : IVirtioDevice, IDisposable
         _orphanRsts.Clear();
         _rx = _tx = _event = null;
         _signalUsed = null;
+        _resetPending = false;
     }
 
     public bool OnNotify(int index)
@@ -118,7 +127,10 @@ public sealed class VsockDevice : IVirtioDevice, IDisposable
         {
             case TxQueue: return ProcessTx();
             case RxQueue: ProcessRx(); return false; // new receive buffers: deliver what waited for them
-            default: return false; // the event queue only matters for transport resets (snapshots)
+            default:
+                // The event queue only matters for transport resets (restores): a new buffer means the last event was handled.
+                _resetPending = false;
+                return false;
         }
     }
 
@@ -446,7 +458,7 @@ public sealed class VsockDevice : IVirtioDevice, IDisposable
 
     private void ConnectToGuest(UnixSocket socket, uint guestPort)
     {
-        if (!Active)
+        if (!Active || _resetPending)
         {
             _log.Debug("vsock: CONNECT {Port} before the guest driver is ready; closing (the client retries)", guestPort);
             socket.Dispose();
