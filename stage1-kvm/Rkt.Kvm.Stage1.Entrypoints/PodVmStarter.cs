@@ -24,10 +24,17 @@ internal sealed class PodVmStarter(Stage1Files files, Timeline timeline, Action<
         var store = VmTemplateStore.ForPodsRoot(PodRuntime.PodsRootOf(files.Pod.Path));
         string? snapshot = null;
         VmTemplateSpec? spec = null;
+        if (store.DisabledBy is { } marker)
+        {
+            log($"VM templates are turned off for this data directory ({marker}); booting cold");
+            timeline.Mark("vmm-start");
+            return await AgentVmProcess.StartAsync(Options(line), cancellation);
+        }
         try
         {
             // The stage1 image's tree ID names the VMM, kernel and initrd by content, at no cost.
             string treeId = File.ReadAllText(files.Pod.Stage1TreeStoreId).Trim();
+            if (treeId.Length == 0) throw new IOException($"{files.Pod.Stage1TreeStoreId} is empty");
             spec = new VmTemplateSpec(treeId, (int)line.MemoryMiB, line.Cpus, line.Net.Count);
             snapshot = await EnsureTemplateAsync(store, spec, line, cancellation);
         }

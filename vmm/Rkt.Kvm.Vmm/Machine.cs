@@ -130,6 +130,7 @@ public sealed class Machine : IDisposable
                 using (file)
                 {
                     SnapshotCompatibility.Check(snapshotPath, header, config);
+                    if (state.Vcpus.Count != config.Cpus) throw new SnapshotException($"The snapshot {snapshotPath} holds {state.Vcpus.Count} vCPUs' state for a VM of {config.Cpus}.");
                     memory = GuestMemory.MapFile(file, header.Regions.Select(r => (r.GuestAddress, r.Size, r.FileOffset)));
                 }
                 RegisterMemorySlotsAsync(vm, memory).GetAwaiter().GetResult();
@@ -427,9 +428,18 @@ public sealed class Machine : IDisposable
                     if (!r.WaitPaused(TimeSpan.FromSeconds(5))) throw new SnapshotException($"vCPU {r.Vcpu.Id} did not pause within 5 s.");
                 if (_exited.IsSet) throw new SnapshotException("The VM ended.");
                 double pausedMs = clock.Elapsed.TotalMilliseconds;
-                var caps = KvmVcpuState.Capabilities.Probe(_kvm);
-                var vcpus = runners.Select(r => KvmVcpuState.Capture(r.Vcpu, caps)).ToList();
-                var vm = KvmVmState.Capture(_vm);
+                List<KvmVcpuState> vcpus;
+                KvmVmState vm;
+                try
+                {
+                    var caps = KvmVcpuState.Capabilities.Probe(_kvm);
+                    vcpus = runners.Select(r => KvmVcpuState.Capture(r.Vcpu, caps)).ToList();
+                    vm = KvmVmState.Capture(_vm);
+                }
+                catch (KvmException e)
+                {
+                    throw new SnapshotException($"KVM did not give the VM's state: {e.Message}", e);
+                }
                 MachineState? state = null;
                 string? blocker = null;
                 _deviceLoop.Invoke(() =>

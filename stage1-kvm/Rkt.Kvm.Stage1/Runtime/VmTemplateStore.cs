@@ -49,8 +49,13 @@ public sealed record VmTemplateSpec(string Stage1TreeId, int MemoryMiB, int Vcpu
 public sealed class VmTemplateStore(string root)
 {
     public const string SnapshotFileName = "vm.snapshot", SpecFileName = "template.json", LockFileName = ".lock";
+    /// <summary>A file of this name beside the store (<c>&lt;data dir&gt;/stage1-kvm/</c>) turns warm starts off for the data directory: every pod boots cold.</summary>
+    public const string DisabledFileName = "no-templates";
 
     public string Root { get; } = root;
+
+    /// <summary>The administrator's switch <see cref="DisabledFileName"/>, when it is set; null otherwise.</summary>
+    public string? DisabledBy => Path.Join(Path.GetDirectoryName(Root)!, DisabledFileName) is var marker && File.Exists(marker) ? marker : null;
 
     /// <summary>The store of the data directory whose pods live under <paramref name="podsRoot"/>.</summary>
     public static VmTemplateStore ForPodsRoot(string podsRoot) =>

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Net.Sockets;
 using Rkt.Kvm.Vmm.Devices.Virtio;
 using Rkt.Kvm.Vmm.Devices.Vsock;
 
@@ -28,13 +29,15 @@ public sealed class VsockRestoreTests : IDisposable
     /// <summary>What Linux's driver posts at probe: device-writable event buffers (8 bytes, struct virtio_vsock_event is 4).</summary>
     private void PostEventBuffers(int count)
     {
-        for (ushort i = 0; i < count; i++)
+        ushort idx = BinaryPrimitives.ReadUInt16LittleEndian(_guest.Memory.GetSpan(EventAvail + 2, 2));
+        for (int n = 0; n < count; n++, idx++)
         {
-            _guest.Memory.GetSpan(EventBuffer + i * 0x10UL, 8).Fill(0xAA);
-            VsockGuestDriver.WriteDescriptor(_guest.Memory, EventDesc, i, EventBuffer + i * 0x10UL, 8, flags: 2, next: 0);
-            _guest.Memory.WriteU16(EventAvail + 4 + 2UL * i, i);
+            ushort d = (ushort)(idx % 16);
+            _guest.Memory.GetSpan(EventBuffer + d * 0x10UL, 8).Fill(0xAA);
+            VsockGuestDriver.WriteDescriptor(_guest.Memory, EventDesc, d, EventBuffer + d * 0x10UL, 8, flags: 2, next: 0);
+            _guest.Memory.WriteU16(EventAvail + 4 + 2UL * d, d);
         }
-        _guest.Memory.WriteU16(EventAvail + 2, (ushort)count);
+        _guest.Memory.WriteU16(EventAvail + 2, idx);
     }
 
     private ushort UsedIndex => BinaryPrimitives.ReadUInt16LittleEndian(_guest.Memory.GetSpan(EventUsed + 2, 2));
@@ -63,6 +66,34 @@ public sealed class VsockRestoreTests : IDisposable
         _guest.Loop.Invoke(_guest.Device.OnRestored);
         Assert.Equal(0, UsedIndex);
         lock (_signalled) Assert.Empty(_signalled);
+    }
+
+    private Socket Connect()
+    {
+        var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified) { ReceiveTimeout = 5000 };
+        s.Connect(new UnixDomainSocketEndPoint(_guest.SocketPath));
+        s.Send("CONNECT 1024\n"u8);
+        return s;
+    }
+
+    private int Connections() { int n = 0; _guest.Loop.Invoke(() => n = _guest.Device.ConnectionCount); return n; }
+
+    [Fact]
+    public void Host_connects_wait_until_the_guest_has_handled_the_reset()
+    {
+        Activate();
+        PostEventBuffers(1);
+        _guest.Loop.Invoke(_guest.Device.OnRestored);
+        // Before the guest re-posts its event buffer, a connection could be reset with the old ones: closed, the client retries.
+        using (var early = Connect())
+        {
+            Assert.Equal(0, early.Receive(new byte[16]));
+            Assert.Equal(0, Connections());
+        }
+        PostEventBuffers(1);
+        _guest.Loop.Invoke(() => _guest.Device.OnNotify(VsockDevice.EventQueue));
+        using var late = Connect();
+        Assert.True(SpinWait.SpinUntil(() => Connections() == 1, 5000), "the CONNECT after the reset was handled did not reach the device");
     }
 
     [Fact]

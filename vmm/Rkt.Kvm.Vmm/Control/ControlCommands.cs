@@ -59,7 +59,13 @@ public sealed class ControlCommands(P9Server? server, Stopwatch uptime, Action s
         if (snapshot is null) throw new ArgumentException("This VM cannot be snapshotted.");
         if (!Path.IsPathFullyQualified(path) || !Directory.Exists(Path.GetDirectoryName(path))) throw new ArgumentException($"The snapshot path {path} is not an absolute path in an existing directory.");
         var clock = Stopwatch.StartNew();
-        var header = snapshot(path);
+        Snapshot.SnapshotHeader header;
+        try { header = snapshot(path); }
+        catch (Exception e) when (e is not (ArgumentException or Snapshot.SnapshotException or IOException or UnauthorizedAccessException))
+        {
+            // Whatever else went wrong is still one reply: a control request never goes unanswered.
+            return ControlReply.Fail($"The snapshot failed: {e.Message}");
+        }
         return new ControlReply { Ok = true, Snapshot = new ControlSnapshot { Path = path, MemoryBytes = header.MemoryBytesWritten, Milliseconds = Math.Round(clock.Elapsed.TotalMilliseconds, 1) } };
     }
 

@@ -76,6 +76,7 @@ public sealed record MachineState(IReadOnlyList<KvmVcpuState> Vcpus, KvmVmState 
                 if (!bySlot.TryAdd(slot, TransportState.Read(r))) throw new InvalidDataException($"Virtio slot {slot} appears twice.");
             }
             if (r.BaseStream.Position != bytes.Length) throw new InvalidDataException("Bytes follow the machine state.");
+            if (vcpus.Count == 0) throw new InvalidDataException("The machine state has no vCPUs.");
             return new MachineState(vcpus, vm, serial, bySlot);
         }
         catch (EndOfStreamException)

@@ -315,6 +315,10 @@ public sealed class MmioTransport : IBusDevice
                 activate = () =>
                 {
                     _device.Activate(features, queues, SignalUsed);
+                    // A notify the guest made just before the snapshot may not have reached the old
+                    // device (an ioeventfd not yet read): look at every queue once. Then the restore event.
+                    for (int q = 0; q < queues.Length; q++)
+                        if (_device.OnNotify(q)) SignalUsed(q);
                     _device.OnRestored();
                 };
             }
