@@ -85,7 +85,9 @@ public sealed class NetDeviceVmFixture : IDisposable
             var connect = socket.ConnectAsync(new IPEndPoint(GuestIp, 8080));
             try
             {
-                if (!connect.Wait(TimeSpan.FromSeconds(5))) continue; // disposing the socket abandons the attempt
+                // A guest under load can take many seconds to answer a SYN; abandoning the attempt early
+                // would answer its SYN-ACK with a reset and start over, possibly forever.
+                if (!connect.Wait(TimeSpan.FromSeconds(60))) continue; // disposing the socket abandons the attempt
             }
             catch (AggregateException)
             {

@@ -263,7 +263,19 @@ internal sealed class AppSupervisor(bool enabled)
 
     private static void PipeClosed(App app)
     {
-        if (Interlocked.Decrement(ref app.OpenPipes) == 0) app.Logs.Complete();
+        Interlocked.Decrement(ref app.OpenPipes);
+        CompleteLogsWhenDone(app);
+    }
+
+    /// <summary>
+    /// The log is complete once both pipes are drained and the app was reaped, in either order: a
+    /// follower that reaches the end finds the app Exited (the pipes can close before the reaper
+    /// has the exit status).
+    /// </summary>
+    private static void CompleteLogsWhenDone(App app)
+    {
+        lock (app)
+            if (Volatile.Read(ref app.OpenPipes) == 0 && app.State == AppState.Exited) app.Logs.Complete();
     }
 
     private void OnExit(App app, ExitStatus status)
@@ -274,6 +286,7 @@ internal sealed class AppSupervisor(bool enabled)
             app.Exit = status;
             app.FinishedNs = NowNs();
         }
+        CompleteLogsWhenDone(app);
         app.Exited.TrySetResult();
         if (Stage2.Debug) Log.Line($"app {app.Name}: pid {app.Pid} {status}");
         // What the app left behind (daemonised children, an exec) goes with it, and their pipe ends with them.
