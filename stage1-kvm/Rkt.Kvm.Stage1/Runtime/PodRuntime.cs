@@ -78,8 +78,12 @@ public static class PodRuntime
         return new OrphanSweep(dirs, killed);
     }
 
-    private static bool Alive(PodProcess p) =>
-        File.Exists($"/proc/{p.Pid}/stat") && !File.ReadAllText($"/proc/{p.Pid}/stat").Split(')').Last().TrimStart().StartsWith('Z');
+    /// <summary>Running and not a zombie. A process that ends while we read its stat is gone (ESRCH comes as IOException).</summary>
+    private static bool Alive(PodProcess p)
+    {
+        try { return !File.ReadAllText($"/proc/{p.Pid}/stat").Split(')').Last().TrimStart().StartsWith('Z'); }
+        catch (IOException) { return false; }
+    }
 
     /// <summary>Our processes on the host: VMMs, and stage1 run processes; never the caller.</summary>
     private static IEnumerable<(int Pid, string Program, IReadOnlyList<string> Argv)> HostProcesses()
