@@ -82,18 +82,20 @@ public sealed class NetDeviceVmFixture : IDisposable
         while (DateTime.UtcNow < _stopAt)
         {
             using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-            var connect = socket.ConnectAsync(new IPEndPoint(GuestIp, 8080));
+            // A blocking connect on this thread, bounded by SO_SNDTIMEO (Linux applies it to connect):
+            // an asynchronous one completes through the thread pool, which other tests may have
+            // busy, and CI saw it never complete.
+            socket.SendTimeout = 15_000;
             try
             {
-                // A guest under load can take many seconds to answer a SYN; abandoning the attempt early
-                // would answer its SYN-ACK with a reset and start over, possibly forever.
-                if (!connect.Wait(TimeSpan.FromSeconds(60))) continue; // disposing the socket abandons the attempt
+                socket.Connect(new IPEndPoint(GuestIp, 8080));
             }
-            catch (AggregateException)
+            catch (SocketException)
             {
-                Thread.Sleep(500); // refused: the guest is not listening yet
+                Thread.Sleep(500); // refused (the guest is not listening yet) or timed out: try again
                 continue;
             }
+            socket.SendTimeout = 120_000; // the stream itself may take a slow guest a while
             socket.Send(SentToGuest);
             socket.Shutdown(SocketShutdown.Send);
             // Wait for the guest to close its side, so everything was read.
