@@ -88,13 +88,7 @@ internal sealed class PodVmStarter(Stage1Files files, Timeline timeline, Action<
                 Control = Path.Join(runtime, "control.sock"),
                 ConsoleLog = Path.Join(dir, "console.log"),
             };
-            var info = await AgentVmTemplate.CreateAsync(new AgentVmOptions
-            {
-                VmmPath = Stage1Files.Vmm,
-                CommandLine = line,
-                RuntimeDirectory = runtime,
-                ClientOptions = Stage1Files.AgentOptions,
-            }, store.SnapshotOf(spec), cancellation);
+            var info = await AgentVmTemplate.CreateAsync(Options(line) with { RuntimeDirectory = runtime }, store.SnapshotOf(spec), cancellation);
             store.Commit(spec);
             timeline.Mark("template-ready");
             log($"made VM template {spec.Key}: booted in {info.StartToReady.TotalSeconds:F1} s, snapshot of {info.MemoryBytes >> 20} MiB in {info.Snapshot.TotalMilliseconds:F0} ms");

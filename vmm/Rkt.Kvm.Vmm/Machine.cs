@@ -86,8 +86,6 @@ public sealed class Machine : IDisposable
     private VmExitResult? _result;
 
     public string Cmdline { get; private set; } = "";
-    /// <summary>The snapshot this VM was restored from, or null for a cold boot.</summary>
-    public SnapshotHeader? RestoredFrom { get; private set; }
 
     private Machine(KvmSystem kvm, KvmVm vm, GuestMemory memory, ILogger log, Stopwatch sinceStart)
     {
@@ -134,7 +132,7 @@ public sealed class Machine : IDisposable
                     memory = GuestMemory.MapFile(file, header.Regions.Select(r => (r.GuestAddress, r.Size, r.FileOffset)));
                 }
                 RegisterMemorySlotsAsync(vm, memory).GetAwaiter().GetResult();
-                machine = new Machine(kvm, vm, memory, log, sinceStart ?? Stopwatch.StartNew()) { _config = config, Cmdline = header.Cmdline, RestoredFrom = header };
+                machine = new Machine(kvm, vm, memory, log, sinceStart ?? Stopwatch.StartNew()) { _config = config, Cmdline = header.Cmdline };
                 machine.CreateVcpus(config.Cpus, state.Vcpus);
                 // After the vCPUs (setting the clock updates each one's kvm-clock page), before the
                 // devices: an interrupt a device raises on restore must meet the guest's IOAPIC

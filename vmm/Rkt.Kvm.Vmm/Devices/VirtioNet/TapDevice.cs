@@ -74,13 +74,19 @@ public sealed unsafe class TapDevice : IDisposable
         if (netnsPath is null) return OpenHere(name, "");
         // setns changes only the calling thread's namespace. A throwaway thread does it, so even a
         // failed switch back cannot leave one of our long-lived threads in the pod's namespace.
+        return OnThrowawayThread("tap-netns", () => OpenInNamespace(name, netnsPath));
+    }
+
+    /// <summary>Runs <paramref name="open"/> on a thread of its own that ends with it (namespace changes stay there) and returns its tap or rethrows its failure.</summary>
+    private static TapDevice OnThrowawayThread(string threadName, Func<TapDevice> open)
+    {
         TapDevice? tap = null;
         ExceptionDispatchInfo? failure = null;
         var thread = new Thread(() =>
         {
-            try { tap = OpenInNamespace(name, netnsPath); }
+            try { tap = open(); }
             catch (Exception e) { failure = ExceptionDispatchInfo.Capture(e); }
-        }) { IsBackground = true, Name = "tap-netns" };
+        }) { IsBackground = true, Name = threadName };
         thread.Start();
         thread.Join();
         failure?.Throw();
@@ -92,24 +98,11 @@ public sealed unsafe class TapDevice : IDisposable
     /// unshares it; the tap keeps it alive until closed): the guest gets a NIC that nothing on the
     /// host can reach, as a template VM needs.
     /// </summary>
-    public static TapDevice OpenIsolated(string name)
+    public static TapDevice OpenIsolated(string name) => OnThrowawayThread("tap-isolated", () =>
     {
-        TapDevice? tap = null;
-        ExceptionDispatchInfo? failure = null;
-        var thread = new Thread(() =>
-        {
-            try
-            {
-                if (unshare(CloneNewNet) < 0) throw Error("Cannot create a network namespace for an isolated tap", errno);
-                tap = OpenHere(name, " in a network namespace of its own");
-            }
-            catch (Exception e) { failure = ExceptionDispatchInfo.Capture(e); }
-        }) { IsBackground = true, Name = "tap-isolated" };
-        thread.Start();
-        thread.Join();
-        failure?.Throw();
-        return tap!;
-    }
+        if (unshare(CloneNewNet) < 0) throw Error("Cannot create a network namespace for an isolated tap", errno);
+        return OpenHere(name, " in a network namespace of its own");
+    });
 
     private static TapDevice OpenInNamespace(string name, string netnsPath)
     {
