@@ -66,7 +66,8 @@ public static class Program
         double wall = watch.Elapsed.TotalMilliseconds;
         var t = Timeline(data, File.ReadAllText(uuidFile));
         var run = new PodRun(wall, t["agent-ready"] - t["vmm-start"], t["apps-started"] - t["agent-ready"]);
-        Console.WriteLine($"{label}: {wall:F0} ms; VMM start -> agent ready {run.VmmToReadyMs:F0} ms; app start {run.AppStartMs:F0} ms");
+        Console.WriteLine($"{label}: {wall:F0} ms; VMM start -> agent ready {run.VmmToReadyMs:F0} ms; app start {run.AppStartMs:F0} ms " +
+                          $"(ConfigurePod {t["pod-configured"] - t["agent-ready"]:F0}, AddApp {t["apps-added"] - t["pod-configured"]:F0}, StartApp {t["apps-started"] - t["apps-added"]:F0} ms)");
         return run;
     }
 

@@ -129,8 +129,7 @@ public sealed class AgentVmProcess : IDisposable
     private static async Task<ReadyLine> ResumeRestoredAsync(AgentVmProcess vm, CancellationToken cancellation)
     {
         vm.Resumed = await vm.Client.ResumeAsync(cancellation).ConfigureAwait(false);
-        var health = await vm.Client.HealthAsync(cancellation).ConfigureAwait(false);
-        return new ReadyLine(health.AgentVersion, 0);
+        return new ReadyLine(vm.Resumed.AgentVersion, 0);
     }
 
     /// <summary>Waits for the VMM to end and returns its exit status (0: the guest powered off).</summary>

@@ -34,6 +34,10 @@ internal static unsafe partial class Libc
 
     [LibraryImport("libc", SetLastError = true)] public static partial int kill(int pid, int signal);
 
+    public const int CLONE_NEWUTS = 0x04000000;
+    [LibraryImport("libc", SetLastError = true)] public static partial int setns(int fd, int nstype);
+    [LibraryImport("libc", SetLastError = true)] public static partial int sethostname(byte* name, nint length);
+
     [LibraryImport("libc", SetLastError = true)] public static partial int pipe2(int* fds, int flags);
 
     [LibraryImport("libc", SetLastError = true)] public static partial int posix_spawn(int* pid, byte* path, void* fileActions, void* attributes, byte** argv, byte** envp);

@@ -97,6 +97,8 @@ public static class Program
         s_sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; service.RequestShutdown("SIGTERM"); });
         if (!pid1) s_sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; service.RequestShutdown("SIGINT"); });
 
+        // pod-init before READY: a template holds it, a pod does not wait for it at its first app.
+        if (guest) service.Apps.PrepareAhead(TimeSpan.FromMinutes(2));
         var server = CreateServer(options, out string listening);
         server.StartAsync(new GrpcApplication(service), CancellationToken.None).GetAwaiter().GetResult();
 

@@ -141,6 +141,7 @@ public sealed class RunEntrypoint
             _timeline.Write("agent-process-start-to-ready-ms", info.ProcessStartToReadyMs);
         }
         await agent.ConfigurePodAsync(ConfigurePodRequest());
+        _timeline.Mark("pod-configured");
         // Subscribe before any app starts, so no exit can be missed.
         using var events = await agent.EventsAsync(Forever);
         var eventLoop = FollowEventsAsync(agent, events.ResponseStream);
@@ -153,6 +154,7 @@ public sealed class RunEntrypoint
                 if (!File.Exists(_files.Pod.AppEnv(app.Name))) _files.Pod.WriteEnvironment(app.Name, app.App!.Environment);
                 await agent.AddAppAsync(request);
             }
+            _timeline.Mark("apps-added");
             foreach (var app in _pod.Apps) await agent.StartAppAsync(app.Name);
             _timeline.Mark("apps-started");
             if (_pod.Apps.Count == 0) _allExited.TrySetResult();

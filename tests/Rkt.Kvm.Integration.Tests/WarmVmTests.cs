@@ -95,6 +95,8 @@ public sealed class WarmVmTests(WarmVmFixture fixture, ITestOutputHelper output)
         output.WriteLine($"restored: VMM start -> Resume answered in {vm.StartToReady.TotalMilliseconds:F0} ms; template age {ageMs:F0} ms, clock stepped {resumed.ClockStepMs} ms");
         Assert.True(resumed.HwrngUsed, "the agent did not read virtio-rng on Resume");
         Assert.True(resumed.ReseededBytes >= 64 + 32, $"only {resumed.ReseededBytes} bytes were mixed in");
+        // Resume names the agent, so the host needs no Health call after it.
+        Assert.Equal((await vm.Client.HealthAsync()).AgentVersion, resumed.AgentVersion);
 
         await StartPod(vm, "warm-one");
         Assert.Equal("warm-one", await Shell(vm, "main", "hostname"));

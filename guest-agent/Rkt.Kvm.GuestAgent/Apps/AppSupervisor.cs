@@ -27,7 +27,8 @@ internal sealed class App(string name, AddAppRequest spec, AppRoot root, Credent
 /// <summary>
 /// The pod's apps: their roots, cgroups, processes (started through the stage2 helper), exit statuses
 /// (from the <see cref="Reaper"/>), logs and events. The pod's PID/IPC/UTS namespaces belong to a
-/// pod-init process made at the first StartApp with the hostname from ConfigurePod. The network namespace is the
+/// pod-init process made before the agent reports ready (<see cref="PrepareAhead"/>; again at the first
+/// StartApp if that failed); ConfigurePod sets its hostname. The network namespace is the
 /// VM's own, shared by every app as in rkt; ConfigurePod configures it (<see cref="PodNetwork"/>).
 /// </summary>
 internal sealed class AppSupervisor(bool enabled)
@@ -38,6 +39,7 @@ internal sealed class AppSupervisor(bool enabled)
     private readonly List<Channel<EventsReply>> _subscribers = [];
     private PodConfig _pod = PodConfig.Create(null, null, null);
     private Task<int>? _podInit;
+    private bool _appsStarted; // under _networkLock: set by the first StartApp, after which the pod's configuration is fixed
     private readonly Lock _networkLock = new();
     private string? _network;        // the applied network (PodNetwork.ToString), once applied
     private string? _networkFailure; // the netlink error that left it half configured
@@ -81,13 +83,19 @@ internal sealed class AppSupervisor(bool enabled)
         PodNetwork network;
         try { network = PodNetwork.Parse(request.Interfaces, request.Routes); }
         catch (ArgumentException e) { throw new GrpcException(GrpcException.InvalidArgument, e.Message); }
-        // _networkLock, held by pod-init until the network is in place, orders the network before any app.
+        // _networkLock, taken by the first StartApp before its app starts, orders the configuration before any app.
         lock (_networkLock)
         {
-            lock (_lock)
-                if (_podInit is not null) throw new GrpcException(GrpcException.FailedPrecondition, "The pod is already running apps; configure it before the first StartApp.");
+            if (_appsStarted) throw new GrpcException(GrpcException.FailedPrecondition, "The pod is already running apps; configure it before the first StartApp.");
             ApplyNetwork(network);
-            lock (_lock) _pod = PodConfig.Create(request.Hostname, request.Hosts, request.ResolvConf);
+            PodConfig pod;
+            lock (_lock) _pod = pod = PodConfig.Create(request.Hostname, request.Hosts, request.ResolvConf);
+            int podPid;
+            // Made ahead with the default name: it takes this one now. If it cannot be made, the first StartApp makes it with this name.
+            try { podPid = PodInitAsync().GetAwaiter().GetResult(); }
+            catch (StartException) { return new ConfigurePodReply(); }
+            try { PodHostname.Set(podPid, pod.Hostname); }
+            catch (IOException e) { throw new GrpcException(GrpcException.Internal, e.Message); }
         }
         return new ConfigurePodReply();
     }
@@ -178,26 +186,50 @@ internal sealed class AppSupervisor(bool enabled)
         lock (_lock)
         {
             if (_podInit is { IsFaulted: true }) _podInit = null;
+            string hostname = _pod.Hostname;
             return _podInit ??= Task.Run(async () =>
             {
-                lock (_networkLock)
-                {
-                    // Apps share the VM's network namespace: without a ConfigurePod they still get lo.
-                    if (_network is null && _networkFailure is null)
-                    {
-                        PodNetwork.BringUpLoopback();
-                        _network = PodNetwork.LoopbackOnly;
-                    }
-                }
                 int devNull = OpenDevNull();
                 try
                 {
-                    int pid = await Stage2.RunAsync(Stage2.PodInitArgs(_pod.Hostname), devNull, devNull, devNull).ConfigureAwait(false);
+                    int pid = await Stage2.RunAsync(Stage2.PodInitArgs(hostname), devNull, devNull, devNull).ConfigureAwait(false);
                     _ = Reaper.WaitAsync(pid).ContinueWith(t => Log.Line($"rkt-kvm-agent: pod-init {pid} {t.Result}"), TaskScheduler.Default);
                     return pid;
                 }
                 finally { Libc.close(devNull); }
             });
+        }
+    }
+
+    /// <summary>
+    /// Makes pod-init and the pod's cgroup now, before the agent reports ready: a template VM then holds
+    /// them, and no pod pays for them at its first app (about 1.2 s on slow nested hosts). A failure is
+    /// logged; the first AddApp or StartApp tries again and reports it.
+    /// </summary>
+    public void PrepareAhead(TimeSpan wait)
+    {
+        if (!enabled) return;
+        var podInit = PodInitAsync();
+        try { Cgroup.EnsurePod(); }
+        catch (IOException e) { Log.Line($"rkt-kvm-agent: the pod's cgroup: {e.Message}"); } // CreateApp tries again and reports it
+        try
+        {
+            if (!podInit.Wait(wait)) Log.Line("rkt-kvm-agent: pod-init is not ready yet; the first app waits for it");
+        }
+        catch (AggregateException e) { Log.Line($"rkt-kvm-agent: pod-init: {e.InnerException?.Message}"); }
+    }
+
+    /// <summary>Apps share the VM's network namespace: without a ConfigurePod they still get lo. Fixes the pod's configuration.</summary>
+    private void BeginAppsOnce()
+    {
+        lock (_networkLock)
+        {
+            _appsStarted = true;
+            if (_network is null && _networkFailure is null)
+            {
+                PodNetwork.BringUpLoopback();
+                _network = PodNetwork.LoopbackOnly;
+            }
         }
     }
 
@@ -220,6 +252,7 @@ internal sealed class AppSupervisor(bool enabled)
         try
         {
             int podPid;
+            BeginAppsOnce();
             try { podPid = await PodInitAsync().ConfigureAwait(false); }
             catch (StartException e) { throw new GrpcException(GrpcException.Internal, $"Creating the pod's namespaces failed: {e.Message}."); }
             var spec = new ProcessSpec(app.Spec.Exec, app.Env, app.Spec.WorkingDir, app.Credentials, app.Capabilities, app.Spec.NoNewPrivileges, Cgroup.AppPath(app.Name));

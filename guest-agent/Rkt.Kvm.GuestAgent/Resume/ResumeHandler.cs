@@ -55,7 +55,11 @@ internal sealed class ResumeHandler(AgentMode mode)
                 try { stepMs = RealtimeClock.Set(request.UnixTimeNs); }
                 catch (IOException e) { throw new GrpcException(GrpcException.Internal, $"Setting the guest's clock failed: {e.Message}."); }
             }
-            return new ResumeReply { HwrngUsed = hwrng.Length > 0, ReseededBytes = (uint)(hwrng.Length + request.Entropy.Length), ClockStepMs = stepMs };
+            return new ResumeReply
+            {
+                HwrngUsed = hwrng.Length > 0, ReseededBytes = (uint)(hwrng.Length + request.Entropy.Length), ClockStepMs = stepMs,
+                AgentVersion = AgentService.Version,
+            };
         }
     }
 }
