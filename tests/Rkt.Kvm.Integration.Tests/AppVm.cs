@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text;
 using Rkt.Kvm.Agent.Client;
+using Rkt.Kvm.Vmm.Client;
 
 namespace Rkt.Kvm.Integration.Tests;
 
@@ -64,22 +65,63 @@ public static class AppVm
         return output;
     }
 
+    /// <summary>RKT_KVM_APPS_CONSOLE: keep the console (see AppVmFixture) and let the agent log its helper runs.</summary>
+    internal static string Cmdline => Environment.GetEnvironmentVariable("RKT_KVM_APPS_CONSOLE") is { Length: > 0 } ? "quiet RKT_KVM_AGENT_DEBUG=1" : "quiet";
+
+    private static readonly Lock s_lock = new();
+    private static readonly Dictionary<(int Cpus, ulong MemoryMiB), Task<AppVmTemplate>> s_templates = [];
+
+    /// <summary>
+    /// The apps VM's template for this size: made by one cold boot the first time a test asks for it,
+    /// then restored by every test that needs a fresh apps VM (each restore is its own VM, sharing
+    /// nothing with the others but the template's pages, copy-on-write). Removed when the test run ends.
+    /// </summary>
+    public static Task<AppVmTemplate> TemplateAsync(int cpus = 2, ulong memoryMiB = 384)
+    {
+        lock (s_lock)
+        {
+            if (!s_templates.TryGetValue((cpus, memoryMiB), out var template) || template.IsFaulted)
+                s_templates[(cpus, memoryMiB)] = template = MakeTemplateAsync(cpus, memoryMiB);
+            return template;
+        }
+    }
+
+    private static async Task<AppVmTemplate> MakeTemplateAsync(int cpus, ulong memoryMiB)
+    {
+        string dir = Directory.CreateTempSubdirectory("rkt-kvm-apps-template-").FullName;
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => { try { Directory.Delete(dir, recursive: true); } catch (IOException) { } };
+        var template = new AppVmTemplate(dir, BuildInitrd(dir), Path.Join(dir, "vm.snapshot"), cpus, memoryMiB);
+        string runtime = Directory.CreateDirectory(Path.Join(dir, "template")).FullName;
+        var info = await AgentVmTemplate.CreateAsync(template.Options(runtime), template.Snapshot);
+        return template with { Info = info, MadeUtc = DateTime.UtcNow };
+    }
+
+    /// <summary>A fresh apps VM (restored from <see cref="TemplateAsync"/>) and a directory of its own, which the caller deletes.</summary>
     public static async Task<(AgentVmProcess Vm, string Directory)> BootAsync(int cpus = 2, ulong memoryMiB = 384)
     {
+        var template = await TemplateAsync(cpus, memoryMiB);
         string dir = Directory.CreateTempSubdirectory("rkt-kvm-apps-").FullName;
-        string initrd = BuildInitrd(dir);
-        var vm = await AgentVmProcess.StartAsync(new AgentVmOptions
-        {
-            VmmPath = TestEnvironment.Vmm,
-            CommandLine = AgentVmOptions.DefaultCommandLine(TestEnvironment.Vmlinux, initrd) with
-            {
-                Cpus = cpus,
-                MemoryMiB = memoryMiB,
-                // RKT_KVM_APPS_CONSOLE: keep the console (see AppVmFixture) and let the agent log its helper runs.
-                Cmdline = Environment.GetEnvironmentVariable("RKT_KVM_APPS_CONSOLE") is { Length: > 0 } ? "quiet RKT_KVM_AGENT_DEBUG=1" : "quiet",
-            },
-            ReadyTimeout = VmmProcess.BootTimeout,
-        });
-        return (vm, dir);
+        return (await template.RestoreAsync(dir), dir);
     }
+}
+
+/// <summary>A snapshot of a booted apps VM (agent + busybox rootfs; a control socket, so a 9p device; no NICs).</summary>
+public sealed record AppVmTemplate(string Directory, string Initrd, string Snapshot, int Cpus, ulong MemoryMiB)
+{
+    public AgentVmTemplateInfo? Info { get; init; }
+    public DateTime MadeUtc { get; init; }
+
+    /// <summary>The VM the template was made as, with its runtime (vsock and control sockets) in <paramref name="runtime"/>.</summary>
+    public AgentVmOptions Options(string runtime, Func<VmmCommandLine, VmmCommandLine>? change = null)
+    {
+        var line = AgentVmOptions.DefaultCommandLine(TestEnvironment.Vmlinux, Initrd) with
+        {
+            Cpus = Cpus, MemoryMiB = MemoryMiB, Cmdline = AppVm.Cmdline, Control = Path.Join(runtime, "control.sock"),
+        };
+        return new AgentVmOptions { VmmPath = TestEnvironment.Vmm, CommandLine = change?.Invoke(line) ?? line, RuntimeDirectory = runtime, ReadyTimeout = VmmProcess.BootTimeout };
+    }
+
+    /// <summary>A VM restored from the template; <paramref name="change"/> alters its command line (tests of refusals).</summary>
+    public Task<AgentVmProcess> RestoreAsync(string runtime, Func<VmmCommandLine, VmmCommandLine>? change = null) =>
+        AgentVmProcess.StartAsync(Options(runtime, line => change?.Invoke(line with { Restore = Snapshot }) ?? line with { Restore = Snapshot }));
 }

@@ -6,42 +6,21 @@ using Xunit.Abstractions;
 
 namespace Rkt.Kvm.Integration.Tests;
 
-/// <summary>One template (agent + busybox rootfs), made by a cold boot once per class; every test restores VMs from it.</summary>
+/// <summary>The apps VM's shared template (<see cref="AppVm.TemplateAsync"/>; made here if no class before needed it); every test restores VMs from it.</summary>
 public sealed class WarmVmFixture : IAsyncLifetime
 {
     public string Directory { get; } = System.IO.Directory.CreateTempSubdirectory("rkt-kvm-warm-").FullName;
-    public string Snapshot => Path.Join(Directory, "vm.snapshot");
-    public AgentVmTemplateInfo? Template { get; private set; }
-    public DateTime TemplateMadeUtc { get; private set; }
-    private string? _initrd;
+    public AppVmTemplate? Template { get; private set; }
+    public string Snapshot => Template!.Snapshot;
 
     public async Task InitializeAsync()
     {
-        if (!TestEnvironment.HasKvm) return;
-        _initrd = AppVm.BuildInitrd(Directory);
-        string runtime = System.IO.Directory.CreateDirectory(Path.Join(Directory, "template")).FullName;
-        Template = await AgentVmTemplate.CreateAsync(Options(runtime, Line() with { Control = Path.Join(runtime, "control.sock") }), Snapshot);
-        TemplateMadeUtc = DateTime.UtcNow;
+        if (TestEnvironment.HasKvm) Template = await AppVm.TemplateAsync();
     }
-
-    /// <summary>The VM every test restores: what the template was made with (1 vCPU, 256 MiB, a 9p device through the control socket).</summary>
-    public VmmCommandLine Line() => AgentVmOptions.DefaultCommandLine(TestEnvironment.Vmlinux, _initrd!) with { Cpus = 1, MemoryMiB = 256 };
-
-    public static AgentVmOptions Options(string runtime, VmmCommandLine line) => new()
-    {
-        VmmPath = TestEnvironment.Vmm,
-        CommandLine = line,
-        RuntimeDirectory = runtime,
-        ReadyTimeout = VmmProcess.BootTimeout,
-    };
 
     /// <summary>A VM restored from the template, with its own runtime directory and control socket.</summary>
-    public Task<AgentVmProcess> RestoreAsync(string name, Func<VmmCommandLine, VmmCommandLine>? change = null)
-    {
-        string runtime = System.IO.Directory.CreateDirectory(Path.Join(Directory, name)).FullName;
-        var line = Line() with { Control = Path.Join(runtime, "control.sock"), Restore = Snapshot };
-        return AgentVmProcess.StartAsync(Options(runtime, change?.Invoke(line) ?? line));
-    }
+    public Task<AgentVmProcess> RestoreAsync(string name, Func<VmmCommandLine, VmmCommandLine>? change = null) =>
+        Template!.RestoreAsync(System.IO.Directory.CreateDirectory(Path.Join(Directory, name)).FullName, change);
 
     public Task DisposeAsync()
     {
@@ -87,9 +66,10 @@ public sealed class WarmVmTests(WarmVmFixture fixture, ITestOutputHelper output)
     public async Task A_restored_vm_is_resumed_with_a_fresh_rng_and_the_hosts_clock_and_runs_apps()
     {
         var f = Fixture;
-        output.WriteLine($"template: cold boot {f.Template!.StartToReady.TotalSeconds:F1} s, snapshot {f.Template.MemoryBytes >> 20} MiB in {f.Template.Snapshot.TotalMilliseconds:F0} ms");
+        var info = f.Template!.Info!;
+        output.WriteLine($"template: cold boot {info.StartToReady.TotalSeconds:F1} s, snapshot {info.MemoryBytes >> 20} MiB in {info.Snapshot.TotalMilliseconds:F0} ms");
         await Task.Delay(TimeSpan.FromSeconds(3)); // the template is now measurably older than the host's clock
-        double ageMs = (DateTime.UtcNow - f.TemplateMadeUtc).TotalMilliseconds;
+        double ageMs = (DateTime.UtcNow - f.Template.MadeUtc).TotalMilliseconds;
         using var vm = await f.RestoreAsync("resumed");
         var resumed = vm.Resumed!;
         output.WriteLine($"restored: VMM start -> Resume answered in {vm.StartToReady.TotalMilliseconds:F0} ms; template age {ageMs:F0} ms, clock stepped {resumed.ClockStepMs} ms");
@@ -160,8 +140,8 @@ public sealed class WarmVmTests(WarmVmFixture fixture, ITestOutputHelper output)
         {
             ("is corrupt", l => l with { Restore = corrupt }),
             ("is truncated", l => l with { Restore = truncated }),
-            ("it has 256 MiB of RAM, this VM 384 MiB", l => l with { MemoryMiB = 384 }),
-            ("it has 1 vCPUs, this VM 2", l => l with { Cpus = 2 }),
+            ("it has 384 MiB of RAM, this VM 512 MiB", l => l with { MemoryMiB = 512 }),
+            ("it has 2 vCPUs, this VM 1", l => l with { Cpus = 1 }),
             ("it was made from another kernel", l => l with { Kernel = kernel }),
             ("it has a 9p device and this VM none", l => l with { Control = null }),
             ("it has 0 NICs, this VM 1", l => l with { Net = [new NetDeviceSpec { Isolated = true }] }),
