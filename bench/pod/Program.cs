@@ -109,15 +109,24 @@ public static class Program
         }
     }
 
-    /// <summary>Starts <paramref name="count"/> idle sandboxes at once, waits until all are ready and settled, sums their VMMs' PSS (KiB), stops them.</summary>
+    /// <summary>
+    /// Starts <paramref name="count"/> idle sandboxes one after another (each ready before the next
+    /// starts: ten cold boots at once outlast stage1's 5-minute boot timeout on a 2-core nested host),
+    /// lets them settle, sums their VMMs' PSS (KiB), stops them.
+    /// </summary>
     private static double IdlePss(string cli, string data, Dictionary<string, string> env, string work, int count)
     {
         var uuidFiles = Enumerable.Range(0, count).Select(i => Path.Join(work, $"uuid-idle-{Path.GetFileName(data)}-{i}")).ToList();
-        var sandboxes = uuidFiles.Select(f => Start(cli, data, env, "app", "sandbox", $"--uuid-file-save={f}")).ToList();
+        var sandboxes = new List<Process>();
         try
         {
-            var uuids = uuidFiles.Select(WaitForUuid).ToList();
-            foreach (var uuid in uuids) Cli(cli, data, env, "status", "--wait-ready=15m", uuid);
+            var uuids = new List<string>();
+            foreach (var file in uuidFiles)
+            {
+                sandboxes.Add(Start(cli, data, env, "app", "sandbox", $"--uuid-file-save={file}"));
+                uuids.Add(WaitForUuid(file));
+                Cli(cli, data, env, "status", "--wait-ready=15m", uuids[^1]);
+            }
             Thread.Sleep(5000); // let the guests settle
             double pss = uuids.Sum(uuid => PssKiB(int.Parse(File.ReadAllText(Path.Join(data, "pods", "run", uuid, "pid")).Trim(), CultureInfo.InvariantCulture)));
             foreach (var uuid in uuids) Cli(cli, data, env, "stop", uuid);

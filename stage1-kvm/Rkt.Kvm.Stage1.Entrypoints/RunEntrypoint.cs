@@ -115,7 +115,7 @@ public sealed class RunEntrypoint
         using (vm)
         {
             _timeline.Mark("agent-ready");
-            _timeline.Write("guest-boot-to-ready-ms", vm.Ready.MillisecondsSinceBoot);
+            if (!_restored) _timeline.Write("guest-boot-to-ready-ms", vm.Ready.MillisecondsSinceBoot); // a restored agent was ready long ago
             _files.Pod.WritePid(vm.Pid);
             try
             {
