@@ -59,13 +59,42 @@ public sealed class P9GuestDriver : IDisposable
     public void WriteDescriptor(ulong table, int index, ulong address, uint length, ushort flags, ushort next) =>
         VsockGuestDriver.WriteDescriptor(Memory, table, index, address, length, flags, next);
 
+    /// <summary>Notify on the test's thread instead of the event loop's (the device takes its lock either way).</summary>
+    public bool NotifyFromCaller { get; set; }
+
     /// <summary>Puts <paramref name="head"/> on the ring and notifies.</summary>
     public void Submit(ushort head)
+    {
+        Put(head);
+        Notify();
+    }
+
+    /// <summary>Puts <paramref name="head"/> on the available ring without notifying.</summary>
+    public void Put(ushort head)
     {
         Memory.WriteU16(Avail + 4 + 2UL * (ushort)(_availIdx % QueueSize), head);
         _availIdx++;
         Memory.WriteU16(Avail + 2, _availIdx);
-        Loop.Invoke(() => Device.OnNotify(0));
+    }
+
+    public void Notify()
+    {
+        if (NotifyFromCaller) Device.OnNotify(0);
+        else Loop.Invoke(() => Device.OnNotify(0));
+    }
+
+    /// <summary>Waits for the device to have used everything submitted; returns every used element since the last wait, in ring order.</summary>
+    public List<(ushort Head, uint Length)> WaitAllUsedInOrder(int timeoutMs = 10000)
+    {
+        ushort from = _usedSeen;
+        WaitAllUsed(timeoutMs);
+        var used = new List<(ushort, uint)>();
+        for (ushort i = from; i != _usedSeen; i++)
+        {
+            var e = Memory.GetSpan(Used + 4 + 8UL * (ushort)(i % QueueSize), 8);
+            used.Add(((ushort)BinaryPrimitives.ReadUInt32LittleEndian(e), BinaryPrimitives.ReadUInt32LittleEndian(e[4..])));
+        }
+        return used;
     }
 
     /// <summary>Waits for the device to have used everything submitted; returns the last (head, length).</summary>
@@ -88,6 +117,37 @@ public sealed class P9GuestDriver : IDisposable
     /// (non-adjacent) address; with <paramref name="indirect"/>, through an indirect table. Returns the reply stream.
     /// </summary>
     public byte[] Call(byte[] request, int[]? requestSplits = null, int[]? replySizes = null, bool indirect = false)
+    {
+        var chain = Prepare(request, requestSplits, replySizes, indirect);
+        Submit(chain.Head);
+        var (usedHead, length) = WaitAllUsed();
+        Assert.Equal(chain.Head, usedHead);
+        return chain.Reply(Memory, length);
+    }
+
+    /// <summary>A chain written into the descriptor table (not yet on the available ring) and where its reply goes.</summary>
+    public sealed record PreparedChain(ushort Head, IReadOnlyList<(ulong Address, uint Length, bool Writable)> Parts)
+    {
+        /// <summary>The reply stream: the first <paramref name="length"/> bytes of the writable buffers.</summary>
+        public byte[] Reply(GuestMemory memory, uint length)
+        {
+            var reply = new byte[length];
+            int copied = 0;
+            foreach (var p in Parts.Where(p => p.Writable))
+            {
+                int n = (int)Math.Min(p.Length, length - copied);
+                memory.GetSpan(p.Address, n).CopyTo(reply.AsSpan(copied));
+                copied += n;
+            }
+            return reply;
+        }
+    }
+
+    /// <summary>
+    /// Writes one request chain into the next free slot (see <see cref="Call"/>) without putting it on
+    /// the ring; <see cref="Put"/> it next (before preparing another: the slot follows the ring index).
+    /// </summary>
+    public PreparedChain Prepare(byte[] request, int[]? requestSplits = null, int[]? replySizes = null, bool indirect = false)
     {
         ushort head = NextHead;
         ulong buffer = SlotBuffer(head);
@@ -118,18 +178,7 @@ public sealed class P9GuestDriver : IDisposable
             for (int i = 0; i < parts.Count; i++)
                 WriteDescriptor(Desc, head + i, parts[i].Address, parts[i].Length, (ushort)((parts[i].Writable ? 2 : 0) | (i + 1 < parts.Count ? 1 : 0)), (ushort)(head + i + 1));
         }
-        Submit(head);
-        var (usedHead, length) = WaitAllUsed();
-        Assert.Equal(head, usedHead);
-        var reply = new byte[length];
-        int copied = 0;
-        foreach (var p in parts.Where(p => p.Writable))
-        {
-            int n = (int)Math.Min(p.Length, length - copied);
-            Memory.GetSpan(p.Address, n).CopyTo(reply.AsSpan(copied));
-            copied += n;
-        }
-        return reply;
+        return new PreparedChain(head, parts);
     }
 
     public void Dispose()
