@@ -59,9 +59,6 @@ public sealed class P9GuestDriver : IDisposable
     public void WriteDescriptor(ulong table, int index, ulong address, uint length, ushort flags, ushort next) =>
         VsockGuestDriver.WriteDescriptor(Memory, table, index, address, length, flags, next);
 
-    /// <summary>Notify on the test's thread instead of the event loop's (the device takes its lock either way).</summary>
-    public bool NotifyFromCaller { get; set; }
-
     /// <summary>Puts <paramref name="head"/> on the ring and notifies.</summary>
     public void Submit(ushort head)
     {
@@ -77,11 +74,8 @@ public sealed class P9GuestDriver : IDisposable
         Memory.WriteU16(Avail + 2, _availIdx);
     }
 
-    public void Notify()
-    {
-        if (NotifyFromCaller) Device.OnNotify(0);
-        else Loop.Invoke(() => Device.OnNotify(0));
-    }
+    /// <summary>Notifies the device of queue 0, on its event loop as the transport does.</summary>
+    public void Notify() => Loop.Invoke(() => Device.OnNotify(0));
 
     /// <summary>Waits for the device to have used everything submitted; returns every used element since the last wait, in ring order.</summary>
     public List<(ushort Head, uint Length)> WaitAllUsedInOrder(int timeoutMs = 10000)
