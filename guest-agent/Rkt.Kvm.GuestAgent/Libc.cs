@@ -17,7 +17,7 @@ internal static unsafe partial class Libc
     public const int LINUX_REBOOT_CMD_RESTART = 0x01234567;
 
     public const ulong MS_RDONLY = 1, MS_NOSUID = 2, MS_NODEV = 4, MS_NOEXEC = 8, MS_REMOUNT = 32, MS_BIND = 4096,
-        MS_REC = 16384, MS_PRIVATE = 1 << 18, MS_RELATIME = 1 << 21;
+        MS_MOVE = 8192, MS_REC = 16384, MS_PRIVATE = 1 << 18, MS_RELATIME = 1 << 21;
     public const int MNT_DETACH = 2;
     public const int ENOENT = 2, ESRCH = 3, EINVAL = 22;
     public const int O_WRONLY = 1, O_RDWR = 2;
@@ -71,6 +71,34 @@ internal static unsafe partial class Libc
 
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int mkdir(string path, uint mode);
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int chdir(string path);
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int chroot(string path);
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int lstat(string path, byte* buffer);
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int lchown(string path, uint uid, uint gid);
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int chmod(string path, uint mode);
+
+    public const uint S_IFMT = 0xF000, S_IFDIR = 0x4000;
+
+    /// <summary>lstat(2): the mode (type and permissions), owner and group; false with errno set on failure.</summary>
+    public static bool LStat(string path, out uint mode, out uint uid, out uint gid)
+    {
+        byte* st = stackalloc byte[256]; // struct stat is 144 bytes on x86-64: st_mode at 24, st_uid at 28, st_gid at 32
+        bool ok = lstat(path, st) == 0;
+        mode = ok ? *(uint*)(st + 24) : 0;
+        uid = ok ? *(uint*)(st + 28) : 0;
+        gid = ok ? *(uint*)(st + 32) : 0;
+        return ok;
+    }
 
     [LibraryImport("libc")] public static partial void sync();
 

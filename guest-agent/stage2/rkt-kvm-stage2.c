@@ -14,10 +14,10 @@
  * common: [--cgroup DIR] [--cwd DIR] [--uid N] [--gid N] [--groups G1,G2,...] [--caps HEXMASK]
  *         [--no-new-privs] [--env KEY=VALUE]...
  *
- * Status protocol on fd N (the agent reads it to EOF): "PID <pid>\n" once the process exists,
- * then, if set-up or execve failed, "ERR <step>: <strerror>\n"; this helper exits 0 on success,
- * 1 on failure. A failed execve is seen through a CLOEXEC pipe from the child: EOF on it means
- * execve succeeded.
+ * Status protocol on fd N: "PID <pid>\n" once the process exists, then, if set-up or execve
+ * failed, "ERR <step>: <strerror>\n" (this helper exits 1), or, for app and exec, "OK\n" once the
+ * process's execve succeeded (this helper exits 0 right after; the agent need not wait for that).
+ * A failed execve is seen through a CLOEXEC pipe from the child: EOF on it means execve succeeded.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -40,7 +40,6 @@
 
 #define MAX_ENV 256
 #define MAX_GROUPS 64
-#define MAX_MOUNTS 512
 #define LAST_CAP 40 /* CAP_CHECKPOINT_RESTORE in 6.1 */
 
 struct config {
@@ -261,6 +260,7 @@ static int spawn_reported(void (*child_setup)(void))
         if (write(cfg.status_fd, buf, total) < 0) return 1;
         return 1;
     }
+    report(cfg.status_fd, "OK\n");
     return 0;
 }
 
@@ -303,64 +303,6 @@ static int pod_init(void)
 
 /* ---- app ---- */
 
-struct mnt { char *path; int depth; };
-
-static int by_depth_desc(const void *a, const void *b)
-{
-    return ((const struct mnt *)b)->depth - ((const struct mnt *)a)->depth;
-}
-
-/* mountinfo escapes space, tab, newline and backslash as \ooo. */
-static void unescape(char *s)
-{
-    char *w = s;
-    for (char *r = s; *r; ) {
-        if (r[0] == '\\' && r[1] >= '0' && r[1] <= '7' && r[2] && r[3]) {
-            *w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
-            r += 4;
-        } else *w++ = *r++;
-    }
-    *w = 0;
-}
-
-static int under(const char *path, const char *root)
-{
-    size_t n = strlen(root);
-    return !strncmp(path, root, n) && (path[n] == 0 || path[n] == '/');
-}
-
-/* Lazily detaches every mount of the agent's that is not the app's root or below it, deepest
- * first, so nothing of the agent's (its /proc, /sys, /dev, cgroups, other apps' roots) stays
- * reachable in the app's mount namespace. */
-static void detach_agent_mounts(void)
-{
-    static struct mnt mounts[MAX_MOUNTS];
-    int n = 0;
-    FILE *f = fopen("/proc/self/mountinfo", "re");
-    if (!f) fail("read mountinfo");
-    char *line = NULL;
-    size_t cap = 0;
-    while (getline(&line, &cap, f) > 0 && n < MAX_MOUNTS) {
-        /* id parent major:minor root mountpoint ... */
-        char *save = NULL, *field = strtok_r(line, " ", &save);
-        for (int i = 0; i < 4 && field; i++) field = strtok_r(NULL, " ", &save);
-        if (!field) continue;
-        unescape(field);
-        if (!strcmp(field, "/") || under(field, cfg.root)) continue;
-        int depth = 0;
-        for (char *p = field; *p; p++) depth += *p == '/';
-        mounts[n].path = strdup(field);
-        mounts[n].depth = depth;
-        n++;
-    }
-    free(line);
-    fclose(f);
-    qsort(mounts, n, sizeof mounts[0], by_depth_desc);
-    for (int i = 0; i < n; i++)
-        if (umount2(mounts[i].path, MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
-            fail("detach an agent mount");
-}
-
 static void app_child(void)
 {
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) fail("mount /proc");
@@ -377,16 +319,15 @@ static int app(void)
     join_cgroup();
     if (unshare(CLONE_NEWNS) < 0) fail("unshare mount namespace");
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) fail("make / private");
-    detach_agent_mounts();
-    /* Switch root the way switch_root(8) does. The agent runs from the initramfs, whose root
-     * mount is `rootfs`; pivot_root(2) refuses to move rootfs (EINVAL). Instead the app's root
-     * mount is moved over "/" and we chroot into it: the initramfs underneath is covered by that
-     * mount in this namespace, so no path, "..", or chroot-escape trick (chroot into a subdir,
-     * then chdir("..") repeatedly) can reach it: the topmost mount at "/" is the app's root and
-     * ".." of a mount root stays on that mount. */
+    /* Pivot into the app's root and drop the old one, with every mount of the agent's under it (its
+     * /proc, /sys, /dev, cgroups, other apps' roots), in one lazy umount: pivot_root(".", ".")
+     * stacks the old root on the new one, and umount2(".") takes it off (pivot_root(2), runc).
+     * The agent's root is a bind mount over the initramfs (Pid1.RootOnBindMount): pivot_root
+     * refuses rootfs itself. Below the app's root there is then only the initramfs, covered by it:
+     * no path, "..", or chroot-escape trick reaches it (".." of a namespace's root stays there). */
     if (chdir(cfg.root) < 0) fail("chdir to the app root");
-    if (mount(".", "/", NULL, MS_MOVE, NULL) < 0) fail("move the app root to /");
-    if (chroot(".") < 0) fail("chroot");
+    if (syscall(SYS_pivot_root, ".", ".") < 0) fail("pivot_root into the app root");
+    if (umount2(".", MNT_DETACH) < 0) fail("detach the agent's root");
     if (chdir("/") < 0) fail("chdir /");
     return spawn_reported(app_child);
 }

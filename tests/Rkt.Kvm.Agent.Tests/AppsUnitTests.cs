@@ -128,9 +128,11 @@ public class Stage2ArgsTests
     [Fact]
     public void Status_lines_parse()
     {
-        Assert.Equal((123, (string?)null), Stage2.ParseStatus("PID 123\n"));
-        Assert.Equal((55, "execve: No such file or directory"), Stage2.ParseStatus("PID 55\nERR execve: No such file or directory\n"));
-        Assert.Equal((0, "setns: Operation not permitted"), Stage2.ParseStatus("ERR setns: Operation not permitted\n"));
+        Assert.Equal((123, (string?)null, false), Stage2.ParseStatus("PID 123\n"));
+        Assert.Equal((123, (string?)null, true), Stage2.ParseStatus("PID 123\nOK\n"));
+        Assert.Equal((55, "execve: No such file or directory", false), Stage2.ParseStatus("PID 55\nERR execve: No such file or directory\n"));
+        Assert.Equal((0, "setns: Operation not permitted", false), Stage2.ParseStatus("ERR setns: Operation not permitted\n"));
+        Assert.Equal((7, (string?)null, false), Stage2.ParseStatus("PID 7\nOKAY\n"));
     }
 }
 

@@ -176,6 +176,8 @@ public sealed class AppLifecycleTests(AppVmFixture fixture, ITestOutputHelper ou
         Assert.Equal("apppod\n", (await Exec("host", "hostname")).StdoutText);
         Assert.Contains("nameserver 10.0.0.53", (await Exec("host", "cat", "/etc/resolv.conf")).StdoutText);
         Assert.Contains("apppod", (await Exec("host", "cat", "/etc/hosts")).StdoutText);
+        // The pod's /etc files are laid into the overlay's upper /etc, which keeps the image's mode and owner and its other files.
+        Assert.Equal("755 0 0 alice\n", (await Exec("host", "sh", "-c", "echo $(stat -c '%a %u %g' /etc) $(cut -d: -f1 /etc/passwd | grep alice)")).StdoutText);
         var killed = await Exec("host", "sh", "-c", "kill -9 $$");
         Assert.Equal(9, killed.Signal);
         var missing = await Assert.ThrowsAsync<AgentException>(() => Exec("host", "/no/such/program"));
@@ -203,7 +205,8 @@ public sealed class AppLifecycleTests(AppVmFixture fixture, ITestOutputHelper ou
         Assert.Equal("", (await Exec("beta", "ls", "/sys")).StdoutText);
         // Mount points (field 2); the overlay's options still name its upper dir, which is only text.
         string[] mountPoints = (await Exec("beta", "cat", "/proc/mounts")).StdoutText.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.Split(' ')[1]).ToArray();
-        Assert.DoesNotContain(mountPoints, m => m.StartsWith("/apps") || m.Contains("cgroup") || m == "/sys");
+        Assert.DoesNotContain(mountPoints, m => m.StartsWith("/apps") || m.StartsWith("/.agent-root") || m.Contains("cgroup") || m == "/sys");
+        Assert.NotEqual(0, (await Exec("beta", "ls", "/.agent-root")).ExitCode); // the agent's root went with the pivot
         // /proc shows the pod's PID namespace: pod-init (1), the two apps, this exec.
         string[] pids = (await Exec("beta", "sh", "-c", "ls /proc | grep '^[0-9]'")).StdoutText.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         output.WriteLine("pids seen by beta: " + string.Join(' ', pids));

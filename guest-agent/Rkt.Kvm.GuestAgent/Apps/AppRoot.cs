@@ -20,8 +20,7 @@ internal sealed record PodConfig(string Hostname, string Hosts, string ResolvCon
 internal sealed record Volume(string? Export, string? Path, string Target, bool ReadOnly);
 
 /// <summary>
-/// An app's root under /apps/&lt;name&gt;/ on the initramfs (not under a tmpfs such as /run: the stage2
-/// helper detaches every agent mount outside the app's root, which must not take the root with it):
+/// An app's root under /apps/&lt;name&gt;/ (the stage2 helper pivots into it and drops every other mount):
 /// the rootfs (a 9p export's directory in <see cref="NinePShare"/>, or a guest directory) as the lower layer, <c>upper</c> (tmpfs: overlay upper and work
 /// dirs, generated /etc files), <c>root</c> (overlay, or a read-only bind), and inside the root
 /// /dev (tmpfs with a minimal set of nodes), /dev/pts (new devpts), /dev/shm, /tmp, /etc/{hosts,
@@ -37,6 +36,8 @@ internal sealed class AppRoot
 
     public string Directory { get; }
     public string Root => Directory + "/root";
+    /// <summary>The image's rootfs in the guest (the overlay's lower layer): what the app's root shows before the app changes it, without the overlay's lookups.</summary>
+    public string Lower { get; private set; } = "";
     public IReadOnlyList<string> Mounts => _mounts;
 
     private AppRoot(string directory) => Directory = directory;
@@ -59,15 +60,16 @@ internal sealed class AppRoot
 
     private void Build(string? rootfsExport, string? rootfsPath, bool readOnly, IReadOnlyList<Volume> volumes, PodConfig pod)
     {
+        // The export's directory in the shared 9p mount is the overlay's lower layer (or the read-only bind's source).
+        string lower = Lower = rootfsExport is not null ? NinePShare.ExportDirectory(rootfsExport) : rootfsPath!;
         System.IO.Directory.CreateDirectory(AppsDirectory);
         if (System.IO.Directory.Exists(Directory)) throw new IOException($"{Directory} is left over from an earlier app of that name.");
         System.IO.Directory.CreateDirectory(Directory);
-        // The export's directory in the shared 9p mount is the overlay's lower layer (or the read-only bind's source).
-        string lower = rootfsExport is not null ? NinePShare.ExportDirectory(rootfsExport) : rootfsPath!;
         string upper = Directory + "/upper";
         System.IO.Directory.CreateDirectory(upper);
         Mount("tmpfs", upper, "tmpfs", Libc.MS_NOSUID | Libc.MS_NODEV, "mode=0755", "the writable layer");
         System.IO.Directory.CreateDirectory(Root);
+        bool etcWritten = false;
         if (readOnly)
         {
             Mount(lower, Root, null, Libc.MS_BIND | Libc.MS_REC, null, "the read-only root");
@@ -77,6 +79,7 @@ internal sealed class AppRoot
         {
             System.IO.Directory.CreateDirectory(upper + "/upper");
             System.IO.Directory.CreateDirectory(upper + "/work");
+            etcWritten = WriteEtcIntoUpperLayer(lower, upper + "/upper", pod);
             Mount("overlay", Root, "overlay", 0, $"lowerdir={lower},upperdir={upper}/upper,workdir={upper}/work", "the overlay root");
         }
 
@@ -94,9 +97,8 @@ internal sealed class AppRoot
         Mount("tmpfs", SafeDirectory("tmp", create: !readOnly), "tmpfs", Libc.MS_NOSUID | Libc.MS_NODEV, "mode=1777", "/tmp");
         SafeDirectory("proc", create: !readOnly);
 
-        WriteEtc(readOnly, upper, "hostname", pod.Hostname + "\n");
-        WriteEtc(readOnly, upper, "hosts", pod.Hosts);
-        WriteEtc(readOnly, upper, "resolv.conf", pod.ResolvConf);
+        if (!etcWritten)
+            foreach (var (name, content) in EtcFiles(pod)) WriteEtc(readOnly, upper, name, content);
 
         int i = 0;
         foreach (var volume in volumes)
@@ -109,6 +111,33 @@ internal sealed class AppRoot
             if (volume.ReadOnly) Mount("none", target, null, Libc.MS_REMOUNT | Libc.MS_BIND | Libc.MS_RDONLY | Libc.MS_NOSUID | Libc.MS_NODEV, null, what);
             i++;
         }
+    }
+
+    private static (string Name, string Content)[] EtcFiles(PodConfig pod) =>
+        [("hostname", pod.Hostname + "\n"), ("hosts", pod.Hosts), ("resolv.conf", pod.ResolvConf)];
+
+    /// <summary>
+    /// Writes the pod's /etc files into the overlay's upper layer before the overlay is mounted, where
+    /// writing them through the overlay would copy /etc up and replace each file with a whiteout and a
+    /// new file, several 9p round trips each (~250 ms an app on nested hosts). The upper /etc takes the
+    /// image's /etc's mode and owner: a merged directory shows the upper one's. Only when the image's
+    /// /etc is a directory or missing; false otherwise (a symlinked /etc gets the checks of
+    /// <see cref="SafeDirectory"/>).
+    /// </summary>
+    private static bool WriteEtcIntoUpperLayer(string lower, string upperLayer, PodConfig pod)
+    {
+        uint mode = Libc.S_IFDIR | 0755, uid = 0, gid = 0; // a missing /etc is made as SafeDirectory would
+        if (!Libc.LStat(lower + "/etc", out uint m, out uint u, out uint g))
+        {
+            if (System.Runtime.InteropServices.Marshal.GetLastPInvokeError() != Libc.ENOENT) return false;
+        }
+        else (mode, uid, gid) = (m, u, g);
+        if ((mode & Libc.S_IFMT) != Libc.S_IFDIR) return false;
+        string etc = upperLayer + "/etc";
+        System.IO.Directory.CreateDirectory(etc);
+        if (Libc.lchown(etc, uid, gid) != 0 || Libc.chmod(etc, mode & 0xFFF) != 0) throw new IOException($"chown/chmod {etc}: {Libc.LastError()}");
+        foreach (var (name, content) in EtcFiles(pod)) File.WriteAllText(etc + "/" + name, content);
+        return true;
     }
 
     /// <summary>/etc/&lt;name&gt;: written into the overlay (replacing a symlink rather than writing through it),

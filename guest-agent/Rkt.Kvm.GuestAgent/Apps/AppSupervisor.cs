@@ -159,7 +159,8 @@ internal sealed class AppSupervisor(bool enabled)
                 request.RootfsCase == AddAppRequest.RootfsOneofCase.RootfsExport ? request.RootfsExport : null,
                 request.RootfsCase == AddAppRequest.RootfsOneofCase.RootfsPath ? request.RootfsPath : null,
                 request.ReadOnlyRootfs, volumes, pod);
-            Credentials credentials = UserDb.Load(root.Root).Resolve(request.User, request.Group, request.SupplementaryGids);
+            // From the image itself: the root's /etc/passwd and /etc/group are the image's until the app runs, and the overlay would add 9p lookups.
+            Credentials credentials = UserDb.Load(root.Lower).Resolve(request.User, request.Group, request.SupplementaryGids);
             var env = request.Env.ToList();
             if (!env.Any(e => e.StartsWith("PATH=", StringComparison.Ordinal))) env.Add(DefaultPath);
             Cgroup.CreateApp(request.Name, request.MemoryLimitBytes, request.CpuShares, request.PidsLimit);
@@ -210,6 +211,7 @@ internal sealed class AppSupervisor(bool enabled)
     {
         if (!enabled) return;
         var podInit = PodInitAsync();
+        BlockingThreads.Prestart(4); // an app's two pipes and the helper's status, with one to spare
         try { Cgroup.EnsurePod(); }
         catch (IOException e) { Log.Line($"rkt-kvm-agent: the pod's cgroup: {e.Message}"); } // CreateApp tries again and reports it
         try
@@ -260,8 +262,8 @@ internal sealed class AppSupervisor(bool enabled)
             var (errRead, errWrite) = Stage2.Pipe();
             int devNull = OpenDevNull();
             app.OpenPipes = 2;
-            PipePump.Start(outRead, app.Name + "-out", d => app.Logs.Append(LogBuffer.Stdout, d, NowNs()), () => PipeClosed(app));
-            PipePump.Start(errRead, app.Name + "-err", d => app.Logs.Append(LogBuffer.Stderr, d, NowNs()), () => PipeClosed(app));
+            PipePump.Start(outRead, d => app.Logs.Append(LogBuffer.Stdout, d, NowNs()), () => PipeClosed(app));
+            PipePump.Start(errRead, d => app.Logs.Append(LogBuffer.Stderr, d, NowNs()), () => PipeClosed(app));
             long started = NowNs();
             int pid;
             try { pid = await Stage2.RunAsync(Stage2.AppArgs(podPid, app.Root.Root, spec), devNull, outWrite, errWrite).ConfigureAwait(false); }
@@ -483,8 +485,8 @@ internal sealed class AppSupervisor(bool enabled)
         var (errRead, errWrite) = Stage2.Pipe();
         int open = 2;
         void Ended() { if (Interlocked.Decrement(ref open) == 0) output.Writer.TryComplete(); }
-        PipePump.Start(outRead, "exec-out", d => output.Writer.WriteAsync(new ExecReply { Stdout = ByteString.CopyFrom(d) }).AsTask().GetAwaiter().GetResult(), Ended);
-        PipePump.Start(errRead, "exec-err", d => output.Writer.WriteAsync(new ExecReply { Stderr = ByteString.CopyFrom(d) }).AsTask().GetAwaiter().GetResult(), Ended);
+        PipePump.Start(outRead, d => output.Writer.WriteAsync(new ExecReply { Stdout = ByteString.CopyFrom(d) }).AsTask().GetAwaiter().GetResult(), Ended);
+        PipePump.Start(errRead, d => output.Writer.WriteAsync(new ExecReply { Stderr = ByteString.CopyFrom(d) }).AsTask().GetAwaiter().GetResult(), Ended);
         int pid;
         try { pid = await Stage2.RunAsync(Stage2.ExecArgs(targetPid, spec), inRead, outWrite, errWrite).ConfigureAwait(false); }
         catch (StartException e)

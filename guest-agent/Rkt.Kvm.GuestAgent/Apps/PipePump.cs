@@ -3,18 +3,16 @@ using System.Runtime.InteropServices;
 namespace Rkt.Kvm.GuestAgent.Apps;
 
 /// <summary>
-/// Reads a pipe on a small dedicated thread (blocking read(2); no thread-pool thread is held) and hands
-/// each chunk to a callback, then calls <c>onEnd</c> at EOF and closes the fd.
+/// Reads a pipe on a thread of its own from <see cref="BlockingThreads"/> (blocking read(2); no
+/// thread-pool thread is held) and hands each chunk to a callback, then calls <c>onEnd</c> at EOF and
+/// closes the fd. A callback may block (exec's output waits for its gRPC reader): it holds only its
+/// own pipe's thread.
 /// </summary>
 internal static unsafe class PipePump
 {
     private const int ChunkSize = 16 << 10;
 
-    public static void Start(int fd, string name, Action<ReadOnlySpan<byte>> onData, Action onEnd)
-    {
-        var thread = new Thread(() => Run(fd, onData, onEnd), maxStackSize: 128 << 10) { IsBackground = true, Name = name };
-        thread.Start();
-    }
+    public static void Start(int fd, Action<ReadOnlySpan<byte>> onData, Action onEnd) => BlockingThreads.Run(() => Run(fd, onData, onEnd));
 
     private static void Run(int fd, Action<ReadOnlySpan<byte>> onData, Action onEnd)
     {
@@ -32,6 +30,7 @@ internal static unsafe class PipePump
                 }
             }
         }
+        catch (Exception e) { Log.Line($"rkt-kvm-agent: a pipe's reader failed: {e.Message}"); }
         finally
         {
             Libc.close(fd);

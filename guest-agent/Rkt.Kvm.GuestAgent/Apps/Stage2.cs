@@ -51,18 +51,25 @@ internal static class Stage2
 
     private static string Num(long n) => n.ToString(CultureInfo.InvariantCulture);
 
-    /// <summary>Parses the helper's status output: the pid (0 if none) and the error line (null if none).</summary>
-    public static (int Pid, string? Error) ParseStatus(string text)
+    /// <summary>Parses the helper's status output: the pid (0 if none), the error line (null if none) and
+    /// whether it said OK (the process's execve succeeded).</summary>
+    public static (int Pid, string? Error, bool Ok) ParseStatus(string text)
     {
         int pid = 0;
         string? error = null;
+        bool ok = false;
         foreach (string line in text.Split('\n', StringSplitOptions.RemoveEmptyEntries))
         {
             if (line.StartsWith("PID ", StringComparison.Ordinal) && int.TryParse(line.AsSpan(4), NumberStyles.None, CultureInfo.InvariantCulture, out int p)) pid = p;
             else if (line.StartsWith("ERR ", StringComparison.Ordinal)) error ??= line[4..];
+            else if (line == "OK") ok = true;
         }
-        return (pid, error);
+        return (pid, error, ok);
     }
+
+    /// <summary>The status is complete at EOF or at the helper's final "OK" line.</summary>
+    private static bool EndsWithOk(StringBuilder text) =>
+        text.Length >= 3 && text[^1] == '\n' && text[^2] == 'K' && text[^3] == 'O' && (text.Length == 3 || text[^4] == '\n');
 
     /// <summary>Creates a pipe whose both ends are close-on-exec (the spawn's dup2 clears it on the copies).</summary>
     public static unsafe (int Read, int Write) Pipe()
@@ -73,8 +80,8 @@ internal static class Stage2
     }
 
     /// <summary>
-    /// Spawns the helper with fds 0-2 = <paramref name="stdio"/> and fd 3 = a status pipe, waits for
-    /// it to finish (reading its status to EOF) and returns the started process's pid; throws
+    /// Spawns the helper with fds 0-2 = <paramref name="stdio"/> and fd 3 = a status pipe, reads its
+    /// status to its OK (or to EOF, then waits for it to exit) and returns the started process's pid; throws
     /// <see cref="StartException"/> with the helper's sentence when it failed.
     /// </summary>
     public static async Task<int> RunAsync(IReadOnlyList<string> args, int stdin, int stdout, int stderr)
@@ -85,11 +92,17 @@ internal static class Stage2
         finally { Libc.close(statusWrite); }
         Task<ExitStatus> helperExit = Reaper.WaitAsync(helperPid);
         if (Debug) Log.Line($"stage2: spawned {helperPid}: {string.Join(' ', args)}");
-        string status = await Task.Run(() => ReadToEnd(statusRead)).ConfigureAwait(false);
+        string status = await BlockingThreads.Run(() => ReadStatus(statusRead)).ConfigureAwait(false);
         if (Debug) Log.Line($"stage2: {helperPid} status '{status.Trim()}'");
+        var (pid, error, ok) = ParseStatus(status);
+        if (ok && error is null && pid != 0)
+        {
+            // The process runs; the helper is exiting (0) and is reaped in the background.
+            _ = helperExit.ContinueWith(t => { if (t.Result.Code != 0 || t.Result.Signal != 0) Log.Line($"rkt-kvm-agent: the stage2 helper {helperPid} {t.Result} after OK"); }, TaskScheduler.Default);
+            return pid;
+        }
         ExitStatus exit = await helperExit.ConfigureAwait(false);
         if (Debug) Log.Line($"stage2: {helperPid} {exit}");
-        var (pid, error) = ParseStatus(status);
         if (error is not null || pid == 0 || exit.Code != 0 || exit.Signal != 0)
         {
             if (pid != 0) _ = Reaper.WaitAsync(pid); // collect it; nobody needs the status
@@ -98,7 +111,7 @@ internal static class Stage2
         return pid;
     }
 
-    private static unsafe string ReadToEnd(int fd)
+    private static unsafe string ReadStatus(int fd)
     {
         try
         {
@@ -110,6 +123,7 @@ internal static class Stage2
                 if (n < 0 && Marshal.GetLastPInvokeError() == Libc.EINTR) continue;
                 if (n <= 0) break;
                 text.Append(Encoding.UTF8.GetString(buffer, (int)n));
+                if (EndsWithOk(text)) break;
             }
             return text.ToString();
         }
