@@ -231,3 +231,41 @@ public class ChildStatusTableTests
         Assert.Equal(new ExitStatus(0, 9), ExitStatus.FromWaitStatus(9 | 0x80)); // core dumped flag
     }
 }
+
+public class BlockingThreadsTests
+{
+    [Fact]
+    public async Task Work_runs_off_the_caller_and_its_result_or_exception_comes_back()
+    {
+        int caller = Environment.CurrentManagedThreadId;
+        Assert.NotEqual(caller, await BlockingThreads.Run(() => Environment.CurrentManagedThreadId));
+        var e = await Assert.ThrowsAsync<IOException>(() => BlockingThreads.Run(() => throw new IOException("read failed")));
+        Assert.Equal("read failed", e.Message);
+    }
+
+    [Fact]
+    public async Task Work_goes_to_parked_threads_without_making_new_ones()
+    {
+        BlockingThreads.Prestart(2);
+        Assert.True(BlockingThreads.Idle >= 2);
+        int created = BlockingThreads.Created;
+        for (int i = 0; i < 5; i++)
+        {
+            await BlockingThreads.Run(() => Thread.Sleep(1));
+            // The thread parks again right after its work; wait until it has.
+            for (int j = 0; j < 200 && BlockingThreads.Idle < 2; j++) await Task.Delay(5);
+        }
+        Assert.Equal(created, BlockingThreads.Created);
+        Assert.True(BlockingThreads.Idle is >= 2 and <= BlockingThreads.MaxIdle);
+    }
+
+    [Fact]
+    public async Task Blocked_work_does_not_hold_up_other_work()
+    {
+        using var gate = new ManualResetEventSlim();
+        Task blocked = BlockingThreads.Run(() => gate.Wait(TimeSpan.FromSeconds(30)));
+        Assert.Equal(42, await BlockingThreads.Run(() => 42).WaitAsync(TimeSpan.FromSeconds(10)));
+        gate.Set();
+        await blocked.WaitAsync(TimeSpan.FromSeconds(10));
+    }
+}

@@ -21,7 +21,12 @@ internal static class BlockingThreads
             while (s_idle.Count < Math.Min(count, MaxIdle)) s_idle.Push(new Worker());
     }
 
+    private static int s_created;
+
     public static int Idle { get { lock (s_lock) return s_idle.Count; } }
+
+    /// <summary>Threads made so far (for tests: work handed to a parked thread makes none).</summary>
+    public static int Created => Volatile.Read(ref s_created);
 
     /// <summary>Runs <paramref name="work"/> on a parked thread (or a new one); the task ends with it.</summary>
     public static Task<T> Run<T>(Func<T> work)
@@ -44,7 +49,11 @@ internal static class BlockingThreads
         private readonly SemaphoreSlim _ready = new(0);
         private Action? _work;
 
-        public Worker() => new Thread(Loop, maxStackSize: 256 << 10) { IsBackground = true, Name = "blocking" }.Start();
+        public Worker()
+        {
+            Interlocked.Increment(ref s_created);
+            new Thread(Loop, maxStackSize: 256 << 10) { IsBackground = true, Name = "blocking" }.Start();
+        }
 
         public void Give(Action work)
         {
