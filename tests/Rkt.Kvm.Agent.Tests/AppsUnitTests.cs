@@ -246,7 +246,10 @@ public class BlockingThreadsTests
     [Fact]
     public async Task Work_goes_to_parked_threads_without_making_new_ones()
     {
-        BlockingThreads.Prestart(2);
+        // Two threads busy at once, then parked.
+        using (var both = new Barrier(2))
+            await Task.WhenAll(BlockingThreads.Run(() => both.SignalAndWait(TimeSpan.FromSeconds(10))), BlockingThreads.Run(() => both.SignalAndWait(TimeSpan.FromSeconds(10))));
+        for (int j = 0; j < 200 && BlockingThreads.Idle < 2; j++) await Task.Delay(5);
         Assert.True(BlockingThreads.Idle >= 2);
         int created = BlockingThreads.Created;
         for (int i = 0; i < 5; i++)

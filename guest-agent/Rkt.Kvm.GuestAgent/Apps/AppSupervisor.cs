@@ -211,7 +211,6 @@ internal sealed class AppSupervisor(bool enabled)
     {
         if (!enabled) return;
         var podInit = PodInitAsync();
-        BlockingThreads.Prestart(6); // two apps' pipe readers and a status read: each app holds two for its lifetime
         try { Cgroup.EnsurePod(); }
         catch (IOException e) { Log.Line($"rkt-kvm-agent: the pod's cgroup: {e.Message}"); } // CreateApp tries again and reports it
         try
