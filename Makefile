@@ -2,6 +2,7 @@
 #   make run    install what is missing, build everything, boot a real VM with the busybox guest
 #   make test   build everything and run every test (unit + real VMs on /dev/kvm)
 #   make bench  the benchmarks (bench/*), each printing RESULT lines beside a reference
+#   make fuzz   coverage-guided fuzzing (fuzz/), not part of `make test` (which replays the corpora)
 # Outputs go to out/ (ignored by git); the guest kernel is cached outside the repo
 # (kernel-config/build-kernel.sh, keyed by config + patches + source version).
 
@@ -37,7 +38,7 @@ export DOTNET_CLI_TELEMETRY_OPTOUT := 1
 export DOTNET_NOLOGO := 1
 
 
-.PHONY: all run test deps soak apt-install kernel vmm agent stage2 tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-9p bench-net bench-pod bench-stage0 stage1 busybox-image clean
+.PHONY: all run test fuzz deps soak apt-install kernel vmm agent stage2 tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-9p bench-net bench-pod bench-stage0 stage1 busybox-image clean
 
 all: deps kernel vmm initramfs agent-initramfs cli stage1 busybox-image
 
@@ -99,6 +100,18 @@ soak: all
 
 SOAK_PODS ?= 50
 SOAK_BATCH ?= 5
+
+# Not part of `make test` (which replays the corpora, tests/Rkt.Kvm.Fuzz.Tests): each fuzz target
+# under afl-fuzz for FUZZ_SECONDS (90 s: about 11 minutes for the seven), FUZZ_TARGETS picks some.
+# Prints a RESULT line per target (edges, execs/s); fails, naming the inputs, on any crash or
+# hang (fuzz/README.md). Outputs in out/fuzz/.
+FUZZ_SECONDS ?= 90
+FUZZ_TARGETS ?=
+fuzz:
+	@command -v $(DOTNET) >/dev/null || { echo "The .NET 10 SDK (dotnet) is required: https://dot.net"; exit 1; }
+	@$(MAKE) --no-print-directory apt-install PACKAGES="afl++"
+	$(DOTNET) tool restore
+	FUZZ_SECONDS=$(FUZZ_SECONDS) DOTNET=$(DOTNET) fuzz/run.sh $(FUZZ_TARGETS)
 
 # Installs only what is missing, so a prepared machine pays nothing.
 deps:

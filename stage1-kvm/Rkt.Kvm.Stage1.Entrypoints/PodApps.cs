@@ -60,8 +60,9 @@ public static class PodApps
             ReadOnlyRootfs = app.ReadOnlyRootFs,
             NoNewPrivileges = spec.Isolators.NoNewPrivileges,
             MemoryLimitBytes = (ulong)(spec.Isolators.MemoryLimitBytes ?? 0),
-            // appc CPU limits are in CPUs; the agent takes cgroup-v1-style shares (1024 per CPU).
-            CpuShares = spec.Isolators.CpuLimit is { } cpu ? (ulong)Math.Max(2, Math.Round(cpu * 1024)) : 0,
+            // appc CPU limits are in CPUs; the agent takes cgroup-v1-style shares (1024 per CPU, at most
+            // 262144: 256 CPUs), so an absurd limit clamps instead of overflowing.
+            CpuShares = spec.Isolators.CpuLimit is { } cpu ? (ulong)Math.Max(2, Math.Round(Math.Min(cpu, 256m) * 1024)) : 0,
         };
         request.Exec.AddRange(spec.Exec);
         // The env file is authoritative when it exists: stage0 writes it for `app add`, we write it for `run`.

@@ -110,7 +110,8 @@ public sealed class DiskTreeWriter(string root) : ITreeWriter
     /// <summary>
     /// Applies xattrs where the filesystem takes them. PAX carries values as UTF-8 text and
     /// System.Formats.Tar decodes them so; a binary value (e.g. security.capability) that did
-    /// not survive that decoding is skipped with a warning rather than written corrupted.
+    /// not survive that decoding is skipped with a warning rather than written corrupted, and so is
+    /// one the kernel refuses as malformed.
     /// </summary>
     private static void ApplyXattrs(string path, EntryMeta meta)
     {
@@ -127,6 +128,10 @@ public sealed class DiskTreeWriter(string root) : ITreeWriter
                 int errno = Marshal.GetLastPInvokeError();
                 if (errno is Libc.ENOTSUP or Libc.EPERM)
                     Log.Debug("xattr {Name} not applied on {Path}: {Error}", name, path, Marshal.GetPInvokeErrorMessage(errno));
+                // A name or value the kernel cannot take at all (no namespace, too long, too big): the
+                // import accepted the image, so its render must not fail on it either.
+                else if (errno is Libc.ERANGE or Libc.E2BIG or Libc.EINVAL)
+                    Log.Warning("Skipping xattr {Name} on {Path}: {Error}", name, path, Marshal.GetPInvokeErrorMessage(errno));
                 else throw Libc.Error("lsetxattr " + name, path);
             }
         }

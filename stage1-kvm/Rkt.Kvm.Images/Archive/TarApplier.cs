@@ -52,9 +52,15 @@ public sealed class TarApplier(ITreeWriter writer, ExtractionPolicy policy)
     private static TarEntry? Next(TarReader reader, string what)
     {
         try { return reader.GetNextEntry(copyData: false); }
-        catch (Exception e) when (e is InvalidDataException or FormatException or EndOfStreamException or ArgumentException or OverflowException)
+        // InvalidOperationException: what TarReader throws for a PAX or GNU long-name block whose size field is too large.
+        catch (Exception e) when (e is InvalidDataException or FormatException or EndOfStreamException or ArgumentException or OverflowException
+                                      or InvalidOperationException)
         {
             throw new ImageException($"{what} is not a valid tar archive (truncated or corrupt): {e.Message}", e);
+        }
+        catch (NotSupportedException e) // an entry type TarReader cannot read, such as a GNU sparse file
+        {
+            throw new ImageException($"{what} uses a tar feature that is not supported: {e.Message}", e);
         }
     }
 
@@ -116,7 +122,9 @@ public sealed class TarApplier(ITreeWriter writer, ExtractionPolicy policy)
                 node = node with { Kind = existing.Node.Kind, LinkTarget = existing.Node.LinkTarget };
                 break;
             case TarEntryType.CharacterDevice or TarEntryType.BlockDevice:
-                var device = (PosixTarEntry)entry;
+                // A V7 header has no device numbers, yet TarReader reports the type it names.
+                if (entry is not PosixTarEntry device)
+                    throw new UnsafeEntryException(name, "device node in a V7 tar header, which cannot give its device numbers");
                 if (!policy.AllowDevices)
                     throw new UnsafeEntryException(name, $"device node {device.DeviceMajor}:{device.DeviceMinor} not allowed (import with --allow-devices to keep it)");
                 Replace(rel);

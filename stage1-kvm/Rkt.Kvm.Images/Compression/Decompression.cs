@@ -29,18 +29,28 @@ public static class Decompression
     public static ReadOnlyStream Open(Stream raw, string what, out CompressionKind kind)
     {
         var peek = new PeekStream(raw, peekBytes: 6);
-        kind = Detect(peek.Head);
-        Stream inner = kind switch
+        var detected = kind = Detect(peek.Head);
+        Stream inner;
+        // Some codecs read their stream header already here (bzip2 does): a corrupt one fails as a Read would.
+        try
         {
-            CompressionKind.None => peek,
-            CompressionKind.Gzip => new GzipCheckedStream(peek),
-            CompressionKind.Bzip2 => BZip2Stream.Create(peek, SharpCompress.Compressors.CompressionMode.Decompress,
-                decompressConcatenated: true, leaveOpen: false, tolerateTruncatedStream: false),
-            CompressionKind.Xz => new XZStream(peek),
-            CompressionKind.Zstd => new ZstdDecompressionStream(peek, 0, checkEndOfStream: true, leaveOpen: false),
-            _ => throw new InvalidOperationException(),
-        };
-        return new CodecErrorStream(inner, what, kind);
+            inner = detected switch
+            {
+                CompressionKind.None => peek,
+                CompressionKind.Gzip => new GzipCheckedStream(peek),
+                CompressionKind.Bzip2 => BZip2Stream.Create(peek, SharpCompress.Compressors.CompressionMode.Decompress,
+                    decompressConcatenated: true, leaveOpen: false, tolerateTruncatedStream: false),
+                CompressionKind.Xz => new XZStream(peek),
+                CompressionKind.Zstd => new ZstdDecompressionStream(peek, 0, checkEndOfStream: true, leaveOpen: false),
+                _ => throw new InvalidOperationException(),
+            };
+        }
+        catch (Exception e) when (CodecErrorStream.IsCodecError(e))
+        {
+            peek.Dispose();
+            throw CodecErrorStream.Corrupt(what, detected, e);
+        }
+        return new CodecErrorStream(inner, what, detected);
     }
 
     /// <summary>
@@ -52,13 +62,17 @@ public static class Decompression
         public override int Read(Span<byte> buffer)
         {
             try { return inner.Read(buffer); }
-            // Programming errors (an unsupported call) must not pass for corrupt data.
-            catch (Exception e) when (e is not (ImageException or OperationCanceledException or OutOfMemoryException
-                                          or NotSupportedException or NotImplementedException or ObjectDisposedException))
-            {
-                var codec = kind == CompressionKind.None ? "" : $" ({kind.ToString().ToLowerInvariant()})";
-                throw new ImageException($"{what} is truncated or corrupt{codec}: {e.Message}", e);
-            }
+            catch (Exception e) when (IsCodecError(e)) { throw Corrupt(what, kind, e); }
+        }
+
+        /// <summary>What a codec throws for bad data; programming errors (an unsupported call) must not pass for corrupt data.</summary>
+        public static bool IsCodecError(Exception e) => e is not (ImageException or OperationCanceledException or OutOfMemoryException
+            or NotSupportedException or NotImplementedException or ObjectDisposedException);
+
+        public static ImageException Corrupt(string what, CompressionKind kind, Exception e)
+        {
+            var codec = kind == CompressionKind.None ? "" : $" ({kind.ToString().ToLowerInvariant()})";
+            return new ImageException($"{what} is truncated or corrupt{codec}: {e.Message}", e);
         }
 
         protected override void Dispose(bool disposing)

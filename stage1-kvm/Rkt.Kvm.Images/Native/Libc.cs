@@ -14,7 +14,7 @@ internal static partial class Libc
     public const int LOCK_SH = 1, LOCK_EX = 2, LOCK_NB = 4, LOCK_UN = 8;
     public const uint S_IFMT = 0xF000, S_IFDIR = 0x4000, S_IFREG = 0x8000, S_IFLNK = 0xA000,
         S_IFCHR = 0x2000, S_IFBLK = 0x6000, S_IFIFO = 0x1000;
-    public const int EINTR = 4, EWOULDBLOCK = 11, EEXIST = 17, ENOTSUP = 95, EPERM = 1;
+    public const int EINTR = 4, EWOULDBLOCK = 11, EEXIST = 17, ENOTSUP = 95, EPERM = 1, E2BIG = 7, EINVAL = 22, ERANGE = 34;
 
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int lchown(string path, uint uid, uint gid);

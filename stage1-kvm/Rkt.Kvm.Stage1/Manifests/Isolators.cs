@@ -41,7 +41,9 @@ public sealed class Isolators(IReadOnlyList<Isolator> all)
     }
 
     /// <summary><c>resource/memory</c> limit in bytes (request ignored: a VM's RAM is a limit).</summary>
-    public long? MemoryLimitBytes => ResourceLimit(Memory) is { } v ? checked((long)Math.Ceiling(v)) : null;
+    public long? MemoryLimitBytes => ResourceLimit(Memory) is { } v
+        ? v <= long.MaxValue ? (long)Math.Ceiling(v) : throw new Stage1Exception($"isolator {Memory}: a limit of {v} bytes is too large")
+        : null;
 
     /// <summary><c>resource/cpu</c> limit in CPUs (500m = 0.5).</summary>
     public decimal? CpuLimit => ResourceLimit(Cpu);

@@ -95,8 +95,10 @@ public sealed record PodManifest(
     public static PodManifest Parse(ReadOnlySpan<byte> json, string what = "pod manifest")
     {
         JsonNode? root;
-        try { root = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { MaxDepth = 64 }); }
+        // Duplicate names are refused while parsing: JsonObject would otherwise throw ArgumentException when first read.
+        try { root = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { MaxDepth = 64, AllowDuplicateProperties = false }); }
         catch (JsonException e) { throw new Stage1Exception($"{what}: not valid JSON: {e.Message}", e); }
+        CheckStrings(json, what);
         var pod = root as JsonObject ?? throw new Stage1Exception($"{what}: not a JSON object");
         if (JsonRead.OptionalString(pod, "acKind", what) != "PodManifest")
             throw new Stage1Exception($"{what}: acKind is not \"PodManifest\"");
@@ -143,6 +145,22 @@ public sealed record PodManifest(
         }
 
         return new PodManifest(pod, apps, volumes, Isolators.Parse(pod, what), JsonRead.NameValues(pod, "annotations", what), ExposedPort.Parse(pod, what));
+    }
+
+    /// <summary>
+    /// JsonNode turns names and strings into .NET strings only when they are first read, and throws
+    /// InvalidOperationException then for text that cannot be one (invalid UTF-8, a lone surrogate
+    /// escape such as "\ud800"): read every one now, so such a manifest is refused as invalid JSON.
+    /// </summary>
+    private static void CheckStrings(ReadOnlySpan<byte> json, string what)
+    {
+        var reader = new Utf8JsonReader(json, new JsonReaderOptions { MaxDepth = 64 });
+        try
+        {
+            while (reader.Read())
+                if (reader.TokenType is JsonTokenType.PropertyName or JsonTokenType.String) reader.GetString();
+        }
+        catch (Exception e) when (e is InvalidOperationException or JsonException) { throw new Stage1Exception($"{what}: not valid JSON: {e.Message}", e); }
     }
 
     /// <summary>

@@ -19,19 +19,22 @@ public sealed record VmSize(int MemoryMiB, int Vcpus)
 
     public static VmSize For(Manifests.PodManifest pod, int hostCpus)
     {
-        long memoryBytes = (long)BaseMiB << 20;
+        // In decimal, and each CPU term capped at what the sum is clamped to anyway: no manifest overflows these sums.
+        decimal memoryBytes = (long)BaseMiB << 20;
         decimal cpus = 0;
         bool anyCpu = false;
         foreach (var app in pod.Apps)
         {
             var isolators = app.App?.Isolators ?? Manifests.Isolators.None;
-            memoryBytes = checked(memoryBytes + (isolators.MemoryLimitBytes ?? (long)UnlimitedAppMiB << 20));
-            if (isolators.CpuLimit is { } cpu) { cpus += cpu; anyCpu = true; }
+            memoryBytes += isolators.MemoryLimitBytes ?? (long)UnlimitedAppMiB << 20;
+            if (isolators.CpuLimit is { } cpu) { cpus += Math.Min(cpu, MaximumVcpus); anyCpu = true; }
         }
-        if (pod.Isolators.MemoryLimitBytes is { } podMemory) memoryBytes = Math.Min(memoryBytes, podMemory + ((long)BaseMiB << 20));
+        if (pod.Isolators.MemoryLimitBytes is { } podMemory) memoryBytes = Math.Min(memoryBytes, podMemory + (decimal)((long)BaseMiB << 20));
         if (pod.Isolators.CpuLimit is { } podCpu) { cpus = anyCpu ? Math.Min(cpus, podCpu) : podCpu; anyCpu = true; }
 
-        int memoryMiB = (int)Math.Max(MinimumMiB, (memoryBytes + (1 << 20) - 1) >> 20);
+        decimal mib = Math.Ceiling(memoryBytes / (1 << 20));
+        if (mib > int.MaxValue) throw new Stage1Exception($"the pod's memory limits add up to {mib} MiB, more than a VM can have");
+        int memoryMiB = (int)Math.Max(MinimumMiB, mib);
         int cap = Math.Clamp(hostCpus, 1, MaximumVcpus);
         int vcpus = anyCpu ? (int)Math.Clamp(Math.Ceiling(cpus), 1, cap) : Math.Min(DefaultVcpus, cap);
         return new VmSize(memoryMiB, vcpus);

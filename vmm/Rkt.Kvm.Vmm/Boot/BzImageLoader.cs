@@ -32,7 +32,7 @@ public static class BzImageLoader
 
         int setupSectors = head[ZeroPage.SetupSects] == 0 ? 4 : head[ZeroPage.SetupSects];
         long setupBytes = (setupSectors + 1) * 512L;
-        if (setupBytes >= fileLength) throw new BootException($"Kernel {path} is a truncated bzImage (no protected-mode code).");
+        if (setupBytes + (long)Entry64Offset >= fileLength) throw new BootException($"Kernel {path} is a truncated bzImage (its protected-mode code ends before the 64-bit entry point).");
         ulong payloadSize = (ulong)(fileLength - setupBytes);
 
         // The setup header runs from 0x1F1 to 0x202 + the byte at 0x201 (its own length field).
