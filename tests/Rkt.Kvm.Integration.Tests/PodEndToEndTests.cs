@@ -44,7 +44,8 @@ public sealed class PodEndToEndTests
         Assert.Equal(254, add.ExitCode);
         Assert.Contains("immutable pod", add.Stderr);
 
-        WaitUntil(() => File.Exists(Path.Join(rw, "out")), "the worker's write to the read-write volume");
+        // The shell creates the file, then writes to it (two 9p round trips): wait for the content, not the file.
+        WaitUntil(() => File.Exists(Path.Join(rw, "out")) && File.ReadAllText(Path.Join(rw, "out")).Length > 0, "the worker's write to the read-write volume");
         Assert.Equal("written\n", File.ReadAllText(Path.Join(rw, "out")));
         var enter = cli.Run("enter", "--app=sidecar", uuid, "/bin/sh", "-c", "touch /tmp/stop; echo entered; exit 4");
         Assert.True(enter.ExitCode == 4, enter.Stderr);
