@@ -38,7 +38,7 @@ export DOTNET_CLI_TELEMETRY_OPTOUT := 1
 export DOTNET_NOLOGO := 1
 
 
-.PHONY: all run test fuzz deps soak apt-install kernel vmm agent stage2 tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-9p bench-net bench-pod bench-stage0 stage1 busybox-image clean
+.PHONY: all run test fuzz deps soak apt-install kernel vmm agent stage2 tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-9p bench-net bench-pod bench-stage0 bench-terminal stage1 busybox-image clean
 
 all: deps kernel vmm initramfs agent-initramfs cli stage1 busybox-image
 
@@ -61,7 +61,7 @@ test: all
 	  --results-directory $(OUT)/test-results || status=$$?; \
 	tests/summarize-trx.sh $(OUT)/test-results; exit $$status
 
-bench: bench-boot bench-vsock bench-images bench-9p bench-net bench-pod bench-stage0
+bench: bench-boot bench-vsock bench-images bench-9p bench-net bench-pod bench-stage0 bench-terminal
 
 bench-boot: all
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_APT_PACKAGES)"
@@ -81,6 +81,10 @@ bench-stage0: cli busybox-image
 # A pod's wall time by phase, app add/start, pods per minute, idle pod memory (bench/pod/).
 bench-pod: all
 	bench/pod/run.sh
+
+# A keystroke's round trip through a pod's terminal beside plain Exec, terminal output beside pipes (bench/terminal/).
+bench-terminal: all
+	bench/terminal/run.sh
 
 # 64 MiB write/read and 2,000 stats through our 9p server against QEMU's (bench/9p/).
 bench-9p: all

@@ -79,31 +79,34 @@ public sealed partial class AgentClient
     /// <summary>Runs <paramref name="start"/> in its app, feeds it <paramref name="stdin"/> (then closes stdin), collects its output and exit.</summary>
     public async Task<ExecResult> ExecAsync(ExecStart start, byte[]? stdin = null, TimeSpan? timeout = null, CancellationToken cancellation = default)
     {
-        using var call = Stub.Exec(deadline: Deadline(timeout), cancellationToken: cancellation);
-        try
-        {
-            await call.RequestStream.WriteAsync(new ExecRequest { Start = start }).ConfigureAwait(false);
-            if (stdin is { Length: > 0 })
-                for (int offset = 0; offset < stdin.Length; offset += 64 << 10)
-                    await call.RequestStream.WriteAsync(new ExecRequest { Stdin = ByteString.CopyFrom(stdin, offset, Math.Min(64 << 10, stdin.Length - offset)) }).ConfigureAwait(false);
-            await call.RequestStream.WriteAsync(new ExecRequest { StdinClose = true }).ConfigureAwait(false);
-            await call.RequestStream.CompleteAsync().ConfigureAwait(false);
-            var stdout = new MemoryStream();
-            var stderr = new MemoryStream();
-            ExecExit? exit = null;
-            while (await call.ResponseStream.MoveNext(cancellation).ConfigureAwait(false))
-            {
-                var reply = call.ResponseStream.Current;
-                switch (reply.KindCase)
-                {
-                    case ExecReply.KindOneofCase.Stdout: reply.Stdout.WriteTo(stdout); break;
-                    case ExecReply.KindOneofCase.Stderr: reply.Stderr.WriteTo(stderr); break;
-                    case ExecReply.KindOneofCase.Exit: exit = reply.Exit; break;
-                }
-            }
-            if (exit is null) throw new AgentException(AgentFailure.Failed, "Exec: the agent ended the call without an exit status.");
-            return new ExecResult(stdout.ToArray(), stderr.ToArray(), exit.ExitCode, exit.Signal);
-        }
-        catch (RpcException e) { throw Describe(e, "Exec"); }
+        using var stream = await StartExecAsync(start, timeout, cancellation).ConfigureAwait(false);
+        for (int offset = 0; offset < (stdin?.Length ?? 0); offset += 64 << 10)
+            await stream.WriteAsync(stdin.AsMemory(offset, Math.Min(64 << 10, stdin!.Length - offset))).ConfigureAwait(false);
+        await stream.CloseStdinAsync().ConfigureAwait(false);
+        await stream.CompleteInputAsync().ConfigureAwait(false);
+        var stdout = new MemoryStream();
+        var stderr = new MemoryStream();
+        var exit = await stream.CopyOutputAsync(stdout, stderr, cancellation).ConfigureAwait(false);
+        return new ExecResult(stdout.ToArray(), stderr.ToArray(), exit.ExitCode, exit.Signal);
+    }
+
+    /// <summary>Starts an Exec whose input and output flow while it runs (a terminal session with <c>start.Tty</c>);
+    /// the call lasts until the process has exited, at most <paramref name="timeout"/>.</summary>
+    public async Task<ProcessStream> StartExecAsync(ExecStart start, TimeSpan? timeout = null, CancellationToken cancellation = default)
+    {
+        var call = Stub.Exec(deadline: Deadline(timeout), cancellationToken: cancellation);
+        try { await call.RequestStream.WriteAsync(new ExecRequest { Start = start }).ConfigureAwait(false); }
+        catch (RpcException e) { call.Dispose(); throw Describe(e, "Exec"); }
+        return new ExecStream(this, call);
+    }
+
+    /// <summary>Joins a started app's streams (Attach): its output from <paramref name="start"/>'s point on, then its exit;
+    /// input goes to its stdin or terminal.</summary>
+    public async Task<ProcessStream> AttachAsync(AttachStart start, TimeSpan? timeout = null, CancellationToken cancellation = default)
+    {
+        var call = Stub.Attach(deadline: Deadline(timeout), cancellationToken: cancellation);
+        try { await call.RequestStream.WriteAsync(new AttachRequest { Start = start }).ConfigureAwait(false); }
+        catch (RpcException e) { call.Dispose(); throw Describe(e, "Attach"); }
+        return new AttachStream(this, call);
     }
 }

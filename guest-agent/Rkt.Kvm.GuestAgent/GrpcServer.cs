@@ -10,14 +10,33 @@ namespace Rkt.Kvm.GuestAgent;
 /// <summary>One gRPC call's message streams, over Kestrel's request and response pipes.</summary>
 internal sealed class GrpcCall(PipeReader reader, PipeWriter writer, CancellationToken cancellation)
 {
+    private volatile bool _readingStopped;
+
     public CancellationToken Cancellation => cancellation;
 
-    /// <summary>Reads the next request message, or null at the end of the request stream.</summary>
+    /// <summary>
+    /// Ends a read in progress on another task (it returns null) and every later one. A handler that reads
+    /// its request stream in the background calls this, and waits for that reader, before it returns:
+    /// Kestrel reuses a finished stream's request pipe for the next call, which a leftover read would steal.
+    /// </summary>
+    public void StopReading()
+    {
+        _readingStopped = true;
+        reader.CancelPendingRead();
+    }
+
+    /// <summary>Reads the next request message, or null at the end of the request stream (or after <see cref="StopReading"/>).</summary>
     public async ValueTask<T?> ReadAsync<T>(MessageParser<T> parser) where T : class, IMessage<T>
     {
         while (true)
         {
+            if (_readingStopped) return null;
             ReadResult result = await reader.ReadAsync(cancellation);
+            if (result.IsCanceled || _readingStopped)
+            {
+                reader.AdvanceTo(result.Buffer.Start);
+                return null;
+            }
             ReadOnlySequence<byte> buffer = result.Buffer;
             if (GrpcFraming.TryReadFrame(ref buffer, Rkt.Kvm.Agent.AgentProtocol.MaxMessageBytes, out _, out ReadOnlySequence<byte> payload))
             {
@@ -199,6 +218,9 @@ internal sealed class GrpcApplication(AgentService service) : IHttpApplication<I
                 break;
             case "Exec":
                 await service.Apps.ExecAsync(call);
+                break;
+            case "Attach":
+                await service.Apps.AttachAsync(call);
                 break;
             case "Signal":
                 await call.WriteAsync(service.Apps.Signal(await call.ReadSingleAsync(V1.SignalRequest.Parser)));

@@ -12,7 +12,9 @@
  *   rkt-kvm-stage2 app  --status-fd N --pod-pid P --root DIR [common] -- PROGRAM ARGS...
  *   rkt-kvm-stage2 exec --status-fd N --target-pid P             [common] -- PROGRAM ARGS...
  * common: [--cgroup DIR] [--cwd DIR] [--uid N] [--gid N] [--groups G1,G2,...] [--caps HEXMASK]
- *         [--no-new-privs] [--env KEY=VALUE]...
+ *         [--no-new-privs] [--tty] [--env KEY=VALUE]...
+ * --tty: fd 0 is a pseudo-terminal; the process gets a session of its own with it as its
+ * controlling terminal (setsid + TIOCSCTTY), so job control, ^C and SIGWINCH reach it.
  *
  * Status protocol on fd N: "PID <pid>\n" once the process exists, then, if set-up or execve
  * failed, "ERR <step>: <strerror>\n" (this helper exits 1), or, for app and exec, "OK\n" once the
@@ -33,6 +35,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -50,7 +53,7 @@ struct config {
     gid_t groups[MAX_GROUPS];
     int ngroups;
     uint64_t caps;
-    int have_caps, nnp;
+    int have_caps, nnp, tty;
     char *env[MAX_ENV + 1];
     int nenv;
     char **argv;
@@ -107,6 +110,7 @@ static void parse(int argc, char **argv, int first)
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--")) { cfg.argv = argv + i + 1; break; }
         if (!strcmp(a, "--no-new-privs")) { cfg.nnp = 1; continue; }
+        if (!strcmp(a, "--tty")) { cfg.tty = 1; continue; }
         if (!v) usage("option without a value");
         i++;
         if (!strcmp(a, "--status-fd")) cfg.status_fd = number(v);
@@ -243,6 +247,10 @@ static int spawn_reported(void (*child_setup)(void))
     if (pid == 0) {
         close(sync[0]);
         err_fd = sync[1];
+        if (cfg.tty) {
+            if (setsid() < 0) fail("setsid");
+            if (ioctl(0, TIOCSCTTY, 0) < 0) fail("make the terminal the controlling terminal");
+        }
         child_setup();
         exec_program();
     }

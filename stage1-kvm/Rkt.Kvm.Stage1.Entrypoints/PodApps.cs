@@ -64,6 +64,13 @@ public static class PodApps
             // 262144: 256 CPUs), so an absurd limit clamps instead of overflowing.
             CpuShares = spec.Isolators.CpuLimit is { } cpu ? (ulong)Math.Max(2, Math.Round(Math.Min(cpu, 256m) * 1024)) : 0,
         };
+        // rkt's stream modes: a terminal of its own (attachable), or a stdin pipe (attach, or run --interactive
+        // without a terminal, which RunEntrypoint turns into a terminal when it has one).
+        switch (StreamModes.Of(app, "stdin"))
+        {
+            case StreamModes.Tty: request.Tty = true; break;
+            case StreamModes.Stream or StreamModes.Interactive: request.Stdin = true; break;
+        }
         request.Exec.AddRange(spec.Exec);
         // The env file is authoritative when it exists: stage0 writes it for `app add`, we write it for `run`.
         var env = File.Exists(files.Pod.AppEnv(app.Name)) ? files.Pod.ReadEnvironment(app.Name) : spec.Environment;

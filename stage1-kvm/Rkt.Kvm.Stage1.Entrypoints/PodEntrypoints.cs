@@ -67,8 +67,10 @@ internal static class GcEntrypoint
     }
 }
 
-/// <summary><c>enter --pid=PID --appname=APP -- CMD…</c>: runs the command in the app through the
-/// agent's Exec; stdin is forwarded when it is not a terminal; the exit code is the command's.</summary>
+/// <summary><c>enter --pid=PID --appname=APP [--tty=BOOL] [--stdin=BOOL] -- CMD…</c>: runs the command in the app
+/// through the agent's Exec, its output shown as it comes. With a terminal (by default when our stdin and
+/// stdout are one) the command gets a pseudo-terminal in the app and ours goes raw until it ends; stdin is
+/// forwarded with a terminal or when redirected. The exit code is the command's (128 + signal).</summary>
 internal static class EnterEntrypoint
 {
     public static int Execute(string[] argv)
@@ -76,20 +78,13 @@ internal static class EnterEntrypoint
         var args = EnterArguments.Parse(argv);
         var files = Stage1Files.ForCurrentPod();
         using var agent = files.Agent();
-        var start = new ExecStart { App = args.App };
+        var mode = Terminal.StdioMode.Auto(args.Tty, args.Stdin);
+        var start = new ExecStart { App = args.App, Tty = mode.Tty };
         start.Argv.AddRange(args.Command);
-        byte[]? stdin = Console.IsInputRedirected ? ReadAll(Console.OpenStandardInput()) : null;
-        var result = agent.ExecAsync(start, stdin, TimeSpan.FromDays(1)).GetAwaiter().GetResult();
-        using (var stdout = Console.OpenStandardOutput()) stdout.Write(result.Stdout);
-        using (var stderr = Console.OpenStandardError()) stderr.Write(result.Stderr);
-        return result.Signal != 0 ? 128 + result.Signal : result.ExitCode;
-    }
-
-    private static byte[] ReadAll(Stream input)
-    {
-        var buffer = new MemoryStream();
-        input.CopyTo(buffer);
-        return buffer.ToArray();
+        if (mode.Tty && (Terminal.RawTerminal.Size(1) ?? Terminal.RawTerminal.Size(0)) is { } size)
+            start.Size = new TerminalSize { Rows = size.Rows, Columns = size.Columns };
+        using var stream = agent.StartExecAsync(start, Timeout.InfiniteTimeSpan).GetAwaiter().GetResult();
+        return Terminal.StdioRelay.RunAsync(stream, mode).GetAwaiter().GetResult();
     }
 }
 

@@ -23,7 +23,7 @@ try
         "app/start" => AppEntrypoints.Start(rest),
         "app/stop" => AppEntrypoints.Stop(rest),
         "app/rm" => AppEntrypoints.Remove(rest),
-        "attach" => Attach(rest),
+        "attach" => AttachEntrypoint.Execute(rest),
         var other => throw new Stage1Exception($"unknown entrypoint \"{other}\""),
     };
 }
@@ -48,12 +48,4 @@ static string Describe(Exception e)
         UnauthorizedAccessException => $"{path}: permission denied",
         _ => $"{path}: {message[..comma]}",
     };
-}
-
-// attach: apps here have no terminals or attachable streams yet; `--action=list` lists none.
-static int Attach(string[] argv)
-{
-    var flags = GoFlags.Parse(argv);
-    if (flags.Get("action") == "list") return 0;
-    throw new Stage1Exception("attach is not supported by stage1-kvm yet: app output is in the pod's stage1-kvm/logs/ directory");
 }

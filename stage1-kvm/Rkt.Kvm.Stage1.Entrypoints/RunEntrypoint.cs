@@ -42,6 +42,9 @@ public sealed class RunEntrypoint
     private bool _restored;
     private volatile bool _ending;
     private PodNetworkSetup? _network;
+    /// <summary>run --interactive: the app whose streams are the user's, and the session relaying them.</summary>
+    private string? _interactiveApp;
+    private Task<int>? _interactive;
 
     private RunEntrypoint(RunArguments args, Stage1Files files, PodManifest pod)
     {
@@ -148,14 +151,32 @@ public sealed class RunEntrypoint
 
         if (!_pod.Mutable)
         {
+            Terminal.StdioMode? interactive = null;
             foreach (var app in _pod.Apps)
             {
                 var request = PodApps.AddAppRequest(_files, _pod, app);
+                if (IsInteractive(app))
+                {
+                    // The user's terminal, when we have one, becomes the app's own terminal's other end.
+                    interactive = Terminal.StdioMode.Auto(stdin: true);
+                    _interactiveApp = app.Name;
+                    if (interactive.Tty)
+                    {
+                        request.Tty = true;
+                        request.Stdin = false;
+                        if ((Terminal.RawTerminal.Size(1) ?? Terminal.RawTerminal.Size(0)) is { } size)
+                            request.TerminalSize = new TerminalSize { Rows = size.Rows, Columns = size.Columns };
+                    }
+                }
                 if (!File.Exists(_files.Pod.AppEnv(app.Name))) _files.Pod.WriteEnvironment(app.Name, app.App!.Environment);
                 await agent.AddAppAsync(request);
             }
             _timeline.Mark("apps-added");
-            foreach (var app in _pod.Apps) await agent.StartAppAsync(app.Name);
+            foreach (var app in _pod.Apps)
+            {
+                await agent.StartAppAsync(app.Name);
+                if (app.Name == _interactiveApp) _interactive = RelayInteractiveAsync(agent, app.Name, interactive!);
+            }
             _timeline.Mark("apps-started");
             if (_pod.Apps.Count == 0) _allExited.TrySetResult();
         }
@@ -177,10 +198,10 @@ public sealed class RunEntrypoint
             Log("stopping the pod's apps");
             await StopAllAsync(agent);
         }
-        // Let every log follower drain what the apps wrote before the VM goes.
+        // Let every log follower (and the user's session) drain what the apps wrote before the VM goes.
         _timeline.Mark("apps-done");
         Task[] followers;
-        lock (_lock) followers = [.. _logFollowers.Values];
+        lock (_lock) followers = [.. _logFollowers.Values, .. _interactive is null ? Array.Empty<Task>() : [_interactive]];
         await Task.WhenAny(Task.WhenAll(followers), Task.Delay(TimeSpan.FromSeconds(10)));
         _ending = true; // the event stream is disposed next
         _ = eventLoop;
@@ -219,8 +240,29 @@ public sealed class RunEntrypoint
         }
     }
 
+    /// <summary>run --interactive: the app's only stream is the user's (as rkt: only a one-app pod; the
+    /// <c>interactive</c> stream mode stage0 writes, or --interactive itself for a stage0 that wrote none).</summary>
+    private bool IsInteractive(RuntimeApp app) =>
+        _args.Interactive && (StreamModes.Of(app, "stdin") == StreamModes.Interactive || _pod.Apps.Count == 1);
+
+    /// <summary>Attaches our stdio to the interactive app from its first output byte; the pod ends with the app.</summary>
+    private static async Task<int> RelayInteractiveAsync(AgentClient agent, string app, Terminal.StdioMode mode)
+    {
+        try
+        {
+            using var stream = await agent.AttachAsync(new AttachStart { Name = app, SinceSequence = 1 }, Forever);
+            return await Terminal.StdioRelay.RunAsync(stream, mode);
+        }
+        catch (Exception e) when (e is RpcException or AgentException or IOException)
+        {
+            Log($"lost the interactive session with app {app}: {e.Message.Split('\n')[0]}");
+            return 1;
+        }
+    }
+
     private async Task FollowLogsAsync(AgentClient agent, string app)
     {
+        bool echo = app != _interactiveApp; // the interactive app's output reaches the user through its session
         await using var log = new FileStream(_files.AppLog(app), FileMode.Append, FileAccess.Write, FileShare.Read);
         var stdout = Console.OpenStandardOutput();
         var prefix = Encoding.UTF8.GetBytes($"[{app}] ");
@@ -240,7 +282,7 @@ public sealed class RunEntrypoint
                     shown.WriteByte(b);
                     atLineStart = b == '\n';
                 }
-                lock (_lock) stdout.Write(shown.GetBuffer(), 0, (int)shown.Length);
+                if (echo) lock (_lock) stdout.Write(shown.GetBuffer(), 0, (int)shown.Length);
             }
         }
         catch (Exception e) when (e is RpcException or AgentException or IOException) { }
@@ -346,5 +388,6 @@ public sealed class RunEntrypoint
         catch (IOException) { /* gc retries */ }
     }
 
-    internal static void Log(string message) => Console.Error.WriteLine($"stage1-kvm: {message}");
+    /// <summary>One line on stderr; "\r\n" while the user's terminal is raw (an interactive session), so lines still start at the left.</summary>
+    internal static void Log(string message) => Console.Error.Write($"stage1-kvm: {message}{(Terminal.RawTerminal.Active ? "\r\n" : "\n")}");
 }

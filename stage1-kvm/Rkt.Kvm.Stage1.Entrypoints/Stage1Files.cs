@@ -30,7 +30,7 @@ public sealed class Stage1Files(PodDirectory pod, string uuid)
     public string ControlSocket => Path.Join(RuntimeDir, "control.sock");
 
     public string StateDir => Pod.Stage1State;
-    public string ConsoleLog => Path.Join(StateDir, "console.log");
+    public string ConsoleLog => Pod.ConsoleLog;
     public string RunPid => Path.Join(StateDir, "run.pid");
     public string LogsDir => Path.Join(StateDir, "logs");
     public string AppLog(string app) => Path.Join(LogsDir, app + ".log");

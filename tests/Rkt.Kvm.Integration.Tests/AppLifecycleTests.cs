@@ -31,7 +31,7 @@ public sealed class AppVmFixture : IAsyncLifetime
 }
 
 /// <summary>The agent runs the pod's apps, each isolated: the CRI-like lifecycle on a real VM.</summary>
-public sealed class AppLifecycleTests(AppVmFixture fixture, ITestOutputHelper output) : IClassFixture<AppVmFixture>
+public sealed partial class AppLifecycleTests(AppVmFixture fixture, ITestOutputHelper output) : IClassFixture<AppVmFixture>
 {
     private static readonly TimeSpan Long = TimeSpan.FromMinutes(2);
 

@@ -1,5 +1,6 @@
 using System.Threading.Channels;
 using Google.Protobuf;
+using Microsoft.Win32.SafeHandles;
 using Rkt.Kvm.Agent.V1;
 using Rkt.Kvm.GuestAgent.Network;
 
@@ -22,6 +23,9 @@ internal sealed class App(string name, AddAppRequest spec, AppRoot root, Credent
     public readonly LogBuffer Logs = new();
     public readonly TaskCompletionSource Exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     public int OpenPipes;
+    /// <summary>Where Attach writes the app's input: its stdin pipe, or its terminal's master (a
+    /// duplicate the output pump does not own). Null without stdin or tty; closed when the app exits.</summary>
+    public AppInput? Input;
 }
 
 /// <summary>
@@ -256,26 +260,24 @@ internal sealed class AppSupervisor(bool enabled)
             BeginAppsOnce();
             try { podPid = await PodInitAsync().ConfigureAwait(false); }
             catch (StartException e) { throw new GrpcException(GrpcException.Internal, $"Creating the pod's namespaces failed: {e.Message}."); }
-            var spec = new ProcessSpec(app.Spec.Exec, app.Env, app.Spec.WorkingDir, app.Credentials, app.Capabilities, app.Spec.NoNewPrivileges, Cgroup.AppPath(app.Name));
-            var (outRead, outWrite) = Stage2.Pipe();
-            var (errRead, errWrite) = Stage2.Pipe();
-            int devNull = OpenDevNull();
-            app.OpenPipes = 2;
-            PipePump.Start(outRead, d => app.Logs.Append(LogBuffer.Stdout, d, NowNs()), () => PipeClosed(app));
-            PipePump.Start(errRead, d => app.Logs.Append(LogBuffer.Stderr, d, NowNs()), () => PipeClosed(app));
+            var spec = new ProcessSpec(app.Spec.Exec, app.Env, app.Spec.WorkingDir, app.Credentials, app.Capabilities, app.Spec.NoNewPrivileges, Cgroup.AppPath(app.Name), app.Spec.Tty);
+            using var stdio = app.Spec.Tty
+                ? ProcessStdio.Terminal(app.Root.Root, app.Spec.TerminalSize, app.Credentials)
+                : ProcessStdio.Pipes(withStdin: app.Spec.Stdin);
+            app.Input = stdio.TakeInput();
+            app.OpenPipes = stdio.OutputCount;
+            stdio.StartOutput(
+                d => app.Logs.Append(LogBuffer.Stdout, d, NowNs()),
+                d => app.Logs.Append(LogBuffer.Stderr, d, NowNs()),
+                () => PipeClosed(app));
             long started = NowNs();
             int pid;
-            try { pid = await Stage2.RunAsync(Stage2.AppArgs(podPid, app.Root.Root, spec), devNull, outWrite, errWrite).ConfigureAwait(false); }
+            try { pid = await Stage2.RunAsync(Stage2.AppArgs(podPid, app.Root.Root, spec), stdio.ChildStdin, stdio.ChildStdout, stdio.ChildStderr).ConfigureAwait(false); }
             catch (StartException e)
             {
                 lock (app) app.Starting = false;
+                app.Input?.Dispose();
                 throw new GrpcException(GrpcException.FailedPrecondition, $"Starting the app '{app.Name}' failed: {e.Message}.");
-            }
-            finally
-            {
-                Libc.close(outWrite);
-                Libc.close(errWrite);
-                Libc.close(devNull);
             }
             lock (app)
             {
@@ -320,6 +322,7 @@ internal sealed class AppSupervisor(bool enabled)
             app.Exit = status;
             app.FinishedNs = NowNs();
         }
+        app.Input?.Dispose(); // nothing reads it any more; a writer blocked on a full pipe gets EPIPE
         CompleteLogsWhenDone(app);
         app.Exited.TrySetResult();
         if (Stage2.Debug) Log.Line($"app {app.Name}: pid {app.Pid} {status}");
@@ -452,13 +455,16 @@ internal sealed class AppSupervisor(bool enabled)
             }).ConfigureAwait(false);
     }
 
+    /// <summary>How long the output of a process that exited may still take to drain: its pipes or terminal can
+    /// stay open in something it left behind, and the exit must not wait for that.</summary>
+    private static readonly TimeSpan OutputDrainAfterExit = TimeSpan.FromSeconds(2);
+
     public async Task ExecAsync(GrpcCall call)
     {
         RequireEnabled();
         ExecRequest first = await call.ReadAsync(ExecRequest.Parser).ConfigureAwait(false) ?? throw new GrpcException(GrpcException.InvalidArgument, "Exec needs a first message with start.");
         if (first.KindCase != ExecRequest.KindOneofCase.Start) throw new GrpcException(GrpcException.InvalidArgument, "The first Exec message must be start.");
         ExecStart start = first.Start;
-        if (start.Tty) throw new GrpcException(GrpcException.InvalidArgument, "Exec with a terminal (tty) is not supported yet.");
         if (start.Argv.Count == 0) throw new GrpcException(GrpcException.InvalidArgument, "Exec needs argv.");
         App app = Get(start.App);
         int targetPid;
@@ -475,48 +481,37 @@ internal sealed class AppSupervisor(bool enabled)
         }
         var env = start.Env.Count > 0 ? start.Env.ToList() : app.Env;
         if (!env.Any(e => e.StartsWith("PATH=", StringComparison.Ordinal))) env.Add(DefaultPath);
+        if (start.Tty && !env.Any(e => e.StartsWith("TERM=", StringComparison.Ordinal))) env.Add("TERM=xterm");
         var spec = new ProcessSpec(start.Argv, env, start.WorkingDir.Length > 0 ? start.WorkingDir : app.Spec.WorkingDir, credentials,
-            app.Capabilities, app.Spec.NoNewPrivileges, Cgroup.AppPath(app.Name));
+            app.Capabilities, app.Spec.NoNewPrivileges, Cgroup.AppPath(app.Name), start.Tty);
 
         var output = Channel.CreateBounded<ExecReply>(new BoundedChannelOptions(64) { SingleReader = true });
-        var (inRead, inWrite) = Stage2.Pipe();
-        var (outRead, outWrite) = Stage2.Pipe();
-        var (errRead, errWrite) = Stage2.Pipe();
-        int open = 2;
-        void Ended() { if (Interlocked.Decrement(ref open) == 0) output.Writer.TryComplete(); }
-        PipePump.Start(outRead, d => output.Writer.WriteAsync(new ExecReply { Stdout = ByteString.CopyFrom(d) }).AsTask().GetAwaiter().GetResult(), Ended);
-        PipePump.Start(errRead, d => output.Writer.WriteAsync(new ExecReply { Stderr = ByteString.CopyFrom(d) }).AsTask().GetAwaiter().GetResult(), Ended);
+        ProcessStdio stdio;
+        try { stdio = start.Tty ? ProcessStdio.Terminal(app.Root.Root, start.Size, credentials) : ProcessStdio.Pipes(withStdin: true); }
+        catch (IOException e) { throw new GrpcException(GrpcException.Internal, $"Exec in the app '{app.Name}': {e.Message}."); }
+        AppInput input = stdio.TakeInput()!;
         int pid;
-        try { pid = await Stage2.RunAsync(Stage2.ExecArgs(targetPid, spec), inRead, outWrite, errWrite).ConfigureAwait(false); }
-        catch (StartException e)
+        using (stdio)
         {
-            Libc.close(inWrite);
-            throw new GrpcException(GrpcException.FailedPrecondition, $"Exec in the app '{app.Name}' failed: {e.Message}.");
-        }
-        finally
-        {
-            Libc.close(inRead);
-            Libc.close(outWrite);
-            Libc.close(errWrite);
+            int open = stdio.OutputCount;
+            void Ended() { if (Interlocked.Decrement(ref open) == 0) output.Writer.TryComplete(); }
+            stdio.StartOutput(
+                d => output.Writer.WriteAsync(new ExecReply { Stdout = ByteString.CopyFrom(d) }).AsTask().GetAwaiter().GetResult(),
+                d => output.Writer.WriteAsync(new ExecReply { Stderr = ByteString.CopyFrom(d) }).AsTask().GetAwaiter().GetResult(),
+                Ended);
+            try { pid = await Stage2.RunAsync(Stage2.ExecArgs(targetPid, spec), stdio.ChildStdin, stdio.ChildStdout, stdio.ChildStderr).ConfigureAwait(false); }
+            catch (StartException e)
+            {
+                input.Dispose();
+                throw new GrpcException(GrpcException.FailedPrecondition, $"Exec in the app '{app.Name}' failed: {e.Message}.");
+            }
         }
         Task<ExitStatus> exited = Reaper.WaitAsync(pid);
-        var stdin = Task.Run(async () =>
-        {
-            try
-            {
-                while (await call.ReadAsync(ExecRequest.Parser).ConfigureAwait(false) is { } message)
-                {
-                    if (message.KindCase == ExecRequest.KindOneofCase.Stdin) { if (!Libc.WriteAll(inWrite, message.Stdin.Span)) break; }
-                    else if (message.KindCase == ExecRequest.KindOneofCase.StdinClose) break;
-                }
-            }
-            catch (Exception) { /* the call ended; the process sees EOF */ }
-            finally { Libc.close(inWrite); }
-        });
+        _ = exited.ContinueWith(_ => input.Dispose(), TaskScheduler.Default);
+        var reading = Task.Run(() => RelayInputAsync(call, ExecRequest.Parser, input, ExecInput, closeAtEnd: true));
         try
         {
-            await foreach (var reply in output.Reader.ReadAllAsync(call.Cancellation).ConfigureAwait(false))
-                await call.WriteAsync(reply).ConfigureAwait(false);
+            await RelayOutputAsync(output.Reader, exited, call).ConfigureAwait(false);
             ExitStatus status = await exited.WaitAsync(call.Cancellation).ConfigureAwait(false);
             await call.WriteAsync(new ExecReply { Exit = new ExecExit { ExitCode = status.Code, Signal = status.Signal } }).ConfigureAwait(false);
         }
@@ -525,5 +520,117 @@ internal sealed class AppSupervisor(bool enabled)
             Libc.kill(pid, 9);
             throw;
         }
+        finally { await StopReadingAsync(call, reading).ConfigureAwait(false); }
     }
+
+    /// <summary>Ends the background reader of a call's request stream and waits for it (see <see cref="GrpcCall.StopReading"/>).</summary>
+    private static async Task StopReadingAsync(GrpcCall call, Task reading)
+    {
+        call.StopReading();
+        try { await reading.WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false); }
+        catch (TimeoutException) { Log.Line("rkt-kvm-agent: a call's input reader did not stop"); } // a write into a full stdin; it ends with the process
+    }
+
+    private static InputMessage ExecInput(ExecRequest m) => m.KindCase switch
+    {
+        ExecRequest.KindOneofCase.Stdin => new InputMessage(m.Stdin, false, null),
+        ExecRequest.KindOneofCase.StdinClose => new InputMessage(null, true, null),
+        ExecRequest.KindOneofCase.Resize => new InputMessage(null, false, m.Resize),
+        _ => new InputMessage(null, false, null),
+    };
+
+    /// <summary>One input request of Exec or Attach: stdin bytes, the end of stdin, or a new terminal size.</summary>
+    private sealed record InputMessage(ByteString? Stdin, bool Close, TerminalSize? Resize);
+
+    /// <summary>Writes the call's stdin and resizes into <paramref name="input"/> until the call's input ends or
+    /// the process stops reading. stdin_close closes a pipe (EOF for the process) and sends a terminal its
+    /// end-of-file character; with <paramref name="closeAtEnd"/> (Exec: the call owns the process's stdin) the
+    /// end of the call closes a pipe too, while an attached client that goes leaves the app's stdin open.</summary>
+    private static async Task RelayInputAsync<T>(GrpcCall call, MessageParser<T> parser, AppInput input, Func<T, InputMessage> decode, bool closeAtEnd) where T : class, IMessage<T>
+    {
+        try
+        {
+            while (await call.ReadAsync(parser).ConfigureAwait(false) is { } message)
+            {
+                var m = decode(message);
+                if (m.Stdin is { } data) { if (!await BlockingThreads.Run(() => input.Write(data.Span)).ConfigureAwait(false)) break; }
+                else if (m.Close) { input.CloseInput(); if (!input.IsTerminal) return; }
+                else if (m.Resize is { } size) input.Resize(size);
+            }
+        }
+        catch (Exception) { /* the call ended */ }
+        if (closeAtEnd && !input.IsTerminal) input.Dispose();
+    }
+
+    /// <summary>Sends what the process wrote until its outputs end, or until <see cref="OutputDrainAfterExit"/>
+    /// after it exited (something it left behind holds them).</summary>
+    private static async Task RelayOutputAsync<T>(ChannelReader<T> output, Task exited, GrpcCall call) where T : IMessage
+    {
+        using var drained = CancellationTokenSource.CreateLinkedTokenSource(call.Cancellation);
+        _ = exited.ContinueWith(_ => drained.CancelAfter(OutputDrainAfterExit), TaskScheduler.Default);
+        try
+        {
+            await foreach (var reply in output.ReadAllAsync(drained.Token).ConfigureAwait(false))
+                await call.WriteAsync(reply).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!call.Cancellation.IsCancellationRequested) { /* left open by an orphan */ }
+    }
+
+    /// <summary>
+    /// Attach: the app's output from the requested point (its log records, so a late joiner sees what was
+    /// kept), then its exit once it has exited and its output drained; stdin and resizes go to its input.
+    /// </summary>
+    public async Task AttachAsync(GrpcCall call)
+    {
+        RequireEnabled();
+        AttachRequest first = await call.ReadAsync(AttachRequest.Parser).ConfigureAwait(false) ?? throw new GrpcException(GrpcException.InvalidArgument, "Attach needs a first message with start.");
+        if (first.KindCase != AttachRequest.KindOneofCase.Start) throw new GrpcException(GrpcException.InvalidArgument, "The first Attach message must be start.");
+        App app = Get(first.Start.Name);
+        lock (app)
+            if (app.State == AppState.Created)
+                throw new GrpcException(GrpcException.FailedPrecondition, $"The app '{app.Name}' is {Describe(app)}; attach to it once it is started.");
+        ulong since = first.Start.Live ? app.Logs.NextSequence : first.Start.SinceSequence;
+        AppInput? input = app.Input;
+        using var refused = CancellationTokenSource.CreateLinkedTokenSource(call.Cancellation);
+        GrpcException? refusal = null;
+        var reading = Task.Run(async () =>
+        {
+            if (input is not null) { await RelayInputAsync(call, AttachRequest.Parser, input, AttachInput, closeAtEnd: false).ConfigureAwait(false); return; }
+            // No input to write: any stdin or resize is a mistake the caller should hear about.
+            try
+            {
+                while (await call.ReadAsync(AttachRequest.Parser).ConfigureAwait(false) is { } message)
+                    if (message.KindCase is AttachRequest.KindOneofCase.Stdin or AttachRequest.KindOneofCase.Resize)
+                    {
+                        refusal = new GrpcException(GrpcException.FailedPrecondition, $"The app '{app.Name}' has no stdin or terminal to write to (add it with stdin or tty).");
+                        refused.Cancel();
+                        return;
+                    }
+            }
+            catch (Exception) { /* the call ended */ }
+        });
+        try
+        {
+            try
+            {
+                await foreach (var r in app.Logs.ReadAllAsync(since, follow: true, refused.Token).ConfigureAwait(false))
+                    await call.WriteAsync(r.Stream == LogBuffer.Stderr
+                        ? new AttachReply { Stderr = UnsafeByteOperations.UnsafeWrap(r.Data) }
+                        : new AttachReply { Stdout = UnsafeByteOperations.UnsafeWrap(r.Data) }).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (refusal is not null) { throw refusal; }
+            // Complete: the app exited (or was removed, having exited before).
+            AppInfo info = Info(app);
+            await call.WriteAsync(new AttachReply { Exit = new ExecExit { ExitCode = info.ExitCode, Signal = info.Signal } }).ConfigureAwait(false);
+        }
+        finally { await StopReadingAsync(call, reading).ConfigureAwait(false); }
+    }
+
+    private static InputMessage AttachInput(AttachRequest m) => m.KindCase switch
+    {
+        AttachRequest.KindOneofCase.Stdin => new InputMessage(m.Stdin, false, null),
+        AttachRequest.KindOneofCase.StdinClose => new InputMessage(null, true, null),
+        AttachRequest.KindOneofCase.Resize => new InputMessage(null, false, m.Resize),
+        _ => new InputMessage(null, false, null),
+    };
 }

@@ -22,6 +22,9 @@ internal sealed class LogBuffer(int maxBytes = LogBuffer.DefaultMaxBytes)
     public ulong Dropped { get; private set; }
     public long Bytes { get { lock (_records) return _bytes; } }
 
+    /// <summary>The sequence number the next record will get (a reader from here sees only what comes).</summary>
+    public ulong NextSequence { get { lock (_records) return _next; } }
+
     private long _lastTimestampNs;
 
     public void Append(int stream, ReadOnlySpan<byte> data, long timestampNs)

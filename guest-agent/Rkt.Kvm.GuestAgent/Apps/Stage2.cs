@@ -7,7 +7,7 @@ namespace Rkt.Kvm.GuestAgent.Apps;
 /// <summary>What the helper needs to start a process as an app (or inside one).</summary>
 internal sealed record ProcessSpec(
     IReadOnlyList<string> Argv, IReadOnlyList<string> Env, string WorkingDir, Credentials Credentials,
-    ulong Capabilities, bool NoNewPrivileges, string? Cgroup);
+    ulong Capabilities, bool NoNewPrivileges, string? Cgroup, bool Tty = false);
 
 /// <summary>
 /// Starts /sbin/rkt-kvm-stage2 (guest-agent/stage2/rkt-kvm-stage2.c) with posix_spawn, wiring the
@@ -44,6 +44,7 @@ internal static class Stage2
         if (spec.Credentials.Groups.Count > 0) args.AddRange(["--groups", string.Join(',', spec.Credentials.Groups.Select(g => Num(g)))]);
         args.AddRange(["--caps", spec.Capabilities.ToString("x", CultureInfo.InvariantCulture)]);
         if (spec.NoNewPrivileges) args.Add("--no-new-privs");
+        if (spec.Tty) args.Add("--tty");
         foreach (string e in spec.Env) args.AddRange(["--env", e]);
         args.Add("--");
         args.AddRange(spec.Argv);

@@ -33,6 +33,8 @@ public static class CommandTable
         new RmCommand(),
         new GcCommand(),
         new EnterCommand("enter", "Run a command in an app of a running pod"),
+        new AttachCommand(),
+        new ConsoleCommand(),
         new PodCatManifestCommand(),
         new CommandGroup("app", "Operate on the apps of a pod",
             new RunCommand(sandbox: true),

@@ -1,3 +1,4 @@
+using Rkt.Kvm.Cli.Cli;
 using Rkt.Kvm.Stage1;
 using Rkt.Kvm.Stage1.Manifests;
 using Rkt.Kvm.Stage1.Pods;
@@ -21,6 +22,18 @@ public sealed record PodInfo(PodRef Pod, string State, DateTimeOffset? Created, 
     public string NetworksText => Stage1.Networking.NetInfo.Describe(Networks);
 
     public bool Running => State == "running";
+
+    /// <summary>The app a command acts on: the one named (which must exist), else the pod's only app (as rkt's enter and attach).</summary>
+    public string ChooseApp(string? name)
+    {
+        if (name is null)
+        {
+            if (Apps.Count != 1)
+                throw new UsageException($"pod \"{Pod.Uuid}\" has {Apps.Count} apps: choose one with --app ({string.Join(", ", Apps.Select(a => a.Name))})");
+            return Apps[0].Name;
+        }
+        return Apps.Any(a => a.Name == name) ? name : throw new Stage1.Stage1Exception($"pod \"{Pod.Uuid}\" has no app \"{name}\"");
+    }
 
     public static PodInfo Read(PodRef pod)
     {

@@ -153,7 +153,7 @@ public sealed class PodPreparer(ImageStore images, PodStore pods)
             ["app"] = app,
             ["readOnlyRootFS"] = false,
             ["mounts"] = mounts,
-            ["annotations"] = new JsonArray(),
+            ["annotations"] = new JsonArray(request.StreamModes.Select(m => (JsonNode)new JsonObject { ["name"] = StreamModes.Annotation(m.Key), ["value"] = m.Value }).ToArray()),
         };
     }
 

@@ -18,6 +18,8 @@ public sealed class AppRequest(string image)
     public string? Cpu { get; set; }
     public string? User { get; set; }
     public string? Group { get; set; }
+    /// <summary>rkt's <c>--stdin --stdout --stderr</c> modes (null: rkt's defaults, stdin null and output log).</summary>
+    public Dictionary<string, string> StreamModes { get; } = [];
 }
 
 /// <summary>A host directory or an empty directory made for the pod: rkt's <c>--volume</c>.</summary>
@@ -45,7 +47,7 @@ public sealed class RunRequest
     public bool NoOverlay { get; set; }
     public bool Mutable { get; set; }
 
-    private static readonly HashSet<string> AppFlags = ["exec", "name", "mount", "memory", "cpu", "user", "group", "environment"];
+    private static readonly HashSet<string> AppFlags = ["exec", "name", "mount", "memory", "cpu", "user", "group", "environment", .. Rkt.Kvm.Stage1.Manifests.StreamModes.Streams];
     private static readonly HashSet<string> PodFlags = ["volume", "set-env", "hostname", "net", "port", "uuid-file-save", "insecure-options", .. Stage1Choice.Flags, .. DnsRequest.Flags];
 
     public static RunRequest Parse(IReadOnlyList<string> argv, bool allowApps = true)
@@ -92,6 +94,13 @@ public sealed class RunRequest
             current = new AppRequest(arg);
             request.Apps.Add(current);
         }
+        if (request.Interactive)
+        {
+            // As rkt: the one app's streams are the user's terminal.
+            if (request.Apps.Count > 1) throw new UsageException("--interactive supports only one app (image)");
+            foreach (var app in request.Apps)
+                foreach (var stream in Rkt.Kvm.Stage1.Manifests.StreamModes.Streams) app.StreamModes[stream] = Rkt.Kvm.Stage1.Manifests.StreamModes.Interactive;
+        }
         return request;
     }
 
@@ -109,6 +118,11 @@ public sealed class RunRequest
             case "user": app.User = value; break;
             case "group": app.Group = value; break;
             case "environment": app.Environment.Add(ParseEnv(value, "--environment")); break;
+            case "stdin" or "stdout" or "stderr":
+                if (!Rkt.Kvm.Stage1.Manifests.StreamModes.IsValid(name, value))
+                    throw new UsageException($"--{name}={value}: the mode is one of {string.Join(", ", Rkt.Kvm.Stage1.Manifests.StreamModes.Allowed(name))}");
+                app.StreamModes[name] = value;
+                break;
         }
     }
 

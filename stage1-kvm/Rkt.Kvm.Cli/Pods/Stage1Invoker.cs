@@ -56,12 +56,7 @@ public static class Stage1Invoker
     /// rkt's replaced environment; its output is shown only with --debug.</summary>
     public static (int ExitCode, string Output) RunCrossing(PodDirectory pod, string entrypoint, IReadOnlyList<string> args, bool debug)
     {
-        var psi = Start(pod, entrypoint, args);
-        psi.Environment.Clear();
-        psi.Environment["PATH"] = Environment.GetEnvironmentVariable("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin";
-        var stage1 = Load(pod);
-        psi.Environment["RKT_STAGE1_ENTERCMD"] = stage1.Entrypoints.ContainsKey("enter") ? stage1.EntrypointPath(pod, "enter") : "";
-        psi.Environment["RKT_STAGE1_ENTERPID"] = pod.ReadPid()?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "";
+        var psi = CrossingStart(pod, entrypoint, args);
         psi.RedirectStandardOutput = true;
         psi.RedirectStandardError = true;
         using var process = Process.Start(psi) ?? throw new Stage1Exception($"cannot start the stage1 {entrypoint} entrypoint");
@@ -71,6 +66,26 @@ public static class Stage1Invoker
         var output = stdout.Result + stderr.Result;
         if (debug) Console.Error.Write(output);
         return (process.ExitCode, output);
+    }
+
+    /// <summary>Runs a crossing entrypoint on our own stdio (attach: the user's terminal is the session's) and returns its exit code.</summary>
+    public static int RunCrossingAttached(PodDirectory pod, string entrypoint, IReadOnlyList<string> args)
+    {
+        using var process = Process.Start(CrossingStart(pod, entrypoint, args)) ?? throw new Stage1Exception($"cannot start the stage1 {entrypoint} entrypoint");
+        process.WaitForExit();
+        return process.ExitCode;
+    }
+
+    /// <summary>rkt's replaced environment for the crossing entrypoints: only PATH, RKT_STAGE1_ENTERCMD and RKT_STAGE1_ENTERPID.</summary>
+    private static ProcessStartInfo CrossingStart(PodDirectory pod, string entrypoint, IReadOnlyList<string> args)
+    {
+        var psi = Start(pod, entrypoint, args);
+        psi.Environment.Clear();
+        psi.Environment["PATH"] = Environment.GetEnvironmentVariable("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin";
+        var stage1 = Load(pod);
+        psi.Environment["RKT_STAGE1_ENTERCMD"] = stage1.Entrypoints.ContainsKey("enter") ? stage1.EntrypointPath(pod, "enter") : "";
+        psi.Environment["RKT_STAGE1_ENTERPID"] = pod.ReadPid()?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "";
+        return psi;
     }
 
     private static ProcessStartInfo Start(PodDirectory pod, string entrypoint, IReadOnlyList<string> args, string? stage1Rootfs = null)

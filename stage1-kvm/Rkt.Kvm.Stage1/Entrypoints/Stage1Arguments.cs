@@ -51,15 +51,18 @@ public sealed record RunArguments(string Uuid, bool Debug, Networking.NetworkLis
 }
 
 /// <summary><c>enter --pid=PID --appname=APP -- CMD [ARGS…]</c>; no command means a shell.</summary>
-public sealed record EnterArguments(int Pid, string App, IReadOnlyList<string> Command)
+public sealed record EnterArguments(int Pid, string App, IReadOnlyList<string> Command, bool? Tty = null, bool? Stdin = null)
 {
+    /// <summary>rkt's <c>--pid --appname -- CMD</c>, and ours on top (rkt never passes them): <c>--tty=BOOL</c>
+    /// and <c>--stdin=BOOL</c>, for app exec's -t and -i; without them stage1 decides from its stdio.</summary>
     public static EnterArguments Parse(IReadOnlyList<string> argv)
     {
         var f = GoFlags.Parse(argv);
         if (!int.TryParse(f.Get("pid"), out int pid) || pid <= 0) throw new Stage1Exception($"enter: --pid must be a process id, got \"{f.Get("pid")}\"");
         var app = f.Get("appname");
         if (!Manifests.AcName.IsValidName(app)) throw new Stage1Exception($"enter: --appname must name an app, got \"{app}\"");
-        return new EnterArguments(pid, app!, f.Positional.Count > 0 ? f.Positional : ["/bin/sh"]);
+        bool? Optional(string name) => f.Get(name) is null ? null : f.Bool(name);
+        return new EnterArguments(pid, app!, f.Positional.Count > 0 ? f.Positional : ["/bin/sh"], Optional("tty"), Optional("stdin"));
     }
 }
 
@@ -96,3 +99,28 @@ public sealed record AppArguments(string App, string? Uuid, bool Debug)
         return new AppArguments(app!, uuid, f.Bool("debug"));
     }
 }
+
+/// <summary>
+/// <c>attach --action=list|auto-attach|custom-attach --app=NAME --debug=BOOL [--tty-in=BOOL --tty-out=BOOL
+/// --stdin=BOOL --stdout=BOOL --stderr=BOOL]</c>, as rkt's stage0 passes them (the custom endpoints only with custom-attach).
+/// </summary>
+public sealed record AttachArguments(string Action, string App, bool TtyIn, bool TtyOut, bool Stdin, bool Stdout, bool Stderr)
+{
+    public static AttachArguments Parse(IReadOnlyList<string> argv)
+    {
+        var f = GoFlags.Parse(argv);
+        var action = f.Get("action") ?? "auto-attach";
+        if (action is not ("list" or "auto-attach" or "custom-attach"))
+            throw new Stage1Exception($"attach: --action must be list, auto-attach or custom-attach, got \"{action}\"");
+        var app = f.Get("app");
+        if (!Manifests.AcName.IsValidName(app)) throw new Stage1Exception($"attach: --app must name an app, got \"{app}\"");
+        var args = new AttachArguments(action, app!, f.Bool("tty-in"), f.Bool("tty-out"), f.Bool("stdin"), f.Bool("stdout"), f.Bool("stderr"));
+        if (action == "custom-attach")
+        {
+            if (!(args.TtyIn || args.TtyOut || args.Stdin || args.Stdout || args.Stderr)) throw new Stage1Exception("attach: custom-attach needs at least one endpoint");
+            if ((args.TtyIn || args.TtyOut) && (args.Stdin || args.Stdout || args.Stderr)) throw new Stage1Exception("attach: a terminal and streams cannot be attached at once");
+        }
+        return args;
+    }
+}
+

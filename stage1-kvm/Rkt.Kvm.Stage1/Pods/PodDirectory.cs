@@ -33,6 +33,9 @@ public sealed class PodDirectory(string path)
     /// directory, so rkt's gc removes it with the pod.</summary>
     public string Stage1State => Join("stage1-kvm");
 
+    /// <summary>The guest's serial console, as the VMM writes it while the pod runs (<c>rkt-kvm console</c> shows it).</summary>
+    public string ConsoleLog => Join("stage1-kvm", "console.log");
+
     public string AppDir(string app) => Join("stage1", "rootfs", "opt", "stage2", Checked(app));
     public string AppRootfs(string app) => System.IO.Path.Join(AppDir(app), "rootfs");
     public string AppInfoDir(string app) => Join("appsinfo", Checked(app));

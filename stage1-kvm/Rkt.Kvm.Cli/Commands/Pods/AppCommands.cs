@@ -48,7 +48,7 @@ internal static class MutablePod
 
 /// <summary><c>app add UUID IMAGE [--name] [--exec] [--user] [--group] [--environment=K=V] [--mnt-volume=…] [-- ARGS ---]</c>.</summary>
 public sealed class AppAddCommand() : Command("add", "Add an app to a mutable pod",
-    "app add UUID IMAGE [--name=NAME] [--exec=CMD] [--user=U] [--group=G] [--environment=K=V] [--memory=Q] [--cpu=Q] [--mnt-volume=name=V,kind=host,source=/P,target=/T[,readOnly=true]] [-- ARGS… ---]")
+    "app add UUID IMAGE [--name=NAME] [--exec=CMD] [--user=U] [--group=G] [--environment=K=V] [--memory=Q] [--cpu=Q] [--stdin=null|stream|tty] [--stdout=log|stream|tty] [--stderr=log|stream|tty] [--mnt-volume=name=V,kind=host,source=/P,target=/T[,readOnly=true]] [-- ARGS… ---]")
 {
     public override bool RawArguments => true;
 

@@ -5,9 +5,11 @@ using Rkt.Kvm.Stage1;
 
 namespace Rkt.Kvm.Cli.Commands.Pods;
 
-/// <summary><c>enter [--app=NAME] UUID [CMD [ARGS…]]</c> and <c>app exec</c>: runs a command in a
-/// running app through stage1's enter entrypoint; its exit code is ours.</summary>
-public sealed class EnterCommand(string name, string summary) : Command(name, summary, $"{(name == "exec" ? "app exec" : "enter")} [--app=NAME] UUID [CMD [ARGS...]]")
+/// <summary><c>enter [--app=NAME] [-i] [-t] UUID [CMD [ARGS…]]</c> and <c>app exec</c>: runs a command in a
+/// running app through stage1's enter entrypoint; its exit code is ours. By default the command gets a
+/// terminal when our stdin and stdout are one (as rkt enter); <c>-t</c> asks for one (stdin must be a
+/// terminal), <c>-i</c> forwards stdin. Without a command: <c>/bin/sh</c>.</summary>
+public sealed class EnterCommand(string name, string summary) : Command(name, summary, $"{(name == "exec" ? "app exec" : "enter")} [--app=NAME] [-i|--interactive] [-t|--tty] UUID [CMD [ARGS...]]")
 {
     public override bool RawArguments => true;
 
@@ -15,30 +17,34 @@ public sealed class EnterCommand(string name, string summary) : Command(name, su
     {
         var rest = args.Positional.ToList();
         string? app = null;
-        while (rest.Count > 0 && rest[0].StartsWith("--app", StringComparison.Ordinal))
+        bool? tty = null, stdin = null;
+        while (rest.Count > 0 && rest[0].StartsWith('-') && rest[0] != "--")
         {
-            if (rest[0].StartsWith("--app=", StringComparison.Ordinal)) app = rest[0]["--app=".Length..];
-            else if (rest[0] == "--app" && rest.Count > 1) { app = rest[1]; rest.RemoveAt(0); }
-            else throw new UsageException($"usage: rkt-kvm {Usage}");
+            var flag = rest[0];
+            if (flag.StartsWith("--app=", StringComparison.Ordinal)) app = flag["--app=".Length..];
+            else if (flag == "--app" && rest.Count > 1) { app = rest[1]; rest.RemoveAt(0); }
+            else if (flag is "-i" or "--interactive") stdin = true;
+            else if (flag is "-t" or "--tty") tty = true;
+            else if (flag is "-it" or "-ti") stdin = tty = true;
+            else throw new UsageException($"unknown flag {flag}; usage: rkt-kvm {Usage}");
             rest.RemoveAt(0);
         }
+        if (tty == true && Console.IsInputRedirected) throw new Stage1Exception("-t needs a terminal: stdin is not one");
         if (rest.Count == 0) throw new UsageException($"usage: rkt-kvm {Usage}");
         var pod = PodInfo.Read(new PodStore(context.DataDir).Find(rest[0]));
         var command = rest.Skip(1).SkipWhile((a, i) => i == 0 && a == "--").ToList();
         if (!pod.Running) throw new Stage1Exception($"pod \"{pod.Pod.Uuid}\" is not running");
-        if (app is null)
-        {
-            if (pod.Apps.Count != 1)
-                throw new UsageException($"pod \"{pod.Pod.Uuid}\" has {pod.Apps.Count} apps: choose one with --app ({string.Join(", ", pod.Apps.Select(a => a.Name))})");
-            app = pod.Apps[0].Name;
-        }
-        if (pod.Apps.All(a => a.Name != app)) throw new Stage1Exception($"pod \"{pod.Pod.Uuid}\" has no app \"{app}\"");
+        app = pod.ChooseApp(app);
         var pid = pod.Pid ?? throw new Stage1Exception($"pod \"{pod.Pod.Uuid}\" has no pid file yet");
         // As rkt's enter: the entrypoint runs from the stage1 image's tree in the store (cwd the pod).
         var dir = pod.Pod.Directory;
         string? treeRootfs = File.Exists(dir.Stage1TreeStoreId)
             ? Path.Join(new TreeStore(context.Store).TreePath(File.ReadAllText(dir.Stage1TreeStoreId).Trim()), "rootfs") : null;
         if (treeRootfs is not null && !Directory.Exists(treeRootfs)) treeRootfs = null; // the tree is gone: the pod's own copy will do
-        return Stage1Invoker.Run(dir, "enter", [$"--pid={pid}", $"--appname={app}", "--", .. command.Count > 0 ? command : ["/bin/sh"]], treeRootfs);
+        // Our own flags, only when asked for: a stage1 from rkt's tree knows only --pid and --appname.
+        var choices = new List<string>();
+        if (tty is { } t) choices.Add($"--tty={(t ? "true" : "false")}");
+        if (stdin is { } i) choices.Add($"--stdin={(i ? "true" : "false")}");
+        return Stage1Invoker.Run(dir, "enter", [$"--pid={pid}", $"--appname={app}", .. choices, "--", .. command.Count > 0 ? command : ["/bin/sh"]], treeRootfs);
     }
 }

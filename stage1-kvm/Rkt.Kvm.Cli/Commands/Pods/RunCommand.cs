@@ -14,7 +14,7 @@ namespace Rkt.Kvm.Cli.Commands.Pods;
 public sealed class RunCommand(bool sandbox) : Command(sandbox ? "sandbox" : "run",
     sandbox ? "Start an empty, mutable pod (add apps with `app add`)" : "Run images in a new pod",
     sandbox ? "app sandbox [--hostname=H] [--net=default|none|all|NAME[:ARGS],…] [--dns=IP|host|none] [--dns-search=D] [--dns-opt=O] [--dns-domain=D] [--hosts-entry=IP=HOST|host] [--volume=…] [--no-overlay] [--uuid-file-save=FILE] [--stage1-{path,url,name,hash,from-dir}=…]"
-        : "run IMAGE [--exec=CMD] [--name=NAME] [--mount=volume=V,target=/P] [--memory=Q] [--cpu=Q] [--user=U] [--group=G] [--environment=K=V] [-- ARGS… ---] … [--volume=V,kind=host,source=/P] [--set-env=K=V] [--hostname=H] [--net=default|none|all|NAME[:ARGS],…] [--dns=IP|host|none] [--dns-search=D] [--dns-opt=O] [--dns-domain=D] [--hosts-entry=IP=HOST|host] [--interactive] [--no-overlay] [--uuid-file-save=FILE] [--stage1-{path,url,name,hash,from-dir}=…]")
+        : "run IMAGE [--exec=CMD] [--name=NAME] [--mount=volume=V,target=/P] [--memory=Q] [--cpu=Q] [--user=U] [--group=G] [--environment=K=V] [--stdin=MODE] [--stdout=MODE] [--stderr=MODE] [-- ARGS… ---] … [--volume=V,kind=host,source=/P] [--set-env=K=V] [--hostname=H] [--net=default|none|all|NAME[:ARGS],…] [--dns=IP|host|none] [--dns-search=D] [--dns-opt=O] [--dns-domain=D] [--hosts-entry=IP=HOST|host] [--interactive] [--no-overlay] [--uuid-file-save=FILE] [--stage1-{path,url,name,hash,from-dir}=…]")
 {
     public override bool RawArguments => true;
 
