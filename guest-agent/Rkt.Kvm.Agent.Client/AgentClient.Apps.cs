@@ -97,7 +97,12 @@ public sealed partial class AgentClient
         var call = Stub.Exec(deadline: Deadline(timeout), cancellationToken: cancellation);
         try { await call.RequestStream.WriteAsync(new ExecRequest { Start = start }).ConfigureAwait(false); }
         catch (RpcException e) { call.Dispose(); throw Describe(e, "Exec"); }
-        return new ExecStream(this, call);
+        return new CallStream<ExecRequest>(this, call, "Exec", (kind, data, size) => kind switch
+        {
+            ProcessStream.InputKind.Stdin => new ExecRequest { Stdin = data },
+            ProcessStream.InputKind.StdinClose => new ExecRequest { StdinClose = true },
+            _ => new ExecRequest { Resize = size },
+        });
     }
 
     /// <summary>Joins a started app's streams (Attach): its output from <paramref name="start"/>'s point on, then its exit;
@@ -107,6 +112,11 @@ public sealed partial class AgentClient
         var call = Stub.Attach(deadline: Deadline(timeout), cancellationToken: cancellation);
         try { await call.RequestStream.WriteAsync(new AttachRequest { Start = start }).ConfigureAwait(false); }
         catch (RpcException e) { call.Dispose(); throw Describe(e, "Attach"); }
-        return new AttachStream(this, call);
+        return new CallStream<AttachRequest>(this, call, "Attach", (kind, data, size) => kind switch
+        {
+            ProcessStream.InputKind.Stdin => new AttachRequest { Stdin = data },
+            ProcessStream.InputKind.StdinClose => new AttachRequest { StdinClose = true },
+            _ => new AttachRequest { Resize = size },
+        });
     }
 }

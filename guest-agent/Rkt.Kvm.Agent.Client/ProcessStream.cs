@@ -29,6 +29,9 @@ public abstract class ProcessStream : IDisposable
 
     private protected readonly record struct Input(ReadOnlyMemory<byte>? Stdin, bool Close, TerminalSize? Resize);
 
+    /// <summary>The kinds of input request Exec and Attach share.</summary>
+    internal enum InputKind { Stdin, StdinClose, Resize }
+
     public Task WriteAsync(ReadOnlyMemory<byte> data) => data.IsEmpty ? Task.CompletedTask : Send(new Input(data, false, null));
 
     /// <summary>End of input: a pipe closes (the process reads EOF), a terminal gets its end-of-file character.</summary>
@@ -89,14 +92,17 @@ public abstract class ProcessStream : IDisposable
     public abstract void Dispose();
 }
 
-internal sealed class ExecStream(AgentClient client, AsyncDuplexStreamingCall<ExecRequest, ExecReply> call) : ProcessStream(client)
+/// <summary>A <see cref="ProcessStream"/> over one duplex call whose replies are <see cref="ExecReply"/> (Exec's
+/// and Attach's); <paramref name="encode"/> makes the call's own input requests.</summary>
+internal sealed class CallStream<TRequest>(AgentClient client, AsyncDuplexStreamingCall<TRequest, ExecReply> call, string method,
+    Func<ProcessStream.InputKind, ByteString?, TerminalSize?, TRequest> encode) : ProcessStream(client)
 {
-    private protected override string Method => "Exec";
+    private protected override string Method => method;
 
     private protected override Task SendAsync(Input input) => call.RequestStream.WriteAsync(
-        input.Stdin is { } data ? new ExecRequest { Stdin = ByteString.CopyFrom(data.Span) }
-        : input.Close ? new ExecRequest { StdinClose = true }
-        : new ExecRequest { Resize = input.Resize });
+        input.Stdin is { } data ? encode(InputKind.Stdin, ByteString.CopyFrom(data.Span), null)
+        : input.Close ? encode(InputKind.StdinClose, null, null)
+        : encode(InputKind.Resize, null, input.Resize));
 
     private protected override Task CompleteRequestsAsync() => call.RequestStream.CompleteAsync();
 
@@ -110,35 +116,6 @@ internal sealed class ExecStream(AgentClient client, AsyncDuplexStreamingCall<Ex
                 case ExecReply.KindOneofCase.Stdout: return new ProcessOutput(false, reply.Stdout.Memory, null);
                 case ExecReply.KindOneofCase.Stderr: return new ProcessOutput(true, reply.Stderr.Memory, null);
                 case ExecReply.KindOneofCase.Exit: return new ProcessOutput(false, default, reply.Exit);
-            }
-        }
-        return null;
-    }
-
-    public override void Dispose() => call.Dispose();
-}
-
-internal sealed class AttachStream(AgentClient client, AsyncDuplexStreamingCall<AttachRequest, AttachReply> call) : ProcessStream(client)
-{
-    private protected override string Method => "Attach";
-
-    private protected override Task SendAsync(Input input) => call.RequestStream.WriteAsync(
-        input.Stdin is { } data ? new AttachRequest { Stdin = ByteString.CopyFrom(data.Span) }
-        : input.Close ? new AttachRequest { StdinClose = true }
-        : new AttachRequest { Resize = input.Resize });
-
-    private protected override Task CompleteRequestsAsync() => call.RequestStream.CompleteAsync();
-
-    private protected override async Task<ProcessOutput?> ReceiveAsync(CancellationToken cancellation)
-    {
-        while (await call.ResponseStream.MoveNext(cancellation).ConfigureAwait(false))
-        {
-            var reply = call.ResponseStream.Current;
-            switch (reply.KindCase)
-            {
-                case AttachReply.KindOneofCase.Stdout: return new ProcessOutput(false, reply.Stdout.Memory, null);
-                case AttachReply.KindOneofCase.Stderr: return new ProcessOutput(true, reply.Stderr.Memory, null);
-                case AttachReply.KindOneofCase.Exit: return new ProcessOutput(false, default, reply.Exit);
             }
         }
         return null;

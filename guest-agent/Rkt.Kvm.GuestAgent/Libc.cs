@@ -119,30 +119,6 @@ internal static unsafe partial class Libc
 
     [LibraryImport("libc", SetLastError = true)] public static partial int fchown(int fd, uint owner, uint group);
 
-    public const short POLLIN = 1;
-
-    /// <summary>struct pollfd.</summary>
-    [StructLayout(LayoutKind.Sequential)]
-    public struct PollFd
-    {
-        public int Fd;
-        public short Events, Revents;
-    }
-
-    [LibraryImport("libc", SetLastError = true)] public static partial int poll(PollFd* fds, nuint count, int timeoutMs);
-
-    /// <summary>Whether <paramref name="fd"/> has something to read (or has hung up) within <paramref name="timeoutMs"/>.</summary>
-    public static bool Readable(int fd, int timeoutMs)
-    {
-        var p = new PollFd { Fd = fd, Events = POLLIN };
-        while (true)
-        {
-            int rc = poll(&p, 1, timeoutMs);
-            if (rc < 0 && Marshal.GetLastPInvokeError() == EINTR) continue;
-            return rc > 0;
-        }
-    }
-
     private const int F_DUPFD_CLOEXEC = 1030;
     [LibraryImport("libc", SetLastError = true)] private static partial int fcntl(int fd, int command, int argument);
 

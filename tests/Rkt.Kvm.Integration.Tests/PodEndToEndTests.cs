@@ -124,6 +124,14 @@ public sealed class PodEndToEndTests
         Assert.DoesNotMatch(@"(?m)^[ac]\s", apps);
         Assert.Matches(@"b\s+running", apps);
         Assert.Equal("still here\n", cli.Run("app", "exec", "--app=b", uuid, "/bin/sh", "-c", "echo still here").Stdout);
+        // app exec -it on the mutable pod: a shell on a terminal of its own, driven from a host terminal.
+        using (var term = HostTerminal.Start(cli.StartInfo(["app", "exec", "-it", "--app=b", uuid, "/bin/sh"], redirect: false)))
+        {
+            term.WaitFor("/ # ", TimeSpan.FromMinutes(1));
+            term.Type("tty; exit 9\r");
+            Assert.Equal(9, term.WaitForExit(TimeSpan.FromMinutes(1)));
+            Assert.Contains("/dev/pts/", term.Screen);
+        }
 
         // Withdrawing the export under a running app: the VMM closes its fds and answers; reads fail
         // in the guest (EIO), but the VMM, the agent and the pod go on.

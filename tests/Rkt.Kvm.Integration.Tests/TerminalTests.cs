@@ -154,8 +154,16 @@ public sealed class TerminalTests(TerminalPodFixture pod) : IClassFixture<Termin
         Assert.True(term.IsCooked);
         var list = cli.Run("list", "--no-legend").Stdout;
         Assert.Contains("exited", list);
+        // A terminal for a pod that is not running any more: a sentence, no session.
+        var uuid = File.ReadAllText(uuidFile).Trim();
+        var (rc, _, err) = cli.Run("enter", uuid);
+        Assert.NotEqual(0, rc);
+        Assert.Contains("is not running", err);
+        (rc, _, err) = cli.Run("attach", uuid);
+        Assert.NotEqual(0, rc);
+        Assert.Contains("isn't currently running", err);
         // The VM's console, for diagnosing the sandbox: the agent's own lines are there.
-        var console = cli.Run("console", File.ReadAllText(uuidFile).Trim());
+        var console = cli.Run("console", uuid);
         Assert.Equal(0, console.ExitCode);
         Assert.Contains("rkt-kvm-agent", console.Stdout);
     }

@@ -1,6 +1,5 @@
 using System.Threading.Channels;
 using Google.Protobuf;
-using Microsoft.Win32.SafeHandles;
 using Rkt.Kvm.Agent.V1;
 using Rkt.Kvm.GuestAgent.Network;
 
@@ -615,13 +614,13 @@ internal sealed class AppSupervisor(bool enabled)
             {
                 await foreach (var r in app.Logs.ReadAllAsync(since, follow: true, refused.Token).ConfigureAwait(false))
                     await call.WriteAsync(r.Stream == LogBuffer.Stderr
-                        ? new AttachReply { Stderr = UnsafeByteOperations.UnsafeWrap(r.Data) }
-                        : new AttachReply { Stdout = UnsafeByteOperations.UnsafeWrap(r.Data) }).ConfigureAwait(false);
+                        ? new ExecReply { Stderr = UnsafeByteOperations.UnsafeWrap(r.Data) }
+                        : new ExecReply { Stdout = UnsafeByteOperations.UnsafeWrap(r.Data) }).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (refusal is not null) { throw refusal; }
             // Complete: the app exited (or was removed, having exited before).
             AppInfo info = Info(app);
-            await call.WriteAsync(new AttachReply { Exit = new ExecExit { ExitCode = info.ExitCode, Signal = info.Signal } }).ConfigureAwait(false);
+            await call.WriteAsync(new ExecReply { Exit = new ExecExit { ExitCode = info.ExitCode, Signal = info.Signal } }).ConfigureAwait(false);
         }
         finally { await StopReadingAsync(call, reading).ConfigureAwait(false); }
     }

@@ -15,14 +15,12 @@ internal sealed class ProcessStdio : IDisposable
     private readonly List<int> _outputs;    // read ends: stdout, then stderr (a terminal: its master only)
     private AppInput? _input;
     private bool _outputStarted;
-    private readonly bool _terminal;
 
-    private ProcessStdio(int[] child, List<int> outputs, AppInput? input, bool terminal = false)
+    private ProcessStdio(int[] child, List<int> outputs, AppInput? input)
     {
         _child = child;
         _outputs = outputs;
         _input = input;
-        _terminal = terminal;
     }
 
     public int ChildStdin => _child[0];
@@ -74,7 +72,7 @@ internal sealed class ProcessStdio : IDisposable
         int inputCopy;
         try { inputCopy = Libc.DupCloexec(pty.Master); }
         catch { Libc.close(peer); throw; }
-        return new ProcessStdio([peer, peer, peer], [pty.ReleaseMaster()], new AppInput(inputCopy, terminal: true), terminal: true);
+        return new ProcessStdio([peer, peer, peer], [pty.ReleaseMaster()], new AppInput(inputCopy, terminal: true));
     }
 
     /// <summary>The input end, now the caller's to dispose (null without stdin).</summary>
@@ -85,7 +83,7 @@ internal sealed class ProcessStdio : IDisposable
     public void StartOutput(Action<ReadOnlySpan<byte>> stdout, Action<ReadOnlySpan<byte>> stderr, Action onEnd)
     {
         _outputStarted = true;
-        PipePump.Start(_outputs[0], stdout, onEnd, coalesceMs: _terminal ? PipePump.TerminalCoalesceMs : 0);
+        PipePump.Start(_outputs[0], stdout, onEnd);
         if (_outputs.Count > 1) PipePump.Start(_outputs[1], stderr, onEnd);
     }
 
