@@ -81,8 +81,7 @@ internal static class EnterEntrypoint
         var mode = Terminal.StdioMode.Auto(args.Tty, args.Stdin);
         var start = new ExecStart { App = args.App, Tty = mode.Tty };
         start.Argv.AddRange(args.Command);
-        if (mode.Tty && (Terminal.RawTerminal.Size(1) ?? Terminal.RawTerminal.Size(0)) is { } size)
-            start.Size = new TerminalSize { Rows = size.Rows, Columns = size.Columns };
+        if (mode.Tty) start.Size = Terminal.RawTerminal.CurrentSize();
         using var stream = agent.StartExecAsync(start, Timeout.InfiniteTimeSpan).GetAwaiter().GetResult();
         return Terminal.StdioRelay.RunAsync(stream, mode).GetAwaiter().GetResult();
     }

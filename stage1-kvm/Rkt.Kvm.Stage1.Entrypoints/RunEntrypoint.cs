@@ -164,8 +164,7 @@ public sealed class RunEntrypoint
                     {
                         request.Tty = true;
                         request.Stdin = false;
-                        if ((Terminal.RawTerminal.Size(1) ?? Terminal.RawTerminal.Size(0)) is { } size)
-                            request.TerminalSize = new TerminalSize { Rows = size.Rows, Columns = size.Columns };
+                        request.TerminalSize = Terminal.RawTerminal.CurrentSize();
                     }
                 }
                 if (!File.Exists(_files.Pod.AppEnv(app.Name))) _files.Pod.WriteEnvironment(app.Name, app.App!.Environment);

@@ -55,12 +55,16 @@ internal sealed unsafe class RawTerminal : IDisposable
         return t;
     }
 
-    /// <summary>The terminal's size (rows, columns), or null when <paramref name="fd"/> is not a terminal.</summary>
-    public static (uint Rows, uint Columns)? Size(int fd)
+    /// <summary>Our terminal's size (stdout's, else stdin's), or null when neither is a terminal.</summary>
+    public static Rkt.Kvm.Agent.V1.TerminalSize? CurrentSize()
     {
-        winsize size;
-        if (ioctl(fd, TIOCGWINSZ, &size) != 0 || size.ws_row == 0 || size.ws_col == 0) return null;
-        return (size.ws_row, size.ws_col);
+        foreach (int fd in new[] { 1, 0 })
+        {
+            winsize size;
+            if (ioctl(fd, TIOCGWINSZ, &size) == 0 && size.ws_row != 0 && size.ws_col != 0)
+                return new Rkt.Kvm.Agent.V1.TerminalSize { Rows = size.ws_row, Columns = size.ws_col };
+        }
+        return null;
     }
 
     private void Restore()

@@ -48,7 +48,7 @@ internal static class StdioRelay
     }
 
     private static Task SendSizeAsync(ProcessStream stream) =>
-        (RawTerminal.Size(1) ?? RawTerminal.Size(0)) is { } size ? stream.ResizeAsync(size.Rows, size.Columns) : Task.CompletedTask;
+        RawTerminal.CurrentSize() is { } size ? stream.ResizeAsync(size.Rows, size.Columns) : Task.CompletedTask;
 
     /// <summary>Reads fd 0 on a thread of its own (a blocking read never holds a pool thread) and sends what it reads; at EOF
     /// it ends the process's stdin when <paramref name="closeAtEof"/> (an attached app's stdin is the app's, not ours to close).</summary>
