@@ -32,6 +32,7 @@ internal static unsafe partial class Libc
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int rmdir(string path);
 
+    public const int SIGKILL = 9;
     [LibraryImport("libc", SetLastError = true)] public static partial int kill(int pid, int signal);
 
     public const int CLONE_NEWUTS = 0x04000000;

@@ -20,6 +20,10 @@
  * failed, "ERR <step>: <strerror>\n" (this helper exits 1), or, for app and exec, "OK\n" once the
  * process's execve succeeded (this helper exits 0 right after; the agent need not wait for that).
  * A failed execve is seen through a CLOEXEC pipe from the child: EOF on it means execve succeeded.
+ *
+ * Fault points (docs/LIFETIME.md): with RKT_KVM_FAULT=<mode>-setup or <mode>-started in our
+ * environment (which is otherwise empty; only the agent sets it, and only when the VM's kernel
+ * command line armed it) this helper SIGKILLs itself at that point, as the OOM killer might.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -86,6 +90,15 @@ __attribute__((noreturn)) static void fail(const char *step)
     int e = errno;
     report(err_fd, "ERR %s: %s\n", step, strerror(e));
     _exit(1);
+}
+
+/* Dies by SIGKILL here when the agent armed this point for this run (RKT_KVM_FAULT=<mode>-<point>). */
+static void fault_point(const char *mode, const char *point)
+{
+    const char *armed = getenv("RKT_KVM_FAULT");
+    size_t n = strlen(mode);
+    if (armed && !strncmp(armed, mode, n) && armed[n] == '-' && !strcmp(armed + n + 1, point))
+        kill(getpid(), SIGKILL);
 }
 
 static void usage(const char *why)
@@ -239,7 +252,7 @@ static pid_t clone_parent(void)
 
 /* Runs child_setup() in a CLONE_PARENT child that reports errors on a CLOEXEC pipe; reports the
  * pid, then the child's error if its execve never happened. */
-static int spawn_reported(void (*child_setup)(void))
+static int spawn_reported(const char *mode, void (*child_setup)(void))
 {
     int sync[2];
     if (pipe2(sync, O_CLOEXEC) < 0) fail("pipe");
@@ -256,6 +269,7 @@ static int spawn_reported(void (*child_setup)(void))
     }
     close(sync[1]);
     report(cfg.status_fd, "PID %d\n", pid);
+    fault_point(mode, "started"); /* the process exists and runs on; we never say OK */
     char buf[512];
     ssize_t n, total = 0;
     while ((n = read(sync[0], buf + total, sizeof buf - 1 - total)) != 0) {
@@ -337,7 +351,8 @@ static int app(void)
     if (syscall(SYS_pivot_root, ".", ".") < 0) fail("pivot_root into the app root");
     if (umount2(".", MNT_DETACH) < 0) fail("detach the agent's root");
     if (chdir("/") < 0) fail("chdir /");
-    return spawn_reported(app_child);
+    fault_point("app", "setup");
+    return spawn_reported("app", app_child);
 }
 
 /* ---- exec ---- */
@@ -357,7 +372,8 @@ static int exec_in_app(void)
     join_ns(cfg.target_pid, "uts", CLONE_NEWUTS);
     join_ns(cfg.target_pid, "pid", CLONE_NEWPID);
     join_ns(cfg.target_pid, "mnt", CLONE_NEWNS); /* also sets root and cwd to the app's / */
-    return spawn_reported(exec_child);
+    fault_point("exec", "setup");
+    return spawn_reported("exec", exec_child);
 }
 
 int main(int argc, char **argv)

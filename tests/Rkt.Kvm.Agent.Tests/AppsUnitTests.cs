@@ -272,3 +272,32 @@ public class BlockingThreadsTests
         await blocked.WaitAsync(TimeSpan.FromSeconds(10));
     }
 }
+
+public class FaultPointsTests
+{
+    [Fact]
+    public void Points_fire_once_each_in_the_order_given()
+    {
+        var points = new FaultPoints(" stage2:app-setup, pod-init-after-start:c ,stage2:exec-started");
+        Assert.Null(points.FireForStage2("exec"));          // not its turn: the app point comes first
+        Assert.False(points.Fire("pod-init-after-start:c"));
+        Assert.Equal("app-setup", points.FireForStage2("app"));
+        Assert.Null(points.FireForStage2("app"));           // fired once
+        Assert.False(points.Fire("pod-init-after-start:a")); // another app's start
+        Assert.True(points.Fire("pod-init-after-start:c"));
+        Assert.Null(points.FireForStage2("pod-init"));
+        Assert.Equal("exec-started", points.FireForStage2("exec"));
+        Assert.Null(points.FireForStage2("exec"));
+    }
+
+    [Theory]
+    [InlineData(null)]
+    [InlineData("")]
+    [InlineData(" , ,")]
+    public void Nothing_is_armed_without_the_variable(string? value)
+    {
+        var points = new FaultPoints(value);
+        Assert.Null(points.FireForStage2("app"));
+        Assert.False(points.Fire("pod-init-after-start:a"));
+    }
+}

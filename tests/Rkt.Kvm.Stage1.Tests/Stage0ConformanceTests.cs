@@ -370,6 +370,66 @@ public sealed class Stage0ConformanceTests : IDisposable
         Assert.Empty(MountsUnderData());
     }
 
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern int kill(int pid, int signal);
+    private const int SIGKILL = 9, SIGSTOP = 19;
+
+    /// <summary>rkt-kvm killed while it prepares a pod (rkt's Prepare phase): the pod stays in
+    /// <c>prepare/</c>, unlocked ("aborted prepare") with nothing mounted, and gc removes it at once,
+    /// as rkt's does; while its preparer lives (stopped here, holding the lock) gc leaves it alone.</summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void KilledWhilePreparing_LeavesAnAbortedPrepare_ThatGcRemoves(bool overlay)
+    {
+        // Many apps make the Prepare phase long enough to catch: the preparer is stopped (SIGSTOP) the
+        // moment its pod shows in prepare/, so the kill lands there, not in a later phase.
+        string[] args = ["run", .. Enumerable.Range(0, 24).SelectMany(i => new[] { "example.com/busybox", $"--name=app{i}" }),
+            .. overlay ? Array.Empty<string>() : ["--no-overlay"]];
+        var prepare = Path.Join(_data, "pods", "prepare");
+        string? pod = null;
+        for (int attempt = 0; attempt < 10 && pod is null; attempt++)
+        {
+            using var cli = RktKvm.Start(_data, _env, args);
+            while (!cli.HasExited)
+            {
+                if (Directory.Exists(prepare) && Directory.GetDirectories(prepare).FirstOrDefault() is { } seen)
+                {
+                    Assert.Equal(0, kill(cli.Id, SIGSTOP));
+                    if (Directory.Exists(seen)) pod = seen; // still preparing: the kill lands in this phase
+                    break;
+                }
+                Thread.SpinWait(1000);
+            }
+            if (pod is not null)
+            {
+                Assert.Equal("preparing", PodState(Path.GetFileName(pod)));
+                Assert.Equal(0, Cli("gc", "--grace-period=0s", "--expire-prepared=0s").ExitCode);
+                Assert.True(Directory.Exists(pod), "gc removed a pod whose preparer still holds its lock");
+            }
+            kill(cli.Id, SIGKILL);
+            cli.WaitForExit();
+            if (pod is null) // too late (the pod already ran): start again from nothing
+            {
+                Assert.Equal(0, Cli("gc", "--grace-period=0s").ExitCode);
+                Assert.Empty(MountsUnderData());
+            }
+        }
+        Assert.True(pod is not null, "the preparer was never caught in its Prepare phase in 10 tries");
+        var uuid = Path.GetFileName(pod!);
+        Assert.Equal("aborted prepare", PodState(uuid));
+        Assert.Empty(MountsUnderData());
+
+        var gc = Cli("gc");
+        Assert.True(gc.ExitCode == 0, gc.Stderr);
+        Assert.Contains($"Moving failed prepare \"{uuid}\" to garbage", gc.Stdout);
+        Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods"), "*-*-*-*-*", SearchOption.AllDirectories));
+        Assert.Empty(MountsUnderData());
+    }
+
+    private string PodState(string uuid) =>
+        Cli("status", uuid).Stdout.Split('\n').Single(l => l.StartsWith("state=", StringComparison.Ordinal))["state=".Length..];
+
     [Fact]
     public void AppAdd_ToAPodStartedByRun_FailsWithImmutablePod()
     {

@@ -197,12 +197,24 @@ internal sealed class AppSupervisor(bool enabled)
                 try
                 {
                     int pid = await Stage2.RunAsync(Stage2.PodInitArgs(hostname), devNull, devNull, devNull).ConfigureAwait(false);
-                    _ = Reaper.WaitAsync(pid).ContinueWith(t => Log.Line($"rkt-kvm-agent: pod-init {pid} {t.Result}"), TaskScheduler.Default);
+                    _ = Reaper.WaitAsync(pid).ContinueWith(t => PodInitExited(pid, t.Result), TaskScheduler.Default);
                     return pid;
                 }
                 finally { Libc.close(devNull); }
             });
         }
+    }
+
+    /// <summary>
+    /// pod-init holds the pod's namespaces; when it dies (killed, say by the OOM killer), the kernel
+    /// kills every process in its PID namespace, and the apps are reaped as exited by SIGKILL. The
+    /// pod lives on: the next StartApp makes a new pod-init, with the pod's hostname.
+    /// </summary>
+    private void PodInitExited(int pid, ExitStatus status)
+    {
+        Log.Line($"rkt-kvm-agent: pod-init {pid} {status}");
+        lock (_lock)
+            if (_podInit is { IsCompletedSuccessfully: true } made && made.Result == pid) _podInit = null;
     }
 
     /// <summary>
@@ -274,6 +286,9 @@ internal sealed class AppSupervisor(bool enabled)
             try { pid = await Stage2.RunAsync(Stage2.AppArgs(podPid, app.Root.Root, spec), stdio.ChildStdin, stdio.ChildStdout, stdio.ChildStderr).ConfigureAwait(false); }
             catch (StartException e)
             {
+                // A helper killed after making the process may not have said which one it made: whatever
+                // runs in the app's cgroup now is from this failed start (a created app has nothing else there).
+                Cgroup.Kill(app.Name);
                 lock (app) app.Starting = false;
                 app.Input?.Dispose();
                 throw new GrpcException(GrpcException.FailedPrecondition, $"Starting the app '{app.Name}' failed: {e.Message}.");
@@ -287,6 +302,7 @@ internal sealed class AppSupervisor(bool enabled)
             }
             _ = Reaper.WaitAsync(pid).ContinueWith(t => OnExit(app, t.Result), TaskScheduler.Default);
             Publish(AppEventType.AppEventStarted, app);
+            if (FaultPoints.Armed.Fire(FaultPoints.PodInitAfterStart + app.Name)) Libc.kill(podPid, Libc.SIGKILL);
             return new StartAppReply { App = Info(app) };
         }
         catch (Exception e) when (e is not GrpcException)
@@ -358,7 +374,7 @@ internal sealed class AppSupervisor(bool enabled)
         {
             cancellation.ThrowIfCancellationRequested();
             Cgroup.Kill(app.Name);
-            Libc.kill(pid, 9);
+            Libc.kill(pid, Libc.SIGKILL);
             await app.Exited.Task.WaitAsync(cancellation).ConfigureAwait(false);
         }
         return new StopAppReply { App = Info(app) };
@@ -516,7 +532,7 @@ internal sealed class AppSupervisor(bool enabled)
         }
         catch (OperationCanceledException)
         {
-            Libc.kill(pid, 9);
+            Libc.kill(pid, Libc.SIGKILL);
             throw;
         }
         finally { await StopReadingAsync(call, reading).ConfigureAwait(false); }

@@ -89,7 +89,8 @@ internal static class Stage2
     {
         var (statusRead, statusWrite) = Pipe();
         int helperPid;
-        try { helperPid = Spawn(args, [stdin, stdout, stderr, statusWrite]); Reaper.ChildStarted(); }
+        string? fault = FaultPoints.Armed.FireForStage2(args[0]);
+        try { helperPid = Spawn(args, [stdin, stdout, stderr, statusWrite], fault); Reaper.ChildStarted(); }
         finally { Libc.close(statusWrite); }
         Task<ExitStatus> helperExit = Reaper.WaitAsync(helperPid);
         if (Debug) Log.Line($"stage2: spawned {helperPid}: {string.Join(' ', args)}");
@@ -106,8 +107,16 @@ internal static class Stage2
         if (Debug) Log.Line($"stage2: {helperPid} {exit}");
         if (error is not null || pid == 0 || exit.Code != 0 || exit.Signal != 0)
         {
-            if (pid != 0) _ = Reaper.WaitAsync(pid); // collect it; nobody needs the status
-            throw new StartException(pid, error ?? $"the stage2 helper {exit} without reporting a process");
+            if (pid != 0)
+            {
+                // The process may run on: the helper was killed after making it (its execve worked but
+                // nobody said OK). It is still our unreaped child, so the pid cannot have been reused.
+                Libc.kill(pid, Libc.SIGKILL);
+                _ = Reaper.WaitAsync(pid); // collect it; nobody needs the status
+            }
+            throw new StartException(pid, error ?? (pid == 0
+                ? $"the stage2 helper {exit} without reporting a process"
+                : $"the stage2 helper {exit} before it confirmed the process {pid} it made (killed too)"));
         }
         return pid;
     }
@@ -135,7 +144,7 @@ internal static class Stage2
 
     /// <summary>posix_spawn of the helper; fds[i] becomes fd i in the child. Signal mask cleared and
     /// every signal at its default (the runtime ignores SIGPIPE; apps must not inherit that).</summary>
-    private static unsafe int Spawn(IReadOnlyList<string> args, int[] fds)
+    private static unsafe int Spawn(IReadOnlyList<string> args, int[] fds, string? faultPoint)
     {
         byte* fileActions = stackalloc byte[256];
         byte* attributes = stackalloc byte[512];
@@ -163,8 +172,14 @@ internal static class Stage2
                 argv[i + 1] = (byte*)s;
             }
             argv[args.Count + 1] = null;
-            byte** envp = stackalloc byte*[1];
-            envp[0] = null;
+            byte** envp = stackalloc byte*[2];
+            envp[0] = envp[1] = null;
+            if (faultPoint is not null) // the helper's environment is otherwise empty (FaultPoints)
+            {
+                nint variable = Marshal.StringToCoTaskMemUTF8("RKT_KVM_FAULT=" + faultPoint);
+                strings.Add(variable);
+                envp[0] = (byte*)variable;
+            }
             int pid;
             int rc = Libc.posix_spawn(&pid, (byte*)path, fileActions, attributes, argv, envp);
             if (rc != 0) throw new StartException(0, $"posix_spawn {HelperPath}: {Libc.Describe(rc)}");

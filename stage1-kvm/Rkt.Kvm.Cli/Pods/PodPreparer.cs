@@ -26,8 +26,13 @@ public sealed class PodPreparer(ImageStore images, PodStore pods)
 {
     private readonly TreeStore _trees = new(images);
 
-    /// <summary>Prepares a pod in <c>prepared/</c>; returns it.</summary>
-    public PodRef Prepare(RunRequest request)
+    /// <summary>
+    /// Prepares a pod as rkt's <c>run</c> does: the new directory is locked at once and renamed into
+    /// <c>prepare/</c>, and the lock is held from then on. Returns the pod, still in <c>prepare/</c>,
+    /// and its lock, which the caller keeps into <c>run/</c>. If this process dies on the way, the pod
+    /// is left in <c>prepare/</c> unlocked, rkt's "aborted prepare", which gc removes.
+    /// </summary>
+    public (PodRef Pod, PodLock Lock) Prepare(RunRequest request)
     {
         bool overlay = !request.NoOverlay;
         if (overlay && PodMounts.OverlayUnsupportedReason(pods.Root) is { } why)
@@ -35,7 +40,9 @@ public sealed class PodPreparer(ImageStore images, PodStore pods)
             Console.Error.WriteLine($"disabling overlay support: \"{why}\"");
             overlay = false;
         }
-        var pod = pods.Move(pods.CreateEmbryo(), PodPhase.Prepare);
+        var embryo = pods.CreateEmbryo();
+        var podLock = PodLock.TryExclusive(embryo.Path) ?? throw new Stage1Exception($"the new pod {embryo.Uuid} is locked by another process");
+        var pod = pods.Move(embryo, PodPhase.Prepare); // the lock is on the directory: it moves with it
         try
         {
             var dir = pod.Directory;
@@ -73,11 +80,12 @@ public sealed class PodPreparer(ImageStore images, PodStore pods)
             File.WriteAllBytes(dir.Manifest, bytes);
             File.WriteAllText(Path.Join(pod.Path, "pod-created"), "");
             if (overlay) File.WriteAllText(dir.OverlayPrepared, "");
-            return pods.Move(pod, PodPhase.Prepared);
+            return (pod, podLock);
         }
         catch
         {
             Discard(pod);
+            podLock.Dispose();
             throw;
         }
     }

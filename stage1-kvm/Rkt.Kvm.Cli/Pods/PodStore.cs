@@ -10,13 +10,16 @@ public enum PodPhase { Embryo, Prepare, Prepared, Run, ExitedGarbage, Garbage }
 /// <summary>One pod directory: its UUID, phase and path.</summary>
 public sealed record PodRef(string Uuid, PodPhase Phase, string Path)
 {
+    public const string AbortedPrepare = "aborted prepare";
+
     public PodDirectory Directory => new(Path);
 
-    /// <summary>rkt's state names: a pod in <c>run/</c> is running while its lock is held.</summary>
+    /// <summary>rkt's state names: a pod in <c>run/</c> is running while its lock is held, one in
+    /// <c>prepare/</c> is being prepared while its lock is held and an aborted prepare otherwise.</summary>
     public string State => Phase switch
     {
         PodPhase.Embryo => "embryo",
-        PodPhase.Prepare => "preparing",
+        PodPhase.Prepare => PodLock.IsHeld(Path) ? "preparing" : AbortedPrepare,
         PodPhase.Prepared => "prepared",
         PodPhase.Run => PodLock.IsHeld(Path) ? "running" : "exited",
         PodPhase.ExitedGarbage => "exited garbage",

@@ -10,8 +10,9 @@ namespace Rkt.Kvm.Cli.Commands.Pods;
 /// <summary>
 /// <c>gc [--grace-period=30m] [--expire-prepared=24h]</c>: exited pods go to
 /// <c>exited-garbage/</c>; once there longer than the grace period they go to <c>garbage/</c>, stage1
-/// gc frees their host resources and the directory is deleted. Preparations abandoned for longer
-/// than --expire-prepared are deleted. Also <c>rm UUID…</c>, which does it now for exited pods.
+/// gc frees their host resources and the directory is deleted. A pod in <c>prepare/</c> whose lock
+/// is free (its preparer died: an aborted prepare) is removed at once, as rkt does; embryos and
+/// prepared pods older than --expire-prepared are deleted. Also <c>rm UUID…</c>, which does it now for exited pods.
 /// </summary>
 public sealed class GcCommand() : Command("gc", "Garbage-collect exited pods", "gc [--grace-period=DURATION] [--expire-prepared=DURATION]")
 {
@@ -43,7 +44,12 @@ public sealed class GcCommand() : Command("gc", "Garbage-collect exited pods", "
                 case PodPhase.Garbage:
                     status |= Collect(context, store, pod);
                     break;
-                case PodPhase.Embryo or PodPhase.Prepare or PodPhase.Prepared when now - Directory.GetLastWriteTimeUtc(pod.Path) >= expirePrepared:
+                case PodPhase.Prepare when pod.State == PodRef.AbortedPrepare:
+                    // Its preparer died (its lock went with it): nothing will finish it. rkt's renameAborted.
+                    context.Out.WriteLine($"Moving failed prepare \"{pod.Uuid}\" to garbage");
+                    PodPreparer.Discard(store.Move(pod, PodPhase.Garbage));
+                    break;
+                case PodPhase.Embryo or PodPhase.Prepared when now - Directory.GetLastWriteTimeUtc(pod.Path) >= expirePrepared:
                     context.Out.WriteLine($"Removing expired prepared pod \"{pod.Uuid}\"");
                     PodPreparer.Discard(pod);
                     break;

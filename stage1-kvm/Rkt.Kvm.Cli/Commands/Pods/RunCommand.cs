@@ -34,20 +34,18 @@ public sealed class RunCommand(bool sandbox) : Command(sandbox ? "sandbox" : "ru
 
         var pods = new PodStore(context.DataDir);
         var preparer = new PodPreparer(context.Store, pods);
-        var pod = preparer.Prepare(request);
-        PodLock? podLock = null;
+        var (pod, podLock) = preparer.Prepare(request);
         try
         {
-            podLock = PodLock.TryExclusive(pod.Path) ?? throw new Stage1Exception($"pod {pod.Uuid} is locked by another process");
-            pod = pods.Move(pod, PodPhase.Run);
+            pod = pods.Move(pod, PodPhase.Run); // prepare/ to run/ with the lock held, as rkt's run does
             preparer.MountForRun(pod, PodManifest.Load(pod.Directory.Manifest));
             request.Dns.WriteStage0Files(pod.Directory.Stage1Rootfs);
             if (request.UuidFileSave is not null) File.WriteAllText(request.UuidFileSave, pod.Uuid);
         }
         catch
         {
-            podLock?.Dispose();
             PodPreparer.Discard(pod);
+            podLock.Dispose();
             throw;
         }
         using (podLock)
