@@ -97,7 +97,7 @@ public sealed class AgentVmProcess : IDisposable
                     vm.StartToReady = clock.Elapsed;
                     return vm;
                 }
-                throw new AgentException(AgentFailure.Unreachable, $"The VMM exited with status {vm._vmm.ExitCode} before the restored agent answered.");
+                throw new AgentException(AgentFailure.Unreachable, $"The VMM ended ({VmmExit.Describe(vm._vmm.ExitCode)}) before the restored agent answered.");
             }
             // Listen before the VM exists, so the announcement cannot be missed.
             using var ready = ReadyListener.ForVm(vm.SocketPath);
@@ -110,7 +110,7 @@ public sealed class AgentVmProcess : IDisposable
                 vm.StartToReady = watch.Elapsed;
                 return vm;
             }
-            failure = $"The VMM exited with status {vm._vmm.ExitCode} before the agent was ready.";
+            failure = $"The VMM ended ({VmmExit.Describe(vm._vmm.ExitCode)}) before the agent was ready.";
         }
         catch (AgentException e)
         {

@@ -188,7 +188,7 @@ public sealed class RunEntrypoint
         var finished = await Task.WhenAny(_pod.Mutable ? Task.Delay(Timeout.Infinite) : _allExited.Task, vmExit, stopRequested);
         if (finished == vmExit)
         {
-            Log($"the VM ended unexpectedly (VMM exit status {await vmExit}); console: {_files.ConsoleLog}");
+            Log($"the VM ended unexpectedly (VMM {Rkt.Kvm.Vmm.Client.VmmExit.Describe(await vmExit)}); console: {_files.ConsoleLog}");
             return 1;
         }
         bool stoppedOnRequest = finished == stopRequested;

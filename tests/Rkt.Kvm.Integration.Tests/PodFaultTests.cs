@@ -46,6 +46,10 @@ public sealed class PodFaultTests
         var (run, uuid) = cli.Start("run", Busybox, "--exec=/bin/sh", "--", "-c", "echo up; sleep 1000", "---");
         cli.WaitReady(uuid);
         var vmm = PodRuntime.Processes(uuid).Single(p => p.Program == PodRuntime.VmmProgram);
+        // The running VMM is locked down (docs/THREAT-MODEL.md): its seccomp filter, no new privileges.
+        string status = File.ReadAllText($"/proc/{vmm.Pid}/status");
+        Assert.Contains("Seccomp:\t2\n", status);
+        Assert.Contains("NoNewPrivs:\t1\n", status);
         KillStage1Run(uuid);
 
         AssertGone(vmm);

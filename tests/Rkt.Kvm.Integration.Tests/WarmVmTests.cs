@@ -152,7 +152,7 @@ public sealed class WarmVmTests(WarmVmFixture fixture, ITestOutputHelper output)
             var e = await Assert.ThrowsAsync<AgentException>(() => f.RestoreAsync("refused", change));
             output.WriteLine($"{why}: refused in {clock.ElapsedMilliseconds} ms");
             Assert.Contains(why, e.Message);
-            Assert.Contains("exited with status 1", e.Message);
+            Assert.Contains("(exit status 1)", e.Message);
         }
     }
 }

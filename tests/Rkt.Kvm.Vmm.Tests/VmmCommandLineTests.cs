@@ -15,6 +15,7 @@ public class VmmCommandLineTests
         Console = VmmConsole.None,
         ConsoleLog = "/run/c.log",
         Pvm = PvmMode.Off,
+        Seccomp = SeccompAction.Log,
         KvmDevice = "/dev/x",
         Vsock = "/run/vm.sock",
         VsockCid = 42,
@@ -36,6 +37,19 @@ public class VmmCommandLineTests
         Assert.Equal(Everything.Exports, parsed.Exports);
         Assert.Equal(Everything.Net, parsed.Net);
         Assert.Equal(args, parsed.ToArguments());
+    }
+
+    [Theory]
+    [InlineData("kill", SeccompAction.Kill)]
+    [InlineData("log", SeccompAction.Log)]
+    [InlineData("off", SeccompAction.Off)]
+    public void Seccomp_takes_kill_log_or_off_and_defaults_to_kill(string value, SeccompAction action)
+    {
+        Assert.Equal(action, VmmCommandLine.Parse(["--kernel", "/k", "--seccomp", value]).Seccomp);
+        Assert.Equal(SeccompAction.Kill, VmmCommandLine.Parse(["--kernel", "/k"]).Seccomp);
+        var e = Assert.Throws<ArgumentException>(() => VmmCommandLine.Parse(["--kernel", "/k", "--seccomp", "trap"]));
+        Assert.Contains("--seccomp must be kill, log or off", e.Message);
+        Assert.Equal(action, VmmOptions.Parse(["--kernel", "/k", "--seccomp", value]).Machine.LockDown);
     }
 
     [Fact]

@@ -21,6 +21,10 @@ public sealed record VmmOptions
           --console TARGET     stdout (default) or none
           --console-log PATH   also write the guest console to PATH
           --pvm auto|on|off    PVM host guest options (default auto: detect kvm_pvm)
+          --seccomp kill|log|off
+                               what the system call filter installed after set-up does to a
+                               call outside it: kill the VMM (default), log it (the kernel log
+                               names it), or no filter at all (off: for debugging only)
           --kvm-device PATH    KVM device (default /dev/kvm)
           --vsock PATH         virtio-vsock, reached from the host through the Unix socket PATH
                                (hybrid vsock: write "CONNECT <port>\n"); guest connections to
@@ -73,6 +77,7 @@ public sealed record VmmOptions
             MemoryMiB = line.MemoryMiB,
             Cpus = line.Cpus,
             Pvm = line.Pvm,
+            LockDown = line.Seccomp,
             KvmDevicePath = line.KvmDevice ?? Kvm.KvmSystem.DefaultDevicePath,
             VsockSocketPath = line.Vsock,
             GuestCid = line.VsockCid,

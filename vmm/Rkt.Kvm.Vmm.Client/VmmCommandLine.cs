@@ -26,6 +26,8 @@ public sealed record VmmCommandLine
     /// <summary>Also write the guest console to this file.</summary>
     public string? ConsoleLog { get; init; }
     public PvmMode Pvm { get; init; } = PvmMode.Auto;
+    /// <summary><c>--seccomp kill|log|off</c>: the system call filter's action (off: for debugging only).</summary>
+    public SeccompAction Seccomp { get; init; } = SeccompAction.Kill;
     /// <summary>The KVM device; null: the VMM's default (/dev/kvm).</summary>
     public string? KvmDevice { get; init; }
     /// <summary>The hybrid vsock Unix socket (docs/VSOCK.md); null: no vsock device.</summary>
@@ -64,6 +66,7 @@ public sealed record VmmCommandLine
         if (Console != VmmConsole.Stdout) Add("--console", "none");
         Add("--console-log", ConsoleLog);
         if (Pvm != PvmMode.Auto) Add("--pvm", Pvm == PvmMode.On ? "on" : "off");
+        if (Seccomp != SeccompAction.Kill) Add("--seccomp", Seccomp == SeccompAction.Log ? "log" : "off");
         Add("--kvm-device", KvmDevice);
         Add("--vsock", Vsock);
         if (VsockCid != DefaultGuestCid) Add("--vsock-cid", VsockCid.ToString(CultureInfo.InvariantCulture));
@@ -94,6 +97,7 @@ public sealed record VmmCommandLine
         var console = VmmConsole.Stdout;
         bool debug = false, quiet = false, help = false;
         var pvm = PvmMode.Auto;
+        var seccomp = SeccompAction.Kill;
         for (int i = 0; i < args.Count; i++)
         {
             string arg = args[i];
@@ -132,6 +136,15 @@ public sealed record VmmCommandLine
                         var v => throw new ArgumentException($"--pvm must be auto, on or off, not '{v}'."),
                     };
                     break;
+                case "--seccomp":
+                    seccomp = Value() switch
+                    {
+                        "kill" => SeccompAction.Kill,
+                        "log" => SeccompAction.Log,
+                        "off" => SeccompAction.Off,
+                        var v => throw new ArgumentException($"--seccomp must be kill, log or off, not '{v}'."),
+                    };
+                    break;
                 case "--kvm-device": kvmDevice = Value(); break;
                 case "--vsock": vsock = Value(); break;
                 case "--vsock-cid": cid = WholeNumber(name, Value(), ulong.MaxValue); break;
@@ -168,6 +181,7 @@ public sealed record VmmCommandLine
             Console = console,
             ConsoleLog = consoleLog,
             Pvm = pvm,
+            Seccomp = seccomp,
             KvmDevice = kvmDevice,
             Vsock = vsock,
             VsockCid = cid,

@@ -9,6 +9,17 @@ public enum PvmMode
     Off,
 }
 
+/// <summary><c>--seccomp</c>: what the VMM's system call filter does to a call outside its allow-list.</summary>
+public enum SeccompAction
+{
+    /// <summary>The VMM dies by SIGSYS (the kernel logs the call): the default.</summary>
+    Kill,
+    /// <summary>The call goes through and the kernel logs it (for finding what a new code path needs).</summary>
+    Log,
+    /// <summary>No filter: for debugging only.</summary>
+    Off,
+}
+
 /// <summary><c>--console</c>: where the guest console goes besides <c>--console-log</c>.</summary>
 public enum VmmConsole
 {

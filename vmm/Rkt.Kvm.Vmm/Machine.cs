@@ -373,6 +373,14 @@ public sealed class Machine : IDisposable
         }).ToList();
         _deviceLoop.Start();
         _log.Debug("virtio signalling: {Signalling}", VirtioSignalling);
+        if (_config?.LockDown is { } action)
+        {
+            // Everything is open and every host thread but the vCPUs' runs: from here on the guest
+            // drives the VMM, so the filter goes on now, on all threads at once (TSYNC).
+            Host.Confinement.LockDown.Apply(action);
+            _log.Debug("locked down: seccomp {Action}, no_new_privs, not dumpable, no core dumps", action);
+            if (action == SeccompAction.Off) _log.Warning("--seccomp=off: the VMM runs without its system call filter (for debugging only)");
+        }
         foreach (var runner in runners)
         {
             var thread = new Thread(runner.Run) { IsBackground = true, Name = "vcpu" };

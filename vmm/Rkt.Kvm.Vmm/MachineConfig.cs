@@ -17,6 +17,12 @@ public sealed record MachineConfig
     public ulong MemoryMiB { get; init; } = DefaultMemoryMiB;
     public int Cpus { get; init; } = VmmCommandLine.DefaultCpus;
     public PvmMode Pvm { get; init; } = PvmMode.Auto;
+    /// <summary>
+    /// Lock the process down before the first vCPU runs (<see cref="Host.Confinement.LockDown"/>), with
+    /// this action for system calls outside the filter. Null: no lock-down, for machines run inside
+    /// another process (tests), which a filter would confine too. rkt-kvm-vmm always sets it.
+    /// </summary>
+    public SeccompAction? LockDown { get; init; }
     public string KvmDevicePath { get; init; } = Kvm.KvmSystem.DefaultDevicePath;
     /// <summary>The hybrid vsock Unix socket (shared/VSOCK.md); null for a VM without vsock.</summary>
     public string? VsockSocketPath { get; init; }

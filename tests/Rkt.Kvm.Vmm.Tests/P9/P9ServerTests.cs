@@ -210,6 +210,23 @@ public sealed class P9ServerTests : IClassFixture<TrapTree>
         Assert.Equal("hello"u8.ToArray(), c.Read(A, 0, 100));
     }
 
+    /// <summary>On a directory setgid only means "new entries take this group" (and is how shared group
+    /// directories work), so it stays, with the sticky bit; setuid goes, as on files.</summary>
+    [Fact]
+    public void Directories_keep_setgid_and_sticky_but_never_setuid()
+    {
+        var c = Session();
+        string dir = $"shared-{Guid.NewGuid():N}";
+        c.Rpc<Tmkdir, Rmkdir>(new Tmkdir(Root, dir, 0x1ED, 0));
+        string host = Path.Combine(_tree.Export, dir);
+        c.Walk(Root, A, dir);
+        c.Rpc<Tsetattr, Rsetattr>(new Tsetattr(A, P9.AttrMode, 0xDFD /* 06775 */, 0, 0, 0, 0, 0, 0, 0));
+        Assert.Equal(0x5FDu, UnixMode(host) & 0xFFF); // 02775
+        Assert.Equal(0x5FDu, c.Stat(A).Mode & 0xFFF);
+        c.Rpc<Tsetattr, Rsetattr>(new Tsetattr(A, P9.AttrMode, 0xFFD /* 07775 */, 0, 0, 0, 0, 0, 0, 0));
+        Assert.Equal(0x7FDu, UnixMode(host) & 0xFFF); // 03775
+    }
+
     [Fact]
     public void File_operations_work_and_stay_inside_the_export()
     {

@@ -66,6 +66,9 @@ internal static class KvmIoctl
     public static readonly uint SetVcpuEvents = Iow(0xA0, 64);
 
     /// <summary>Names for error messages, so a failure says which ioctl failed.</summary>
+    /// <summary>Every request above (the VMM's seccomp filter allows ioctl with these), KVM_RUN first: the filter tests in this order.</summary>
+    public static IReadOnlyList<uint> All { get; } = [Run, GetApiVersion, CreateVm, CheckExtension, GetVcpuMmapSize, GetSupportedCpuid, GetMsrIndexList, CreateVcpu, SetUserMemoryRegion, SetTssAddr, SetIdentityMapAddr, CreateIrqchip, IrqLine, CreatePit2, Irqfd, Ioeventfd, GetIrqchip, SetIrqchip, GetPit2, SetPit2, GetClock, SetClock, GetRegs, SetRegs, GetSregs, SetSregs, GetMsrs, SetMsrs, SetCpuid2, GetFpu, SetFpu, GetMpState, SetMpState, GetDebugRegs, SetDebugRegs, GetXsave, SetXsave, GetXcrs, SetXcrs, GetLapic, SetLapic, GetVcpuEvents, SetVcpuEvents];
+
     public static string NameOf(uint request) => request switch
     {
         _ when request == GetApiVersion => "KVM_GET_API_VERSION",

@@ -1,0 +1,164 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using Rkt.Kvm.Vmm.Client;
+using Rkt.Kvm.Vmm.Host.Confinement;
+using Rkt.Kvm.Vmm.Kvm;
+
+namespace Rkt.Kvm.Vmm.Tests;
+
+/// <summary>
+/// The VMM's seccomp filter: the program's logic (run by <see cref="SeccompProgram.Evaluate"/>), and
+/// the real kernel taking the very program the VMM installs, in a small C process that then tries
+/// allowed and forbidden calls (a forbidden one dies by SIGSYS).
+/// </summary>
+public sealed class SeccompTests
+{
+    private static readonly BpfInstruction[] Kill = VmmSyscallPolicy.Build(SeccompProgram.RetKillProcess);
+    private const int AfUnix = 1, AfInet = 2, ProtRead = 1, ProtWrite = 2, ProtExec = 4;
+
+    private static uint Eval(int nr, params ulong[] args) => SeccompProgram.Evaluate(Kill, nr, [.. args, .. new ulong[6 - args.Length]]);
+
+    [Theory]
+    [InlineData(59, "execve")]
+    [InlineData(322, "execveat")]
+    [InlineData(101, "ptrace")]
+    [InlineData(310, "process_vm_readv")]
+    [InlineData(311, "process_vm_writev")]
+    [InlineData(165, "mount")]
+    [InlineData(166, "umount2")]
+    [InlineData(155, "pivot_root")]
+    [InlineData(161, "chroot")]
+    [InlineData(105, "setuid")]
+    [InlineData(308, "setns")]
+    [InlineData(272, "unshare")]
+    [InlineData(175, "init_module")]
+    [InlineData(313, "finit_module")]
+    [InlineData(321, "bpf")]
+    [InlineData(298, "perf_event_open")]
+    [InlineData(246, "kexec_load")]
+    [InlineData(169, "reboot")]
+    [InlineData(250, "keyctl")]
+    [InlineData(425, "io_uring_setup")]
+    [InlineData(323, "userfaultfd")]
+    [InlineData(304, "open_by_handle_at")]
+    [InlineData(62, "kill")]
+    [InlineData(424, "pidfd_send_signal")]
+    [InlineData(57, "fork")]
+    public void Dangerous_calls_are_refused(int nr, string name) =>
+        Assert.True(Eval(nr) == SeccompProgram.RetKillProcess, $"{name} ({nr}) is allowed");
+
+    [Fact]
+    public void Arguments_decide_for_ioctl_socket_mmap_mprotect_prctl_and_prlimit()
+    {
+        Assert.Equal(SeccompProgram.RetAllow, Eval(X64Syscalls.ioctl, 5, KvmIoctl.Run));
+        Assert.Equal(SeccompProgram.RetAllow, Eval(X64Syscalls.ioctl, 5, 0xFFFF_FFFF_0000_0000UL | KvmIoctl.Run)); // the kernel reads an unsigned int
+        Assert.Equal(SeccompProgram.RetKillProcess, Eval(X64Syscalls.ioctl, 5, 0x5412)); // TIOCSTI: typing into a terminal
+        Assert.Equal(SeccompProgram.RetAllow, Eval(X64Syscalls.socket, AfUnix, 1));
+        Assert.Equal(SeccompProgram.RetKillProcess, Eval(X64Syscalls.socket, AfInet, 1));
+        Assert.Equal(SeccompProgram.RetKillProcess, Eval(X64Syscalls.socketpair, AfInet, 1));
+        Assert.Equal(SeccompProgram.RetAllow, Eval(X64Syscalls.mmap, 0, 4096, ProtRead | ProtWrite));
+        Assert.Equal(SeccompProgram.RetKillProcess, Eval(X64Syscalls.mmap, 0, 4096, ProtRead | ProtExec));
+        Assert.Equal(SeccompProgram.RetKillProcess, Eval(X64Syscalls.mprotect, 0, 4096, ProtRead | ProtWrite | ProtExec));
+        Assert.Equal(SeccompProgram.RetAllow, Eval(X64Syscalls.prctl, 15)); // PR_SET_NAME
+        Assert.Equal(SeccompProgram.RetKillProcess, Eval(X64Syscalls.prctl, 38)); // PR_SET_NO_NEW_PRIVS: done before
+        Assert.Equal(SeccompProgram.RetAllow, Eval(X64Syscalls.prlimit64, 0, 7));
+        Assert.Equal(SeccompProgram.RetKillProcess, Eval(X64Syscalls.prlimit64, 1234, 7)); // another process's limits
+        Assert.Equal(SeccompProgram.RetAllow, Eval(X64Syscalls.read));
+        Assert.Equal(SeccompProgram.RetAllow, Eval(X64Syscalls.renameat2));
+    }
+
+    [Fact]
+    public void Other_architectures_and_the_x32_abi_are_killed()
+    {
+        Assert.Equal(SeccompProgram.RetKillProcess, SeccompProgram.Evaluate(Kill, X64Syscalls.read, new ulong[6], arch: 0x40000003)); // i386
+        Assert.Equal(SeccompProgram.RetKillProcess, Eval((int)SeccompProgram.X32SyscallBit | X64Syscalls.read));
+    }
+
+    [Fact]
+    public void The_log_action_only_changes_what_happens_outside_the_list()
+    {
+        var log = VmmSyscallPolicy.Build(SeccompProgram.RetLog);
+        Assert.Equal(SeccompProgram.RetLog, SeccompProgram.Evaluate(log, 59, new ulong[6]));
+        Assert.Equal(SeccompProgram.RetAllow, SeccompProgram.Evaluate(log, X64Syscalls.futex, new ulong[6]));
+    }
+
+    [Fact]
+    public void Rules_are_checked_when_the_program_is_built()
+    {
+        Assert.Throws<ArgumentException>(() => SeccompProgram.Build([], [new(16, 1, [1]), new(16, 2, [1])], SeccompProgram.RetLog));
+        Assert.Throws<ArgumentException>(() => SeccompProgram.Build([], [new(16, 1, [.. Enumerable.Range(0, 200).Select(i => (uint)i)])], SeccompProgram.RetLog));
+        Assert.Throws<ArgumentOutOfRangeException>(() => SeccompProgram.Build([], [new(16, 6, [1])], SeccompProgram.RetLog));
+        Assert.InRange(Kill.Length, 10, SeccompProgram.MaxInstructions);
+    }
+
+    [Fact]
+    public void Exit_statuses_read_as_sentences()
+    {
+        Assert.Contains("SIGSYS", VmmExit.Describe(128 + 31));
+        Assert.Contains("seccomp", VmmExit.Describe(128 + 31));
+        Assert.Equal("killed by SIGKILL", VmmExit.Describe(137));
+        Assert.Equal("exit status 1", VmmExit.Describe(1));
+    }
+
+    private const string Probe = """
+        #define _GNU_SOURCE
+        #include <linux/filter.h>
+        #include <linux/seccomp.h>
+        #include <stdio.h>
+        #include <stdlib.h>
+        #include <string.h>
+        #include <sys/mman.h>
+        #include <sys/prctl.h>
+        #include <sys/socket.h>
+        #include <sys/syscall.h>
+        #include <unistd.h>
+        /* probe FILTER ACTION: installs the filter (struct sock_filter[] in FILTER), then does ACTION. */
+        int main(int argc, char **argv)
+        {
+            static struct sock_filter insns[4096];
+            FILE *f = fopen(argv[1], "rb");
+            size_t n = fread(insns, sizeof insns[0], 4096, f);
+            fclose(f);
+            struct sock_fprog prog = { .len = (unsigned short)n, .filter = insns };
+            if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog)) { perror("seccomp"); return 2; }
+            if (!strcmp(argv[2], "unix")) return socket(AF_UNIX, SOCK_STREAM, 0) >= 0 ? 0 : 3;
+            if (!strcmp(argv[2], "inet")) { socket(AF_INET, SOCK_STREAM, 0); return 4; }
+            if (!strcmp(argv[2], "mmap-rw")) return mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) != MAP_FAILED ? 0 : 3;
+            if (!strcmp(argv[2], "mmap-exec")) { mmap(0, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0); return 4; }
+            if (!strcmp(argv[2], "execve")) { execl("/bin/true", "true", (char *)0); return 4; }
+            return 5;
+        }
+        """;
+
+    [Theory]
+    [InlineData("unix", 0)]
+    [InlineData("mmap-rw", 0)]
+    [InlineData("inet", 128 + 31)]
+    [InlineData("mmap-exec", 128 + 31)]
+    [InlineData("execve", 128 + 31)]
+    public void The_kernel_takes_the_filter_and_kills_what_it_forbids(string action, int expected)
+    {
+        Assert.True(OperatingSystem.IsLinux() && RuntimeInformation.ProcessArchitecture == Architecture.X64);
+        string dir = Directory.CreateTempSubdirectory("rkt-kvm-seccomp-").FullName;
+        try
+        {
+            string filter = Path.Join(dir, "filter.bpf");
+            File.WriteAllBytes(filter, MemoryMarshal.AsBytes(Kill.AsSpan()).ToArray());
+            File.WriteAllText(Path.Join(dir, "probe.c"), Probe);
+            Assert.Equal(0, Run("gcc", "-O2", "-o", Path.Join(dir, "probe"), Path.Join(dir, "probe.c")));
+            Assert.Equal(expected, Run(Path.Join(dir, "probe"), filter, action));
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+
+    private static int Run(string program, params string[] args)
+    {
+        var psi = new ProcessStartInfo(program) { RedirectStandardError = true };
+        foreach (string a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        string error = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        if (p.ExitCode is not (0 or 128 + 31)) Console.Error.WriteLine($"{program}: {p.ExitCode} {error}");
+        return p.ExitCode;
+    }
+}

@@ -1,0 +1,60 @@
+using System.Runtime.InteropServices;
+using Rkt.Kvm.Vmm.Client;
+
+namespace Rkt.Kvm.Vmm.Host.Confinement;
+
+/// <summary>
+/// What the VMM gives up once it is set up, before the first vCPU runs guest code: core dumps (they
+/// would hold guest memory) and ptrace or /proc/&lt;pid&gt;/mem access by other processes of its user
+/// (not dumpable), new privileges through execve (no_new_privs), and every system call outside
+/// <see cref="VmmSyscallPolicy"/>, on every thread of the process (SECCOMP_FILTER_FLAG_TSYNC).
+/// </summary>
+public static unsafe partial class LockDown
+{
+    private const int PR_SET_DUMPABLE = 4, PR_SET_NO_NEW_PRIVS = 38;
+    private const int RLIMIT_CORE = 4;
+    private const long SYS_seccomp = 317;
+    private const uint SECCOMP_SET_MODE_FILTER = 1, SECCOMP_FILTER_FLAG_TSYNC = 1;
+
+    [LibraryImport("libc", SetLastError = true)] private static partial int prctl(int option, nuint arg2, nuint arg3, nuint arg4, nuint arg5);
+    [LibraryImport("libc", SetLastError = true)] private static partial int setrlimit(int resource, ulong* limit);
+    [LibraryImport("libc", SetLastError = true)] private static partial long syscall(long number, nuint arg1, nuint arg2, void* arg3);
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct SockFprog
+    {
+        public ushort Length;
+        public BpfInstruction* Filter;
+    }
+
+    /// <summary>Applies it all; a step that fails throws (a VMM that cannot confine itself does not run a guest).</summary>
+    public static void Apply(SeccompAction action)
+    {
+        ulong* noCore = stackalloc ulong[2] { 0, 0 };
+        Check(setrlimit(RLIMIT_CORE, noCore), "setrlimit(RLIMIT_CORE, 0)");
+        Check(prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE, 0)");
+        Check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS, 1)");
+        if (action == SeccompAction.Off) return;
+        LoadLazyLibraries();
+        var program = VmmSyscallPolicy.Build(action == SeccompAction.Kill ? SeccompProgram.RetKillProcess : SeccompProgram.RetLog);
+        fixed (BpfInstruction* filter = program)
+        {
+            var fprog = new SockFprog { Length = (ushort)program.Length, Filter = filter };
+            long rc = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &fprog);
+            // With TSYNC a positive result is the id of a thread that could not be synchronised.
+            if (rc > 0) throw new IOException($"seccomp: thread {rc} could not take the filter.");
+            Check((int)rc, "seccomp(SECCOMP_SET_MODE_FILTER)");
+        }
+    }
+
+    /// <summary>
+    /// Loads now what the runtime would load on first use: loading maps code, which the filter
+    /// forbids (no executable mappings). OpenSSL: snapshot hashes (SHA-256) on the control socket.
+    /// </summary>
+    private static void LoadLazyLibraries() => System.Security.Cryptography.SHA256.HashData(ReadOnlySpan<byte>.Empty);
+
+    private static void Check(int rc, string what)
+    {
+        if (rc != 0) throw new IOException($"{what} failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}.");
+    }
+}

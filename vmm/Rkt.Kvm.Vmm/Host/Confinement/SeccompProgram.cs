@@ -1,0 +1,96 @@
+using System.Runtime.InteropServices;
+
+namespace Rkt.Kvm.Vmm.Host.Confinement;
+
+/// <summary>One classic-BPF instruction (<c>struct sock_filter</c>).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public readonly record struct BpfInstruction(ushort Code, byte JumpTrue, byte JumpFalse, uint K);
+
+/// <summary>A system call allowed only when one argument's low 32 bits are one of <see cref="Values"/>
+/// (ioctl requests and socket families are ints to the kernel: the high bits do not count).</summary>
+public sealed record ArgumentRule(int Syscall, int Argument, IReadOnlyList<uint> Values);
+
+/// <summary>
+/// Assembles a seccomp allow-list filter: anything not from x86-64 (or from the x32 ABI) is killed;
+/// a syscall in the list is allowed, one with an <see cref="ArgumentRule"/> only with those argument
+/// values; everything else gets the default action. Each test jumps at most a block's length, so
+/// the program has no long jumps (cBPF jumps reach 255 instructions). The kernel's per-syscall
+/// action cache makes the unconditionally allowed syscalls cost nothing after the first call.
+/// </summary>
+public static class SeccompProgram
+{
+    public const uint AuditArchX86_64 = 0xC000003E;
+    public const uint X32SyscallBit = 0x40000000;
+    public const uint RetKillProcess = 0x80000000, RetLog = 0x7ffc0000, RetAllow = 0x7fff0000;
+    // BPF opcodes: ld word at absolute offset, jump if equal / greater or equal (immediate), return.
+    private const ushort LdAbsW = 0x20, JeqK = 0x15, JgeK = 0x35, RetK = 0x06;
+    // struct seccomp_data: int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6].
+    private const uint NrOffset = 0, ArchOffset = 4, ArgsOffset = 16;
+    public const int MaxInstructions = 4096; // BPF_MAXINSNS
+
+    public static BpfInstruction[] Build(IEnumerable<int> allowed, IEnumerable<ArgumentRule> rules, uint defaultAction)
+    {
+        var program = new List<BpfInstruction>
+        {
+            new(LdAbsW, 0, 0, ArchOffset),
+            new(JeqK, 1, 0, AuditArchX86_64),
+            new(RetK, 0, 0, RetKillProcess),
+            new(LdAbsW, 0, 0, NrOffset),
+            new(JgeK, 0, 1, X32SyscallBit),
+            new(RetK, 0, 0, RetKillProcess),
+        };
+        var ruled = rules.ToList();
+        if (ruled.GroupBy(r => r.Syscall).Any(g => g.Count() > 1)) throw new ArgumentException("One argument rule per system call.");
+        foreach (var rule in ruled)
+        {
+            if (rule.Argument is < 0 or > 5) throw new ArgumentOutOfRangeException(nameof(rules), "A system call has arguments 0 to 5.");
+            // [jeq nr] [ld arg] ([jeq v] [ret allow])* [ret default] [ld nr]
+            int block = 1 + 2 * rule.Values.Count + 1 + 1;
+            if (block > 255) throw new ArgumentException($"Too many values for system call {rule.Syscall}.");
+            program.Add(new(JeqK, 0, (byte)block, (uint)rule.Syscall));
+            program.Add(new(LdAbsW, 0, 0, ArgsOffset + 8 * (uint)rule.Argument)); // little-endian: the low half first
+            foreach (uint value in rule.Values)
+            {
+                program.Add(new(JeqK, 0, 1, value));
+                program.Add(new(RetK, 0, 0, RetAllow));
+            }
+            program.Add(new(RetK, 0, 0, defaultAction));
+            program.Add(new(LdAbsW, 0, 0, NrOffset));
+        }
+        foreach (int nr in allowed.Where(n => ruled.All(r => r.Syscall != n)).Distinct())
+        {
+            program.Add(new(JeqK, 0, 1, (uint)nr));
+            program.Add(new(RetK, 0, 0, RetAllow));
+        }
+        program.Add(new(RetK, 0, 0, defaultAction));
+        if (program.Count > MaxInstructions) throw new ArgumentException($"The filter has {program.Count} instructions; the kernel takes at most {MaxInstructions}.");
+        return [.. program];
+    }
+
+    /// <summary>Runs <paramref name="program"/> the way the kernel does, for one call (tests).</summary>
+    public static uint Evaluate(IReadOnlyList<BpfInstruction> program, int nr, ulong[] args, uint arch = AuditArchX86_64)
+    {
+        uint a = 0;
+        for (int pc = 0; pc < program.Count; pc++)
+        {
+            var i = program[pc];
+            switch (i.Code)
+            {
+                case LdAbsW:
+                    a = i.K switch
+                    {
+                        NrOffset => (uint)nr,
+                        ArchOffset => arch,
+                        >= ArgsOffset and < ArgsOffset + 48 when (i.K - ArgsOffset) % 8 == 0 => (uint)args[(i.K - ArgsOffset) / 8],
+                        _ => throw new InvalidOperationException($"load from offset {i.K}"),
+                    };
+                    break;
+                case JeqK: pc += a == i.K ? i.JumpTrue : i.JumpFalse; break;
+                case JgeK: pc += a >= i.K ? i.JumpTrue : i.JumpFalse; break;
+                case RetK: return i.K;
+                default: throw new InvalidOperationException($"opcode {i.Code:x}");
+            }
+        }
+        throw new InvalidOperationException("The program ran off its end.");
+    }
+}
