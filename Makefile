@@ -18,7 +18,7 @@ DOTNET_FLAGS := --nologo -v quiet
 # networking runs CNI plugins (containernetworking-plugins) and iproute2's ip and tc; the default
 # network's masquerade and --port's DNAT go through iptables.
 APT_PACKAGES := busybox-static cpio gcc libc6-dev zlib1g-dev appc-spec umoci skopeo zstd xz-utils bzip2 attr \
-  containernetworking-plugins iproute2 iptables
+  containernetworking-plugins iproute2 iptables docker-registry apache2-utils
 BENCH_APT_PACKAGES := qemu-system-x86
 
 VMM := $(OUT)/vmm/rkt-kvm-vmm

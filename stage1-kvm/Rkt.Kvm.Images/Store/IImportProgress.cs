@@ -22,4 +22,8 @@ public sealed class NoProgress : IImportProgress
 public sealed record ImportOptions(string? Name = null, string? Reference = null)
 {
     public Archive.ExtractionPolicy Policy { get; init; } = new();
+
+    /// <summary>The registry reference a fetch came from (see <see cref="ImageRecord.Remote"/>).</summary>
+    internal string? Remote { get; init; }
+    internal string? RemoteDigest { get; init; }
 }

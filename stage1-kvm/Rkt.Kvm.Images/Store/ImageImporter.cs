@@ -100,6 +100,20 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
         LayeredImage image = OciLayoutReader.IsLayout(dir) ? OciLayoutReader.Read(dir, options.Reference)
             : DockerArchiveReader.IsArchive(dir) ? DockerArchiveReader.Read(dir, options.Reference)
             : throw new ImageException($"{source} is not an image: neither an ACI, an OCI image layout nor a docker archive");
+        var fallbackName = Path.GetFileNameWithoutExtension(Path.TrimEndingDirectorySeparator(source));
+        return ImportImage(image, source, fallbackName, tmp, options);
+    }
+
+    /// <summary>
+    /// Imports an image a registry fetch resolved: its layers were downloaded (digest and size
+    /// checked) into <paramref name="tmp"/> or linked there from the store, and go through the same
+    /// checks as a local OCI layout's, so a registry cannot put into the store what a file could not.
+    /// </summary>
+    internal ImageRecord ImportFetched(LayeredImage image, string remote, string remoteDigest, TempArea tmp, ImportOptions options) =>
+        ImportImage(image, remote, remote, tmp, options with { Remote = remote, RemoteDigest = remoteDigest });
+
+    private ImageRecord ImportImage(LayeredImage image, string source, string fallbackName, TempArea tmp, ImportOptions options)
+    {
 
         var applier = new TarApplier(NullTreeWriter.Instance, options.Policy);
         var blobs = new List<(string Key, string TmpPath)>();
@@ -134,7 +148,6 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
         }
         applier.Complete();
 
-        var fallbackName = Path.GetFileNameWithoutExtension(Path.TrimEndingDirectorySeparator(source));
         var manifest = AppcConverter.Convert(image, options.Name, fallbackName).ToJsonBytes();
         var now = DateTimeOffset.UtcNow;
         var summary = ManifestSummary.Parse(manifest, "the converted manifest");
@@ -142,7 +155,7 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
         {
             Id = LayeredImageId(manifest, blobs.Select(b => b.Key)), Name = summary.Name, Labels = new(summary.Labels),
             Format = image.Format, ImportTime = now, LastUsed = now, Blobs = blobs.Select(b => b.Key).ToList(),
-            AllowDevices = options.Policy.AllowDevices,
+            AllowDevices = options.Policy.AllowDevices, Remote = options.Remote, RemoteDigest = options.RemoteDigest,
         };
         return store.Commit(record, blobs, manifest);
     }
