@@ -1,4 +1,5 @@
 using Rkt.Kvm.Images.Builders;
+using Rkt.Kvm.Images.Tests.Support;
 using Rkt.Kvm.Stage1.Pods;
 
 namespace Rkt.Kvm.Stage1.Tests;
@@ -368,6 +369,38 @@ public sealed class Stage0ConformanceTests : IDisposable
         Assert.True(gc.ExitCode == 0, gc.Stderr);
         Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods"), uuid, SearchOption.AllDirectories));
         Assert.Empty(MountsUnderData());
+    }
+
+    [Fact]
+    public void Run_FetchesADockerImageOnDemand_ThenUsesTheStoredOne()
+    {
+        using var registry = new RegistryServer(_tmp);
+        var layer = Path.Join(_tmp, "busybox-layer.tar");
+        Tool.Run("tar", null, "-C", Path.Join(_tmp, "busybox-rootfs"), "-cf", layer, ".");
+        var layout = OciBuilder.Build(Path.Join(_tmp, "busybox-oci"), "1", layer);
+        Tool.Run("skopeo", null, "copy", "--quiet", "--dest-tls-verify=false", $"oci:{layout}:1", $"docker://{registry.Host}/tools/busybox:1");
+        var image = $"docker://{registry.Host}/tools/busybox:1";
+
+        var refused = Cli("run", image, "--exec=/bin/true");
+        Assert.Equal(254, refused.ExitCode);
+        Assert.Contains("signature verification for docker images is not supported (try --insecure-options=image)", refused.Stderr);
+        Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods", "run")));
+
+        var (rc, _, err) = Cli("--insecure-options=image,http", "run", image, "--exec=/bin/true");
+        Assert.True(rc == 0, err);
+        var manifest = Manifests.PodManifest.Load(Path.Join(OnlyPod("run"), "pod"));
+        var app = Assert.Single(manifest.Apps);
+        Assert.Equal("busybox", app.Name);
+        Assert.Equal($"127.0.0.1-{registry.Port}/tools/busybox", app.Image.Name);
+
+        // run's pull policy is "new", as rkt's: the stored image, without asking the registry.
+        int manifestGets = registry.CountRequests("/manifests/");
+        var again = Cli("run", image, "--insecure-options=image,http", "--exec=/bin/true");
+        Assert.True(again.ExitCode == 0, again.Stderr);
+        Assert.Equal(manifestGets, registry.CountRequests("/manifests/"));
+        var never = Cli("run", $"docker://{registry.Host}/tools/other:1", "--insecure-options=image,http", "--pull-policy=never", "--exec=/bin/true");
+        Assert.Equal(254, never.ExitCode);
+        Assert.Contains("--pull-policy=never", never.Stderr);
     }
 
     [Fact]

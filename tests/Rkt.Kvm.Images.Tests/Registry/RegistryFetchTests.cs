@@ -29,7 +29,7 @@ public sealed class RegistryFetchTests : StoreTest
     [Fact]
     public void Fetch_imports_an_image_and_a_second_fetch_downloads_no_blob()
     {
-        using var registry = new RegistryServer(_tmp);
+        using var registry = new RegistryServer(_tmp.Path);
         var layout = RegistryPush.Layout(_tmp, "small", "v1", layers: 2);
         RegistryPush.Skopeo(layout, "v1", $"{registry.Host}/test/small:v1");
         var image = $"docker://{registry.Host}/test/small:v1";
@@ -65,7 +65,7 @@ public sealed class RegistryFetchTests : StoreTest
     [Fact]
     public void A_new_tag_sharing_layers_downloads_only_the_new_layer()
     {
-        using var registry = new RegistryServer(_tmp);
+        using var registry = new RegistryServer(_tmp.Path);
         var layout = RegistryPush.Layout(_tmp, "base", "v1", layers: 2);
         RegistryPush.Skopeo(layout, "v1", $"{registry.Host}/test/app:v1");
         Assert.Equal(0, Cli("--insecure-options=image,http", "fetch", $"docker://{registry.Host}/test/app:v1").Rc);
@@ -85,7 +85,7 @@ public sealed class RegistryFetchTests : StoreTest
     [Fact]
     public async Task A_multi_platform_index_gives_the_linux_amd64_image()
     {
-        using var registry = new RegistryServer(_tmp);
+        using var registry = new RegistryServer(_tmp.Path);
         var baseUrl = $"http://{registry.Host}";
         using var http = new HttpClient();
         var arm = await RegistryPush.LayoutImage(http, baseUrl, "test/multi", RegistryPush.Layout(_tmp, "arm", "x", layers: 1));
@@ -106,11 +106,11 @@ public sealed class RegistryFetchTests : StoreTest
     }
 
     [Fact]
-    public void Htpasswd_registry_needs_rkt_auth_credentials()
+    public async Task Htpasswd_registry_needs_rkt_auth_credentials()
     {
         var htpasswd = _tmp["htpasswd"];
         File.WriteAllText(htpasswd, Tool.Run("htpasswd", null, "-Bbn", "alice", "s3cret"));
-        using var registry = new RegistryServer(_tmp, htpasswd);
+        using var registry = new RegistryServer(_tmp.Path, htpasswd);
         var layout = RegistryPush.Layout(_tmp, "private", "v1", layers: 1);
         RegistryPush.Skopeo(layout, "v1", $"{registry.Host}/team/private:v1", creds: "alice:s3cret");
         var image = $"docker://{registry.Host}/team/private:v1";
@@ -130,15 +130,9 @@ public sealed class RegistryFetchTests : StoreTest
 
         File.WriteAllText(Path.Join(authDir, "wrong.json"),
             $$$"""{"rktKind":"dockerAuth","rktVersion":"v1","registries":["{{{registry.Host}}}"],"credentials":{"user":"alice","password":"s3cret"}}""");
-        // --debug logs go to the process's stderr (Serilog's console sink): catch them there.
-        var log = new StringWriter();
-        var console = Console.Error;
-        Console.SetError(log);
-        (int rc, string id, string err) = (0, "", "");
-        try { (rc, id, err) = Cli("--insecure-options=image,http", "--debug", "fetch", image); }
-        finally { Console.SetError(console); }
+        // A real process: the --debug log goes to its own stderr (Serilog is process-wide).
+        var (rc, id, err) = await CliProcess.Run("--dir", _tmp["data"], "--local-config", _tmp["etc-rkt"], "--insecure-options=image,http", "--debug", "fetch", image);
         Assert.True(rc == 0, err);
-        err += log.ToString();
         Assert.DoesNotContain("s3cret", err); // --debug logs the exchanges, never the credentials
         Assert.DoesNotContain("YWxpY2U6czNjcmV0", err); // nor their base64
         Assert.Contains("(Basic)", err);
@@ -152,7 +146,7 @@ public sealed class RegistryFetchTests : StoreTest
         Assert.Equal(254, noImage.Rc);
         Assert.Equal("rkt-kvm: signature verification for docker images is not supported (try --insecure-options=image)", noImage.Err.Trim());
 
-        using var registry = new RegistryServer(_tmp);
+        using var registry = new RegistryServer(_tmp.Path);
         var noHttp = Cli("--insecure-options=image", "fetch", $"docker://{registry.Host}/x:1");
         Assert.Equal(254, noHttp.Rc);
         Assert.Single(noHttp.Err.Trim().Split('\n'));

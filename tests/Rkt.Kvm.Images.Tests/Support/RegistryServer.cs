@@ -10,6 +10,7 @@ namespace Rkt.Kvm.Images.Tests.Support;
 /// free port, with its own config and storage under the test's temp dir, optionally behind
 /// htpasswd basic auth. Its request log is kept, so a test can count what a fetch downloaded.
 /// A missing binary fails the test, saying how to install it; no test skips for lack of it.
+/// (Also compiled into Rkt.Kvm.Stage1.Tests, for run docker://.)
 /// </summary>
 public sealed class RegistryServer : IDisposable
 {
@@ -17,12 +18,13 @@ public sealed class RegistryServer : IDisposable
     private readonly Process _process;
     private readonly ConcurrentQueue<string> _log = new();
 
-    public RegistryServer(TempDir tmp, string? htpasswd = null)
+    /// <param name="workDir">where its config and storage go (the test's temp dir).</param>
+    public RegistryServer(string workDir, string? htpasswd = null)
     {
         if (!File.Exists(Binary))
             throw new InvalidOperationException($"{Binary} is not installed: run `make deps` (Debian package docker-registry; CI installs it)");
         Port = FreePort();
-        var dir = tmp.Dir($"registry-{Port}");
+        var dir = Directory.CreateDirectory(Path.Join(workDir, $"registry-{Port}")).FullName;
         var auth = htpasswd is null ? "" : $"auth:\n  htpasswd:\n    realm: rkt-kvm-test\n    path: {htpasswd}\n";
         var config = Path.Join(dir, "config.yml");
         File.WriteAllText(config, $"""
