@@ -29,6 +29,7 @@ internal sealed class BlobDownloader(RegistryHttp http)
             await Copy(body, file, hash, size, what, progress, ct);
             var hex = Convert.ToHexStringLower(hash.GetCurrentHash());
             if (hex != digest.Hex) throw new ImageException($"{what} does not match its digest (got {digest.Algorithm}:{hex})");
+            file.Flush(flushToDisk: true); // the store takes this file as it is (no copy to fsync later)
             return true;
         }, ct);
 

@@ -45,7 +45,7 @@ internal sealed class ManifestResolver(RegistryHttp http, long maxImageBytes)
 
     private async Task<(OciManifestOrIndex Doc, Digest Digest, string Type)> Fetch(string manifestReference, Digest? expected, CancellationToken ct)
     {
-        var what = $"manifest {manifestReference}";
+        var what = $"manifest {http.Repository}{(manifestReference.Contains(':') ? '@' : ':')}{manifestReference}";
         var limit = http.Options.MaxManifestBytes;
         var (bytes, contentType, headerDigest) = await http.Retry(what, async ct =>
         {

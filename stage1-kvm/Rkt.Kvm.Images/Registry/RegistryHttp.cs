@@ -42,6 +42,9 @@ internal sealed class RegistryHttp : IDisposable
 
     public RegistryOptions Options => _options;
 
+    /// <summary>"registry/repository", for messages.</summary>
+    public string Repository => _reference.Name;
+
     /// <summary>The URL of a path under the registry's <c>/v2/&lt;repository&gt;/</c>.</summary>
     public async Task<Uri> Url(string path, CancellationToken ct)
     {
@@ -122,6 +125,12 @@ internal sealed class RegistryHttp : IDisposable
             catch (OperationCanceledException) when (!ct.IsCancellationRequested)
             {
                 throw new TransientRegistryException($"{what}: no answer from {url.Host} within {_options.ResponseTimeout.TotalSeconds:0} s");
+            }
+            catch (HttpRequestException e) when (e.InnerException is System.Security.Authentication.AuthenticationException tls)
+            {
+                // Not worth a retry: the same handshake fails the same way.
+                throw new ImageException($"{what}: TLS with {url.Authority} failed ({tls.Message}); a plain-HTTP registry needs " +
+                    "--insecure-options=http, one with an untrusted certificate --insecure-options=tls", e);
             }
             Log.Debug("GET {Url}{Auth} -> {Status}", ForLog(url), request.Headers.Authorization is { } a ? $" ({a.Scheme})" : "", (int)response.StatusCode);
             if ((int)response.StatusCode is not (301 or 302 or 303 or 307 or 308)) return response;

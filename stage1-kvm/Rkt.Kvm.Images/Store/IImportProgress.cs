@@ -26,4 +26,7 @@ public sealed record ImportOptions(string? Name = null, string? Reference = null
     /// <summary>The registry reference a fetch came from (see <see cref="ImageRecord.Remote"/>).</summary>
     internal string? Remote { get; init; }
     internal string? RemoteDigest { get; init; }
+    /// <summary>The layer files are the import's own scratch files (a registry download, or a
+    /// hardlink of a stored blob): moved into the store after their checks instead of copied.</summary>
+    internal bool TakeLayerFiles { get; init; }
 }

@@ -110,7 +110,7 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
     /// checks as a local OCI layout's, so a registry cannot put into the store what a file could not.
     /// </summary>
     internal ImageRecord ImportFetched(LayeredImage image, string remote, string remoteDigest, TempArea tmp, ImportOptions options) =>
-        ImportImage(image, remote, remote, tmp, options with { Remote = remote, RemoteDigest = remoteDigest });
+        ImportImage(image, remote, remote, tmp, options with { Remote = remote, RemoteDigest = remoteDigest, TakeLayerFiles = true });
 
     private ImageRecord ImportImage(LayeredImage image, string source, string fallbackName, TempArea tmp, ImportOptions options)
     {
@@ -123,9 +123,11 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
             var layer = image.Layers[i];
             var what = $"layer {i + 1}/{image.Layers.Count} ({layer.BlobDigest ?? layer.DiffId})";
             if (!File.Exists(layer.Path)) throw new ImageException($"{what} is missing from {source}");
-            var blobTmp = Path.Join(tmp.Path, $"layer-{i}");
+            // A fetched layer already sits in this scratch area: it is checked, then moved in as it is.
+            // A layer of a user's layout or archive is copied while it is checked: that file is not ours.
+            var blobTmp = options.TakeLayerFiles ? layer.Path : Path.Join(tmp.Path, $"layer-{i}");
             using var raw = File.OpenRead(layer.Path);
-            using var blob = new FileStream(blobTmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16);
+            using var blob = options.TakeLayerFiles ? null : new FileStream(blobTmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16);
             var shortDigest = (layer.BlobDigest ?? layer.DiffId)?.Hex[..12];
             _progress.Step($"importing layer {i + 1}/{image.Layers.Count} {shortDigest}", SizeOf(raw));
             using var stored = new InspectingStream(raw, what, layer.BlobDigest?.HashName ?? HashAlgorithmName.SHA256, tee: blob,
@@ -141,7 +143,7 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
             Verify(what, "diff_id", layer.DiffId, plain.HexDigest());
             if (layer.Size is { } size && size != stored.BytesRead)
                 throw new ImageException($"{what} has {stored.BytesRead} bytes, its descriptor says {size}");
-            blob.Flush(flushToDisk: true);
+            blob?.Flush(flushToDisk: true);
             var algorithm = layer.BlobDigest?.Algorithm ?? "sha256";
             blobs.Add(($"{algorithm}:{stored.HexDigest()}", blobTmp));
             Log.Debug("Checked {Layer}: {Compression}, {Stored} bytes stored, {Plain} bytes of tar", what, compression, stored.BytesRead, plain.BytesRead);

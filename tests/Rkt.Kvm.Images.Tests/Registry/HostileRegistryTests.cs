@@ -152,8 +152,8 @@ public sealed class HostileRegistryTests : StoreTest, IDisposable
             return true;
         };
         var clock = Stopwatch.StartNew();
-        Refused("nothing received for 1 s after 1000 of", Fast with { MaxAttempts = 2 });
-        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), $"took {clock.Elapsed}");
+        Refused("nothing received for 1 s after", Fast with { MaxAttempts = 2 });
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20), $"took {clock.Elapsed}");
     }
 
     [Fact]
@@ -175,7 +175,7 @@ public sealed class HostileRegistryTests : StoreTest, IDisposable
         };
         var clock = Stopwatch.StartNew();
         Refused("arrives too slowly", Fast with { MinBytesPerSecond = 100_000, SlowGrace = TimeSpan.FromSeconds(1) });
-        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), $"took {clock.Elapsed}");
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20), $"took {clock.Elapsed}");
     }
 
     [Fact]
