@@ -63,9 +63,10 @@ public sealed class RegistryFetcher(ImageStore store, RegistryOptions options, I
             try
             {
                 var what = $"layer {layer.Index + 1}/{layers.Count} ({layer.Digest})";
-                lock (progressLock) _progress.Step($"downloading layer {layer.Index + 1}/{layers.Count} {layer.Digest.Hex[..12]}", layer.Size);
+                Action<long> advance;
+                lock (progressLock) advance = _progress.Begin($"downloading layer {layer.Index + 1}/{layers.Count} {layer.Digest.Hex[..12]}", layer.Size);
                 await downloader.Download(layer.Digest, layer.Size, BlobFile(tmp, layer.Digest), what,
-                    n => { lock (progressLock) _progress.Advance(n); }, ct);
+                    n => { lock (progressLock) advance(n); }, ct);
             }
             finally { gate.Release(); }
         }));

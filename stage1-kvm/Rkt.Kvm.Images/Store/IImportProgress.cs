@@ -8,6 +8,14 @@ public interface IImportProgress
 
     /// <summary>More input bytes of the current step were read.</summary>
     void Advance(long bytes);
+
+    /// <summary>A step that runs alongside others (one of several layer downloads); the returned
+    /// action advances that step alone. By default it is a plain step.</summary>
+    Action<long> Begin(string description, long totalBytes)
+    {
+        Step(description, totalBytes);
+        return Advance;
+    }
 }
 
 public sealed class NoProgress : IImportProgress
