@@ -13,20 +13,26 @@ namespace Rkt.Kvm.Images.Tests.Support;
 /// </summary>
 public sealed class FakeRegistry : IDisposable
 {
-    private readonly HttpListener _listener = new();
+    private readonly HttpListener _listener;
     private readonly Dictionary<string, byte[]> _blobs = new();
     private readonly Dictionary<string, (byte[] Body, string Type)> _manifests = new();
     private readonly CancellationTokenSource _stop = new();
 
     public FakeRegistry()
     {
-        Port = RegistryServer.FreePort();
-        _listener.Prefixes.Add($"http://127.0.0.1:{Port}/");
-        _listener.Start();
+        // A free port can be taken by a parallel test between the look and the bind: try another.
+        for (int attempt = 1; ; attempt++)
+        {
+            Port = RegistryServer.FreePort();
+            _listener = new HttpListener();
+            _listener.Prefixes.Add($"http://127.0.0.1:{Port}/");
+            try { _listener.Start(); break; }
+            catch (HttpListenerException) when (attempt < 5) { _listener.Close(); }
+        }
         _ = Task.Run(Serve);
     }
 
-    public int Port { get; }
+    public int Port { get; private set; }
     public string Host => $"127.0.0.1:{Port}";
     public ConcurrentQueue<(string Path, string? Authorization)> Requests { get; } = new();
 
@@ -102,7 +108,8 @@ public sealed class FakeRegistry : IDisposable
     public void Dispose()
     {
         _stop.Cancel();
-        try { _listener.Stop(); _listener.Close(); } catch (ObjectDisposedException) { }
+        // The managed HttpListener can throw while tearing its endpoint down; the test is over either way.
+        try { _listener.Stop(); _listener.Close(); } catch (Exception e) when (e is ObjectDisposedException or HttpListenerException) { }
         _stop.Dispose();
     }
 }
