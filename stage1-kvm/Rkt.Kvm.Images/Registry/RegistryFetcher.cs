@@ -44,36 +44,60 @@ public sealed class RegistryFetcher(ImageStore store, RegistryOptions options, I
         await downloader.Download(configDigest, config.Size, BlobFile(tmp, configDigest), $"config {configDigest}", null, ct);
 
         var layers = resolved.Manifest.Layers ?? [];
-        var missing = new List<(int Index, Digest Digest, long Size)>();
-        var seen = new HashSet<string>();
-        for (int i = 0; i < layers.Count; i++)
-        {
-            var digest = Digest.Parse(layers[i].Digest, $"layer {i + 1}");
-            if (!seen.Add(digest.ToString())) continue; // the same blob twice (empty layers): fetched once
-            if (store.TryLinkBlob(digest.ToString(), BlobFile(tmp, digest)))
-                Log.Debug("{Reference}: layer {Digest} is in the store already", reference, digest);
-            else missing.Add((i, digest, layers[i].Size));
-        }
-
-        using var gate = new SemaphoreSlim(options.ParallelDownloads);
-        var progressLock = new object();
-        await Task.WhenAll(missing.Select(async layer =>
-        {
-            await gate.WaitAsync(ct);
-            try
-            {
-                var what = $"layer {layer.Index + 1}/{layers.Count} ({layer.Digest})";
-                Action<long> advance;
-                lock (progressLock) advance = _progress.Begin($"downloading layer {layer.Index + 1}/{layers.Count} {layer.Digest.Hex[..12]}", layer.Size);
-                await downloader.Download(layer.Digest, layer.Size, BlobFile(tmp, layer.Digest), what,
-                    n => { lock (progressLock) advance(n); }, ct);
-            }
-            finally { gate.Release(); }
-        }));
-
         var refName = reference.Tag is { } tag ? $"{reference.Name}:{tag}" : reference.Name;
         var image = OciLayoutReader.FromManifest(tmp.Path, resolved.Manifest, resolved.Digest, refName, format: "registry");
-        return new ImageImporter(store, _progress).ImportFetched(image, reference.Canonical, resolved.Digest.ToString(), tmp, importOptions);
+
+        // Every blob the store lacks is downloaded (a few at a time) while the import checks the
+        // layers already here, in order: layer i is checked as soon as its download is complete.
+        // The first failure, download or check, cancels the rest and is the one reported.
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        using var gate = new SemaphoreSlim(options.ParallelDownloads);
+        var progress = new LockedProgress(_progress);
+        Exception? firstFailure = null;
+        async Task Guard(Func<Task> work)
+        {
+            try { await work(); }
+            catch (Exception e)
+            {
+                Interlocked.CompareExchange(ref firstFailure, e, null);
+                stop.Cancel();
+                throw;
+            }
+        }
+
+        var ready = new Dictionary<string, Task>();
+        for (int i = 0; i < layers.Count; i++)
+        {
+            var digest = image.Layers[i].BlobDigest!;
+            if (ready.ContainsKey(digest.ToString())) continue; // the same blob twice (empty layers): fetched once
+            if (store.TryLinkBlob(digest.ToString(), BlobFile(tmp, digest)))
+            {
+                Log.Debug("{Reference}: layer {Digest} is in the store already", reference, digest);
+                ready[digest.ToString()] = Task.CompletedTask;
+                continue;
+            }
+            var (index, size) = (i, layers[i].Size);
+            ready[digest.ToString()] = Guard(async () =>
+            {
+                await gate.WaitAsync(stop.Token);
+                try
+                {
+                    var advance = progress.Begin($"downloading layer {index + 1}/{layers.Count} {digest.Hex[..12]}", size);
+                    await downloader.Download(digest, size, BlobFile(tmp, digest), $"layer {index + 1}/{layers.Count} ({digest})", n => advance(n), stop.Token);
+                }
+                finally { gate.Release(); }
+            });
+        }
+
+        var importOptionsWithWait = importOptions with { LayerReady = i => ready[image.Layers[i].BlobDigest!.ToString()] };
+        ImageRecord? record = null;
+        // Its own thread: the import is synchronous and blocks while it waits for a download.
+        var import = Guard(() => Task.Factory.StartNew(
+            () => record = new ImageImporter(store, progress).ImportFetched(image, reference.Canonical, resolved.Digest.ToString(), tmp, importOptionsWithWait),
+            stop.Token, TaskCreationOptions.LongRunning, TaskScheduler.Default));
+        try { await Task.WhenAll([.. ready.Values, import]); }
+        catch when (firstFailure is not null) { System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(firstFailure); }
+        return record!;
     }
 
     /// <summary>Where a blob goes in the scratch area: the OCI layout's place for it. The digest was
@@ -83,5 +107,20 @@ public sealed class RegistryFetcher(ImageStore store, RegistryOptions options, I
         var path = digest.BlobPath(tmp.Path);
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         return path;
+    }
+
+    /// <summary>Downloads and the import report from several threads; the CLI's progress is not thread-safe.</summary>
+    private sealed class LockedProgress(IImportProgress inner) : IImportProgress
+    {
+        private readonly Lock _lock = new();
+        public void Step(string description, long totalBytes) { lock (_lock) inner.Step(description, totalBytes); }
+        public void Advance(long bytes) { lock (_lock) inner.Advance(bytes); }
+
+        public Action<long> Begin(string description, long totalBytes)
+        {
+            Action<long> advance;
+            lock (_lock) advance = inner.Begin(description, totalBytes);
+            return bytes => { lock (_lock) advance(bytes); };
+        }
     }
 }

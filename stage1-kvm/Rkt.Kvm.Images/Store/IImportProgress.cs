@@ -37,4 +37,7 @@ public sealed record ImportOptions(string? Name = null, string? Reference = null
     /// <summary>The layer files are the import's own scratch files (a registry download, or a
     /// hardlink of a stored blob): moved into the store after their checks instead of copied.</summary>
     internal bool TakeLayerFiles { get; init; }
+    /// <summary>Completes when layer i's file is all there (a registry fetch downloads while the import
+    /// checks the layers before it); null when every layer is there from the start.</summary>
+    internal Func<int, Task>? LayerReady { get; init; }
 }

@@ -122,6 +122,7 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
         {
             var layer = image.Layers[i];
             var what = $"layer {i + 1}/{image.Layers.Count} ({layer.BlobDigest ?? layer.DiffId})";
+            options.LayerReady?.Invoke(i).GetAwaiter().GetResult();
             if (!File.Exists(layer.Path)) throw new ImageException($"{what} is missing from {source}");
             // A fetched layer already sits in this scratch area: it is checked, then moved in as it is.
             // A layer of a user's layout or archive is copied while it is checked: that file is not ours.

@@ -52,7 +52,7 @@ public sealed class HostileRegistryTests : StoreTest, IDisposable
     /// <summary>The fetch fails with one sentence containing <paramref name="expected"/>, and the store holds nothing.</summary>
     private string Refused(string expected, RegistryOptions? options = null, string tag = "v1")
     {
-        var e = Assert.Throws<ImageException>(() => Fetch(options, tag));
+        var e = Assert.ThrowsAny<ImageException>(() => Fetch(options, tag));
         Assert.Contains(expected, e.Message);
         Assert.DoesNotContain('\n', e.Message);
         _store.AssertEmpty();
@@ -175,6 +175,32 @@ public sealed class HostileRegistryTests : StoreTest, IDisposable
         };
         var clock = Stopwatch.StartNew();
         Refused("arrives too slowly", Fast with { MinBytesPerSecond = 100_000, SlowGrace = TimeSpan.FromSeconds(1) });
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20), $"took {clock.Elapsed}");
+    }
+
+    [Fact]
+    public void A_refused_layer_stops_the_downloads_still_running()
+    {
+        // Layer 1 escapes with "..": the import refuses it while layer 2 is still (not) arriving.
+        var evil = _tmp["evil.tar"];
+        using (var writer = new System.Formats.Tar.TarWriter(File.Create(evil)))
+            writer.WriteEntry(new System.Formats.Tar.PaxTarEntry(System.Formats.Tar.TarEntryType.RegularFile, "../evil") { DataStream = new MemoryStream("x"u8.ToArray()) });
+        var layout = OciBuilder.Build(_tmp["evil-oci"], "evil", evil, _tmp["img-layer2.tar"]);
+        _registry.Serve(layout, "evil");
+        using var index = JsonDocument.Parse(File.ReadAllBytes(Path.Join(layout, "index.json")));
+        var manifest = JsonDocument.Parse(_registry.Blob(index.RootElement.GetProperty("manifests")[0].GetProperty("digest").GetString()!));
+        var stalled = manifest.RootElement.GetProperty("layers")[1].GetProperty("digest").GetString()!;
+        _registry.Handler = async c =>
+        {
+            if (!c.Request.Url!.AbsolutePath.EndsWith(stalled, StringComparison.Ordinal)) return false;
+            c.Response.ContentLength64 = _registry.Blob(stalled).Length;
+            await c.Response.OutputStream.WriteAsync(_registry.Blob(stalled).AsMemory(0, 10));
+            await c.Response.OutputStream.FlushAsync();
+            await Task.Delay(TimeSpan.FromSeconds(60));
+            return true;
+        };
+        var clock = Stopwatch.StartNew();
+        Refused("refusing archive entry \"../evil\"", Fast with { IdleTimeout = TimeSpan.FromSeconds(60), SlowGrace = TimeSpan.FromSeconds(60) }, tag: "evil");
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20), $"took {clock.Elapsed}");
     }
 
