@@ -371,15 +371,35 @@ public sealed class Stage0ConformanceTests : IDisposable
         Assert.Empty(MountsUnderData());
     }
 
-    [Fact]
-    public void Run_FetchesADockerImageOnDemand_ThenUsesTheStoredOne()
+    /// <summary>The busybox rootfs as a one-layer OCI image, pushed by skopeo to a fresh registry;
+    /// returns its docker:// reference.</summary>
+    private string PushBusybox(RegistryServer registry)
     {
-        using var registry = new RegistryServer(_tmp);
         var layer = Path.Join(_tmp, "busybox-layer.tar");
         Tool.Run("tar", null, "-C", Path.Join(_tmp, "busybox-rootfs"), "-cf", layer, ".");
         var layout = OciBuilder.Build(Path.Join(_tmp, "busybox-oci"), "1", layer);
         Tool.Run("skopeo", null, "copy", "--quiet", "--dest-tls-verify=false", $"oci:{layout}:1", $"docker://{registry.Host}/tools/busybox:1");
-        var image = $"docker://{registry.Host}/tools/busybox:1";
+        return $"docker://{registry.Host}/tools/busybox:1";
+    }
+
+    [Fact]
+    public void AppAdd_FetchesADockerImageOnDemand()
+    {
+        using var registry = new RegistryServer(_tmp);
+        var image = PushBusybox(registry);
+        using var started = StartSandbox();
+        var (rc, _, err) = Cli("app", "add", started.Uuid, image, "--insecure-options=image,http", "--name=web");
+        Assert.True(rc == 0, err);
+        Assert.Equal("app-add", LoggingStage1.Calls(started.Pod).Last().Name);
+        Assert.True(File.Exists(Path.Join(started.Pod, "appsinfo/web/manifest")));
+        Assert.Contains($"127.0.0.1-{registry.Port}/tools/busybox:1", Cli("image", "list").Stdout);
+    }
+
+    [Fact]
+    public void Run_FetchesADockerImageOnDemand_ThenUsesTheStoredOne()
+    {
+        using var registry = new RegistryServer(_tmp);
+        var image = PushBusybox(registry);
 
         var refused = Cli("run", image, "--exec=/bin/true");
         Assert.Equal(254, refused.ExitCode);
