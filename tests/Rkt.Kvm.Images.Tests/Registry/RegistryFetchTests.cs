@@ -160,4 +160,44 @@ public sealed class RegistryFetchTests : StoreTest
         Assert.Contains("not found", missing.Err);
         _store.AssertEmpty();
     }
+
+    [Fact]
+    public void A_tls_registry_with_a_self_signed_certificate_needs_insecure_tls()
+    {
+        using var registry = new RegistryServer(_tmp.Path, tls: TestCertificate.Write(_tmp.Dir("tls"), "registry.test"));
+        var layout = RegistryPush.Layout(_tmp, "secure", "v1", layers: 1);
+        RegistryPush.Skopeo(layout, "v1", $"{registry.Host}/test/secure:v1"); // --dest-tls-verify=false: https, unverified
+        var image = $"docker://{registry.Host}/test/secure:v1";
+
+        var untrusted = Cli("--insecure-options=image", "fetch", image);
+        Assert.Equal(254, untrusted.Rc);
+        Assert.Contains("TLS with", untrusted.Err);
+        Assert.Contains("--insecure-options=tls", untrusted.Err);
+        _store.AssertEmpty();
+
+        var (rc, id, err) = Cli("--insecure-options=image,tls", "fetch", image);
+        Assert.True(rc == 0, err);
+        Assert.Matches("^sha512-", id.Trim());
+    }
+
+    [Fact]
+    public async Task Https_proxy_carries_the_fetch_and_no_proxy_bypasses_it()
+    {
+        using var registry = new RegistryServer(_tmp.Path, tls: TestCertificate.Write(_tmp.Dir("tls"), "registry.test"));
+        var layout = RegistryPush.Layout(_tmp, "proxied", "v1", layers: 1);
+        RegistryPush.Skopeo(layout, "v1", $"{registry.Host}/test/proxied:v1");
+        using var proxy = new ConnectProxy(registry.Port);
+        var env = new Dictionary<string, string> { ["HTTPS_PROXY"] = $"http://127.0.0.1:{proxy.Port}", ["NO_PROXY"] = "" };
+
+        // registry.test resolves nowhere: only the proxy can reach it (it tunnels to the test registry).
+        var (rc, _, err) = await CliProcess.Run(env, "--dir", _tmp["data"], "--insecure-options=image,tls", "fetch", $"docker://registry.test:{registry.Port}/test/proxied:v1");
+        Assert.True(rc == 0, err);
+        Assert.Contains($"CONNECT registry.test:{registry.Port} HTTP/1.1", proxy.Connects);
+
+        env["NO_PROXY"] = "127.0.0.1";
+        int connects = proxy.Connects.Count;
+        var direct = await CliProcess.Run(env, "--dir", _tmp["data2"], "--insecure-options=image,tls", "fetch", $"docker://{registry.Host}/test/proxied:v1");
+        Assert.True(direct.Rc == 0, direct.Err);
+        Assert.Equal(connects, proxy.Connects.Count);
+    }
 }

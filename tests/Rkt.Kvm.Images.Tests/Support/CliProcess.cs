@@ -8,9 +8,12 @@ public static class CliProcess
 {
     public static string Dll => Path.Join(AppContext.BaseDirectory, "rkt-kvm.dll");
 
-    public static async Task<(int Rc, string Out, string Err)> Run(params string[] args)
+    public static Task<(int Rc, string Out, string Err)> Run(params string[] args) => Run(null, args);
+
+    public static async Task<(int Rc, string Out, string Err)> Run(IDictionary<string, string>? env, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var (k, v) in env ?? new Dictionary<string, string>()) psi.Environment[k] = v;
         psi.ArgumentList.Add(Dll);
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;

@@ -19,13 +19,15 @@ public sealed class RegistryServer : IDisposable
     private readonly ConcurrentQueue<string> _log = new();
 
     /// <param name="workDir">where its config and storage go (the test's temp dir).</param>
-    public RegistryServer(string workDir, string? htpasswd = null)
+    /// <param name="tls">serve https with this certificate and key (PEM) instead of plain http.</param>
+    public RegistryServer(string workDir, string? htpasswd = null, (string Cert, string Key)? tls = null)
     {
         if (!File.Exists(Binary))
             throw new InvalidOperationException($"{Binary} is not installed: run `make deps` (Debian package docker-registry; CI installs it)");
         Port = FreePort();
         var dir = Directory.CreateDirectory(Path.Join(workDir, $"registry-{Port}")).FullName;
         var auth = htpasswd is null ? "" : $"auth:\n  htpasswd:\n    realm: rkt-kvm-test\n    path: {htpasswd}\n";
+        var tlsConfig = tls is { } t ? $"  tls:\n    certificate: {t.Cert}\n    key: {t.Key}\n" : "";
         var config = Path.Join(dir, "config.yml");
         File.WriteAllText(config, $"""
             version: 0.1
@@ -38,6 +40,7 @@ public sealed class RegistryServer : IDisposable
                 rootdirectory: {Path.Join(dir, "storage")}
             http:
               addr: 127.0.0.1:{Port}
+            {tlsConfig}
             {auth}
             """);
         var psi = new ProcessStartInfo(Binary) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
