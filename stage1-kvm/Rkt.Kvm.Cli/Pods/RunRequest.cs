@@ -29,7 +29,8 @@ public sealed record VolumeRequest(string Name, string Kind, string? Source, boo
 /// <c>rkt-kvm run</c>'s command line, parsed the way rkt parses it: images in order, each
 /// followed by its own flags (<c>--exec --name --mount --memory --cpu --user --group
 /// --environment</c>) and optionally <c>-- ARGS… ---</c>; pod flags anywhere
-/// (<c>--volume --set-env --hostname --net --port --dns… --hosts-entry --interactive --no-overlay --uuid-file-save</c> and
+/// (<c>--volume --set-env --hostname --net --port --dns… --hosts-entry --interactive --no-overlay --uuid-file-save
+/// --insecure-options --pull-policy</c> and
 /// rkt's five ways of naming the stage1 image, <c>--stage1-{url,path,name,hash,from-dir}</c>).
 /// </summary>
 public sealed class RunRequest

@@ -155,7 +155,12 @@ internal sealed class RegistryHttp : IDisposable
             try { return await attempt(ct); }
             catch (Exception e) when (IsTransient(e, ct))
             {
-                var message = e is TransientRegistryException ? e.Message : $"{what}: {e.Message}";
+                var message = e switch
+                {
+                    TransientRegistryException => e.Message,
+                    OperationCanceledException => $"{what}: timed out after {_options.ResponseTimeout.TotalSeconds:0} s",
+                    _ => $"{what}: {e.Message}",
+                };
                 if (n >= _options.MaxAttempts) throw new ImageException($"{message} (gave up after {n} attempts)", e);
                 var wait = (e as TransientRegistryException)?.RetryAfter ?? _options.RetryBaseDelay * Math.Pow(2, n - 1);
                 if (wait > _options.MaxRetryWait) wait = _options.MaxRetryWait;
