@@ -342,4 +342,40 @@ public sealed class HostileRegistryTests : StoreTest, IDisposable
         Assert.Single(storage.Requests);
         Assert.Null(storage.Requests.Single().Authorization); // our token stays with the registry
     }
+
+    [Fact]
+    public async Task A_fetch_killed_mid_download_leaves_no_image_and_gc_removes_its_scratch()
+    {
+        var gotHalf = new TaskCompletionSource();
+        _registry.Handler = async c =>
+        {
+            if (!IsLayer(c)) return false;
+            var blob = _registry.Blob(_layer);
+            c.Response.ContentLength64 = blob.Length;
+            await c.Response.OutputStream.WriteAsync(blob.AsMemory(0, blob.Length / 2));
+            await c.Response.OutputStream.FlushAsync();
+            gotHalf.TrySetResult();
+            await Task.Delay(TimeSpan.FromSeconds(60));
+            return true;
+        };
+        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { CliProcess.Dll, "--dir", _tmp["data"], "--insecure-options=image,http", "fetch", $"docker://{_registry.Host}/evil/img:v1" })
+            psi.ArgumentList.Add(a);
+        using var process = System.Diagnostics.Process.Start(psi)!;
+        await gotHalf.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        var scratch = Path.Join(_tmp["data"], "cas", "tmp");
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (!Directory.EnumerateFiles(scratch, _layer[7..], SearchOption.AllDirectories).Any(f => new FileInfo(f).Length > 0))
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the fetch never wrote its download");
+            await Task.Delay(10);
+        }
+        process.Kill(); // SIGKILL: no clean-up of any kind
+        await process.WaitForExitAsync();
+
+        Assert.Empty(_store.Store.List());
+        var gc = await CliProcess.Run("--dir", _tmp["data"], "image", "gc");
+        Assert.Contains("1 interrupted operation(s) removed", gc.Out);
+        _store.AssertEmpty();
+    }
 }
