@@ -107,6 +107,22 @@ public sealed class HostileRegistryTests : StoreTest, IDisposable
     }
 
     [Fact]
+    public void A_blob_shorter_than_its_descriptor_is_refused()
+    {
+        _registry.Handler = async c =>
+        {
+            if (!IsLayer(c)) return false;
+            // Chunked and cleanly ended, one byte short: nothing but the count can tell.
+            c.Response.SendChunked = true;
+            var blob = _registry.Blob(_layer);
+            await c.Response.OutputStream.WriteAsync(blob.AsMemory(0, blob.Length - 1));
+            c.Response.Close();
+            return true;
+        };
+        Refused($"the connection ended after {_registry.Blob(_layer).Length - 1} of {_registry.Blob(_layer).Length} bytes (gave up after 3 attempts)");
+    }
+
+    [Fact]
     public void A_content_length_other_than_the_descriptor_is_refused_before_reading()
     {
         _registry.Handler = async c =>
