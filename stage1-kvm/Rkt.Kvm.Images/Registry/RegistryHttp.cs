@@ -61,12 +61,13 @@ internal sealed class RegistryHttp : IDisposable
         try
         {
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            timeout.CancelAfter(_options.ResponseTimeout);
+            timeout.CancelAfter(_options.ConnectTimeout);
             using var ping = await _client.GetAsync(new Uri(https, "/v2/"), HttpCompletionOption.ResponseHeadersRead, timeout.Token);
             Log.Debug("GET {Url} -> {Status}", new Uri(https, "/v2/"), (int)ping.StatusCode);
             return https;
         }
-        catch (HttpRequestException e)
+        // A plain-HTTP server answers a TLS hello with an error, or (some) with silence until the time-out.
+        catch (Exception e) when (e is HttpRequestException || (e is OperationCanceledException && !ct.IsCancellationRequested))
         {
             Log.Debug("https to {Registry} failed ({Error}); using plain http (--insecure-options=http)", _reference.Registry, e.Message);
             return new Uri($"http://{_reference.Registry}/");
