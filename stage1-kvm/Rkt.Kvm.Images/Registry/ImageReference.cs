@@ -62,7 +62,8 @@ public sealed partial record ImageReference(string Scheme, string Registry, stri
             // Docker's rule: the first part is a registry only if it looks like a host name.
             if (first.Contains('.') || first.Contains(':') || first == "localhost" || first.Any(char.IsUpper))
             {
-                if (!Domain().IsMatch(first)) throw Invalid(text, $"\"{first}\" is not a valid registry host");
+                if (!Domain().IsMatch(first) || !Uri.TryCreate($"https://{first}/", UriKind.Absolute, out _))
+                    throw Invalid(text, $"\"{first}\" is not a valid registry host[:port]");
                 registry = first is "docker.io" or "index.docker.io" ? DockerHub : first;
                 rest = rest[(slash + 1)..];
             }

@@ -57,6 +57,8 @@ public sealed class RegistryUnitTests
     [InlineData("docker://-host.com/x")]
     [InlineData("docker://my_host.com/x")]
     [InlineData("docker://x y")]
+    [InlineData("docker://localhost:99999/x")]
+    [InlineData("docker://[zz::1]:5000/x")]
     public void Bad_references_are_refused_in_one_sentence(string text)
     {
         var e = Assert.Throws<ImageException>(() => ImageReference.Parse(text));
