@@ -110,7 +110,7 @@ SOAK_PODS ?= 50
 SOAK_BATCH ?= 5
 
 # Not part of `make test` (which replays the corpora, tests/Rkt.Kvm.Fuzz.Tests): each fuzz target
-# under afl-fuzz for FUZZ_SECONDS (90 s: about 11 minutes for the seven), FUZZ_TARGETS picks some.
+# under afl-fuzz for FUZZ_SECONDS (90 s: about 12 minutes for the eight), FUZZ_TARGETS picks some.
 # Prints a RESULT line per target (edges, execs/s); fails, naming the inputs, on any crash or
 # hang (fuzz/README.md). Outputs in out/fuzz/.
 FUZZ_SECONDS ?= 90

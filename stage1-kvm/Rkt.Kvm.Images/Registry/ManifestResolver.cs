@@ -39,7 +39,7 @@ internal sealed class ManifestResolver(RegistryHttp http, long maxImageBytes)
             (doc, digest, type) = await Fetch(chosenDigest.ToString(), chosenDigest, ct);
             if (IsIndex(doc, type)) throw new ImageException($"{reference}: the linux/amd64 entry of its index is another index");
         }
-        Validate(doc, digest);
+        Validate(doc, digest, http.Options.MaxLayers, maxImageBytes);
         return new ResolvedManifest(doc, digest, type);
     }
 
@@ -66,6 +66,13 @@ internal sealed class ManifestResolver(RegistryHttp http, long maxImageBytes)
         if (Digest.TryParse(headerDigest, out var claimed) && claimed.Algorithm == digest.Algorithm && claimed.Hex != hex)
             throw new ImageException($"{what}: the registry says its digest is {claimed} but its content is {digest}");
 
+        var (doc, type) = Parse(bytes, contentType, what);
+        return (doc, digest, type);
+    }
+
+    /// <summary>A manifest or index as the registry sent it, refused unless it is schema 2 of a known media type.</summary>
+    internal static (OciManifestOrIndex Doc, string Type) Parse(byte[] bytes, string? contentType, string what)
+    {
         OciManifestOrIndex doc;
         try { doc = JsonSerializer.Deserialize<OciManifestOrIndex>(bytes) ?? throw new ImageException($"{what} is empty"); }
         catch (JsonException e) { throw new ImageException($"{what} is not valid JSON: {e.Message}", e); }
@@ -75,17 +82,17 @@ internal sealed class ManifestResolver(RegistryHttp http, long maxImageBytes)
         if (doc.SchemaVersion != 2) throw new ImageException($"{what} has schemaVersion {doc.SchemaVersion}; expected 2");
         if (type is not (OciManifest or OciIndex or DockerManifest or DockerList) && !(type is "" or "application/json"))
             throw new ImageException($"{what} has an unsupported media type \"{type}\"");
-        return (doc, digest, type);
+        return (doc, type);
     }
 
-    private static bool IsIndex(OciManifestOrIndex doc, string type) =>
+    internal static bool IsIndex(OciManifestOrIndex doc, string type) =>
         type is OciIndex or DockerList || (doc.Manifests is not null && doc.Config is null);
 
     private static string Platforms(OciManifestOrIndex index) =>
         string.Join(", ", index.Manifests!.Select(m => $"{m.Platform?.Os ?? "?"}/{m.Platform?.Architecture ?? "?"}").Distinct());
 
     /// <summary>Everything a hostile manifest could use against us is refused here, before a byte of a blob is read.</summary>
-    private void Validate(OciManifestOrIndex manifest, Digest digest)
+    internal static void Validate(OciManifestOrIndex manifest, Digest digest, int maxLayers, long maxImageBytes)
     {
         var what = $"manifest {digest}";
         if (manifest.Config is not { } config) throw new ImageException($"{what} has no config");
@@ -93,8 +100,8 @@ internal sealed class ManifestResolver(RegistryHttp http, long maxImageBytes)
         if (config.Size is <= 0 or > SourceFiles.MaxJsonBytes)
             throw new ImageException($"{what}'s config size {config.Size} is not between 1 and {SourceFiles.MaxJsonBytes} bytes");
         var layers = manifest.Layers ?? [];
-        if (layers.Count > http.Options.MaxLayers)
-            throw new ImageException($"{what} lists {layers.Count} layers; at most {http.Options.MaxLayers} are accepted");
+        if (layers.Count > maxLayers)
+            throw new ImageException($"{what} lists {layers.Count} layers; at most {maxLayers} are accepted");
         long total = 0;
         for (int i = 0; i < layers.Count; i++)
         {
