@@ -82,6 +82,7 @@ internal sealed class RegistryHttp : IDisposable
     /// </summary>
     public async Task<HttpResponseMessage> Get(Uri url, string? accept, string what, CancellationToken ct)
     {
+        var sent = _auth.Header;
         var response = await Follow(url, accept, what, ct);
         // Answered once per request: a first contact, or a token whose scope or lifetime ran out.
         if (response.StatusCode == HttpStatusCode.Unauthorized)
@@ -90,7 +91,8 @@ internal sealed class RegistryHttp : IDisposable
             response.Dispose();
             if (challenge is null) throw new ImageException($"{what}: registry {_reference.Registry} answered 401 without a WWW-Authenticate challenge");
             await _authLock.WaitAsync(ct);
-            try { await _auth.Answer(challenge, ct); }
+            // Parallel downloads meet an expired token together: the first renews it, the others use that.
+            try { if (ReferenceEquals(_auth.Header, sent)) await _auth.Answer(challenge, ct); }
             finally { _authLock.Release(); }
             response = await Follow(url, accept, what, ct);
         }

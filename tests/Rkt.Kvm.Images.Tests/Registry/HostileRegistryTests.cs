@@ -360,6 +360,34 @@ public sealed class HostileRegistryTests : StoreTest, IDisposable
     }
 
     [Fact]
+    public void A_token_that_expires_mid_fetch_is_renewed_once_for_the_parallel_downloads()
+    {
+        int issued = 0;
+        _registry.Handler = async c =>
+        {
+            var path = c.Request.Url!.AbsolutePath;
+            if (path == "/token")
+            {
+                var token = $"tok-{Interlocked.Increment(ref issued)}";
+                await FakeRegistry.Write(c.Response, 200, Encoding.UTF8.GetBytes($$"""{"token":"{{token}}"}"""));
+                return true;
+            }
+            // The first token "expires" before the layers: they need the second.
+            var wanted = path.Contains("/blobs/") && path != $"/v2/evil/img/blobs/{Manifest()["config"]!["digest"]}" ? "Bearer tok-2" : null;
+            var auth = c.Request.Headers["Authorization"];
+            if (auth is null || (wanted is not null && auth != wanted))
+            {
+                c.Response.Headers["WWW-Authenticate"] = $"Bearer realm=\"http://{_registry.Host}/token\",service=\"fake\"";
+                await FakeRegistry.Write(c.Response, 401, []);
+                return true;
+            }
+            return false;
+        };
+        Assert.Equal(2, Fetch().Blobs.Count);
+        Assert.Equal(2, issued);
+    }
+
+    [Fact]
     public async Task A_fetch_killed_mid_download_leaves_no_image_and_gc_removes_its_scratch()
     {
         var gotHalf = new TaskCompletionSource();
