@@ -392,7 +392,7 @@ public sealed class Stage0ConformanceTests : IDisposable
         Assert.True(rc == 0, err);
         Assert.Equal("app-add", LoggingStage1.Calls(started.Pod).Last().Name);
         Assert.True(File.Exists(Path.Join(started.Pod, "appsinfo/web/manifest")));
-        Assert.Contains($"127.0.0.1-{registry.Port}/tools/busybox:1", Cli("image", "list").Stdout);
+        Assert.Contains($"127.0.0.1_{registry.Port}/tools/busybox:1", Cli("image", "list").Stdout);
     }
 
     [Fact]
@@ -411,7 +411,7 @@ public sealed class Stage0ConformanceTests : IDisposable
         var manifest = Manifests.PodManifest.Load(Path.Join(OnlyPod("run"), "pod"));
         var app = Assert.Single(manifest.Apps);
         Assert.Equal("busybox", app.Name);
-        Assert.Equal($"127.0.0.1-{registry.Port}/tools/busybox", app.Image.Name);
+        Assert.Equal($"127.0.0.1_{registry.Port}/tools/busybox", app.Image.Name);
 
         // run's pull policy is "new", as rkt's: the stored image, without asking the registry.
         int manifestGets = registry.CountRequests("/manifests/");

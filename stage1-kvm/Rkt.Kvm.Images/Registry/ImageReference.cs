@@ -86,6 +86,17 @@ public sealed partial record ImageReference(string Scheme, string Registry, stri
     /// <summary>"registry-1.docker.io/library/busybox", the image's name in the store (as rkt names it).</summary>
     public string Name => $"{Registry}/{Repository}";
 
+    /// <summary>The image's appc name, as rkt's docker2aci made it: <see cref="Name"/> lowercased with
+    /// the port's colon (no AC identifier character) as an underscore, "127.0.0.1_5000/team/app".</summary>
+    public string AppcName
+    {
+        get
+        {
+            var name = Name.ToLowerInvariant().Replace(':', '_');
+            return Formats.Appc.AcIdentifier.IsValid(name) ? name : Formats.Appc.AcIdentifier.Sanitize(name);
+        }
+    }
+
     /// <summary>"registry-1.docker.io/library/busybox:latest" or "…@sha256:…": how the store
     /// remembers where an image came from, so a later fetch or run finds it.</summary>
     public string Canonical => Digest is { } d ? $"{Name}@{d}" : $"{Name}:{Tag}";

@@ -89,7 +89,10 @@ public sealed class RegistryFetcher(ImageStore store, RegistryOptions options, I
             });
         }
 
-        var importOptionsWithWait = importOptions with { LayerReady = i => ready[image.Layers[i].BlobDigest!.ToString()] };
+        var importOptionsWithWait = importOptions with
+        {
+            Name = reference.AppcName, LayerReady = i => ready[image.Layers[i].BlobDigest!.ToString()],
+        };
         ImageRecord? record = null;
         // Its own thread: the import is synchronous and blocks while it waits for a download.
         var import = Guard(() => Task.Factory.StartNew(

@@ -46,7 +46,7 @@ public sealed class RegistryFetchTests : StoreTest
         var tree = _store.Render(record, _tmp["tree"]);
         Assert.Equal(1000, new FileInfo(Path.Join(tree, "layer2.txt")).Length);
         var list = Cli("image", "list").Out;
-        Assert.Contains($"127.0.0.1-{registry.Port}/test/small:v1", list);
+        Assert.Contains($"127.0.0.1_{registry.Port}/test/small:v1", list);
 
         // Again, as fetch's default pull policy (update) does: the manifest is asked for, no blob.
         int blobGets = registry.CountRequests("/blobs/");

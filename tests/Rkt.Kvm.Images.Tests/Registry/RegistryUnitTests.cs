@@ -28,6 +28,12 @@ public sealed class RegistryUnitTests
         Assert.Equal(tag, r.ManifestReference);
     }
 
+    [Theory]
+    [InlineData("docker://busybox", "registry-1.docker.io/library/busybox")]
+    [InlineData("docker://127.0.0.1:5000/team/app:v1", "127.0.0.1_5000/team/app")]
+    [InlineData("docker://Localhost:5000/a__b--c", "localhost_5000/a_b-c")]
+    public void The_appc_name_is_docker2acis(string text, string name) => Assert.Equal(name, ImageReference.Parse(text).AppcName);
+
     [Fact]
     public void A_digest_pins_the_manifest()
     {
