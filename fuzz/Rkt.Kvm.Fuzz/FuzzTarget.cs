@@ -52,6 +52,7 @@ public static class FuzzTargets
         new Targets.KernelLoaderTarget(),
         new Targets.TarExtractTarget(),
         new Targets.PodManifestTarget(),
+        new Targets.RegistryInputTarget(),
     ];
 
     public static IFuzzTarget? Find(string name) => All.FirstOrDefault(t => t.Name == name);

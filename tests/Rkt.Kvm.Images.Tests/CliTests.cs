@@ -113,8 +113,7 @@ public sealed class CliTests : StoreTest
     {
         var aci = Fixtures.BusyboxAci(_tmp);
         var layout = Fixtures.BusyboxOci(_tmp);
-        var cli = Path.Join(AppContext.BaseDirectory, "rkt-kvm.dll");
-        var runs = Enumerable.Range(0, 4).Select(i => RunProcess(cli, "--dir", _tmp["data"], "image", "import", i % 2 == 0 ? aci : layout)).ToArray();
+        var runs = Enumerable.Range(0, 4).Select(i => CliProcess.Run("--dir", _tmp["data"], "image", "import", i % 2 == 0 ? aci : layout)).ToArray();
         var results = await Task.WhenAll(runs);
         Assert.All(results, r => Assert.True(r.Rc == 0, r.Err));
         Assert.Equal(2, results.Select(r => r.Out.Trim()).Distinct().Count());
@@ -132,7 +131,7 @@ public sealed class CliTests : StoreTest
         File.Delete(layer);
         Tool.Run("mkfifo", null, layer);
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { Path.Join(AppContext.BaseDirectory, "rkt-kvm.dll"), "--dir", _tmp["data"], "image", "import", layout })
+        foreach (var a in new[] { CliProcess.Dll, "--dir", _tmp["data"], "image", "import", layout })
             psi.ArgumentList.Add(a);
         using var process = Process.Start(psi)!;
         await using (var fifo = new FileStream(layer, FileMode.Open, FileAccess.Write))
@@ -152,17 +151,5 @@ public sealed class CliTests : StoreTest
         Assert.Equal("[]", Cli("image", "list", "--format=json").Out.Trim());
         Assert.Contains("1 interrupted operation(s) removed", Cli("image", "gc").Out);
         _store.AssertEmpty();
-    }
-
-    private static async Task<(int Rc, string Out, string Err)> RunProcess(string dll, params string[] args)
-    {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-        psi.ArgumentList.Add(dll);
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        await p.WaitForExitAsync();
-        return (p.ExitCode, await stdout, await stderr);
     }
 }

@@ -1,4 +1,5 @@
 using Rkt.Kvm.Images.Builders;
+using Rkt.Kvm.Images.Tests.Support;
 using Rkt.Kvm.Stage1.Pods;
 
 namespace Rkt.Kvm.Stage1.Tests;
@@ -429,6 +430,57 @@ public sealed class Stage0ConformanceTests : IDisposable
 
     private string PodState(string uuid) =>
         Cli("status", uuid).Stdout.Split('\n').Single(l => l.StartsWith("state=", StringComparison.Ordinal))["state=".Length..];
+    /// <summary>The busybox rootfs as a one-layer OCI image, pushed by skopeo to a fresh registry;
+    /// returns its docker:// reference.</summary>
+    private string PushBusybox(RegistryServer registry)
+    {
+        var layer = Path.Join(_tmp, "busybox-layer.tar");
+        Tool.Run("tar", null, "-C", Path.Join(_tmp, "busybox-rootfs"), "-cf", layer, ".");
+        var layout = OciBuilder.Build(Path.Join(_tmp, "busybox-oci"), "1", layer);
+        Tool.Run("skopeo", null, "copy", "--quiet", "--dest-tls-verify=false", $"oci:{layout}:1", $"docker://{registry.Host}/tools/busybox:1");
+        return $"docker://{registry.Host}/tools/busybox:1";
+    }
+
+    [Fact]
+    public void AppAdd_FetchesADockerImageOnDemand()
+    {
+        using var registry = new RegistryServer(_tmp);
+        var image = PushBusybox(registry);
+        using var started = StartSandbox();
+        var (rc, _, err) = Cli("app", "add", started.Uuid, image, "--insecure-options=image,http", "--name=web");
+        Assert.True(rc == 0, err);
+        Assert.Equal("app-add", LoggingStage1.Calls(started.Pod).Last().Name);
+        Assert.True(File.Exists(Path.Join(started.Pod, "appsinfo/web/manifest")));
+        Assert.Contains($"127.0.0.1_{registry.Port}/tools/busybox:1", Cli("image", "list").Stdout);
+    }
+
+    [Fact]
+    public void Run_FetchesADockerImageOnDemand_ThenUsesTheStoredOne()
+    {
+        using var registry = new RegistryServer(_tmp);
+        var image = PushBusybox(registry);
+
+        var refused = Cli("run", image, "--exec=/bin/true");
+        Assert.Equal(254, refused.ExitCode);
+        Assert.Contains("signature verification for docker images is not supported (try --insecure-options=image)", refused.Stderr);
+        Assert.Empty(Directory.GetDirectories(Path.Join(_data, "pods", "run")));
+
+        var (rc, _, err) = Cli("--insecure-options=image,http", "run", image, "--exec=/bin/true");
+        Assert.True(rc == 0, err);
+        var manifest = Manifests.PodManifest.Load(Path.Join(OnlyPod("run"), "pod"));
+        var app = Assert.Single(manifest.Apps);
+        Assert.Equal("busybox", app.Name);
+        Assert.Equal($"127.0.0.1_{registry.Port}/tools/busybox", app.Image.Name);
+
+        // run's pull policy is "new", as rkt's: the stored image, without asking the registry.
+        int manifestGets = registry.CountRequests("/manifests/");
+        var again = Cli("run", image, "--insecure-options=image,http", "--exec=/bin/true");
+        Assert.True(again.ExitCode == 0, again.Stderr);
+        Assert.Equal(manifestGets, registry.CountRequests("/manifests/"));
+        var never = Cli("run", $"docker://{registry.Host}/tools/other:1", "--insecure-options=image,http", "--pull-policy=never", "--exec=/bin/true");
+        Assert.Equal(254, never.ExitCode);
+        Assert.Contains("--pull-policy=never", never.Stderr);
+    }
 
     [Fact]
     public void AppAdd_ToAPodStartedByRun_FailsWithImmutablePod()

@@ -19,6 +19,7 @@ public static class CommandTable
     [
         new("dir", "data directory (image store, trees)", Default: ImageStore.DefaultDataDir),
         new("local-config", "local configuration directory (network configurations in net.d/)", Default: CommandContext.DefaultLocalConfig),
+        new("insecure-options", "security checks to turn off, as rkt names them: image (needed for docker:// images), http, tls, all-fetch, …", Default: ""),
         new("debug", "log debug output to stderr", IsBool: true),
         new("help", "show usage", IsBool: true),
     ];
@@ -45,7 +46,7 @@ public static class CommandTable
             new AppListCommand(),
             new AppStatusCommand(),
             new EnterCommand("exec", "Run a command in an app of a running pod")),
-        new ImportCommand("fetch", "Import a local image file (ACI, OCI layout tar, docker archive) into the store"),
+        new ImportCommand("fetch", "Fetch an image from a registry (docker://, oci://) or import a local image file into the store", registry: true),
         new CommandGroup("image", "Operate on images in the local store",
             new ImportCommand("import", "Import an ACI, OCI image layout (directory or tar) or docker archive"),
             new ListImagesCommand(),
@@ -68,7 +69,11 @@ public static class CommandTable
                 .MinimumLevel.Is(args.Bool("debug") ? LogEventLevel.Debug : LogEventLevel.Warning)
                 .WriteTo.Console(standardErrorFromLevel: LogEventLevel.Verbose, outputTemplate: "rkt-kvm: {Message:lj}{NewLine}{Exception}")
                 .CreateLogger();
-            return command.Run(new CommandContext(args.Get("dir")!, stdout, stderr, stderrIsTerminal, args.Get("local-config")!), args);
+            var context = new CommandContext(args.Get("dir")!, stdout, stderr, stderrIsTerminal, args.Get("local-config")!)
+            {
+                Insecure = Images.Registry.InsecureOptionsParser.Parse(args.Get("insecure-options")),
+            };
+            return command.Run(context, args);
         }
         catch (Exception e) when (e is ImageException or UsageException or Stage1.Stage1Exception or IOException or UnauthorizedAccessException)
         {

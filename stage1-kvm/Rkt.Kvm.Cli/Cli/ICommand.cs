@@ -43,4 +43,6 @@ public sealed class CommandContext(string dataDir, TextWriter stdout, TextWriter
     public TextWriter Err { get; } = stderr;
     public bool StderrIsTerminal { get; } = stderrIsTerminal;
     public ImageStore Store => field ??= new ImageStore(DataDir);
+    /// <summary>rkt's global <c>--insecure-options</c>.</summary>
+    public Images.Registry.InsecureOptions Insecure { get; init; }
 }

@@ -35,5 +35,12 @@ public static class ImportProgress
         }
 
         public void Advance(long bytes) => _task?.Increment(bytes);
+
+        /// <summary>Its own bar, left running beside the others until it is full.</summary>
+        public Action<long> Begin(string description, long totalBytes)
+        {
+            var task = ctx.AddTask(Markup.Escape(description), maxValue: Math.Max(1, totalBytes));
+            return bytes => task.Increment(bytes);
+        }
     }
 }

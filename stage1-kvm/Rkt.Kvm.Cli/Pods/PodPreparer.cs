@@ -22,7 +22,9 @@ namespace Rkt.Kvm.Cli.Pods;
 /// ever replaced by rename, never written in place). The pod is built in <c>prepare/</c>; anything
 /// that fails removes it, so no half-made pod is ever left in <c>run/</c>.
 /// </summary>
-public sealed class PodPreparer(ImageStore images, PodStore pods)
+/// <param name="findImage">turns an app's image argument into a stored image (fetching
+/// <c>docker://</c> references, see <c>RegistryImages</c>); the store's own lookup without it.</param>
+public sealed class PodPreparer(ImageStore images, PodStore pods, Func<string, ImageRecord>? findImage = null)
 {
     private readonly TreeStore _trees = new(images);
 
@@ -94,7 +96,7 @@ public sealed class PodPreparer(ImageStore images, PodStore pods)
     /// rootfs is mounted by <see cref="MountApp"/>), and its RuntimeApp JSON.</summary>
     public JsonObject PrepareApp(PodDirectory dir, AppRequest request, RunRequest pod, ISet<string> takenNames, bool overlay)
     {
-        var image = images.Resolve(request.Image);
+        var image = findImage?.Invoke(request.Image) ?? images.Resolve(request.Image);
         var imageManifest = JsonNode.Parse(images.ReadManifest(image))!.AsObject();
         var name = request.Name ?? DefaultAppName(image.Name);
         if (!takenNames.Add(name))

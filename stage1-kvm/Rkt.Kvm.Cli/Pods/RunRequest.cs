@@ -29,7 +29,8 @@ public sealed record VolumeRequest(string Name, string Kind, string? Source, boo
 /// <c>rkt-kvm run</c>'s command line, parsed the way rkt parses it: images in order, each
 /// followed by its own flags (<c>--exec --name --mount --memory --cpu --user --group
 /// --environment</c>) and optionally <c>-- ARGS… ---</c>; pod flags anywhere
-/// (<c>--volume --set-env --hostname --net --port --dns… --hosts-entry --interactive --no-overlay --uuid-file-save</c> and
+/// (<c>--volume --set-env --hostname --net --port --dns… --hosts-entry --interactive --no-overlay --uuid-file-save
+/// --insecure-options --pull-policy</c> and
 /// rkt's five ways of naming the stage1 image, <c>--stage1-{url,path,name,hash,from-dir}</c>).
 /// </summary>
 public sealed class RunRequest
@@ -46,9 +47,13 @@ public sealed class RunRequest
     public Stage1Choice? Stage1 { get; set; }
     public bool NoOverlay { get; set; }
     public bool Mutable { get; set; }
+    /// <summary>rkt's <c>--insecure-options</c> given among the run flags (it is also a global flag).</summary>
+    public Images.Registry.InsecureOptions Insecure { get; set; }
+    /// <summary>rkt's <c>--pull-policy</c> for <c>docker://</c> images; run's default is <c>new</c>, as rkt's.</summary>
+    public Images.Registry.PullPolicy PullPolicy { get; set; } = Images.Registry.PullPolicy.New;
 
     private static readonly HashSet<string> AppFlags = ["exec", "name", "mount", "memory", "cpu", "user", "group", "environment", .. Rkt.Kvm.Stage1.Manifests.StreamModes.Streams];
-    private static readonly HashSet<string> PodFlags = ["volume", "set-env", "hostname", "net", "port", "uuid-file-save", "insecure-options", .. Stage1Choice.Flags, .. DnsRequest.Flags];
+    private static readonly HashSet<string> PodFlags = ["volume", "set-env", "hostname", "net", "port", "uuid-file-save", "insecure-options", "pull-policy", .. Stage1Choice.Flags, .. DnsRequest.Flags];
 
     public static RunRequest Parse(IReadOnlyList<string> argv, bool allowApps = true)
     {
@@ -143,8 +148,8 @@ public sealed class RunRequest
             case "stage1-url" or "stage1-path" or "stage1-name" or "stage1-hash" or "stage1-from-dir":
                 request.Stage1 = Stage1Choice.With(request.Stage1, name, value);
                 break;
-            // Accepted for command-line compatibility with rkt; images here are always local.
-            case "insecure-options": break;
+            case "insecure-options": request.Insecure |= Images.Registry.InsecureOptionsParser.Parse(value); break;
+            case "pull-policy": request.PullPolicy = Images.Registry.PullPolicyParser.Parse(value, Images.Registry.PullPolicy.New); break;
         }
     }
 

@@ -8,6 +8,14 @@ public interface IImportProgress
 
     /// <summary>More input bytes of the current step were read.</summary>
     void Advance(long bytes);
+
+    /// <summary>A step that runs alongside others (one of several layer downloads); the returned
+    /// action advances that step alone. By default it is a plain step.</summary>
+    Action<long> Begin(string description, long totalBytes)
+    {
+        Step(description, totalBytes);
+        return Advance;
+    }
 }
 
 public sealed class NoProgress : IImportProgress
@@ -22,4 +30,14 @@ public sealed class NoProgress : IImportProgress
 public sealed record ImportOptions(string? Name = null, string? Reference = null)
 {
     public Archive.ExtractionPolicy Policy { get; init; } = new();
+
+    /// <summary>The registry reference a fetch came from (see <see cref="ImageRecord.Remote"/>).</summary>
+    internal string? Remote { get; init; }
+    internal string? RemoteDigest { get; init; }
+    /// <summary>The layer files are the import's own scratch files (a registry download, or a
+    /// hardlink of a stored blob): moved into the store after their checks instead of copied.</summary>
+    internal bool TakeLayerFiles { get; init; }
+    /// <summary>Completes when layer i's file is all there (a registry fetch downloads while the import
+    /// checks the layers before it); null when every layer is there from the start.</summary>
+    internal Func<int, Task>? LayerReady { get; init; }
 }

@@ -100,6 +100,20 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
         LayeredImage image = OciLayoutReader.IsLayout(dir) ? OciLayoutReader.Read(dir, options.Reference)
             : DockerArchiveReader.IsArchive(dir) ? DockerArchiveReader.Read(dir, options.Reference)
             : throw new ImageException($"{source} is not an image: neither an ACI, an OCI image layout nor a docker archive");
+        var fallbackName = Path.GetFileNameWithoutExtension(Path.TrimEndingDirectorySeparator(source));
+        return ImportImage(image, source, fallbackName, tmp, options);
+    }
+
+    /// <summary>
+    /// Imports an image a registry fetch resolved: its layers were downloaded (digest and size
+    /// checked) into <paramref name="tmp"/> or linked there from the store, and go through the same
+    /// checks as a local OCI layout's, so a registry cannot put into the store what a file could not.
+    /// </summary>
+    internal ImageRecord ImportFetched(LayeredImage image, string remote, string remoteDigest, TempArea tmp, ImportOptions options) =>
+        ImportImage(image, remote, remote, tmp, options with { Remote = remote, RemoteDigest = remoteDigest, TakeLayerFiles = true });
+
+    private ImageRecord ImportImage(LayeredImage image, string source, string fallbackName, TempArea tmp, ImportOptions options)
+    {
 
         var applier = new TarApplier(NullTreeWriter.Instance, options.Policy);
         var blobs = new List<(string Key, string TmpPath)>();
@@ -108,10 +122,13 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
         {
             var layer = image.Layers[i];
             var what = $"layer {i + 1}/{image.Layers.Count} ({layer.BlobDigest ?? layer.DiffId})";
+            options.LayerReady?.Invoke(i).GetAwaiter().GetResult();
             if (!File.Exists(layer.Path)) throw new ImageException($"{what} is missing from {source}");
-            var blobTmp = Path.Join(tmp.Path, $"layer-{i}");
+            // A fetched layer already sits in this scratch area: it is checked, then moved in as it is.
+            // A layer of a user's layout or archive is copied while it is checked: that file is not ours.
+            var blobTmp = options.TakeLayerFiles ? layer.Path : Path.Join(tmp.Path, $"layer-{i}");
             using var raw = File.OpenRead(layer.Path);
-            using var blob = new FileStream(blobTmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16);
+            using var blob = options.TakeLayerFiles ? null : new FileStream(blobTmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16);
             var shortDigest = (layer.BlobDigest ?? layer.DiffId)?.Hex[..12];
             _progress.Step($"importing layer {i + 1}/{image.Layers.Count} {shortDigest}", SizeOf(raw));
             using var stored = new InspectingStream(raw, what, layer.BlobDigest?.HashName ?? HashAlgorithmName.SHA256, tee: blob,
@@ -127,14 +144,13 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
             Verify(what, "diff_id", layer.DiffId, plain.HexDigest());
             if (layer.Size is { } size && size != stored.BytesRead)
                 throw new ImageException($"{what} has {stored.BytesRead} bytes, its descriptor says {size}");
-            blob.Flush(flushToDisk: true);
+            blob?.Flush(flushToDisk: true);
             var algorithm = layer.BlobDigest?.Algorithm ?? "sha256";
             blobs.Add(($"{algorithm}:{stored.HexDigest()}", blobTmp));
             Log.Debug("Checked {Layer}: {Compression}, {Stored} bytes stored, {Plain} bytes of tar", what, compression, stored.BytesRead, plain.BytesRead);
         }
         applier.Complete();
 
-        var fallbackName = Path.GetFileNameWithoutExtension(Path.TrimEndingDirectorySeparator(source));
         var manifest = AppcConverter.Convert(image, options.Name, fallbackName).ToJsonBytes();
         var now = DateTimeOffset.UtcNow;
         var summary = ManifestSummary.Parse(manifest, "the converted manifest");
@@ -142,7 +158,7 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
         {
             Id = LayeredImageId(manifest, blobs.Select(b => b.Key)), Name = summary.Name, Labels = new(summary.Labels),
             Format = image.Format, ImportTime = now, LastUsed = now, Blobs = blobs.Select(b => b.Key).ToList(),
-            AllowDevices = options.Policy.AllowDevices,
+            AllowDevices = options.Policy.AllowDevices, Remote = options.Remote, RemoteDigest = options.RemoteDigest,
         };
         return store.Commit(record, blobs, manifest);
     }

@@ -10,7 +10,7 @@ public sealed record ImageRecord
     [JsonPropertyName("id")] public required string Id { get; init; }
     [JsonPropertyName("name")] public required string Name { get; init; }
     [JsonPropertyName("labels")] public Dictionary<string, string> Labels { get; init; } = [];
-    /// <summary>"aci", "oci" or "docker-archive".</summary>
+    /// <summary>"aci", "oci", "docker-archive" or "registry".</summary>
     [JsonPropertyName("format")] public required string Format { get; init; }
     [JsonPropertyName("importTime")] public DateTimeOffset ImportTime { get; init; }
     [JsonPropertyName("lastUsed")] public DateTimeOffset LastUsed { get; init; }
@@ -19,6 +19,12 @@ public sealed record ImageRecord
     /// <summary>Blob keys ("sha512:HEX" for an ACI's tar, "sha256:HEX" per layer), in layer order.</summary>
     [JsonPropertyName("blobs")] public List<string> Blobs { get; init; } = [];
     [JsonPropertyName("allowDevices")] public bool AllowDevices { get; init; }
+    /// <summary>Where a registry fetch got it ("registry-1.docker.io/library/busybox:latest"), so
+    /// a later fetch or run of that reference finds it; null for an imported file.</summary>
+    [JsonPropertyName("remote")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? Remote { get; init; }
+    /// <summary>The digest of the registry manifest it was made from: a later fetch of the same
+    /// tag that finds the same manifest has nothing to do.</summary>
+    [JsonPropertyName("remoteDigest")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? RemoteDigest { get; init; }
 
     /// <summary>"name:version", as rkt prints an image.</summary>
     [JsonIgnore]

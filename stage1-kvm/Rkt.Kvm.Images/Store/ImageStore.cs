@@ -88,6 +88,23 @@ public sealed class ImageStore
         };
     }
 
+    /// <summary>The latest image fetched from <paramref name="remote"/> (see <see cref="ImageRecord.Remote"/>), or null.</summary>
+    public ImageRecord? FindRemote(string remote) =>
+        List().Where(i => i.Remote == remote).MaxBy(i => i.ImportTime);
+
+    /// <summary>Hardlinks the stored blob <paramref name="key"/> to <paramref name="dest"/> (in the
+    /// store's scratch area, so on the same filesystem); false when the store lacks it. Under the
+    /// shared lock, so gc cannot take the blob between the look and the link; the link keeps the
+    /// content alive whatever happens to the store's name for it afterwards.</summary>
+    internal bool TryLinkBlob(string key, string dest)
+    {
+        using var _ = Lock(exclusive: false);
+        var source = BlobPath(key);
+        if (!File.Exists(source)) return false;
+        if (Native.Libc.link(source, dest) != 0) throw Native.Libc.Error("link", dest);
+        return true;
+    }
+
     public byte[] ReadManifest(ImageRecord image) => File.ReadAllBytes(ManifestPath(image.Id));
 
     /// <summary>Commits a prepared import; returns the stored record (the existing one when
@@ -96,7 +113,15 @@ public sealed class ImageStore
     {
         using var _ = Lock(exclusive: true);
         var index = LoadIndex();
-        if (index.Images.FirstOrDefault(i => i.Id == record.Id) is { } existing) return existing;
+        if (index.Images.FirstOrDefault(i => i.Id == record.Id) is { } existing)
+        {
+            // The same image fetched again, or fetched after a file import: remember where from.
+            if (record.Remote is null || (existing.Remote == record.Remote && existing.RemoteDigest == record.RemoteDigest)) return existing;
+            var updated = existing with { Remote = record.Remote, RemoteDigest = record.RemoteDigest };
+            index.Images[index.Images.IndexOf(existing)] = updated;
+            SaveIndex(index);
+            return updated;
+        }
         long size = 0;
         foreach (var (key, tmp) in blobs)
         {

@@ -70,6 +70,8 @@ public sealed class AppAddCommand() : Command("add", "Add an app to a mutable po
         request.Apps[0].Mounts.AddRange(mounts);
 
         var pod = MutablePod.Open(context, rest[0]);
+        // A docker:// image is fetched before the pod's manifest is locked: a download can take minutes.
+        var image = RegistryImages.Find(context, request.Apps[0].Image, request.Insecure, request.PullPolicy);
         using var _ = MutablePod.LockManifest(pod);
         pod = PodInfo.Read(pod.Pod); // re-read under the lock
         var manifest = JsonNode.Parse(File.ReadAllBytes(pod.Pod.Directory.Manifest))!.AsObject();
@@ -83,7 +85,7 @@ public sealed class AppAddCommand() : Command("add", "Add an app to a mutable po
             request.Volumes.Add(new VolumeRequest((string)existing!["name"]!, (string)existing["kind"]!, (string?)existing["source"], (bool?)existing["readOnly"] ?? false));
 
         var dir = pod.Pod.Directory;
-        var preparer = new PodPreparer(context.Store, new PodStore(context.DataDir));
+        var preparer = new PodPreparer(context.Store, new PodStore(context.DataDir), _ => image);
         var taken = new HashSet<string>(pod.Apps.Select(a => a.Name));
         JsonObject app;
         try { app = preparer.PrepareApp(dir, request.Apps[0], request, taken, dir.UsesOverlay); }

@@ -33,7 +33,7 @@ public sealed class RunCommand(bool sandbox) : Command(sandbox ? "sandbox" : "ru
         Stage1.Entrypoints.RunArguments.Parse([.. stage1Args, "00000000-0000-0000-0000-000000000000"]);
 
         var pods = new PodStore(context.DataDir);
-        var preparer = new PodPreparer(context.Store, pods);
+        var preparer = new PodPreparer(context.Store, pods, image => RegistryImages.Find(context, image, request.Insecure, request.PullPolicy));
         var (pod, podLock) = preparer.Prepare(request);
         try
         {

@@ -54,7 +54,9 @@ public static class OciLayoutReader
     private static string RefList(List<OciDescriptor> manifests) =>
         string.Join(", ", manifests.Select(m => m.Annotations?.GetValueOrDefault(RefNameAnnotation) ?? m.Digest));
 
-    private static LayeredImage FromManifest(string dir, OciManifestOrIndex manifest, Digest manifestDigest, string? refName)
+    /// <summary>An image from its manifest, its blobs at <c>blobs/ALG/HEX</c> under <paramref name="dir"/>
+    /// (a layout, or the scratch directory a registry fetch downloads into).</summary>
+    internal static LayeredImage FromManifest(string dir, OciManifestOrIndex manifest, Digest manifestDigest, string? refName, string format = "oci")
     {
         var configDigest = Digest.Parse(manifest.Config?.Digest, $"manifest {manifestDigest}'s config");
         var config = ImageConfig.Parse(SourceFiles.Read(configDigest.BlobPath(dir), configDigest, $"config {configDigest}"), $"config {configDigest}");
@@ -67,6 +69,6 @@ public static class OciLayoutReader
             var digest = Digest.Parse(d.Digest, $"layer {i + 1} of manifest {manifestDigest}");
             return new LayerSource(digest.BlobPath(dir), digest, Digest.Parse(diffIds[i], $"diff_id {i + 1}"), d.Size);
         }).ToList();
-        return new LayeredImage("oci", config, configDigest, layers, refName);
+        return new LayeredImage(format, config, configDigest, layers, refName);
     }
 }
