@@ -54,9 +54,22 @@ public static class Program
         }
         Print(exits);
 
+        Console.WriteLine("== ours without the VMM's seccomp filter (--seccomp=off): what confinement costs");
+        Figures unconfined;
+        using (var vm = await AgentVmProcess.StartAsync(vmOptions with { CommandLine = vmOptions.CommandLine with { Seccomp = SeccompAction.Off } }))
+        {
+            unconfined = await Measure(vm.Client, calls, bytes);
+            await vm.Client.ShutdownAsync();
+            await vm.WaitForExitAsync(TimeSpan.FromMinutes(2));
+        }
+        Print(unconfined);
+
         Console.WriteLine("== the VMM and guest kernel alone: a static C echo server as init, raw bytes through the hybrid socket");
-        var raw = await MeasureRawEcho(vmOptions with { CommandLine = vmOptions.CommandLine with { Initrd = o["raw-initrd"] } }, calls, Math.Min(bytes, 8L << 20));
+        var rawOptions = vmOptions with { CommandLine = vmOptions.CommandLine with { Initrd = o["raw-initrd"] } };
+        var raw = await MeasureRawEcho(rawOptions, calls, Math.Min(bytes, 8L << 20));
         Console.WriteLine($"  64-byte round trip median {raw.MedianUs:F0} us, p99 {raw.P99Us:F0} us; echo {raw.HostToGuestMiBs:F2} MiB/s each way");
+        var rawUnconfined = await MeasureRawEcho(rawOptions with { CommandLine = rawOptions.CommandLine with { Seccomp = SeccompAction.Off } }, calls, Math.Min(bytes, 8L << 20));
+        Console.WriteLine($"  without the seccomp filter: median {rawUnconfined.MedianUs:F0} us, p99 {rawUnconfined.P99Us:F0} us; echo {rawUnconfined.HostToGuestMiBs:F2} MiB/s each way");
 
         var r = info.AtReady;
         Console.WriteLine($"""
@@ -73,6 +86,10 @@ public static class Program
         Result("vsock_stream_guest_to_host", ours.GuestToHostMiBs, "MiB/s", ceiling.GuestToHostMiBs);
         Result("vsock_raw_echo_rtt_median", raw.MedianUs, "us", ours.MedianUs);
         Result("vsock_raw_echo_throughput", raw.HostToGuestMiBs, "MiB/s");
+        Result("vsock_unary_rtt_median_seccomp_on_vs_off", ours.MedianUs, "us", unconfined.MedianUs);
+        Result("vsock_stream_host_to_guest_seccomp_on_vs_off", ours.HostToGuestMiBs, "MiB/s", unconfined.HostToGuestMiBs);
+        Result("vsock_raw_echo_rtt_median_seccomp_on_vs_off", raw.MedianUs, "us", rawUnconfined.MedianUs);
+        Result("vsock_raw_echo_throughput_seccomp_on_vs_off", raw.HostToGuestMiBs, "MiB/s", rawUnconfined.HostToGuestMiBs);
         Result("vsock_unary_rtt_median_without_eventfds", exits.MedianUs, "us", ours.MedianUs);
         Result("vsock_stream_host_to_guest_without_eventfds", exits.HostToGuestMiBs, "MiB/s", ours.HostToGuestMiBs);
         Result("agent_main_to_ready", info.MainToReadyUs / 1000.0, "ms");
