@@ -45,23 +45,11 @@ public static class Program
         Print(ours);
 
         Console.WriteLine("== ours without KVM eventfds (notifies exit to a vCPU thread, interrupts by KVM_IRQ_LINE)");
-        Figures exits;
-        using (var vm = await AgentVmProcess.StartAsync(vmOptions with { CommandLine = vmOptions.CommandLine with { KvmEventFds = KvmEventFds.Off } }))
-        {
-            exits = await Measure(vm.Client, calls, bytes);
-            await vm.Client.ShutdownAsync();
-            await vm.WaitForExitAsync(TimeSpan.FromMinutes(2));
-        }
+        var exits = await MeasureVm(vmOptions with { CommandLine = vmOptions.CommandLine with { KvmEventFds = KvmEventFds.Off } }, calls, bytes);
         Print(exits);
 
         Console.WriteLine("== ours without the VMM's seccomp filter (--seccomp=off): what confinement costs");
-        Figures unconfined;
-        using (var vm = await AgentVmProcess.StartAsync(vmOptions with { CommandLine = vmOptions.CommandLine with { Seccomp = SeccompAction.Off } }))
-        {
-            unconfined = await Measure(vm.Client, calls, bytes);
-            await vm.Client.ShutdownAsync();
-            await vm.WaitForExitAsync(TimeSpan.FromMinutes(2));
-        }
+        var unconfined = await MeasureVm(vmOptions with { CommandLine = vmOptions.CommandLine with { Seccomp = SeccompAction.Off } }, calls, bytes);
         Print(unconfined);
 
         Console.WriteLine("== the VMM and guest kernel alone: a static C echo server as init, raw bytes through the hybrid socket");
@@ -98,6 +86,16 @@ public static class Program
         Result("agent_page_faults_at_ready", r.MinorFaults + r.MajorFaults, "");
         Result("agent_rw_syscalls_at_ready", r.ReadSyscalls + r.WriteSyscalls, "");
         return 0;
+    }
+
+    /// <summary>A VM of its own with these options: measured, then shut down.</summary>
+    private static async Task<Figures> MeasureVm(AgentVmOptions options, int calls, long bytes)
+    {
+        using var vm = await AgentVmProcess.StartAsync(options);
+        var figures = await Measure(vm.Client, calls, bytes);
+        await vm.Client.ShutdownAsync();
+        await vm.WaitForExitAsync(TimeSpan.FromMinutes(2));
+        return figures;
     }
 
     private static async Task<Figures> MeasureHostAgent(string agentPath, int calls, long bytes)
