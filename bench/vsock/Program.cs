@@ -12,7 +12,8 @@ namespace Rkt.Kvm.Bench.Vsock;
 /// Measures, in one run: unary gRPC round trips (median, p99) and streaming throughput each way
 /// to the guest agent through our virtio-vsock; the same against the same agent binary serving
 /// on a host Unix socket (the ceiling: no VM in the path); the same through the VMM with KVM's
-/// eventfds switched off (notifies as MMIO exits); and the agent's start-up inside the guest.
+/// eventfds switched off (notifies as MMIO exits); the same without the VMM's seccomp filter
+/// (--seccomp=off: what confinement costs); and the agent's start-up inside the guest.
 /// </summary>
 public static class Program
 {
