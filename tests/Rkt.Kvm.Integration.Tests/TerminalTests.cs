@@ -64,8 +64,11 @@ public sealed class TerminalTests(TerminalPodFixture pod) : IClassFixture<Termin
         at = term.WaitFor("40 120", Wait, at);
 
         // ^C goes to the app's foreground job, not to rkt-kvm: the sleep ends, the shell and the CLI stay.
-        term.Type("sleep 30; echo slept\r");
-        Thread.Sleep(1500);
+        // It is typed once the shell printed "running-42", i.e. took the line and gave the terminal back
+        // its cooked modes (ISIG): before that the shell's line editor would read ^C as a plain byte.
+        term.Type("echo running-$((6*7)); sleep 30; echo slept\r");
+        at = term.WaitFor("running-42", Wait, at);
+        Thread.Sleep(300);
         term.Type("\u0003");
         term.Type("echo after-$((40+2))\r");
         at = term.WaitFor("after-42", TimeSpan.FromSeconds(20), at);
