@@ -189,7 +189,7 @@ public sealed class NetworkingTests : IDisposable
         var podDir = Directory.CreateDirectory(Path.Join(_dir, uuid)).FullName;
         var pod = new PodDirectory(podDir);
         var network = new PodNetwork(pod, uuid, CniPlugin.FromEnvironment());
-        string before = HostState(name);
+        string before = HostState(name, uuid);
         var setup = network.Setup(NetworkList.Parse($"{name}:X=1"), config);
         try
         {
@@ -205,26 +205,33 @@ public sealed class NetworkingTests : IDisposable
             Assert.Contains($"cni-{uuid}", HostCommand.Check("ip", ["netns", "list"]));
             Assert.Contains("tap0", HostCommand.Check("ip", ["-n", $"cni-{uuid}", "link", "show", "tap0"]));
             Assert.Contains("mirred", HostCommand.Check("tc", ["-n", $"cni-{uuid}", "filter", "show", "dev", "eth0", "ingress"]));
+            var during = HostState(name, uuid).Split('\n');
+            Assert.Contains($"cni-{uuid}", during[0]); // what the filter keeps sees the pod's namespace, veth, lease and rules
+            Assert.Contains("veth", during[1]);
+            Assert.NotEmpty(during[2]);
+            Assert.Contains(during[3..], l => l.Contains("MASQUERADE") || l.Contains("CNI-"));
         }
         finally
         {
             network.Teardown();
             network.Teardown(); // idempotent
         }
-        Assert.Equal(before, HostState(name));
+        Assert.Equal(before, HostState(name, uuid));
         Assert.True(File.Exists(pod.NetInfo)); // kept for `list` until the pod is removed, as rkt does
         Assert.False(File.Exists(Path.Join(podDir, "netns")));
         Directory.Delete(Path.Join("/var/lib/cni/networks", name), recursive: true); // host-local keeps a network's (empty) lease directory
     }
 
-    /// <summary>What a leaked pod network would leave: namespaces, veths, leases of the test network, masquerade rules.</summary>
-    private static string HostState(string network)
+    /// <summary>What a leaked pod network would leave: its namespace, veths into it, leases of the test network, masquerade rules.
+    /// Only what names this pod or its network counts: other test assemblies make namespaces and veths in parallel.</summary>
+    private static string HostState(string network, string uuid)
     {
         var leases = Path.Join("/var/lib/cni/networks", network);
+        bool Ours(string line) => line.Contains(uuid) || line.Contains(network);
         return string.Join("\n",
-            HostCommand.Check("ip", ["netns", "list"]),
-            string.Join(" ", HostCommand.Check("ip", ["-o", "link", "show"]).Split('\n').Where(l => l.Contains("veth")).Select(l => l.Split(':')[1])),
+            string.Join(" ", HostCommand.Check("ip", ["netns", "list"]).Split('\n').Where(Ours)),
+            string.Join(" ", HostCommand.Check("ip", ["-o", "link", "show"]).Split('\n').Where(l => l.Contains("veth") && Ours(l)).Select(l => l.Split(':')[1])),
             Directory.Exists(leases) ? string.Join(" ", Directory.GetFiles(leases).Select(Path.GetFileName).Where(f => f is not ("lock" or null) && !f.StartsWith("last_reserved_ip"))) : "",
-            string.Join("\n", HostCommand.Check("iptables-save", ["-t", "nat"]).Split('\n').Where(l => l.StartsWith("-A"))));
+            string.Join("\n", HostCommand.Check("iptables-save", ["-t", "nat"]).Split('\n').Where(l => l.StartsWith("-A") && Ours(l))));
     }
 }
