@@ -55,9 +55,11 @@ public sealed class AgentChannelTests(AgentVmFixture fixture) : IClassFixture<Ag
     }
 
     [SkippableFact]
-    public async Task Echo_64_MiB_each_way_arrives_intact()
+    public async Task Echo_8_MiB_each_way_arrives_intact()
     {
-        const int total = 64 << 20, chunk = 256 << 10;
+        // 8 MiB wraps every vsock queue many times over and crosses HTTP/2 flow-control windows; more only
+        // costs time here (~0.4 MiB/s each way under nested KVM: 64 MiB took 5.6 min). bench/vsock measures the rate.
+        const int total = 8 << 20, chunk = 256 << 10;
         var vm = Vm;
         using var call = vm.Client.Stub.Echo(deadline: vm.Client.Deadline(TimeSpan.FromMinutes(10)));
         using var sent = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
