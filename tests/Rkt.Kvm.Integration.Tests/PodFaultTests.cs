@@ -50,6 +50,7 @@ public sealed class PodFaultTests
         string status = File.ReadAllText($"/proc/{vmm.Pid}/status");
         Assert.Contains("Seccomp:\t2\n", status);
         Assert.Contains("NoNewPrivs:\t1\n", status);
+        AssertJailed(vmm.Pid);
         KillStage1Run(uuid);
 
         AssertGone(vmm);
@@ -136,5 +137,35 @@ public sealed class PodFaultTests
             if (DateTime.UtcNow > deadline) throw new TimeoutException($"timed out waiting for {what}");
             Thread.Sleep(50);
         }
+    }
+
+    /// <summary>
+    /// The jail (docs/THREAT-MODEL.md): the VMM's own mount, UTS, IPC and network namespaces; a root
+    /// that holds only its socket directory and its fd table; no capabilities on the threads that
+    /// parse guest input. The pod still reached its app's root over 9p and its network over a tap.
+    /// </summary>
+    private static void AssertJailed(int pid)
+    {
+        foreach (var ns in new[] { "mnt", "uts", "ipc", "net" })
+            Assert.NotEqual(new FileInfo($"/proc/self/ns/{ns}").LinkTarget, new FileInfo($"/proc/{pid}/ns/{ns}").LinkTarget);
+        string root = $"/proc/{pid}/root";
+        var vsockDir = Path.GetDirectoryName(Rkt.Kvm.Vmm.Client.VmmCommandLine.FindVsock(File.ReadAllText($"/proc/{pid}/cmdline").Split('\0')))!;
+        var top = Directory.GetFileSystemEntries(root).Select(Path.GetFileName).Order().ToList();
+        Assert.Equal(new[] { "proc", vsockDir.Split('/')[1] }.Order(), top);
+        Assert.Equal(["fd"], Directory.GetFileSystemEntries(root + "/proc/self").Select(Path.GetFileName));
+        Assert.False(File.Exists(root + "/etc/passwd"));
+        Assert.True(File.Exists(root + vsockDir + "/vm.sock"), "the VMM's socket directory is in its root");
+        var threads = Directory.GetDirectories($"/proc/{pid}/task").Select(t => (Name: File.ReadAllText(t + "/comm").Trim(), Status: File.ReadAllText(t + "/status"))).ToList();
+        var guestFacing = threads.Where(t => t.Name is "vcpu" or "devices").ToList();
+        Assert.Contains(guestFacing, t => t.Name == "vcpu");
+        Assert.Contains(guestFacing, t => t.Name == "devices");
+        foreach (var t in guestFacing)
+        {
+            Assert.Contains("CapEff:\t0000000000000000\n", t.Status);
+            Assert.Contains("CapPrm:\t0000000000000000\n", t.Status);
+        }
+        var files = System.Text.RegularExpressions.Regex.Match(File.ReadAllText($"/proc/{pid}/limits"), @"Max open files\s+(\d+)\s+(\d+)");
+        Assert.Equal(files.Groups[1].Value, files.Groups[2].Value);
+        Assert.InRange(ulong.Parse(files.Groups[2].Value), 1024UL, 20480UL); // LockDown.MaxOpenFiles
     }
 }

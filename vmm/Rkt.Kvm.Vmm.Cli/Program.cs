@@ -30,6 +30,16 @@ public static class Program
             Console.Out.Write(VmmOptions.Usage);
             return 0;
         }
+        if (options.Machine.Jail && !Host.Confinement.VmmJail.IsInside)
+        {
+            // Returns only by failing: on success the VMM starts over in its own namespaces (same pid).
+            try { Host.Confinement.VmmJail.Enter(args); }
+            catch (IOException e)
+            {
+                Console.Error.WriteLine($"rkt-kvm-vmm: {e.Message} (--jail=off runs without the jail, for debugging only)");
+                return (int)VmExitStatus.VmmError;
+            }
+        }
 
         using var log = new LoggerConfiguration()
             .MinimumLevel.Is(options.Debug ? LogEventLevel.Debug : options.Quiet ? LogEventLevel.Warning : LogEventLevel.Information)

@@ -25,6 +25,10 @@ public sealed record VmmOptions
                                what the system call filter installed after set-up does to a
                                call outside it: kill the VMM (default), log it (the kernel log
                                names it), or no filter at all (off: for debugging only)
+          --jail on|off        once set up, run in the VMM's own mount, UTS, IPC and network
+                               namespaces with an empty read-only root (only the socket
+                               directories in it) and no capabilities on the vCPU and device
+                               threads (default on; off: for debugging only)
           --kvm-device PATH    KVM device (default /dev/kvm)
           --vsock PATH         virtio-vsock, reached from the host through the Unix socket PATH
                                (hybrid vsock: write "CONNECT <port>\n"); guest connections to
@@ -78,6 +82,7 @@ public sealed record VmmOptions
             Cpus = line.Cpus,
             Pvm = line.Pvm,
             LockDown = line.Seccomp,
+            Jail = line.Jail,
             KvmDevicePath = line.KvmDevice ?? Kvm.KvmSystem.DefaultDevicePath,
             VsockSocketPath = line.Vsock,
             GuestCid = line.VsockCid,

@@ -28,6 +28,8 @@ public sealed record VmmCommandLine
     public PvmMode Pvm { get; init; } = PvmMode.Auto;
     /// <summary><c>--seccomp kill|log|off</c>: the system call filter's action (off: for debugging only).</summary>
     public SeccompAction Seccomp { get; init; } = SeccompAction.Kill;
+    /// <summary><c>--jail on|off</c>: own namespaces, an empty root and no capabilities on guest-facing threads (off: for debugging only).</summary>
+    public bool Jail { get; init; } = true;
     /// <summary>The KVM device; null: the VMM's default (/dev/kvm).</summary>
     public string? KvmDevice { get; init; }
     /// <summary>The hybrid vsock Unix socket (docs/VSOCK.md); null: no vsock device.</summary>
@@ -67,6 +69,7 @@ public sealed record VmmCommandLine
         Add("--console-log", ConsoleLog);
         if (Pvm != PvmMode.Auto) Add("--pvm", Pvm == PvmMode.On ? "on" : "off");
         if (Seccomp != SeccompAction.Kill) Add("--seccomp", Seccomp == SeccompAction.Log ? "log" : "off");
+        if (!Jail) Add("--jail", "off");
         Add("--kvm-device", KvmDevice);
         Add("--vsock", Vsock);
         if (VsockCid != DefaultGuestCid) Add("--vsock-cid", VsockCid.ToString(CultureInfo.InvariantCulture));
@@ -98,6 +101,7 @@ public sealed record VmmCommandLine
         bool debug = false, quiet = false, help = false;
         var pvm = PvmMode.Auto;
         var seccomp = SeccompAction.Kill;
+        bool jail = true;
         for (int i = 0; i < args.Count; i++)
         {
             string arg = args[i];
@@ -145,6 +149,14 @@ public sealed record VmmCommandLine
                         var v => throw new ArgumentException($"--seccomp must be kill, log or off, not '{v}'."),
                     };
                     break;
+                case "--jail":
+                    jail = Value() switch
+                    {
+                        "on" => true,
+                        "off" => false,
+                        var v => throw new ArgumentException($"--jail must be on or off, not '{v}'."),
+                    };
+                    break;
                 case "--kvm-device": kvmDevice = Value(); break;
                 case "--vsock": vsock = Value(); break;
                 case "--vsock-cid": cid = WholeNumber(name, Value(), ulong.MaxValue); break;
@@ -182,6 +194,7 @@ public sealed record VmmCommandLine
             ConsoleLog = consoleLog,
             Pvm = pvm,
             Seccomp = seccomp,
+            Jail = jail,
             KvmDevice = kvmDevice,
             Vsock = vsock,
             VsockCid = cid,

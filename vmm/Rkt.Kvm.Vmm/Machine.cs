@@ -1,3 +1,4 @@
+using Microsoft.Win32.SafeHandles;
 using System.Diagnostics;
 using Rkt.Kvm.Vmm.Boot;
 using Rkt.Kvm.Vmm.Client;
@@ -81,6 +82,8 @@ public sealed class Machine : IDisposable
     /// <summary>Every virtio transport by slot (what a snapshot saves and a restore puts back).</summary>
     private readonly SortedDictionary<int, MmioTransport> _transports = [];
     private MachineConfig? _config;
+    /// <summary>Open while the control socket (the only way to ask for a snapshot) is.</summary>
+    private SnapshotInputs? _snapshotInputs;
     private List<VcpuRunner>? _runners;
     private readonly object _snapshotLock = new();
     private VmExitResult? _result;
@@ -298,6 +301,9 @@ public sealed class Machine : IDisposable
         }
         if (config.ControlSocketPath is { } controlPath)
         {
+            var inputs = new SnapshotInputs(config.KernelPath, config.InitrdPath);
+            _deviceResources.Add(inputs);
+            _snapshotInputs = inputs;
             var commands = new ControlCommands(_p9?.Server, _sinceStart,
                 () => RequestExit(new VmExitResult(VmExitStatus.GuestShutdown, "stopped through the control socket")), Snapshot);
             // Disposed before the 9p device (resources go in order): no control request runs against a closed server.
@@ -310,7 +316,8 @@ public sealed class Machine : IDisposable
         for (int i = 0; i < nics.Count; i++)
         {
             var spec = nics[i];
-            _taps.Add(spec.Tap is { } name ? TapDevice.Open(name, spec.Netns)
+            // In the jail this process has an empty network namespace: a tap named without netns= is the host's, as without it.
+            _taps.Add(spec.Tap is { } name ? TapDevice.Open(name, spec.Netns ?? Host.Confinement.VmmJail.HostNetworkNamespace)
                 : spec.Fd is { } fd ? TapDevice.Adopt(fd)
                 : TapDevice.OpenIsolated($"tap{i}"));
         }
@@ -373,6 +380,16 @@ public sealed class Machine : IDisposable
         }).ToList();
         _deviceLoop.Start();
         _log.Debug("virtio signalling: {Signalling}", VirtioSignalling);
+        if (_config?.Jail == true)
+        {
+            // Everything is open: leave the host's filesystem, and take the capabilities of the
+            // threads that parse guest input (the 9p workers keep theirs; ThreadCapabilities).
+            Host.Confinement.LockDown.LoadLazyLibraries();
+            Host.Confinement.VmmJail.PivotToEmptyRoot(new[] { _config.VsockSocketPath, _config.ControlSocketPath }
+                .OfType<string>().Select(p => Path.GetDirectoryName(Path.GetFullPath(p))!));
+            _deviceLoop.Invoke(Host.Confinement.ThreadCapabilities.DropAllOnThisThread);
+            _log.Debug("jailed: own mount, UTS, IPC and network namespaces, empty root, no capabilities on vCPU and device threads");
+        }
         if (_config?.LockDown is { } action)
         {
             // Everything is open and every host thread but the vCPUs' runs: from here on the guest
@@ -381,9 +398,16 @@ public sealed class Machine : IDisposable
             _log.Debug("locked down: seccomp {Action}, no_new_privs, not dumpable, no core dumps", action);
             if (action == SeccompAction.Off) _log.Warning("--seccomp=off: the VMM runs without its system call filter (for debugging only)");
         }
+        // This thread only waits for the VM's end from here on.
+        if (_config?.Jail == true) Host.Confinement.ThreadCapabilities.DropAllOnThisThread();
         foreach (var runner in runners)
         {
-            var thread = new Thread(runner.Run) { IsBackground = true, Name = "vcpu" };
+            bool dropCapabilities = _config?.Jail == true;
+            var thread = new Thread(() =>
+            {
+                if (dropCapabilities) Host.Confinement.ThreadCapabilities.DropAllOnThisThread();
+                runner.Run();
+            }) { IsBackground = true, Name = "vcpu" };
             thread.Start();
         }
         // Wake up periodically to push out console text that has no newline yet (prompts).
@@ -421,7 +445,10 @@ public sealed class Machine : IDisposable
     /// saved (nothing in flight), then KVM's state, the devices' and RAM go to one file.
     /// Runs on the device thread (the control socket's), so device state cannot change under it.
     /// </summary>
-    public SnapshotHeader Snapshot(string path)
+    public SnapshotHeader Snapshot(string path) => Snapshot(path, into: null);
+
+    /// <summary>The same, written into <paramref name="into"/> (an empty file the control socket's client passed) when given; <paramref name="path"/> then only names it.</summary>
+    public SnapshotHeader Snapshot(string path, SafeFileHandle? into)
     {
         var runners = _runners ?? throw new SnapshotException("The VM is not running yet.");
         var clock = Stopwatch.StartNew();
@@ -458,10 +485,10 @@ public sealed class Machine : IDisposable
                 var header = new SnapshotHeader
                 {
                     FormatVersion = SnapshotFile.FormatVersion,
-                    VmmBuild = SnapshotFile.VmmBuild(),
+                    VmmBuild = _snapshotInputs?.VmmBuild ?? SnapshotFile.VmmBuild(),
                     CreatedUtc = DateTime.UtcNow,
-                    Kernel = SnapshotFile.Describe(config.KernelPath),
-                    Initrd = config.InitrdPath is { } initrd ? SnapshotFile.Describe(initrd) : null,
+                    Kernel = _snapshotInputs?.Kernel ?? SnapshotFile.Describe(config.KernelPath),
+                    Initrd = _snapshotInputs is { } inputs ? inputs.Initrd : config.InitrdPath is { } initrd ? SnapshotFile.Describe(initrd) : null,
                     MemoryMiB = config.MemoryMiB,
                     Cpus = config.Cpus,
                     Cmdline = Cmdline,
@@ -473,7 +500,7 @@ public sealed class Machine : IDisposable
                     Regions = [],
                     MemoryBytesWritten = 0,
                 };
-                header = SnapshotFile.Write(path, header, state!, _memory);
+                header = into is null ? SnapshotFile.Write(path, header, state!, _memory) : SnapshotFile.WriteInto(into, header, state!, _memory);
                 _log.Information("Snapshot {Path}: {Written} MiB of {Memory} MiB RAM, {Msrs} MSRs per vCPU; paused {PausedMs:F0} ms, written in {TotalMs:F0} ms",
                     path, header.MemoryBytesWritten >> 20, config.MemoryMiB, vcpus[0].Msrs.Length, pausedMs, clock.Elapsed.TotalMilliseconds);
                 return header;

@@ -23,6 +23,12 @@ public sealed record MachineConfig
     /// another process (tests), which a filter would confine too. rkt-kvm-vmm always sets it.
     /// </summary>
     public SeccompAction? LockDown { get; init; }
+    /// <summary>
+    /// The process runs in its own namespaces (<see cref="Host.Confinement.VmmJail"/>: rkt-kvm-vmm
+    /// re-executes itself into them) and, once set up, pivots into an empty root and drops the vCPU
+    /// and device threads' capabilities. False for machines run inside another process (tests).
+    /// </summary>
+    public bool Jail { get; init; }
     public string KvmDevicePath { get; init; } = Kvm.KvmSystem.DefaultDevicePath;
     /// <summary>The hybrid vsock Unix socket (shared/VSOCK.md); null for a VM without vsock.</summary>
     public string? VsockSocketPath { get; init; }

@@ -74,6 +74,43 @@ public sealed class ControlSocketTests : IClassFixture<TrapTree>, IDisposable
         Assert.Contains("cannot reach the VMM control socket", Assert.Throws<VmmControlException>(() => new VmmControlClient(_control.Path + ".none").Status()).Message);
     }
 
+    [Fact]
+    public void An_export_passed_as_an_open_directory_is_served_from_it_not_from_its_path()
+    {
+        // What a jailed VMM relies on: it cannot open host paths, so the client passes the directory open.
+        var dir = Directory.CreateDirectory(Path.Combine(_tree.Root, $"passed-{Guid.NewGuid():N}")).FullName;
+        File.WriteAllText(Path.Combine(dir, "marker"), "x");
+        var c = Connect();
+        using (var file = File.OpenHandle(Path.Combine(dir, "marker")))
+        {
+            ScmRights.Send((int)c.Socket.Handle, Encoding.UTF8.GetBytes($"{{\"op\":\"add-export\",\"name\":\"f\",\"path\":\"{dir}\",\"fd\":true}}\n"), (int)file.DangerousGetHandle());
+            Assert.StartsWith("{\"ok\":false,\"error\":\"What was passed for export 'f'", c.Reader.ReadLine());
+        }
+        Assert.StartsWith("{\"ok\":false,\"error\":\"The request says a file descriptor comes with it",
+            Ask(c, "{\"op\":\"add-export\",\"name\":\"g\",\"path\":\"/x\",\"fd\":true}"));
+        var client = new VmmControlClient(_control.Path);
+        Assert.Equal(dir, client.AddExport("passed", dir, readOnly: false).Export!.Path);
+        Directory.Move(dir, dir + "-moved"); // the export is the directory it holds, whatever its name now
+        var p9 = new P9TestClient(_server);
+        p9.Version();
+        p9.Attach(1, "passed");
+        Assert.Single(p9.Walk(1, 2, "marker"));
+        Assert.Equal(3, client.RemoveExport("passed").ClosedFds); // its root and the two fids
+    }
+
+    [Fact]
+    public void Too_many_passed_descriptors_close_the_connection_and_leak_nothing()
+    {
+        int Open() => Directory.GetFiles("/proc/self/fd").Length;
+        var c = Connect();
+        using var file = File.OpenHandle("/dev/null");
+        int before = Open();
+        for (int i = 0; i <= ControlSocket.MaxPendingFds; i++) ScmRights.Send((int)c.Socket.Handle, " "u8, (int)file.DangerousGetHandle());
+        Assert.StartsWith("{\"ok\":false,\"error\":\"Too many file descriptors passed", c.Reader.ReadLine());
+        Assert.Null(c.Reader.ReadLine());
+        Assert.True(SpinWait.SpinUntil(() => Open() <= before, 5000), "the VMM side kept passed descriptors open");
+    }
+
     [Theory]
     [InlineData("not json", "The request is not a valid JSON object")]
     [InlineData("{\"op\":\"dance\"}", "Unknown op 'dance'")]

@@ -19,7 +19,7 @@ public sealed class SnapshotControlTests : IDisposable
         commands.Handle(Encoding.UTF8.GetBytes(JsonSerializer.Serialize(new Dictionary<string, string> { ["op"] = "snapshot", ["path"] = path })));
 
     private ControlCommands Commands(Func<string, SnapshotHeader> snapshot) =>
-        new(null, Stopwatch.StartNew(), () => { }, path => { _calls.Add(path); return snapshot(path); });
+        new(null, Stopwatch.StartNew(), () => { }, (path, into) => { _calls.Add(into is null ? path : $"{path} (into a passed file)"); return snapshot(path); });
 
     private static SnapshotHeader Written(long memoryBytes) => new()
     {
@@ -81,6 +81,32 @@ public sealed class SnapshotControlTests : IDisposable
         Assert.False(reply.Ok);
         Assert.Contains(path, reply.Error);
         Assert.Empty(_calls);
+    }
+
+    /// <summary>A descriptor as the control socket hands one over (the request owns it).</summary>
+    private static Rkt.Kvm.Vmm.Kvm.FileDescriptor Descriptor(string path, FileMode mode)
+    {
+        var handle = File.OpenHandle(path, mode, FileAccess.ReadWrite);
+        int fd = (int)handle.DangerousGetHandle();
+        handle.SetHandleAsInvalid();
+        return new Rkt.Kvm.Vmm.Kvm.FileDescriptor(fd);
+    }
+
+    [Fact]
+    public void A_passed_file_is_written_into_whatever_its_path_and_must_be_empty()
+    {
+        string file = _dir.File("passed");
+        using (var empty = Descriptor(file, FileMode.Create))
+        {
+            var reply = Commands(_ => Written(7)).Handle("{\"op\":\"snapshot\",\"path\":\"/not/there/vm.snap\",\"fd\":true}"u8, () => empty);
+            Assert.True(reply.Ok, reply.Error);
+            Assert.Equal(["/not/there/vm.snap (into a passed file)"], _calls);
+        }
+        File.WriteAllText(file, "old");
+        using var full = Descriptor(file, FileMode.Open);
+        var refused = Commands(_ => Written(7)).Handle("{\"op\":\"snapshot\",\"path\":\"/x/vm.snap\",\"fd\":true}"u8, () => full);
+        Assert.Equal("The file passed for the snapshot is not empty.", refused.Error);
+        Assert.Single(_calls);
     }
 
     [Fact]

@@ -12,6 +12,9 @@ namespace Rkt.Kvm.Vmm.Client.Control;
 //   {"op":"snapshot","path":"/dir/vm.snapshot"}  -> {"ok":true,"snapshot":{"path":..,"memoryBytes":..,"milliseconds":..}}; the VM goes on
 //   {"op":"stop"}                                -> {"ok":true,"state":"stopping"}, then the VM ends and the VMM exits 0
 // Failures: {"ok":false,"error":"one sentence"}.
+// "fd":true on add-export or snapshot: the request's line carries an open descriptor (SCM_RIGHTS,
+// ScmRights): the export's directory, or the file the snapshot is written into. The path then only
+// names it. A VMM in its own empty root can only work this way (docs/THREAT-MODEL.md).
 
 /// <summary>One request line. Unknown properties are refused, so a typo is an error, not a silent default.</summary>
 [JsonUnmappedMemberHandling(JsonUnmappedMemberHandling.Disallow)]
@@ -21,6 +24,8 @@ public sealed class ControlRequest
     public string? Name { get; set; }
     public string? Path { get; set; }
     public bool? ReadOnly { get; set; }
+    /// <summary>An open descriptor came with this line (SCM_RIGHTS): the export's directory or the snapshot's file.</summary>
+    public bool? Fd { get; set; }
 }
 
 public sealed class ControlSnapshot

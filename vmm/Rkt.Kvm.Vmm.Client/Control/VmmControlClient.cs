@@ -1,4 +1,6 @@
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
 using System.Text;
 using System.Text.Json;
 
@@ -17,9 +19,15 @@ public sealed class VmmControlClient(string socketPath)
     /// <summary>A reply line longer than this is a broken VMM, not a big answer.</summary>
     private const int MaxReplyBytes = 1 << 20;
 
-    /// <summary>The reply carries the new export in <see cref="ControlReply.Export"/>.</summary>
-    public ControlReply AddExport(string name, string path, bool readOnly) =>
-        Call(new ControlRequest { Op = "add-export", Name = name, Path = path, ReadOnly = readOnly });
+    /// <summary>
+    /// The reply carries the new export in <see cref="ControlReply.Export"/>. The directory is opened
+    /// here and passed open: the VMM may live in an empty root where <paramref name="path"/> is not.
+    /// </summary>
+    public ControlReply AddExport(string name, string path, bool readOnly)
+    {
+        using var directory = OpenDirectory(path);
+        return Call(new ControlRequest { Op = "add-export", Name = name, Path = path, ReadOnly = readOnly, Fd = true }, directory);
+    }
 
     /// <summary>The reply carries how many host fds the VMM closed in <see cref="ControlReply.ClosedFds"/>.</summary>
     public ControlReply RemoveExport(string name) => Call(new ControlRequest { Op = "remove-export", Name = name });
@@ -29,13 +37,43 @@ public sealed class VmmControlClient(string socketPath)
     /// <summary>State, uptime, exports and open fids of the running VM.</summary>
     public ControlReply Status() => Call(new ControlRequest { Op = "status" });
 
-    /// <summary>Writes a snapshot of the running VM to <paramref name="path"/> (the VM goes on); the reply carries <see cref="ControlReply.Snapshot"/>.</summary>
-    public ControlReply Snapshot(string path) => Call(new ControlRequest { Op = "snapshot", Path = path });
+    /// <summary>
+    /// Writes a snapshot of the running VM to <paramref name="path"/> (the VM goes on); the reply
+    /// carries <see cref="ControlReply.Snapshot"/>. The VMM writes into a temporary file this side
+    /// creates and passes open; it becomes <paramref name="path"/> only once complete, so a reader
+    /// sees the old file, the whole new one, or none.
+    /// </summary>
+    public ControlReply Snapshot(string path)
+    {
+        string temp = $"{path}.tmp-{Environment.ProcessId}";
+        try
+        {
+            ControlReply reply;
+            using (var file = File.OpenHandle(temp, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None))
+                reply = Call(new ControlRequest { Op = "snapshot", Path = path, Fd = true }, file);
+            File.Move(temp, path, overwrite: true);
+            return reply;
+        }
+        finally
+        {
+            try { File.Delete(temp); } catch (IOException) { }
+        }
+    }
 
     /// <summary>The VMM replies "stopping", then ends the VM and exits 0.</summary>
     public ControlReply Stop() => Call(new ControlRequest { Op = "stop" });
 
-    private ControlReply Call(ControlRequest request)
+    /// <summary>O_PATH: the VMM gets a handle to walk from, not the right to read the directory itself.</summary>
+    private static unsafe SafeFileHandle OpenDirectory(string path)
+    {
+        var bytes = Encoding.UTF8.GetBytes(path + "\0");
+        int fd;
+        fixed (byte* p = bytes) fd = Tmds.Linux.LibC.open(p, Tmds.Linux.LibC.O_PATH | Tmds.Linux.LibC.O_DIRECTORY | Tmds.Linux.LibC.O_CLOEXEC);
+        if (fd < 0) throw new VmmControlException($"cannot open the directory {path}: {Marshal.GetPInvokeErrorMessage(Tmds.Linux.LibC.errno)}");
+        return new SafeFileHandle(fd, ownsHandle: true);
+    }
+
+    private ControlReply Call(ControlRequest request, SafeHandle? fd = null)
     {
         using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
         {
@@ -45,7 +83,13 @@ public sealed class VmmControlClient(string socketPath)
         try { socket.Connect(new UnixDomainSocketEndPoint(socketPath)); }
         catch (SocketException e) { throw new VmmControlException($"cannot reach the VMM control socket {socketPath}: {e.Message}", e); }
         var line = JsonSerializer.Serialize(request, ControlJsonContext.Wire.ControlRequest) + "\n";
-        socket.Send(Encoding.UTF8.GetBytes(line));
+        var bytes = Encoding.UTF8.GetBytes(line);
+        if (fd is null) socket.Send(bytes);
+        else
+        {
+            try { ScmRights.Send((int)socket.Handle, bytes, (int)fd.DangerousGetHandle()); }
+            catch (IOException e) { throw new VmmControlException($"the VMM control socket did not take {request.Op}: {e.Message}", e); }
+        }
         var reply = new MemoryStream();
         var buffer = new byte[4096];
         while (true)

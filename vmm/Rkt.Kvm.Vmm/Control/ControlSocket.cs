@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Rkt.Kvm.Vmm.Client.Control;
 using Rkt.Kvm.Vmm.Host;
+using Rkt.Kvm.Vmm.Kvm;
 using Serilog;
 using static Tmds.Linux.LibC;
 
@@ -18,6 +19,8 @@ public sealed class ControlSocket : IDisposable
     public const int MaxConnections = 8;
     /// <summary>A client that does not read its replies is dropped past this.</summary>
     public const int MaxPendingOutput = 1 << 20;
+    /// <summary>Descriptors passed (SCM_RIGHTS) and not yet taken by a request; more is a broken or hostile client.</summary>
+    public const int MaxPendingFds = 4;
 
     private sealed class Connection(UnixSocket socket)
     {
@@ -28,6 +31,8 @@ public sealed class ControlSocket : IDisposable
         /// <summary>After an over-long line: replies are over (the peer got EOF), input is read and dropped until the peer closes.</summary>
         public bool Discarding;
         public readonly List<byte> Output = [];
+        /// <summary>Descriptors that came with the bytes, oldest first, for the requests that say they bring one.</summary>
+        public readonly Queue<FileDescriptor> Fds = new();
     }
 
     private readonly EventLoop _loop;
@@ -36,6 +41,7 @@ public sealed class ControlSocket : IDisposable
     private readonly UnixSocket _listener;
     private readonly ulong _listenerToken;
     private readonly HashSet<Connection> _connections = [];
+    private readonly List<int> _received = [];
 
     public string Path { get; }
 
@@ -70,8 +76,21 @@ public sealed class ControlSocket : IDisposable
         if (!Flush(c)) { Close(c); return; }
         while (_connections.Contains(c))
         {
-            int n = c.Socket.Receive(c.Discarding ? c.Input : c.Input.AsSpan(c.InputLength));
-            if (n == UnixSocket.WouldBlock) return;
+            int n = ScmRights.Receive(c.Socket.Handle.Number, c.Discarding ? c.Input : c.Input.AsSpan(c.InputLength), _received, out bool truncated);
+            foreach (int fd in _received) c.Fds.Enqueue(new FileDescriptor(fd));
+            _received.Clear();
+            if (c.Discarding) CloseFds(c);
+            else if (truncated || c.Fds.Count > MaxPendingFds)
+            {
+                CloseFds(c);
+                // As for an over-long line: end our side after saying why, then drain theirs.
+                Send(c, ControlReply.Fail($"Too many file descriptors passed (at most {MaxPendingFds} waiting for their requests)."));
+                c.Socket.ShutdownSend();
+                c.Discarding = true;
+                c.InputLength = 0;
+                continue;
+            }
+            if (n < 0) return; // would block
             if (n == 0) { Close(c); return; }
             if (c.Discarding) continue;
             c.InputLength += n;
@@ -89,7 +108,7 @@ public sealed class ControlSocket : IDisposable
             var line = c.Input.AsSpan(start, newline).TrimEnd((byte)'\r');
             start += newline + 1;
             if (line.Trim((byte)' ').IsEmpty) continue;
-            var reply = _commands.Handle(line);
+            var reply = _commands.Handle(line, () => c.Fds.TryDequeue(out var fd) ? fd : null);
             Send(c, reply);
             if (_commands.StopRequested)
             {
@@ -134,8 +153,14 @@ public sealed class ControlSocket : IDisposable
         return true;
     }
 
+    private static void CloseFds(Connection c)
+    {
+        while (c.Fds.TryDequeue(out var fd)) fd.Dispose();
+    }
+
     private void Close(Connection c)
     {
+        CloseFds(c);
         if (!_connections.Remove(c)) { c.Socket.Dispose(); return; }
         _loop.Remove(c.Socket.Handle, c.Token);
         c.Socket.Dispose();

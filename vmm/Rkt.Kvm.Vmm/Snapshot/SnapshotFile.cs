@@ -27,36 +27,11 @@ public static class SnapshotFile
     /// </summary>
     public static SnapshotHeader Write(string path, SnapshotHeader header, MachineState state, GuestMemory memory)
     {
-        byte[] stateBytes = state.ToBytes();
-        long offset = AlignUp(StateOffset + stateBytes.Length, RegionAlignment);
-        var regions = new List<SnapshotRegion>();
-        foreach (var r in memory.Regions)
-        {
-            regions.Add(new SnapshotRegion(r.GuestAddress, r.Size, offset));
-            offset = AlignUp(offset + (long)r.Size, RegionAlignment);
-        }
         string temp = $"{path}.tmp-{Environment.ProcessId}";
-        long written = 0;
         try
         {
             using (var file = File.OpenHandle(temp, FileMode.Create, FileAccess.ReadWrite, FileShare.None, FileOptions.None, preallocationSize: 0))
-            {
-                RandomAccess.SetLength(file, offset);
-                for (int i = 0; i < regions.Count; i++) written += WriteRegion(file, memory, regions[i]);
-                header = header with { FormatVersion = FormatVersion, StateLength = stateBytes.Length, Regions = regions, MemoryBytesWritten = written };
-                byte[] headerBytes = JsonSerializer.SerializeToUtf8Bytes(header, SnapshotJsonContext.Default.SnapshotHeader);
-                if (headerBytes.Length > MaxHeaderLength) throw new SnapshotException($"The snapshot header is {headerBytes.Length} bytes, more than {MaxHeaderLength}.");
-                var preamble = new byte[PreambleSize];
-                Magic.CopyTo(preamble);
-                BinaryPrimitives.WriteInt32LittleEndian(preamble.AsSpan(8), FormatVersion);
-                BinaryPrimitives.WriteInt32LittleEndian(preamble.AsSpan(12), headerBytes.Length);
-                BinaryPrimitives.WriteInt64LittleEndian(preamble.AsSpan(16), stateBytes.Length);
-                Checksum(headerBytes, stateBytes).CopyTo(preamble.AsSpan(24));
-                RandomAccess.Write(file, preamble, 0);
-                RandomAccess.Write(file, headerBytes, PreambleSize);
-                RandomAccess.Write(file, stateBytes, StateOffset);
-                RandomAccess.FlushToDisk(file);
-            }
+                header = WriteInto(file, header, state, memory);
             File.Move(temp, path, overwrite: true);
             return header;
         }
@@ -65,6 +40,39 @@ public static class SnapshotFile
             try { File.Delete(temp); } catch (IOException) { }
             throw;
         }
+    }
+
+    /// <summary>
+    /// Writes the snapshot into <paramref name="file"/>, an empty file opened for writing (the control
+    /// socket's client passes one: it makes it the snapshot by name once this returns), and syncs it.
+    /// </summary>
+    public static SnapshotHeader WriteInto(SafeFileHandle file, SnapshotHeader header, MachineState state, GuestMemory memory)
+    {
+        byte[] stateBytes = state.ToBytes();
+        long offset = AlignUp(StateOffset + stateBytes.Length, RegionAlignment);
+        var regions = new List<SnapshotRegion>();
+        foreach (var r in memory.Regions)
+        {
+            regions.Add(new SnapshotRegion(r.GuestAddress, r.Size, offset));
+            offset = AlignUp(offset + (long)r.Size, RegionAlignment);
+        }
+        long written = 0;
+        RandomAccess.SetLength(file, offset);
+        for (int i = 0; i < regions.Count; i++) written += WriteRegion(file, memory, regions[i]);
+        header = header with { FormatVersion = FormatVersion, StateLength = stateBytes.Length, Regions = regions, MemoryBytesWritten = written };
+        byte[] headerBytes = JsonSerializer.SerializeToUtf8Bytes(header, SnapshotJsonContext.Default.SnapshotHeader);
+        if (headerBytes.Length > MaxHeaderLength) throw new SnapshotException($"The snapshot header is {headerBytes.Length} bytes, more than {MaxHeaderLength}.");
+        var preamble = new byte[PreambleSize];
+        Magic.CopyTo(preamble);
+        BinaryPrimitives.WriteInt32LittleEndian(preamble.AsSpan(8), FormatVersion);
+        BinaryPrimitives.WriteInt32LittleEndian(preamble.AsSpan(12), headerBytes.Length);
+        BinaryPrimitives.WriteInt64LittleEndian(preamble.AsSpan(16), stateBytes.Length);
+        Checksum(headerBytes, stateBytes).CopyTo(preamble.AsSpan(24));
+        RandomAccess.Write(file, preamble, 0);
+        RandomAccess.Write(file, headerBytes, PreambleSize);
+        RandomAccess.Write(file, stateBytes, StateOffset);
+        RandomAccess.FlushToDisk(file);
+        return header;
     }
 
     /// <summary>Writes the region's non-zero pages; returns how many bytes that was.</summary>
@@ -179,8 +187,18 @@ public static class SnapshotFile
     /// <summary>Names a file by content (SHA-256, hex) for the header.</summary>
     public static SnapshotInput Describe(string path)
     {
-        using var stream = File.OpenRead(path);
-        return new SnapshotInput(Path.GetFullPath(path), stream.Length, Convert.ToHexStringLower(SHA256.HashData(stream)));
+        using var file = File.OpenHandle(path, FileMode.Open, FileAccess.Read);
+        return Describe(file, path);
+    }
+
+    /// <summary>The same, from a file opened earlier (a jailed VMM cannot open <paramref name="path"/> any more).</summary>
+    public static SnapshotInput Describe(SafeFileHandle file, string path)
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        var buffer = new byte[1 << 20];
+        long offset = 0;
+        for (int n; (n = RandomAccess.Read(file, buffer, offset)) > 0; offset += n) sha.AppendData(buffer, 0, n);
+        return new SnapshotInput(Path.GetFullPath(path), offset, Convert.ToHexStringLower(sha.GetHashAndReset()));
     }
 
     /// <summary>The running VMM's build: SHA-256 of its executable.</summary>

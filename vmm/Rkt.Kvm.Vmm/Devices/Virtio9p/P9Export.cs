@@ -56,6 +56,18 @@ public sealed partial class P9Export
         }
     }
 
+    /// <summary>An export of a directory opened elsewhere (passed over the control socket); <paramref name="hostPath"/> only names it.</summary>
+    public static P9Export FromDirectory(string name, string hostPath, bool readOnly, FileDescriptor root)
+    {
+        ValidateName(name);
+        if (!Path.IsPathFullyQualified(hostPath)) throw new ArgumentException($"Export path '{hostPath}' must be absolute.");
+        HostStat st;
+        try { st = HostFs.Stat(root); }
+        catch (P9Error e) { throw new ArgumentException($"The directory passed for export '{name}' cannot be examined: {System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(e.Errno)}."); }
+        if (!st.IsDirectory) throw new ArgumentException($"What was passed for export '{name}' ({hostPath}) is not a directory.");
+        return new P9Export(name, hostPath, readOnly, root);
+    }
+
     /// <summary>
     /// The export-listing root a guest attaches with aname "" or "/": Linux gives each virtio-9p
     /// device one mount at a time, so a guest that needs several exports mounts this root once and

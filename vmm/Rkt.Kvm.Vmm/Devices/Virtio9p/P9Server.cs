@@ -62,13 +62,25 @@ public sealed class P9Server : IDisposable
 
     // ------------------------------------------------------------------ exports (control socket, CLI)
 
-    public void AddExport(string name, string hostPath, bool readOnly)
+    /// <summary>
+    /// Serves <paramref name="hostPath"/> as <paramref name="name"/>; with <paramref name="root"/> (an open
+    /// directory the control socket's client passed, owned from here on) the path only names it.
+    /// </summary>
+    public void AddExport(string name, string hostPath, bool readOnly, FileDescriptor? root = null)
     {
-        P9Export.ValidateName(name);
-        lock (_exports)
+        try
         {
-            if (_exports.ContainsKey(name)) throw new ArgumentException($"Export '{name}' already exists.");
-            _exports[name] = P9Export.Open(name, hostPath, readOnly);
+            P9Export.ValidateName(name);
+            lock (_exports)
+            {
+                if (_exports.ContainsKey(name)) throw new ArgumentException($"Export '{name}' already exists.");
+                _exports[name] = root is null ? P9Export.Open(name, hostPath, readOnly) : P9Export.FromDirectory(name, hostPath, readOnly, root);
+                root = null;
+            }
+        }
+        finally
+        {
+            root?.Dispose();
         }
         _log.Information("9p: export {Name} -> {Path} ({Mode})", name, hostPath, readOnly ? "read-only" : "read-write");
     }

@@ -12,12 +12,15 @@ namespace Rkt.Kvm.Vmm.Host.Confinement;
 public static unsafe partial class LockDown
 {
     private const int PR_SET_DUMPABLE = 4, PR_SET_NO_NEW_PRIVS = 38;
-    private const int RLIMIT_CORE = 4;
+    private const int RLIMIT_CORE = 4, RLIMIT_NOFILE = 7;
+    /// <summary>Open files: every 9p fid may hold one, plus sockets, taps, eventfds and the runtime's own.</summary>
+    public const ulong MaxOpenFiles = Devices.Virtio9p.P9FidTable.DefaultMaxFids + 4096;
     private const long SYS_seccomp = 317;
     private const uint SECCOMP_SET_MODE_FILTER = 1, SECCOMP_FILTER_FLAG_TSYNC = 1;
 
     [LibraryImport("libc", SetLastError = true)] private static partial int prctl(int option, nuint arg2, nuint arg3, nuint arg4, nuint arg5);
     [LibraryImport("libc", SetLastError = true)] private static partial int setrlimit(int resource, ulong* limit);
+    [LibraryImport("libc", SetLastError = true)] private static partial int getrlimit(int resource, ulong* limit);
     [LibraryImport("libc", SetLastError = true)] private static partial long syscall(long number, nuint arg1, nuint arg2, void* arg3);
 
     [StructLayout(LayoutKind.Sequential)]
@@ -32,6 +35,11 @@ public static unsafe partial class LockDown
     {
         ulong* noCore = stackalloc ulong[2] { 0, 0 };
         Check(setrlimit(RLIMIT_CORE, noCore), "setrlimit(RLIMIT_CORE, 0)");
+        // A hard limit on files, so a guest that makes the VMM open without end meets EMFILE, not the host's limit.
+        ulong* files = stackalloc ulong[2];
+        Check(getrlimit(RLIMIT_NOFILE, files), "getrlimit(RLIMIT_NOFILE)");
+        files[0] = files[1] = Math.Min(files[1], MaxOpenFiles);
+        Check(setrlimit(RLIMIT_NOFILE, files), $"setrlimit(RLIMIT_NOFILE, {files[1]})");
         Check(prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE, 0)");
         Check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS, 1)");
         if (action == SeccompAction.Off) return;
@@ -49,9 +57,10 @@ public static unsafe partial class LockDown
 
     /// <summary>
     /// Loads now what the runtime would load on first use: loading maps code, which the filter
-    /// forbids (no executable mappings). OpenSSL: snapshot hashes (SHA-256) on the control socket.
+    /// forbids (no executable mappings), from files the jail's empty root no longer has.
+    /// OpenSSL: snapshot hashes (SHA-256) on the control socket.
     /// </summary>
-    private static void LoadLazyLibraries() => System.Security.Cryptography.SHA256.HashData(ReadOnlySpan<byte>.Empty);
+    internal static void LoadLazyLibraries() => System.Security.Cryptography.SHA256.HashData(ReadOnlySpan<byte>.Empty);
 
     private static void Check(int rc, string what)
     {

@@ -45,6 +45,9 @@ public static class VmmSyscallPolicy
         // Facts about the process and the host.
         S.getrandom, S.getrusage, S.sysinfo, S.uname, S.getuid, S.geteuid, S.getgid, S.getegid, S.getresuid,
         S.getresgid, S.getgroups, S.capget, S.waitid, S.pidfd_open,
+        // A vCPU thread drops its own capabilities as it starts (ThreadCapabilities); capset can
+        // only lower a thread's sets or raise them within what it still holds.
+        S.capset,
     ];
 
     private const uint ProtNone = 0, ProtRead = 1, ProtWrite = 2;

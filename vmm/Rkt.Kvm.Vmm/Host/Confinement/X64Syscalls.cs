@@ -82,6 +82,7 @@ internal static class X64Syscalls
     public const int getresuid = 118;
     public const int getresgid = 120;
     public const int capget = 125;
+    public const int capset = 126;
     public const int rt_sigpending = 127;
     public const int rt_sigtimedwait = 128;
     public const int sigaltstack = 131;
