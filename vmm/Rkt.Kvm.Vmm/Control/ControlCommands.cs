@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using Rkt.Kvm.Vmm.Client.Control;
-using Rkt.Kvm.Vmm.Devices.Virtio9p;
+using Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 
 namespace Rkt.Kvm.Vmm.Control;
 

@@ -1,4 +1,4 @@
-namespace Rkt.Kvm.Vmm.Devices.Virtio9p;
+namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 
 /// <summary>9P2000.L message types (T = request, R = reply = T + 1), the wire constants and limits.</summary>
 public static class P9

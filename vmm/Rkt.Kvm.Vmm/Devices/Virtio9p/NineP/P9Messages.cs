@@ -1,6 +1,6 @@
 // One record per 9P2000.L message: the constructor lists the fields in wire order, and Read and
 // Write take them in that same order, so a record reads exactly what it writes.
-namespace Rkt.Kvm.Vmm.Devices.Virtio9p;
+namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 
 /// <summary>A 9P2000.L message body: its type byte, and how it is read and written (after size[4] type[1] tag[2]).</summary>
 public interface IP9Message<TSelf> where TSelf : IP9Message<TSelf>

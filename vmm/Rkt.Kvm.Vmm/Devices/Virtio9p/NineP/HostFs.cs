@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 using System.Text;
 using Rkt.Kvm.Vmm.Kvm;
 
-namespace Rkt.Kvm.Vmm.Devices.Virtio9p;
+namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 
 /// <summary>A failed host call or a refused request: carries the Linux errno the guest gets in Rlerror.</summary>
 public sealed class P9Error(int errno, string? message = null) : Exception(message ?? $"errno {errno}")

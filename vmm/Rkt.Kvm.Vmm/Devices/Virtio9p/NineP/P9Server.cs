@@ -3,7 +3,7 @@ using System.Text;
 using Rkt.Kvm.Vmm.Kvm;
 using Serilog;
 
-namespace Rkt.Kvm.Vmm.Devices.Virtio9p;
+namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 
 /// <summary>
 /// Where Tread data goes and Twrite data comes from, so file bytes move straight between host files

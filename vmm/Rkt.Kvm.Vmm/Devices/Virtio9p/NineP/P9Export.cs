@@ -1,7 +1,7 @@
 using System.Text.RegularExpressions;
 using Rkt.Kvm.Vmm.Kvm;
 
-namespace Rkt.Kvm.Vmm.Devices.Virtio9p;
+namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 
 /// <summary>
 /// One exported host directory. Requests enter and leave it (<see cref="TryEnter"/>/<see cref="Exit"/>);
