@@ -99,6 +99,15 @@ public sealed partial class P9Export
         }
     }
 
+    /// <summary>Holds the export open for one request (<c>using var scope = export.Enter();</c>); EIO once it is being removed.</summary>
+    internal Scope Enter() => TryEnter() ? new Scope(this) : throw new P9Error(HostFs.EIO, $"export {Name} was removed");
+
+    /// <summary>One request inside an export: removal waits until it is disposed.</summary>
+    internal readonly ref struct Scope(P9Export export)
+    {
+        public void Dispose() => export.Exit();
+    }
+
     public bool Removed { get { lock (_gate) return _removed; } }
 
     /// <summary>Refuses new requests, then waits for those inside to leave. Afterwards nothing uses the export's fds.</summary>
