@@ -94,12 +94,20 @@ internal sealed class P9Walker(P9Session session, P9Exports exports)
     public static FileDescriptor FromRoot(P9Export export, IReadOnlyList<string> components, int count)
     {
         var cur = HostFs.Dup(export.Root);
-        for (int i = 0; i < count; i++)
+        try
         {
-            var next = HostFs.OpenAt(cur, components[i], HostFs.O_PATH | HostFs.O_NOFOLLOW | HostFs.O_DIRECTORY);
-            cur.Dispose();
-            cur = next;
+            for (int i = 0; i < count; i++)
+            {
+                var next = HostFs.OpenAt(cur, components[i], HostFs.O_PATH | HostFs.O_NOFOLLOW | HostFs.O_DIRECTORY);
+                cur.Dispose();
+                cur = next;
+            }
+            return cur;
         }
-        return cur;
+        catch
+        {
+            cur.Dispose(); // a component gone or replaced: close now, not whenever the finalizer runs
+            throw;
+        }
     }
 }
