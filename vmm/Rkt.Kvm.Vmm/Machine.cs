@@ -10,6 +10,7 @@ using Rkt.Kvm.Vmm.Devices.I8042;
 using Rkt.Kvm.Vmm.Devices.Serial8250;
 using Rkt.Kvm.Vmm.Devices.Virtio;
 using Rkt.Kvm.Vmm.Devices.Virtio9p;
+using Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 using Rkt.Kvm.Vmm.Devices.VirtioNet;
 using Rkt.Kvm.Vmm.Devices.VirtioRng;
 using Rkt.Kvm.Vmm.Devices.Vsock;

@@ -83,7 +83,7 @@ public sealed record MachineConfig
         var names = new HashSet<string>(StringComparer.Ordinal);
         foreach (var e in P9Exports)
         {
-            Devices.Virtio9p.P9Export.ValidateName(e.Name);
+            Devices.Virtio9p.NineP.P9Export.ValidateName(e.Name);
             if (!names.Add(e.Name)) throw new ArgumentException($"--9p-export {e.Name} is given twice.");
             if (!Path.IsPathFullyQualified(e.Path) || !Directory.Exists(e.Path)) throw new ArgumentException($"--9p-export {e.Name}: {e.Path} is not an absolute path to a directory.");
         }

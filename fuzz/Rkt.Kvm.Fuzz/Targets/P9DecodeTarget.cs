@@ -1,4 +1,4 @@
-using Rkt.Kvm.Vmm.Devices.Virtio9p;
+using Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 
 namespace Rkt.Kvm.Fuzz.Targets;
 

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using Rkt.Kvm.Vmm.Devices.Virtio;
 using Rkt.Kvm.Vmm.Devices.Virtio9p;
+using Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 using Rkt.Kvm.Vmm.Memory;
 
 namespace Rkt.Kvm.Fuzz.Targets;

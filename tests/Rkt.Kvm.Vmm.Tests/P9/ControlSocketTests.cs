@@ -3,7 +3,7 @@ using System.Net.Sockets;
 using System.Text;
 using Rkt.Kvm.Vmm.Client.Control;
 using Rkt.Kvm.Vmm.Control;
-using Rkt.Kvm.Vmm.Devices.Virtio9p;
+using Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 using Rkt.Kvm.Vmm.Host;
 
 namespace Rkt.Kvm.Vmm.Tests.NineP;

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using Rkt.Kvm.Vmm.Devices.Virtio9p;
+using Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 
 namespace Rkt.Kvm.Vmm.Tests.NineP;
 

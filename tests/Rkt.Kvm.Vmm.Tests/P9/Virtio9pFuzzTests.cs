@@ -1,5 +1,5 @@
 using System.Buffers.Binary;
-using Rkt.Kvm.Vmm.Devices.Virtio9p;
+using Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 
 namespace Rkt.Kvm.Vmm.Tests.NineP;
 

@@ -3,7 +3,7 @@ using System.Text.Json;
 using Microsoft.Win32.SafeHandles;
 using Rkt.Kvm.Vmm.Kvm;
 using Rkt.Kvm.Vmm.Client.Control;
-using Rkt.Kvm.Vmm.Devices.Virtio9p;
+using Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 
 namespace Rkt.Kvm.Vmm.Control;
 

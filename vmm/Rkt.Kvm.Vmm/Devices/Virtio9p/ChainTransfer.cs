@@ -1,4 +1,5 @@
 using Rkt.Kvm.Vmm.Devices.Virtio;
+using Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 using Rkt.Kvm.Vmm.Kvm;
 using Rkt.Kvm.Vmm.Memory;
 

@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Collections.Concurrent;
 using System.Text;
 using Rkt.Kvm.Vmm.Devices.Virtio;
+using Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 using Rkt.Kvm.Vmm.Memory;
 using Serilog;
 

@@ -14,7 +14,7 @@ public static unsafe partial class LockDown
     private const int PR_SET_DUMPABLE = 4, PR_SET_NO_NEW_PRIVS = 38;
     private const int RLIMIT_CORE = 4, RLIMIT_NOFILE = 7;
     /// <summary>Open files: every 9p fid may hold one, plus sockets, taps, eventfds and the runtime's own.</summary>
-    public const ulong MaxOpenFiles = Devices.Virtio9p.P9FidTable.DefaultMaxFids + 4096;
+    public const ulong MaxOpenFiles = Devices.Virtio9p.NineP.P9FidTable.DefaultMaxFids + 4096;
     private const long SYS_seccomp = 317;
     private const uint SECCOMP_SET_MODE_FILTER = 1, SECCOMP_FILTER_FLAG_TSYNC = 1;
 

@@ -1,6 +1,6 @@
 using Rkt.Kvm.Vmm.Kvm;
 
-namespace Rkt.Kvm.Vmm.Devices.Virtio9p;
+namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 
 /// <summary>
 /// What a guest fid names: an O_PATH|O_NOFOLLOW fd (the inode is pinned, so later renames by anyone

@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using System.Text;
 
-namespace Rkt.Kvm.Vmm.Devices.Virtio9p;
+namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 
 /// <summary>
 /// Reads a 9P message body. Every read is bounds-checked: running off the end (a truncated or

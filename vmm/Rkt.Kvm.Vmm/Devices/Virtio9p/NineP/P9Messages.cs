@@ -1,6 +1,8 @@
 // One record per 9P2000.L message: the constructor lists the fields in wire order, and Read and
 // Write take them in that same order, so a record reads exactly what it writes.
-namespace Rkt.Kvm.Vmm.Devices.Virtio9p;
+using System.Buffers.Binary;
+
+namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 
 /// <summary>A 9P2000.L message body: its type byte, and how it is read and written (after size[4] type[1] tag[2]).</summary>
 public interface IP9Message<TSelf> where TSelf : IP9Message<TSelf>
@@ -36,6 +38,20 @@ public static class P9Messages
         var m = T.Read(ref r);
         r.End();
         return m;
+    }
+
+    /// <summary>
+    /// Rread/Rreaddir's size[4] type[1] tag[2] count[4]; the size covers the <paramref name="count"/> data bytes
+    /// whether they are inline after the header or already in the guest's buffers. Returns the bytes of the
+    /// reply buffer used: the header, plus the data when it is <paramref name="inline"/>.
+    /// </summary>
+    internal static int EncodeDataHeader(Span<byte> reply, byte type, ushort tag, int count, bool inline)
+    {
+        BinaryPrimitives.WriteUInt32LittleEndian(reply, (uint)(P9.ReadReplyHeader + count));
+        reply[4] = type;
+        BinaryPrimitives.WriteUInt16LittleEndian(reply[5..], tag);
+        BinaryPrimitives.WriteUInt32LittleEndian(reply[7..], (uint)count);
+        return inline ? P9.ReadReplyHeader + count : P9.ReadReplyHeader;
     }
 
     internal static string[] ReadNames(ref P9Reader r)

@@ -1,4 +1,6 @@
-namespace Rkt.Kvm.Vmm.Devices.Virtio9p;
+using Rkt.Kvm.Vmm.Kvm;
+
+namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 
 /// <summary>9P2000.L message types (T = request, R = reply = T + 1), the wire constants and limits.</summary>
 public static class P9
@@ -13,6 +15,8 @@ public static class P9
     public const uint MinMsize = 4096;
     /// <summary>Rread/Rreaddir header: size[4] type[1] tag[2] count[4].</summary>
     public const int ReadReplyHeader = 11;
+    /// <summary>Rlerror: size[4] type[1] tag[2] ecode[4].</summary>
+    public const int ErrorReplySize = 11;
     /// <summary>Twrite header: size[4] type[1] tag[2] fid[4] offset[8] count[4].</summary>
     public const int WriteRequestHeader = 23;
     public const uint NoFid = uint.MaxValue;
@@ -48,6 +52,9 @@ public static class P9
         public static Qid From(in HostStat st) => new(
             st.IsDirectory ? QidDir : st.IsSymlink ? QidSymlink : QidFile,
             unchecked((uint)st.MtimeSec ^ (uint)st.MtimeNsec), st.Ino);
+
+        /// <summary>The qid of the file behind <paramref name="fd"/> (a symlink's own, never its target's).</summary>
+        internal static Qid Of(FileDescriptor fd) => From(HostFs.Stat(fd));
     }
 
     /// <summary>A guest-supplied file name must be one component: not empty, no '/', no NUL, not too long. ".." and "." are walk-only.</summary>

@@ -1,7 +1,7 @@
 using System.Text.RegularExpressions;
 using Rkt.Kvm.Vmm.Kvm;
 
-namespace Rkt.Kvm.Vmm.Devices.Virtio9p;
+namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 
 /// <summary>
 /// One exported host directory. Requests enter and leave it (<see cref="TryEnter"/>/<see cref="Exit"/>);
@@ -109,6 +109,15 @@ public sealed partial class P9Export
         {
             if (--_inFlight == 0 && _removed) Monitor.PulseAll(_gate);
         }
+    }
+
+    /// <summary>Holds the export open for one request (<c>using var scope = export.Enter();</c>); EIO once it is being removed.</summary>
+    internal Scope Enter() => TryEnter() ? new Scope(this) : throw new P9Error(HostFs.EIO, $"export {Name} was removed");
+
+    /// <summary>One request inside an export: removal waits until it is disposed.</summary>
+    internal readonly ref struct Scope(P9Export export)
+    {
+        public void Dispose() => export.Exit();
     }
 
     public bool Removed { get { lock (_gate) return _removed; } }

@@ -1,8 +1,9 @@
 using System.Runtime.InteropServices;
 using System.Text;
 using Rkt.Kvm.Vmm.Kvm;
+using Tmds.Linux;
 
-namespace Rkt.Kvm.Vmm.Devices.Virtio9p;
+namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 
 /// <summary>A failed host call or a refused request: carries the Linux errno the guest gets in Rlerror.</summary>
 public sealed class P9Error(int errno, string? message = null) : Exception(message ?? $"errno {errno}")
@@ -52,6 +53,10 @@ public struct HostFlock
     public short Type, Whence;
     public long Start, Len;
     public int Pid;
+
+    /// <summary>A lock of <paramref name="type"/> (F_RDLCK, F_WRLCK, F_UNLCK) on <paramref name="length"/> bytes from <paramref name="start"/> (0: to the end of the file).</summary>
+    public static HostFlock Range(short type, long start, long length) =>
+        new() { Type = type, Whence = (short)LibC.SEEK_SET, Start = start, Len = length };
 }
 
 /// <summary>
@@ -62,16 +67,22 @@ public struct HostFlock
 /// </summary>
 internal static unsafe partial class HostFs
 {
+    // x86-64 Linux values. Tmds.LibC has these names too, but as properties, and the server needs
+    // constants (switch patterns, `is A or B`, const expressions); HostFsConstantsTests checks that
+    // each one equals Tmds.LibC's. Calls made only here take Tmds.LibC's names directly.
     public const int O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_ACCMODE = 3, O_CREAT = 0x40, O_EXCL = 0x80, O_NOCTTY = 0x100,
         O_TRUNC = 0x200, O_APPEND = 0x400, O_NONBLOCK = 0x800, O_DSYNC = 0x1000, O_DIRECTORY = 0x10000, O_NOFOLLOW = 0x20000,
         O_CLOEXEC = 0x80000, O_SYNC = 0x101000, O_PATH = 0x200000;
     public const int AT_FDCWD = -100, AT_SYMLINK_NOFOLLOW = 0x100, AT_REMOVEDIR = 0x200, AT_SYMLINK_FOLLOW = 0x400, AT_EMPTY_PATH = 0x1000;
-    public const uint S_IFMT = 0xF000, S_IFDIR = 0x4000, S_IFREG = 0x8000, S_IFLNK = 0xA000, S_IFIFO = 0x1000, S_IFSOCK = 0xC000, S_IFCHR = 0x2000, S_IFBLK = 0x6000;
+    public const uint S_IFMT = 0xF000, S_IFDIR = 0x4000, S_IFREG = 0x8000, S_IFLNK = 0xA000, S_IFIFO = 0x1000, S_IFSOCK = 0xC000, S_IFCHR = 0x2000, S_IFBLK = 0x6000,
+        S_ISUID = 0x800, S_ISGID = 0x400, S_ISVTX = 0x200, S_IRWXUGO = 0x1FF /* 0777: the kernel's name; Tmds.LibC has S_IRWXU/G/O */;
     public const int F_OFD_GETLK = 36, F_OFD_SETLK = 37;
     public const int EPERM = 1, ENOENT = 2, EIO = 5, EBADF = 9, EAGAIN = 11, EACCES = 13, EEXIST = 17, ENOTDIR = 20, EISDIR = 21, EINVAL = 22,
         EMFILE = 24, EFBIG = 27, ENOSPC = 28, EBUSY = 16, EXDEV = 18, EROFS = 30, ERANGE = 34, ENAMETOOLONG = 36, ENOSYS = 38, ENOTEMPTY = 39, ELOOP = 40, ENODATA = 61,
         EPROTO = 71, EMSGSIZE = 90, EOPNOTSUPP = 95;
     public const long UTIME_NOW = (1L << 30) - 1, UTIME_OMIT = (1L << 30) - 2;
+    /// <summary>PATH_MAX: the longest symlink target readlink can return (Tmds.LibC has no PATH_MAX).</summary>
+    private const int PathMax = 4096;
     private static int Check(int rc) => rc >= 0 ? rc : throw new P9Error(Marshal.GetLastPInvokeError());
     private static long Check(long rc) => rc >= 0 ? rc : throw new P9Error(Marshal.GetLastPInvokeError());
 
@@ -103,7 +114,7 @@ internal static unsafe partial class HostFs
     public static FileDescriptor Dup(FileDescriptor fd)
     {
         using var d = new Borrowed(fd);
-        return new FileDescriptor(Check(fcntl_int(d.Number, 1030, 0)));
+        return new FileDescriptor(Check(fcntl_int(d.Number, LibC.F_DUPFD_CLOEXEC, 0)));
     }
 
     public static FileDescriptor OpenAt(FileDescriptor dir, string name, int flags, uint mode = 0)
@@ -144,7 +155,7 @@ internal static unsafe partial class HostFs
     public static string ReadLink(FileDescriptor fd)
     {
         using var d = new Borrowed(fd);
-        var buffer = new byte[4096];
+        var buffer = new byte[PathMax];
         fixed (byte* p = "\0"u8)
         fixed (byte* b = buffer)
         {
@@ -221,8 +232,6 @@ internal static unsafe partial class HostFs
         fixed (byte* p = Z($"/proc/self/fd/{d.Number}")) Check(utimensat(AT_FDCWD, p, times, 0));
     }
 
-
-
     /// <summary>preadv/pwritev with the iovecs pointing straight into guest RAM: no intermediate copy.</summary>
     public static int ReadVector(FileDescriptor fd, IoVec* iov, int count, long offset) => Vector(fd, iov, count, offset, write: false);
     public static int WriteVector(FileDescriptor fd, IoVec* iov, int count, long offset) => Vector(fd, iov, count, offset, write: true);
@@ -235,7 +244,7 @@ internal static unsafe partial class HostFs
             long n = write ? pwritev(d.Number, iov, count, offset) : preadv(d.Number, iov, count, offset);
             if (n >= 0) return (int)n;
             int e = Marshal.GetLastPInvokeError();
-            if (e != 4) throw new P9Error(e);
+            if (e != LibC.EINTR) throw new P9Error(e);
         }
     }
 
@@ -248,7 +257,7 @@ internal static unsafe partial class HostFs
     public static long Seek(FileDescriptor fd, long offset)
     {
         using var d = new Borrowed(fd);
-        return Check(lseek(d.Number, offset, 0));
+        return Check(lseek(d.Number, offset, LibC.SEEK_SET));
     }
 
     public static int GetDents(FileDescriptor fd, byte* buffer, int count)
