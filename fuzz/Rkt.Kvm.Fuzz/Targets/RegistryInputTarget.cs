@@ -1,5 +1,6 @@
 using System.Text;
 using Rkt.Kvm.Images;
+using Rkt.Kvm.Images.Appc;
 using Rkt.Kvm.Images.Formats;
 using Rkt.Kvm.Images.Registry;
 
@@ -17,7 +18,8 @@ namespace Rkt.Kvm.Fuzz.Targets;
 public sealed class RegistryInputTarget : IFuzzTarget
 {
     public string Name => "registry-input";
-    public string Covers => "ImageReference.Parse (Docker Hub rules), AuthChallenge.TryParse, ManifestResolver.Parse/IsIndex/Validate";
+    public string Covers => "ImageReference.Parse (Docker Hub rules), AuthChallenge.TryParse, ManifestResolver.Parse/IsIndex/Validate, " +
+        "appc discovery: AppImageName.TryParse, DiscoveryMeta.Parse, DiscoveryTemplate.Render";
 
     public void Run(ReadOnlySpan<byte> input)
     {
@@ -25,6 +27,21 @@ public sealed class RegistryInputTarget : IFuzzTarget
         Reference(text);
         _ = AuthChallenge.TryParse(text);
         Manifest(input.ToArray());
+        Discovery(text);
+    }
+
+    /// <summary>The input as an appc image name and as a discovery page: neither may throw, a name
+    /// that parses is an AC identifier, and every meta tag found is an ac-* tag with a prefix and a URI.</summary>
+    private static void Discovery(string text)
+    {
+        var app = AppImageName.TryParse(text, out var parsed, out _) ? parsed : new AppImageName("example.com/app", new Dictionary<string, string>());
+        if (!Rkt.Kvm.Images.Formats.Appc.AcIdentifier.IsValid(app.Name)) throw new FuzzFindingException($"name \"{app.Name}\" parsed from \"{text}\" is no AC identifier");
+        foreach (var meta in DiscoveryMeta.Parse(text))
+        {
+            if (!meta.Name.StartsWith("ac-", StringComparison.Ordinal) || meta.Prefix.Length == 0 || meta.Uri.Length == 0)
+                throw new FuzzFindingException($"meta tag {meta} is not a complete ac-* tag");
+            _ = DiscoveryTemplate.Render(meta.Uri, app);
+        }
     }
 
     private static void Reference(string text)
@@ -86,6 +103,13 @@ public sealed class RegistryInputTarget : IFuzzTarget
              "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{{new string('c', 64)}}","size":500},
              "layers":[{{layer}},{{layer}}]}
             """));
+        yield return ("appc-discovery-page", """
+            <!DOCTYPE html><html><head><!-- <meta name="ac-discovery" content="x y"> -->
+            <META name="ac-discovery" content="example.com https://example.com/{name}-{version}-{os}-{arch}.{ext}?a=1&amp;b=2">
+            <meta name=ac-discovery-pubkeys content='example.com/app https://example.com/pubkeys.gpg'/>
+            <script>"<meta name='ac-discovery' content='example.com https://no'>"</script></head></html>
+            """u8.ToArray());
+        yield return ("appc-name", "example.com/app:v1.0,channel=beta,os=linux"u8.ToArray());
         yield return ("docker-list", Encoding.UTF8.GetBytes($$$"""
             {"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[
              {"mediaType":"application/vnd.docker.distribution.manifest.v2+json","digest":"sha256:{{{new string('d', 64)}}}","size":700,"platform":{"architecture":"arm64","os":"linux","variant":"v8"}},

@@ -18,7 +18,9 @@ public static class CommandTable
     public static readonly FlagSpec[] GlobalFlags =
     [
         new("dir", "data directory (image store, trees)", Default: ImageStore.DefaultDataDir),
-        new("local-config", "local configuration directory (network configurations in net.d/)", Default: CommandContext.DefaultLocalConfig),
+        new("local-config", "local configuration directory (net.d/, auth.d/, trustedkeys/)", Default: CommandContext.DefaultLocalConfig),
+        new("system-config", "system configuration directory (auth.d/, trustedkeys/), read only", Default: CommandContext.DefaultSystemConfig),
+        new("trust-keys-from-https", "trust keys fetched over https without fingerprint review", IsBool: true),
         new("insecure-options", "security checks to turn off, as rkt names them: image (needed for docker:// images), http, tls, all-fetch, …", Default: ""),
         new("debug", "log debug output to stderr", IsBool: true),
         new("help", "show usage", IsBool: true),
@@ -46,7 +48,8 @@ public static class CommandTable
             new AppListCommand(),
             new AppStatusCommand(),
             new EnterCommand("exec", "Run a command in an app of a running pod")),
-        new ImportCommand("fetch", "Fetch an image from a registry (docker://, oci://) or import a local image file into the store", registry: true),
+        new ImportCommand("fetch", "Fetch an image by name (appc discovery), from a registry (docker://, oci://), or import a local image file", registry: true),
+        new TrustCommand(),
         new CommandGroup("image", "Operate on images in the local store",
             new ImportCommand("import", "Import an ACI, OCI image layout (directory or tar) or docker archive"),
             new ListImagesCommand(),
@@ -58,7 +61,12 @@ public static class CommandTable
             new BuildStage1Command()),
     ];
 
-    public static int Run(string[] argv, TextWriter stdout, TextWriter stderr, bool stderrIsTerminal)
+    /// <param name="terminal">stdin, when it and stderr are terminals: where a key's review is asked.</param>
+    public static int Run(string[] argv, TextWriter stdout, TextWriter stderr, bool stderrIsTerminal, TextReader? terminal = null) =>
+        Run(argv, stdout, stderr, stderrIsTerminal, terminal, testNetwork: null);
+
+    /// <summary>For tests: fetches reach their servers on 127.0.0.1 and trust their CA.</summary>
+    internal static int Run(string[] argv, TextWriter stdout, TextWriter stderr, bool stderrIsTerminal, TextReader? terminal, Images.Registry.TestNetwork? testNetwork)
     {
         try
         {
@@ -72,6 +80,10 @@ public static class CommandTable
             var context = new CommandContext(args.Get("dir")!, stdout, stderr, stderrIsTerminal, args.Get("local-config")!)
             {
                 Insecure = Images.Registry.InsecureOptionsParser.Parse(args.Get("insecure-options")),
+                SystemConfig = args.Get("system-config")!,
+                TrustKeysFromHttps = args.Bool("trust-keys-from-https"),
+                Terminal = terminal,
+                TestNetwork = testNetwork,
             };
             return command.Run(context, args);
         }

@@ -45,4 +45,29 @@ public sealed class CommandContext(string dataDir, TextWriter stdout, TextWriter
     public ImageStore Store => field ??= new ImageStore(DataDir);
     /// <summary>rkt's global <c>--insecure-options</c>.</summary>
     public Images.Registry.InsecureOptions Insecure { get; init; }
+    /// <summary>rkt's <c>--system-config</c>: the vendor's configuration (auth.d/, trustedkeys/), read only.</summary>
+    public string SystemConfig { get; init; } = DefaultSystemConfig;
+    /// <summary>rkt's <c>--trust-keys-from-https</c>.</summary>
+    public bool TrustKeysFromHttps { get; init; }
+    /// <summary>Where a question to the user (a key's review) is answered: stdin when both it and
+    /// stderr are terminals, as rkt asks only then; null otherwise.</summary>
+    public TextReader? Terminal { get; init; }
+    /// <summary>Tests' servers and CA (see <see cref="Images.Registry.TestNetwork"/>); never set by a user.</summary>
+    internal Images.Registry.TestNetwork? TestNetwork { get; init; }
+
+    /// <summary>rkt's default <c>--system-config</c>.</summary>
+    public const string DefaultSystemConfig = "/usr/lib/rkt";
+
+    /// <summary>rkt's trusted keys under <see cref="SystemConfig"/> and <see cref="LocalConfig"/>.</summary>
+    public Images.Trust.TrustedKeyStore TrustedKeys => new(SystemConfig, LocalConfig);
+
+    /// <summary>How key review talks to the user.</summary>
+    public Images.Trust.KeyReviewConsole KeyReview => new(Out, Err, Terminal);
+
+    /// <summary>The options of every remote fetch: the global and per-image <c>--insecure-options</c>,
+    /// rkt's credentials (<c>auth.d/</c> of both configuration directories).</summary>
+    public Images.Registry.RegistryOptions RemoteOptions(Images.Registry.InsecureOptions insecure = default) => new()
+    {
+        Insecure = Insecure | insecure, Auth = Images.Registry.DockerAuthConfig.Load(SystemConfig, LocalConfig), Test = TestNetwork,
+    };
 }

@@ -7,10 +7,11 @@ namespace Rkt.Kvm.Cli.Commands;
 
 /// <summary><c>image import FILE|DIR</c>, and <c>fetch</c> as rkt users type it: a file, or (with
 /// <paramref name="registry"/>) a <c>docker://</c> or <c>oci://</c> reference fetched from its
-/// registry. Prints the image ID on stdout, as rkt fetch does.</summary>
+/// registry, or an appc name (<c>example.com/app:v1</c>) found by discovery and verified. Prints
+/// the image ID on stdout, as rkt fetch does.</summary>
 public sealed class ImportCommand(string name, string summary, bool registry = false)
     : Command(name, summary, registry
-        ? $"{name} [--insecure-options=image[,http,tls]] [--pull-policy=never|new|update] [--quiet] [--name=NAME] [--ref=REF] [--allow-devices] [--max-size=SIZE] docker://[REGISTRY[:PORT]/]REPO[:TAG|@DIGEST]|FILE|DIR"
+        ? $"{name} [--insecure-options=image[,http,tls]] [--pull-policy=never|new|update] [--quiet] [--name=NAME] [--ref=REF] [--allow-devices] [--max-size=SIZE] NAME[:VERSION]|docker://[REGISTRY[:PORT]/]REPO[:TAG|@DIGEST]|FILE|DIR"
         : $"{name} [--name=NAME] [--ref=REF] [--allow-devices] [--max-size=SIZE] FILE|DIR")
 {
     private static readonly FlagSpec[] ImportFlags =
@@ -38,10 +39,12 @@ public sealed class ImportCommand(string name, string summary, bool registry = f
             Policy = new() { AllowDevices = args.Bool("allow-devices"), MaxBytes = Sizes.Parse(args.Get("max-size")!, "--max-size") },
         };
         ImageRecord image;
-        if (ImageReference.IsRegistryReference(source))
+        // As rkt tells them apart: a registry reference, an existing file or directory, else an image name to discover.
+        bool remote = ImageReference.IsRegistryReference(source) || (registry && RegistryImages.IsAppcName(source, out _));
+        if (remote)
         {
             if (!registry) throw new UsageException($"{Name} takes files and directories; fetch {source} with `rkt-kvm fetch`");
-            if (options.Name is not null || options.Reference is not null) throw new UsageException("--name and --ref apply to files; a registry image is named by its reference");
+            if (options.Name is not null || options.Reference is not null) throw new UsageException("--name and --ref apply to files; a remote image is named by its reference");
             image = RegistryImages.Find(context, source, InsecureOptions.None, PullPolicyParser.Parse(args.Get("pull-policy"), PullPolicy.Update),
                 args.Bool("quiet"), options);
         }

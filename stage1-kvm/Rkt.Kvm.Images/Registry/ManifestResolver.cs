@@ -53,7 +53,7 @@ internal sealed class ManifestResolver(RegistryHttp http, long maxImageBytes)
             using var response = await http.Get(url, Accept, what, ct);
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
             timeout.CancelAfter(http.Options.ResponseTimeout);
-            var body = await RegistryHttp.ReadLimited(response, limit, what, timeout.Token);
+            var body = await HttpSession.ReadLimited(response, limit, what, timeout.Token);
             var header = response.Headers.TryGetValues("Docker-Content-Digest", out var values) ? values.FirstOrDefault() : null;
             return (body, response.Content.Headers.ContentType?.MediaType, header);
         }, ct);

@@ -51,7 +51,7 @@ internal sealed class RegistryAuthenticator(HttpClient client, ImageReference re
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
         timeout.CancelAfter(options.ResponseTimeout);
         using var response = await client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, timeout.Token);
-        Log.Debug("GET {Url} (token{WithCredentials}) -> {Status}", RegistryHttp.ForLog(url), _credentials is null ? "" : ", with credentials", (int)response.StatusCode);
+        Log.Debug("GET {Url} (token{WithCredentials}) -> {Status}", HttpSession.ForLog(url), _credentials is null ? "" : ", with credentials", (int)response.StatusCode);
         if ((int)response.StatusCode is 401 or 403)
             throw new ImageException(_credentials is null
                 ? $"registry {reference.Registry} refused an anonymous token for {reference.Repository}: add a dockerAuth file to auth.d/ in --local-config"
@@ -60,7 +60,7 @@ internal sealed class RegistryAuthenticator(HttpClient client, ImageReference re
             throw new TransientRegistryException($"the token server {realm.Host} answered {(int)response.StatusCode}");
         if (!response.IsSuccessStatusCode)
             throw new ImageException($"the token server {realm.Host} of registry {reference.Registry} answered {(int)response.StatusCode} {response.ReasonPhrase}");
-        var body = await RegistryHttp.ReadLimited(response, MaxTokenBytes, $"the token from {realm.Host}", timeout.Token);
+        var body = await HttpSession.ReadLimited(response, MaxTokenBytes, $"the token from {realm.Host}", timeout.Token);
         TokenResponse? parsed;
         try { parsed = JsonSerializer.Deserialize<TokenResponse>(body); }
         catch (JsonException e) { throw new ImageException($"the token server {realm.Host} sent invalid JSON: {e.Message}", e); }

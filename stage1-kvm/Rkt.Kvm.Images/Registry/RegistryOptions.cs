@@ -1,7 +1,10 @@
+using System.Net;
+using System.Security.Cryptography.X509Certificates;
+
 namespace Rkt.Kvm.Images.Registry;
 
 /// <summary>
-/// How a registry fetch behaves and what it tolerates. The limits exist for hostile registries: a
+/// How a remote fetch (a registry, appc discovery, an ACI, a key) behaves and what it tolerates. The limits exist for hostile registries: a
 /// manifest is small, an image has a few dozen layers, a blob is exactly as long as its
 /// descriptor says, and a connection that stops sending (or trickles) is given up on.
 /// </summary>
@@ -32,4 +35,15 @@ public sealed record RegistryOptions
     public TimeSpan SlowGrace { get; init; } = TimeSpan.FromSeconds(30);
 
     public int ParallelDownloads { get; init; } = 3;
+
+    /// <summary>For tests only, and set only by code (no flag or environment variable reaches it):
+    /// see <see cref="TestNetwork"/>.</summary>
+    internal TestNetwork? Test { get; init; }
 }
+
+/// <summary>
+/// How tests point a fetch at their own servers on 127.0.0.1 without weakening TLS: a CA of their
+/// own instead of the system's (chain and host name still checked), and connections to a name
+/// such as <c>example.com:443</c> sent to the test server's port.
+/// </summary>
+internal sealed record TestNetwork(X509Certificate2? TrustedRoot, Func<DnsEndPoint, DnsEndPoint>? ConnectTo);

@@ -40,4 +40,7 @@ public sealed record ImportOptions(string? Name = null, string? Reference = null
     /// <summary>Completes when layer i's file is all there (a registry fetch downloads while the import
     /// checks the layers before it); null when every layer is there from the start.</summary>
     internal Func<int, Task>? LayerReady { get; init; }
+    /// <summary>Set by a fetch that asked for a named image (appc discovery): the file must be an
+    /// ACI, and its manifest must pass this check (name and labels as asked) before the store commits.</summary>
+    internal Action<Formats.Appc.ManifestSummary>? CheckAciManifest { get; init; }
 }

@@ -37,6 +37,7 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
             if (options.Name is not null) throw new ImageException("--name applies to OCI and docker images; an ACI's manifest names it");
             return ImportAci(source, tmp, options);
         }
+        if (options.CheckAciManifest is not null) throw new ImageException($"{source} is not an ACI (its first entry is neither manifest nor rootfs/)");
         var unpacked = Path.Join(tmp.Path, "source");
         UnpackPlain(source, unpacked, options.Policy);
         return ImportLayered(SingleTopDirectory(unpacked), source, tmp, options);
@@ -86,11 +87,13 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
         var manifest = applier.AciManifest ?? throw new ImageException($"{what} has no manifest");
         if (!applier.SawAciRootfs) throw new ImageException($"{what} has no rootfs directory");
         var summary = ManifestSummary.Parse(manifest, what);
+        options.CheckAciManifest?.Invoke(summary);
         var now = DateTimeOffset.UtcNow;
         var record = new ImageRecord
         {
             Id = "sha512-" + hex, Name = summary.Name, Labels = new(summary.Labels), Format = "aci",
             ImportTime = now, LastUsed = now, Blobs = ["sha512:" + hex], AllowDevices = options.Policy.AllowDevices,
+            Remote = options.Remote,
         };
         return store.Commit(record, [("sha512:" + hex, blobTmp)], manifest);
     }

@@ -64,7 +64,10 @@ public sealed class ImageStore
     /// Finds an image by ID (full or a prefix of at least "sha512-" plus 6 hex digits, as rkt
     /// shortens IDs) or by name, optionally with ":version". Ambiguity is an error.
     /// </summary>
-    public ImageRecord Resolve(string idOrName)
+    public ImageRecord Resolve(string idOrName) => TryResolve(idOrName) ?? throw new ImageException($"no image \"{idOrName}\" in the store");
+
+    /// <summary><see cref="Resolve"/>, but null when nothing matches (ambiguity is still an error).</summary>
+    public ImageRecord? TryResolve(string idOrName)
     {
         var images = List();
         List<ImageRecord> matches;
@@ -80,7 +83,7 @@ public sealed class ImageStore
         return matches.Count switch
         {
             1 => matches[0],
-            0 => throw new ImageException($"no image \"{idOrName}\" in the store"),
+            0 => null,
             // Several versions of one name: like rkt, the latest import wins when only the name is given.
             _ when !idOrName.StartsWith("sha512-", StringComparison.Ordinal) && matches.All(m => m.Name == idOrName)
                 => matches.MaxBy(m => m.ImportTime)!,
