@@ -142,7 +142,8 @@ public sealed class PodFaultTests
     /// <summary>
     /// The jail (docs/THREAT-MODEL.md): the VMM's own mount, UTS, IPC and network namespaces; a root
     /// that holds only its socket directory and its fd table; no capabilities on the threads that
-    /// parse guest input. The pod still reached its app's root over 9p and its network over a tap.
+    /// parse guest input, and only file passthrough's on the 9p workers. The pod still reached its
+    /// app's root over 9p and its network over a tap.
     /// </summary>
     private static void AssertJailed(int pid)
     {
@@ -163,6 +164,14 @@ public sealed class PodFaultTests
         {
             Assert.Contains("CapEff:\t0000000000000000\n", t.Status);
             Assert.Contains("CapPrm:\t0000000000000000\n", t.Status);
+        }
+        // The 9p workers keep only what owner and mode passthrough needs: CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID.
+        var workers = threads.Where(t => t.Name == "9p-worker").ToList();
+        Assert.NotEmpty(workers);
+        foreach (var t in workers)
+        {
+            Assert.Contains("CapEff:\t000000000000001f\n", t.Status);
+            Assert.Contains("CapPrm:\t000000000000001f\n", t.Status);
         }
         var files = System.Text.RegularExpressions.Regex.Match(File.ReadAllText($"/proc/{pid}/limits"), @"Max open files\s+(\d+)\s+(\d+)");
         Assert.Equal(files.Groups[1].Value, files.Groups[2].Value);

@@ -288,7 +288,9 @@ public sealed class Machine : IDisposable
         if (config.HasP9)
         {
             var server = new P9Server(_log);
-            _p9 = new Virtio9pDevice(_memory, server, _deviceLoop, _log);
+            _p9 = new Virtio9pDevice(_memory, server, _deviceLoop, _log, onWorkerStart: config.Jail
+                ? () => Host.Confinement.ThreadCapabilities.KeepOnlyOnThisThread(Host.Confinement.ThreadCapabilities.FilePassthrough)
+                : null);
             _deviceResources.Add(_p9);
             foreach (var e in config.P9Exports) server.AddExport(e.Name, e.Path, e.ReadOnly);
             AttachVirtio(P9Slot, _p9, signalling);

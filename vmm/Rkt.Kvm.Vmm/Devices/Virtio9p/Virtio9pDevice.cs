@@ -51,7 +51,8 @@ public sealed class Virtio9pDevice : IVirtioDevice, IDisposable
     /// <summary>Chains refused by the queue (malformed descriptors), for tests and logs.</summary>
     public long MalformedChains => Interlocked.Read(ref _malformed);
 
-    public Virtio9pDevice(GuestMemory memory, P9Server server, IDeviceExecutor executor, ILogger log, string mountTag = DefaultTag)
+    /// <param name="onWorkerStart">Runs first on each worker thread (the VMM's jail lowers the thread's capabilities there).</param>
+    public Virtio9pDevice(GuestMemory memory, P9Server server, IDeviceExecutor executor, ILogger log, string mountTag = DefaultTag, Action? onWorkerStart = null)
     {
         byte[] tag = Encoding.UTF8.GetBytes(mountTag);
         if (tag.Length is 0 or > 255) throw new ArgumentException($"The 9p mount tag must be 1-255 bytes, not {tag.Length}.");
@@ -67,7 +68,11 @@ public sealed class Virtio9pDevice : IVirtioDevice, IDisposable
         _workers = new Thread[WorkerCount];
         for (int i = 0; i < WorkerCount; i++)
         {
-            _workers[i] = new Thread(WorkerLoop) { IsBackground = true, Name = "9p-worker" };
+            _workers[i] = new Thread(() =>
+            {
+                onWorkerStart?.Invoke();
+                WorkerLoop();
+            }) { IsBackground = true, Name = "9p-worker" };
             _workers[i].Start();
         }
     }
