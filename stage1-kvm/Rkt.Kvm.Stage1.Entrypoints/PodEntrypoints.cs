@@ -48,15 +48,18 @@ internal static class StopEntrypoint
 }
 
 /// <summary><c>gc UUID</c>: frees what a pod took on the host even when its stage1 or VMM was
-/// killed, at any point: every process still serving the pod (found by executable and command
-/// line, so also a VMM whose <c>pid</c> was never written), then the pod's networks and network
-/// namespace, then the runtime directory with the sockets. Idempotent.</summary>
+/// killed, at any point: every process in the pod's cgroup (then removed) and every other still
+/// serving the pod (found by executable and command line, so also a VMM whose <c>pid</c> was never
+/// written), then the pod's networks and network namespace, then the runtime directory with the
+/// sockets. Idempotent.</summary>
 internal static class GcEntrypoint
 {
     public static int Execute(string[] argv)
     {
         GcArguments.Parse(argv);
         var files = Stage1Files.ForCurrentPod();
+        // Everything in the pod's cgroup first (a process there is the pod's, whatever its name), then any the cgroup missed.
+        Runtime.PodCgroup.KillAndRemove(files.CgroupRecord, files.Uuid, TimeSpan.FromSeconds(5));
         Runtime.PodRuntime.Kill(Runtime.PodRuntime.Processes(files.Uuid), TimeSpan.FromSeconds(5));
         // With the VMM gone nothing holds the taps: CNI DEL each network, then remove the namespace.
         new Networking.PodNetwork(files.Pod, files.Uuid, Networking.CniPlugin.FromEnvironment()).Teardown();

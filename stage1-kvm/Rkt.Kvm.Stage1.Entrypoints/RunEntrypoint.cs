@@ -42,6 +42,7 @@ public sealed class RunEntrypoint
     private bool _restored;
     private volatile bool _ending;
     private PodNetworkSetup? _network;
+    private Runtime.PodCgroup? _cgroup;
     /// <summary>run --interactive: the app whose streams are the user's, and the session relaying them.</summary>
     private string? _interactiveApp;
     private Task<int>? _interactive;
@@ -80,6 +81,17 @@ public sealed class RunEntrypoint
         using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; _stop.Cancel(); });
 
         var size = VmSize.For(_pod, Environment.ProcessorCount);
+        // The pod's cgroup, joined before anything is started: the VMM is born inside its limits.
+        try
+        {
+            _cgroup = Runtime.PodCgroup.Create(_files.Uuid, (ulong)size.MemoryMiB, _files.CgroupRecord);
+            _cgroup.Join(Environment.ProcessId);
+            Log(_cgroup.Describe());
+        }
+        catch (IOException e)
+        {
+            Log($"no cgroup for the pod ({e.Message}); its VMM runs without memory and task limits");
+        }
         var exports = PodApps.Exports(_files, _pod).Select(e => new P9ExportSpec(e.Key, e.Value.Path, e.Value.ReadOnly)).ToList();
 
         var network = new PodNetwork(_files.Pod, _files.Uuid, CniPlugin.FromEnvironment());
@@ -113,6 +125,7 @@ public sealed class RunEntrypoint
         {
             CleanRuntimeDir();
             TeardownNetwork(network);
+            _cgroup?.Leave();
             throw new Stage1Exception($"the pod's VM did not start: {e.Message.Split('\n')[0]} (console: {_files.ConsoleLog})", e);
         }
         using (vm)
@@ -130,6 +143,7 @@ public sealed class RunEntrypoint
                 _timeline.Mark("vm-off");
                 CleanRuntimeDir();
                 TeardownNetwork(network);
+                _cgroup?.Leave();
             }
         }
     }

@@ -32,6 +32,8 @@ public sealed class Stage1Files(PodDirectory pod, string uuid)
     public string StateDir => Pod.Stage1State;
     public string ConsoleLog => Pod.ConsoleLog;
     public string RunPid => Path.Join(StateDir, "run.pid");
+    /// <summary>The pod's cgroup directories, one per line (<see cref="Runtime.PodCgroup"/>), for gc.</summary>
+    public string CgroupRecord => Path.Join(StateDir, "cgroups");
     public string LogsDir => Path.Join(StateDir, "logs");
     public string AppLog(string app) => Path.Join(LogsDir, app + ".log");
 

@@ -51,6 +51,18 @@ public sealed class PodFaultTests
         Assert.Contains("Seccomp:\t2\n", status);
         Assert.Contains("NoNewPrivs:\t1\n", status);
         AssertJailed(vmm.Pid);
+        // The VMM was born in the pod's cgroup in every hierarchy; where v1 memory is mounted (this
+        // host, beside the unified one), with a limit sized from the VM (256 MiB + 512 MiB).
+        var cgroups = File.ReadAllLines($"/proc/{vmm.Pid}/cgroup").Where(l => l.EndsWith("/rkt-kvm-" + uuid)).ToList();
+        Assert.Contains(cgroups, l => l.StartsWith("0::", StringComparison.Ordinal));
+        string memoryDir = "/sys/fs/cgroup/unified" + cgroups.First(l => l.StartsWith("0::", StringComparison.Ordinal))[3..];
+        if (Directory.Exists("/sys/fs/cgroup/memory"))
+        {
+            var memory = Assert.Single(cgroups, l => l.Split(':')[1].Split(',').Contains("memory"));
+            Assert.Contains(cgroups, l => l.Split(':')[1].Split(',').Contains("pids"));
+            memoryDir = "/sys/fs/cgroup/memory" + memory.Split(':')[2];
+            Assert.Equal((256UL + 512) << 20, ulong.Parse(File.ReadAllText(memoryDir + "/memory.limit_in_bytes")));
+        }
         KillStage1Run(uuid);
 
         AssertGone(vmm);
@@ -59,6 +71,7 @@ public sealed class PodFaultTests
         Assert.Contains("exited", cli.Run("list", "--no-legend").Stdout);
         Assert.Equal(0, cli.Run("gc", "--grace-period=0s").ExitCode);
         HostSnapshot.AssertSame(before, cli.Snapshot());
+        Assert.False(Directory.Exists(memoryDir), "gc left the pod's cgroup");
     }
 
     [SkippableFact]
