@@ -35,13 +35,19 @@ public static class Program
                           $"memory:  {MemoryMiB} MiB, 1 vCPU\nqemu:    {BenchSupport.QemuVersion(qemu)}\n");
 
         var ours = new Dictionary<string, List<double>>();
+        var unconfined = new Dictionary<string, List<double>>();
         var theirs = new Dictionary<string, List<double>>();
         bool referenceOnly = args.Contains("--reference-only");
         for (int i = 0; i < boots; i++)
         {
-            if (!referenceOnly) Collect(ours, Run("ours", vmm,
-                ["--kernel", kernel, "--initrd", initrd, "--memory", MemoryMiB.ToString(CultureInfo.InvariantCulture), "--cmdline", extra,
-                 "--console", "stdout", "--9p-export", $"bench={export}"]));
+            string[] ourArgs = ["--kernel", kernel, "--initrd", initrd, "--memory", MemoryMiB.ToString(CultureInfo.InvariantCulture), "--cmdline", extra,
+                 "--console", "stdout", "--9p-export", $"bench={export}"];
+            if (!referenceOnly)
+            {
+                Collect(ours, Run("ours", vmm, ourArgs));
+                // What confinement costs: the same VMM without its jail and seccomp filter.
+                Collect(unconfined, Run("ours unconfined", vmm, [.. ourArgs, "--jail", "off", "--seccomp", "off"]));
+            }
             var qemuArgs = BenchSupport.MicrovmArgs(kernel, initrd, MemoryMiB, cmdline);
             qemuArgs.AddRange(["-fsdev", $"local,id=bench,path={export},security_model=passthrough", "-device", "virtio-9p-device,fsdev=bench,mount_tag=rkt"]);
             Collect(theirs, Run("qemu", qemu, qemuArgs));
@@ -56,6 +62,9 @@ public static class Program
         Console.WriteLine(BenchSupport.Result("9p_write_64mib", BenchSupport.Median(ours["write_mib_s"]), "MiB/s", BenchSupport.Median(theirs["write_mib_s"]), "F2"));
         Console.WriteLine(BenchSupport.Result("9p_read_64mib", BenchSupport.Median(ours["read_mib_s"]), "MiB/s", BenchSupport.Median(theirs["read_mib_s"]), "F2"));
         Console.WriteLine(BenchSupport.Result("9p_stat_2000_files", BenchSupport.Median(ours["stat_per_s"]), "stat/s", BenchSupport.Median(theirs["stat_per_s"])));
+        Console.WriteLine(BenchSupport.Result("9p_write_64mib_confined_vs_not", BenchSupport.Median(ours["write_mib_s"]), "MiB/s", BenchSupport.Median(unconfined["write_mib_s"]), "F2"));
+        Console.WriteLine(BenchSupport.Result("9p_read_64mib_confined_vs_not", BenchSupport.Median(ours["read_mib_s"]), "MiB/s", BenchSupport.Median(unconfined["read_mib_s"]), "F2"));
+        Console.WriteLine(BenchSupport.Result("9p_stat_2000_files_confined_vs_not", BenchSupport.Median(ours["stat_per_s"]), "stat/s", BenchSupport.Median(unconfined["stat_per_s"])));
         return 0;
     }
 
