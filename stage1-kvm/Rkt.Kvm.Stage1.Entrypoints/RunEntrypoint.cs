@@ -86,7 +86,8 @@ public sealed class RunEntrypoint
         {
             _cgroup = Runtime.PodCgroup.Create(_files.Uuid, (ulong)size.MemoryMiB, _files.CgroupRecord);
             _cgroup.Join(Environment.ProcessId);
-            Log(_cgroup.Describe());
+            // Only with --debug: a pod that fails before its VM (a bad network) says one line, its reason.
+            if (_args.Debug) Log(_cgroup.Describe());
         }
         catch (IOException e)
         {

@@ -37,6 +37,19 @@ public sealed class BadInputTests : IDisposable
     private void RequireKvm() => Skip.IfNot(TestEnvironment.HasKvm, TestEnvironment.NoKvmReason);
 
     [SkippableFact]
+    public void A_forged_jail_marker_does_not_make_the_vmm_pivot_the_hosts_mount_namespace()
+    {
+        RequireKvm();
+        // The marker says "already re-executed into its own namespaces"; the VMM must check the kernel, not trust it.
+        string before = File.ReadAllText("/proc/self/mountinfo");
+        var run = VmmProcess.Run(["--kernel", TestEnvironment.Vmlinux, "--initrd", TestEnvironment.TestInitrd, "--console", "none"],
+            TimeSpan.FromMinutes(1), _dir, new Dictionary<string, string> { ["RKT_KVM_VMM_JAIL_HOST_NETNS"] = "0" });
+        Assert.True(run.ExitCode == 1, run.ToString());
+        Assert.Contains("rkt-kvm-vmm: VMM jail: this process shares its mount namespace with /proc/", run.Stderr);
+        Assert.Equal(before, File.ReadAllText("/proc/self/mountinfo")); // propagation (shared:N) unchanged
+    }
+
+    [SkippableFact]
     public void Missing_kernel() => AssertRefused(["--kernel", Path.Combine(_dir, "nope")], "does not exist");
 
     [SkippableFact]

@@ -15,7 +15,7 @@ public static class VmmProcess
     /// <summary>Boots on this host take 15-40 s; the limit is generous so a slow CI machine fails only on real hangs.</summary>
     public static readonly TimeSpan BootTimeout = TimeSpan.FromMinutes(5);
 
-    public static VmmRun Run(IEnumerable<string> args, TimeSpan? timeout = null, string? workingDirectory = null)
+    public static VmmRun Run(IEnumerable<string> args, TimeSpan? timeout = null, string? workingDirectory = null, IReadOnlyDictionary<string, string>? environment = null)
     {
         var psi = new ProcessStartInfo(TestEnvironment.Vmm)
         {
@@ -25,6 +25,7 @@ public static class VmmProcess
             WorkingDirectory = workingDirectory ?? Environment.CurrentDirectory,
         };
         foreach (var a in args) psi.ArgumentList.Add(a);
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>()) psi.Environment[name] = value;
         var stdout = new StringBuilder();
         var stderr = new StringBuilder();
         var watch = Stopwatch.StartNew();

@@ -49,7 +49,7 @@ public sealed class VmmControlClient(string socketPath)
         try
         {
             ControlReply reply;
-            using (var file = File.OpenHandle(temp, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None))
+            using (var file = File.OpenHandle(temp, FileMode.Create, FileAccess.ReadWrite, FileShare.None)) // a stale one of a killed call goes
                 reply = Call(new ControlRequest { Op = "snapshot", Path = path, Fd = true }, file);
             File.Move(temp, path, overwrite: true);
             return reply;

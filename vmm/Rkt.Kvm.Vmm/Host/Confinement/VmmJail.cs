@@ -101,6 +101,15 @@ public static unsafe partial class VmmJail
     /// </summary>
     public static void PivotToEmptyRoot(IEnumerable<string> keepDirectories)
     {
+        // The environment says we are inside, but only the kernel knows: making mounts private and
+        // pivoting in the host's own mount namespace would change the host, so check first.
+        string own = new FileInfo("/proc/self/ns/mnt").LinkTarget ?? "";
+        foreach (var other in new[] { $"/proc/{ParentPid()}/ns/mnt", "/proc/1/ns/mnt" })
+        {
+            string? theirs = null;
+            try { theirs = new FileInfo(other).LinkTarget; } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            if (theirs == own) throw new IOException($"VMM jail: this process shares its mount namespace with {other[..other.LastIndexOf("/ns/", StringComparison.Ordinal)]}; refusing to pivot it.");
+        }
         if (HostNetworkNamespace is { } netns)
         {
             close(int.Parse(netns["/proc/self/fd/".Length..]));
@@ -132,6 +141,13 @@ public static unsafe partial class VmmJail
         {
             foreach (var fd in held) close(fd);
         }
+    }
+
+    private static string ParentPid()
+    {
+        // /proc/self/stat: "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
+        string stat = File.ReadAllText("/proc/self/stat");
+        return stat[(stat.LastIndexOf(')') + 2)..].Split(' ')[1];
     }
 
     /// <summary>Drops directories inside another kept one: binding the outer one keeps them too.</summary>
