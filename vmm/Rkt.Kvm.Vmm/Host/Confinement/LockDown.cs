@@ -34,14 +34,14 @@ public static unsafe partial class LockDown
     public static void Apply(SeccompAction action)
     {
         ulong* noCore = stackalloc ulong[2] { 0, 0 };
-        Check(setrlimit(RLIMIT_CORE, noCore), "setrlimit(RLIMIT_CORE, 0)");
+        ConfinementError.Check(setrlimit(RLIMIT_CORE, noCore), "setrlimit(RLIMIT_CORE, 0)");
         // A hard limit on files, so a guest that makes the VMM open without end meets EMFILE, not the host's limit.
         ulong* files = stackalloc ulong[2];
-        Check(getrlimit(RLIMIT_NOFILE, files), "getrlimit(RLIMIT_NOFILE)");
+        ConfinementError.Check(getrlimit(RLIMIT_NOFILE, files), "getrlimit(RLIMIT_NOFILE)");
         files[0] = files[1] = Math.Min(files[1], MaxOpenFiles);
-        Check(setrlimit(RLIMIT_NOFILE, files), $"setrlimit(RLIMIT_NOFILE, {files[1]})");
-        Check(prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE, 0)");
-        Check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS, 1)");
+        ConfinementError.Check(setrlimit(RLIMIT_NOFILE, files), $"setrlimit(RLIMIT_NOFILE, {files[1]})");
+        ConfinementError.Check(prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE, 0)");
+        ConfinementError.Check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS, 1)");
         if (action == SeccompAction.Off) return;
         LoadLazyLibraries();
         var program = VmmSyscallPolicy.Build(action == SeccompAction.Kill ? SeccompProgram.RetKillProcess : SeccompProgram.RetLog);
@@ -51,7 +51,7 @@ public static unsafe partial class LockDown
             long rc = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &fprog);
             // With TSYNC a positive result is the id of a thread that could not be synchronised.
             if (rc > 0) throw new IOException($"seccomp: thread {rc} could not take the filter.");
-            Check((int)rc, "seccomp(SECCOMP_SET_MODE_FILTER)");
+            ConfinementError.Check((int)rc, "seccomp(SECCOMP_SET_MODE_FILTER)");
         }
     }
 
@@ -61,9 +61,4 @@ public static unsafe partial class LockDown
     /// OpenSSL: snapshot hashes (SHA-256) on the control socket.
     /// </summary>
     internal static void LoadLazyLibraries() => System.Security.Cryptography.SHA256.HashData(ReadOnlySpan<byte>.Empty);
-
-    private static void Check(int rc, string what)
-    {
-        if (rc != 0) throw new IOException($"{what} failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}.");
-    }
 }

@@ -56,5 +56,5 @@ public static unsafe partial class ThreadCapabilities
         if (syscall(SYS_capset, &header, data) < 0) throw Failure("capset (lowering this thread's capabilities)");
     }
 
-    private static IOException Failure(string what) => new($"{what} failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}.");
+    private static IOException Failure(string what) => ConfinementError.Of(what);
 }

@@ -167,11 +167,7 @@ public static unsafe partial class VmmJail
         Check(mount(null, target, null, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC, null), $"remount {target} nosuid,nodev,noexec");
     }
 
-    private static void Check(int rc, string what)
-    {
-        if (rc < 0) throw Failure(what);
-    }
+    private static void Check(int rc, string what) => ConfinementError.Check(rc, "VMM jail: " + what);
 
-    private static IOException Failure(string what) =>
-        new($"VMM jail: {what} failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}.");
+    private static IOException Failure(string what) => ConfinementError.Of("VMM jail: " + what);
 }

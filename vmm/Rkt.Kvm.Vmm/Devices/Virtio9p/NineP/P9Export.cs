@@ -40,11 +40,16 @@ public sealed partial class P9Export
             throw new ArgumentException($"Export name '{name}' must be 1-{MaxNameLength} letters, digits, '.', '_' or '-', starting with a letter or digit.");
     }
 
-    /// <summary>Opens the export root (the operator's path, symlinks allowed there); throws <see cref="ArgumentException"/> with a one-line reason.</summary>
-    public static P9Export Open(string name, string hostPath, bool readOnly)
+    private static void ValidateNameAndPath(string name, string hostPath)
     {
         ValidateName(name);
         if (!Path.IsPathFullyQualified(hostPath)) throw new ArgumentException($"Export path '{hostPath}' must be absolute.");
+    }
+
+    /// <summary>Opens the export root (the operator's path, symlinks allowed there); throws <see cref="ArgumentException"/> with a one-line reason.</summary>
+    public static P9Export Open(string name, string hostPath, bool readOnly)
+    {
+        ValidateNameAndPath(name, hostPath);
         try
         {
             var root = HostFs.OpenHostPath(hostPath, HostFs.O_PATH | HostFs.O_DIRECTORY);
@@ -59,8 +64,7 @@ public sealed partial class P9Export
     /// <summary>An export of a directory opened elsewhere (passed over the control socket); <paramref name="hostPath"/> only names it.</summary>
     public static P9Export FromDirectory(string name, string hostPath, bool readOnly, FileDescriptor root)
     {
-        ValidateName(name);
-        if (!Path.IsPathFullyQualified(hostPath)) throw new ArgumentException($"Export path '{hostPath}' must be absolute.");
+        ValidateNameAndPath(name, hostPath);
         HostStat st;
         try { st = HostFs.Stat(root); }
         catch (P9Error e) { throw new ArgumentException($"The directory passed for export '{name}' cannot be examined: {System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(e.Errno)}."); }
