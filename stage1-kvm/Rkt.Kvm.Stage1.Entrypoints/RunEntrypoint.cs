@@ -84,7 +84,7 @@ public sealed class RunEntrypoint
         // The pod's cgroup, joined before anything is started: the VMM is born inside its limits.
         try
         {
-            _cgroup = Runtime.PodCgroup.Create(_files.Uuid, (ulong)size.MemoryMiB, _files.CgroupRecord);
+            _cgroup = Runtime.PodCgroup.Create(_files.Uuid, (ulong)size.MemoryMiB, _files.CgroupRecord, Path.Join(_files.RuntimeDir, Runtime.PodCgroup.RecordFileName));
             _cgroup.Join(Environment.ProcessId);
             // Only with --debug: a pod that fails before its VM (a bad network) says one line, its reason.
             if (_args.Debug) Log(_cgroup.Describe());

@@ -38,6 +38,62 @@ public sealed class PodFaultTests
     }
 
     [SkippableFact]
+    public void KilledStage1Run_WhileItSnapshotsTheTemplate_TakesTheTemplateVmAlong_AndGcLeavesNoHalfTemplate()
+    {
+        Skip.IfNot(TestEnvironment.HasKvm, TestEnvironment.NoKvmReason);
+        using var cli = new RktKvmCli(sharedTemplates: false); // the pod makes the data directory's first template
+        var before = cli.Snapshot();
+        var (run, uuid) = cli.Start("run", Busybox, "--exec=/bin/true");
+        var store = Path.Join(cli.DataDir, "stage1-kvm", "templates");
+        // The VMM writes the snapshot into vm.snapshot.tmp-<stage1's pid> (VmmControlClient.Snapshot): kill the moment it appears.
+        var temp = WaitFor(() => Directory.Exists(store) ? Directory.GetFiles(store, VmTemplateStore.SnapshotFileName + ".tmp-*", SearchOption.AllDirectories).FirstOrDefault() : null,
+            "the template's snapshot to begin", TimeSpan.FromMinutes(5), TimeSpan.FromMilliseconds(2));
+        var vmms = PodRuntime.Processes(uuid).Where(p => p.Program == PodRuntime.VmmProgram).ToList();
+        KillStage1Run(uuid);
+        var template = Path.GetDirectoryName(temp)!;
+        Assert.False(File.Exists(Path.Join(template, VmTemplateStore.SpecFileName)), "the template was finished before the kill: the kill is meant for its snapshot");
+        Assert.NotEmpty(vmms); // the template's VMM, writing the snapshot
+        foreach (var vmm in vmms) AssertGone(vmm);
+        AssertNoVmmLeft(uuid);
+
+        Assert.True(run.WaitForExit(TimeSpan.FromMinutes(1)), "rkt-kvm run did not end after its stage1 was killed");
+        run.WaitForExit();
+        Assert.Equal(137, run.ExitCode);
+        Assert.Contains("did not start", cli.OutputOf(run));
+        Assert.NotEmpty(cli.UnfinishedTemplates()); // what the kill left; gc must find it
+        Assert.Equal(0, cli.Run("gc", "--grace-period=0s").ExitCode);
+        HostSnapshot.AssertSame(before, cli.Snapshot());
+        Assert.False(Directory.Exists(template), "gc left the half-made template");
+    }
+
+    [SkippableFact]
+    public void KilledStage1Run_WhileItRestoresTheTemplate_TakesTheVmAlong_AndTheTemplateStaysUsable()
+    {
+        Skip.IfNot(TestEnvironment.HasKvm, TestEnvironment.NoKvmReason);
+        using var cli = new RktKvmCli();
+        var before = cli.Snapshot();
+        var (run, uuid) = cli.Start("run", Busybox, "--exec=/bin/true");
+        // The run's shared store has the template, or this pod makes it first: either way a restoring VMM comes.
+        var vmm = WaitFor(() => PodRuntime.Processes(uuid).FirstOrDefault(p => p.Program == PodRuntime.VmmProgram && Cmdline(p.Pid).Contains("--restore")),
+            "the pod's VMM to restore the template", TimeSpan.FromMinutes(5), TimeSpan.FromMilliseconds(2));
+        Assert.False(File.Exists(Path.Join(cli.PodDir(uuid), "pid")), "the restored agent was already ready: the kill is meant for the restore");
+        KillStage1Run(uuid);
+        string snapshot = Cmdline(vmm.Pid).Split(' ').SkipWhile(a => a != "--restore").Skip(1).FirstOrDefault() ?? "";
+        AssertGone(vmm);
+        AssertNoVmmLeft(uuid);
+
+        Assert.True(run.WaitForExit(TimeSpan.FromMinutes(1)), "rkt-kvm run did not end after its stage1 was killed");
+        run.WaitForExit();
+        Assert.Equal(137, run.ExitCode);
+        Assert.Contains("did not start", cli.OutputOf(run));
+        Assert.Equal(0, cli.Run("gc", "--grace-period=0s").ExitCode);
+        HostSnapshot.AssertSame(before, cli.Snapshot());
+        // A restore only reads the template: it is still whole for the next pod.
+        Assert.True(File.Exists(snapshot), $"the template's snapshot {snapshot} went with the killed restore");
+        Assert.True(File.Exists(Path.Join(Path.GetDirectoryName(snapshot)!, VmTemplateStore.SpecFileName)));
+    }
+
+    [SkippableFact]
     public void KilledStage1Run_WhileThePodRuns_TakesItsVmAlong_ListShowsExited_GcLeavesNothing()
     {
         Skip.IfNot(TestEnvironment.HasKvm, TestEnvironment.NoKvmReason);
@@ -141,15 +197,27 @@ public sealed class PodFaultTests
         catch (IOException) { return false; }
     }
 
-    private static T WaitFor<T>(Func<T?> probe, string what) where T : class
+    private static T WaitFor<T>(Func<T?> probe, string what, TimeSpan? timeout = null, TimeSpan? poll = null) where T : class
     {
-        var deadline = DateTime.UtcNow.AddMinutes(3);
+        var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromMinutes(3));
         while (true)
         {
             if (probe() is { } value) return value;
             if (DateTime.UtcNow > deadline) throw new TimeoutException($"timed out waiting for {what}");
-            Thread.Sleep(50);
+            Thread.Sleep(poll ?? TimeSpan.FromMilliseconds(50));
         }
+    }
+
+    /// <summary>Every VMM of the pod (the template's and the pod's own) is gone within <see cref="VmGoesWithin"/>.</summary>
+    private static void AssertNoVmmLeft(string uuid)
+    {
+        foreach (var vmm in PodRuntime.Processes(uuid).Where(p => p.Program == PodRuntime.VmmProgram)) AssertGone(vmm);
+    }
+
+    private static string Cmdline(int pid)
+    {
+        try { return File.ReadAllText($"/proc/{pid}/cmdline").Replace('\0', ' '); }
+        catch (IOException) { return ""; }
     }
 
     /// <summary>

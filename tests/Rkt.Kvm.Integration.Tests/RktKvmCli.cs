@@ -144,7 +144,30 @@ public sealed class RktKvmCli : IDisposable
         Directory.Exists(RuntimeRoot) ? [.. Directory.GetFileSystemEntries(RuntimeRoot).Order()] : [],
         [.. MountsUnderRoot().Order()],
         Directory.Exists(Path.Join(DataDir, "pods")) ? [.. Directory.GetDirectories(Path.Join(DataDir, "pods")).SelectMany(Directory.GetDirectories).Order()] : [],
-        NetworkLeftovers());
+        NetworkLeftovers(),
+        PodCgroups(),
+        UnfinishedTemplates());
+
+    /// <summary>
+    /// The cgroups of this test's pods, in every hierarchy, found on the host: stage1 makes them
+    /// under its own cgroup, which is this test process's.
+    /// </summary>
+    public IReadOnlyList<string> PodCgroups() =>
+        [.. Rkt.Kvm.Stage1.Runtime.CgroupHierarchies.Find(File.ReadAllText("/proc/self/mountinfo"), File.ReadAllText("/proc/self/cgroup"))
+            .Where(h => Directory.Exists(h.OwnDirectory))
+            .SelectMany(h => Directory.GetDirectories(h.OwnDirectory, Rkt.Kvm.Stage1.Runtime.PodCgroup.Prefix + "*"))
+            .Where(d => KnownPods.Contains(Path.GetFileName(d)[Rkt.Kvm.Stage1.Runtime.PodCgroup.Prefix.Length..])).Order()];
+
+    /// <summary>What this data directory's own template store holds besides finished templates and its lock (the shared store is not ours to judge).</summary>
+    public IReadOnlyList<string> UnfinishedTemplates()
+    {
+        var store = new DirectoryInfo(Path.Join(DataDir, "stage1-kvm", "templates"));
+        if (!store.Exists || store.LinkTarget is not null) return [];
+        return [.. store.EnumerateFileSystemInfos("*", SearchOption.AllDirectories)
+            .Where(e => e.Name != Rkt.Kvm.Stage1.Runtime.VmTemplateStore.LockFileName)
+            .Where(e => !File.Exists(Path.Join(e is DirectoryInfo ? e.FullName : Path.GetDirectoryName(e.FullName)!, Rkt.Kvm.Stage1.Runtime.VmTemplateStore.SpecFileName)))
+            .Select(e => Path.GetRelativePath(store.FullName, e.FullName)).Order()];
+    }
 
     private static string Cmdline(string pid)
     {
@@ -174,15 +197,16 @@ public sealed class RktKvmCli : IDisposable
 
 /// <summary>A host's pod-related state at one moment; two are compared by value, list by list.</summary>
 public sealed record HostSnapshot(IReadOnlyList<string> Processes, IReadOnlyList<string> RuntimeEntries, IReadOnlyList<string> Mounts, IReadOnlyList<string> PodDirs,
-    IReadOnlyList<string> Networks)
+    IReadOnlyList<string> Networks, IReadOnlyList<string> Cgroups, IReadOnlyList<string> Templates)
 {
     public override string ToString() =>
-        $"processes: [{string.Join("; ", Processes)}]\nruntime: [{string.Join(", ", RuntimeEntries)}]\nmounts: [{string.Join(", ", Mounts)}]\npods: [{string.Join(", ", PodDirs)}]\nnetworks: [{string.Join("; ", Networks)}]";
+        $"processes: [{string.Join("; ", Processes)}]\nruntime: [{string.Join(", ", RuntimeEntries)}]\nmounts: [{string.Join(", ", Mounts)}]\npods: [{string.Join(", ", PodDirs)}]\nnetworks: [{string.Join("; ", Networks)}]\ncgroups: [{string.Join(", ", Cgroups)}]\nunfinished templates: [{string.Join(", ", Templates)}]";
 
     public static void AssertSame(HostSnapshot before, HostSnapshot after)
     {
         Assert.True(before.Processes.SequenceEqual(after.Processes) && before.RuntimeEntries.SequenceEqual(after.RuntimeEntries)
-            && before.Mounts.SequenceEqual(after.Mounts) && before.PodDirs.SequenceEqual(after.PodDirs) && before.Networks.SequenceEqual(after.Networks),
+            && before.Mounts.SequenceEqual(after.Mounts) && before.PodDirs.SequenceEqual(after.PodDirs) && before.Networks.SequenceEqual(after.Networks)
+            && before.Cgroups.SequenceEqual(after.Cgroups) && before.Templates.SequenceEqual(after.Templates),
             $"the host was not brought back to what it was.\nbefore:\n{before}\nafter:\n{after}");
     }
 }

@@ -33,6 +33,44 @@ public sealed class PodCgroupTests
         Assert.Empty(CgroupHierarchies.Find("21 1 0:1 / / rw - ext4 /dev/vda rw\n", "0::/\n"));
     }
 
+    [Fact]
+    public void A_process_is_in_a_pods_cgroup_when_any_hierarchy_puts_it_there_or_below()
+    {
+        const string uuid = "6f1c5f7e-2c53-4d2b-9e0e-0d5a3b1c2f10";
+        Assert.True(PodCgroup.Contains($"4:memory:/process_api/e11/rkt-kvm-{uuid}\n0::/\n", uuid));
+        Assert.True(PodCgroup.Contains($"0::/rkt-kvm-{uuid}/child\n", uuid));
+        Assert.False(PodCgroup.Contains($"0::/rkt-kvm-{uuid}x\n4:memory:/rkt-kvm-{uuid}-other\n", uuid));
+        Assert.False(PodCgroup.Contains($"0::/\n1:name=rkt-kvm-{uuid}\n", uuid)); // a name, not a path
+        Assert.False(PodCgroup.Contains("", uuid));
+    }
+
+    [SkippableFact]
+    public void Gc_of_an_unreachable_process_kills_its_whole_pod_cgroup_found_from_the_host()
+    {
+        Skip.IfNot(Environment.UserName == "root" && Directory.Exists("/sys/fs/cgroup"), "needs root and a cgroup file system");
+        string uuid = Guid.NewGuid().ToString();
+        string record = Path.Join(Path.GetTempPath(), $"rkt-kvm-cgroups-{uuid}");
+        var cgroup = PodCgroup.Create(uuid, 64, record);
+        using var vmm = Process.Start("sleep", "600");
+        using var plugin = Process.Start("sleep", "601");
+        try
+        {
+            cgroup.Join(vmm.Id);
+            cgroup.Join(plugin.Id);
+            Assert.False(PodCgroup.KillAndRemoveOf(Environment.ProcessId, TimeSpan.FromSeconds(1)), "this test process is in no pod cgroup");
+            Assert.True(PodCgroup.KillAndRemoveOf(vmm.Id, TimeSpan.FromSeconds(10)));
+            Assert.True(vmm.WaitForExit(10_000) && plugin.WaitForExit(10_000), "a process of the pod cgroup was left running");
+            foreach (var (_, dir) in cgroup.Directories) Assert.False(Directory.Exists(dir));
+            Assert.False(PodCgroup.KillAndRemoveOf(vmm.Id, TimeSpan.FromSeconds(1)), "a process that is gone");
+        }
+        finally
+        {
+            foreach (var p in new[] { vmm, plugin }) if (!p.HasExited) { p.Kill(); p.WaitForExit(); }
+            foreach (var (_, dir) in cgroup.Directories) if (Directory.Exists(dir)) try { Directory.Delete(dir); } catch (IOException) { }
+            File.Delete(record);
+        }
+    }
+
     [SkippableFact]
     public void Run_joins_a_limited_cgroup_and_gc_kills_what_is_left_in_it_and_removes_it()
     {

@@ -195,6 +195,24 @@ public sealed class Stage0ConformanceTests : IDisposable
         RuntimeDir(live, podsRoot);
         Directory.CreateDirectory(Path.Join(podsRoot, "prepared", live)); // gc leaves a fresh prepared pod alone
         var vmms = new[] { orphan, foreign, unreachable, live }.ToDictionary(u => u, StartVmm);
+        // Where cgroups can be made (root): the orphan's and the unreachable VMM's pod cgroups, each
+        // holding a process that names no pod (a CNI plugin, say): found by its cgroup alone.
+        bool withCgroups = Environment.UserName == "root" && Directory.Exists("/sys/fs/cgroup");
+        var cgroups = new List<Runtime.PodCgroup>();
+        var strays = new List<System.Diagnostics.Process>();
+        if (withCgroups)
+        {
+            foreach (var (uuid, record) in new[] { (orphan, Path.Join(runtime, orphan, Runtime.PodCgroup.RecordFileName)), (unreachable, Path.Join(_tmp, "unreachable-cgroups")) })
+            {
+                var cgroup = Runtime.PodCgroup.Create(uuid, 64, record);
+                cgroups.Add(cgroup);
+                var stray = System.Diagnostics.Process.Start("sleep", "600");
+                strays.Add(stray);
+                cgroup.Join(stray.Id);
+                if (uuid == unreachable) cgroup.Join(vmms[unreachable].Id);
+                Assert.Contains(stray.Id, Runtime.PodRuntime.Processes(uuid).Select(p => p.Pid));
+            }
+        }
         try
         {
             var gc = RktKvm.Run(_data, env, "gc", "--grace-period=0s");
@@ -206,10 +224,14 @@ public sealed class Stage0ConformanceTests : IDisposable
             Assert.False(vmms[live].HasExited, "gc killed the VMM of a pod that exists");
             Assert.True(Directory.Exists(Path.Join(runtime, foreign)) && Directory.Exists(Path.Join(runtime, live)));
             Assert.Contains($"Removed the runtime directory {Path.Join(runtime, orphan)}", gc.Stdout);
+            foreach (var stray in strays) Assert.True(stray.WaitForExit(10_000), "gc left a process in the pod cgroup of a pod that no longer exists");
+            foreach (var (_, dir) in cgroups.SelectMany(c => c.Directories)) Assert.False(Directory.Exists(dir), $"gc left the pod cgroup {dir}");
         }
         finally
         {
             foreach (var vmm in vmms.Values) { if (!vmm.HasExited) vmm.Kill(); vmm.Dispose(); }
+            foreach (var stray in strays) { if (!stray.HasExited) stray.Kill(); stray.WaitForExit(); stray.Dispose(); }
+            foreach (var (_, dir) in cgroups.SelectMany(c => c.Directories)) try { if (Directory.Exists(dir)) Directory.Delete(dir); } catch (IOException) { }
             Directory.Delete(Path.Join(podsRoot, "prepared", live));
         }
     }

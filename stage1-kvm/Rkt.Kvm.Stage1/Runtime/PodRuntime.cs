@@ -12,10 +12,11 @@ public sealed record OrphanSweep(IReadOnlyList<string> RuntimeDirs, IReadOnlyLis
 /// <summary>
 /// The host side of a running pod outside its pod directory: the runtime directory with its
 /// sockets (<c>/run/rkt-kvm/&lt;uuid&gt;/</c>, or under <c>$RKT_KVM_RUNTIME_DIR</c>), which records the
-/// pods directory that owns it, and the pod's processes. Processes are recognised by their
-/// executable (<c>rkt-kvm-vmm</c>, or <c>rkt-kvm-stage1</c> running <c>run</c>) and a command line
-/// that names the pod's UUID, never by name alone; so <c>gc</c> can find what a killed stage1 left,
-/// even after its pod directory is gone.
+/// pods directory that owns it and the pod's cgroups, and the pod's processes. A process is the
+/// pod's when it is in the pod's cgroup (<see cref="PodCgroup"/>), or when its executable is ours
+/// (<c>rkt-kvm-vmm</c>, or <c>rkt-kvm-stage1</c> running <c>run</c>) and its command line names the
+/// pod's UUID: never by name alone. So <c>gc</c> can find what a killed stage1 left, even after its
+/// pod directory is gone.
 /// </summary>
 public static class PodRuntime
 {
@@ -32,9 +33,10 @@ public static class PodRuntime
     /// <summary>The pods directory that owns a pod directory <c>&lt;data&gt;/pods/&lt;phase&gt;/&lt;uuid&gt;</c>.</summary>
     public static string PodsRootOf(string podDir) => Path.GetDirectoryName(Path.GetDirectoryName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(podDir)))!)!;
 
-    /// <summary>The live processes of pod <paramref name="uuid"/> (not the caller).</summary>
+    /// <summary>The live processes of pod <paramref name="uuid"/> (not the caller): in its cgroup, or ours and naming it.</summary>
     public static IReadOnlyList<PodProcess> Processes(string uuid) =>
-        HostProcesses().Where(p => p.Argv.Contains(uuid) || p.Argv.Any(a => a.Contains("/" + uuid + "/", StringComparison.Ordinal)))
+        HostProcesses().Where(p => PodCgroup.Contains(p.Cgroups, uuid)
+                || p.Ours && (p.Argv.Contains(uuid) || p.Argv.Any(a => a.Contains("/" + uuid + "/", StringComparison.Ordinal))))
             .Select(p => new PodProcess(p.Pid, p.Program)).ToList();
 
     /// <summary>SIGKILLs the processes and waits up to <paramref name="timeout"/> for them to go.</summary>
@@ -47,8 +49,9 @@ public static class PodRuntime
 
     /// <summary>
     /// Frees what no pod of <paramref name="podsRoot"/> can reach any more: runtime directories
-    /// this pods directory owns whose pod is gone (with the processes still serving them), and
-    /// VMMs under the runtime root whose runtime directory is gone (nothing can reach them).
+    /// this pods directory owns whose pod is gone (with the pod's cgroups and the processes still
+    /// serving them), and VMMs under the runtime root whose runtime directory is gone (nothing can
+    /// reach them; their pod cgroup goes with them).
     /// </summary>
     public static OrphanSweep SweepOrphans(string podsRoot, Func<string, bool> podExists)
     {
@@ -63,6 +66,7 @@ public static class PodRuntime
                 var owner = Path.Join(dir, OwnerFile);
                 if (!Entrypoints.PodUuid.IsValid(uuid) || !File.Exists(owner) || File.ReadAllText(owner).Trim() != podsRoot || podExists(uuid)) continue;
                 var processes = Processes(uuid);
+                PodCgroup.KillAndRemove(Path.Join(dir, PodCgroup.RecordFileName), uuid, TimeSpan.FromSeconds(5));
                 Kill(processes, TimeSpan.FromSeconds(5));
                 killed.AddRange(processes);
                 System.IO.Directory.Delete(dir, recursive: true);
@@ -70,9 +74,10 @@ public static class PodRuntime
             }
         }
         var rootPrefix = Path.TrimEndingDirectorySeparator(Path.GetFullPath(Root)) + "/";
-        var unreachable = HostProcesses().Where(p => p.Program == VmmProgram && VmmCommandLine.FindVsock(p.Argv) is { } sock
+        var unreachable = HostProcesses().Where(p => p.Ours && p.Program == VmmProgram && VmmCommandLine.FindVsock(p.Argv) is { } sock
             && sock.StartsWith(rootPrefix, StringComparison.Ordinal) && !System.IO.Directory.Exists(Path.GetDirectoryName(sock)))
             .Select(p => new PodProcess(p.Pid, p.Program)).ToList();
+        foreach (var p in unreachable) PodCgroup.KillAndRemoveOf(p.Pid, TimeSpan.FromSeconds(5));
         Kill(unreachable, TimeSpan.FromSeconds(5));
         killed.AddRange(unreachable);
         return new OrphanSweep(dirs, killed);
@@ -85,22 +90,28 @@ public static class PodRuntime
         catch (IOException) { return false; }
     }
 
-    /// <summary>Our processes on the host: VMMs, and stage1 run processes; never the caller.</summary>
-    private static IEnumerable<(int Pid, string Program, IReadOnlyList<string> Argv)> HostProcesses()
+    /// <summary>A host process as gc sees it: <c>Ours</c> when it is a VMM or a stage1 <c>run</c>.</summary>
+    private sealed record HostProcess(int Pid, string Program, IReadOnlyList<string> Argv, string Cgroups)
+    {
+        public bool Ours => Program == VmmProgram || (Program == Stage1Program && Argv.Count > 1 && Argv[1] == "run");
+    }
+
+    /// <summary>Every process on the host we may read, never the caller.</summary>
+    private static IEnumerable<HostProcess> HostProcesses()
     {
         foreach (var entry in System.IO.Directory.EnumerateDirectories("/proc"))
         {
             if (!int.TryParse(Path.GetFileName(entry), NumberStyles.None, CultureInfo.InvariantCulture, out int pid) || pid == Environment.ProcessId) continue;
-            string program;
-            string[] argv;
+            HostProcess process;
             try
             {
-                program = Path.GetFileName(new FileInfo($"/proc/{pid}/exe").LinkTarget ?? "").Replace(" (deleted)", "");
-                argv = File.ReadAllText($"/proc/{pid}/cmdline").Split('\0', StringSplitOptions.RemoveEmptyEntries);
+                process = new HostProcess(pid,
+                    Path.GetFileName(new FileInfo($"/proc/{pid}/exe").LinkTarget ?? "").Replace(" (deleted)", ""),
+                    File.ReadAllText($"/proc/{pid}/cmdline").Split('\0', StringSplitOptions.RemoveEmptyEntries),
+                    File.ReadAllText($"/proc/{pid}/cgroup"));
             }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { continue; } // gone, or not ours to read
-            if (program == VmmProgram || (program == Stage1Program && argv.Length > 1 && argv[1] == "run"))
-                yield return (pid, program, argv);
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { continue; } // gone, or not ours to read (a kernel thread has no exe)
+            yield return process;
         }
     }
 }
