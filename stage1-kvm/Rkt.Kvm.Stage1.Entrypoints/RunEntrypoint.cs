@@ -26,6 +26,8 @@ namespace Rkt.Kvm.Stage1.Entrypoints;
 public sealed class RunEntrypoint
 {
     private static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(10);
+    /// <summary>How much of a failed VM's diagnostics a failed start prints.</summary>
+    private const int DiagnosticLines = 15;
     /// <summary>No deadline: the events and log streams live as long as the pod.</summary>
     private static readonly TimeSpan Forever = Timeout.InfiniteTimeSpan;
 
@@ -124,6 +126,8 @@ public sealed class RunEntrypoint
         }
         catch (AgentException e)
         {
+            // rkt-kvm removes a pod that never started, console log included: what the VM and VMM said last goes to stderr now.
+            Log($"the last of the VM's console and the VMM's log:\n{Tail(e.Message, DiagnosticLines)}");
             CleanRuntimeDir();
             TeardownNetwork(network);
             _cgroup?.Leave();
@@ -395,6 +399,10 @@ public sealed class RunEntrypoint
             Log($"cannot notify {path}: {e.Message}");
         }
     }
+
+    /// <summary>The last <paramref name="lines"/> lines after the first (the failure itself, which the error line says), indented.</summary>
+    private static string Tail(string diagnostics, int lines) =>
+        string.Join("\n", diagnostics.Split('\n').Skip(1).Where(l => l.Trim().Length > 0).TakeLast(lines).Select(l => "  " + l));
 
     private void CleanRuntimeDir()
     {

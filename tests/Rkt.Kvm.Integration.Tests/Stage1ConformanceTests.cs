@@ -126,6 +126,8 @@ public sealed class Stage1ConformanceTests : IDisposable
         var r = RunEntrypoint(pod, "--net=default", uuid);
         Assert.Equal(1, r.ExitCode);
         Assert.Contains("the pod's VM did not start", r.Stderr);
+        // The VMM's own words reach the user: rkt-kvm removes a pod that never started, logs included.
+        Assert.Contains("  rkt-kvm-vmm: cannot open /dev/kvm", r.Stderr);
         Assert.False(File.Exists(Path.Join(pod, "pid")));
         Assert.False(Directory.Exists(Path.Join(Path.GetTempPath(), "rkt-kvm-conf", uuid)), "run left its runtime directory");
     }
