@@ -37,6 +37,20 @@ public sealed class BadInputTests : IDisposable
     private void RequireKvm() => Skip.IfNot(TestEnvironment.HasKvm, TestEnvironment.NoKvmReason);
 
     [SkippableFact]
+    public void A_locked_down_vcpu_thread_that_makes_a_forbidden_call_kills_the_vmm_by_sigsys_with_a_clear_line()
+    {
+        RequireKvm();
+        // What a device model bug or an exploit on a vCPU thread would do: the filter (installed on
+        // every thread before the vCPUs start) must end the VMM, and whoever waits for it must say why.
+        var run = VmmProcess.Run(["--kernel", TestEnvironment.Vmlinux, "--initrd", TestEnvironment.TestInitrd, "--console", "none",
+            "--cmdline", "quiet rkt.init=hang", "--test-fault", "vcpu-forbidden-syscall"], TimeSpan.FromMinutes(1), _dir);
+        Assert.True(run.ExitCode == 128 + 31, run.ToString());
+        Assert.Contains("--test-fault vcpu-forbidden-syscall: this vCPU thread now calls socket(AF_INET)", run.Stderr);
+        Assert.DoesNotContain("the filter did not kill the VMM", run.Stderr);
+        Assert.Contains("killed by SIGSYS: it made a system call its seccomp filter forbids", Rkt.Kvm.Vmm.Client.VmmExit.Describe(run.ExitCode));
+    }
+
+    [SkippableFact]
     public void A_forged_jail_marker_does_not_make_the_vmm_pivot_the_hosts_mount_namespace()
     {
         RequireKvm();

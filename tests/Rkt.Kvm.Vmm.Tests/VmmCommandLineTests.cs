@@ -16,6 +16,7 @@ public class VmmCommandLineTests
         ConsoleLog = "/run/c.log",
         Pvm = PvmMode.Off,
         Seccomp = SeccompAction.Log,
+        TestFault = VmmTestFault.VcpuForbiddenSyscall,
         KvmDevice = "/dev/x",
         Vsock = "/run/vm.sock",
         VsockCid = 42,
@@ -50,6 +51,15 @@ public class VmmCommandLineTests
         var e = Assert.Throws<ArgumentException>(() => VmmCommandLine.Parse(["--kernel", "/k", "--seccomp", "trap"]));
         Assert.Contains("--seccomp must be kill, log or off", e.Message);
         Assert.Equal(action, VmmOptions.Parse(["--kernel", "/k", "--seccomp", value]).Machine.LockDown);
+    }
+
+    [Fact]
+    public void Test_fault_is_off_unless_named_and_reaches_the_machine()
+    {
+        Assert.Equal(VmmTestFault.None, VmmOptions.Parse(["--kernel", "/k"]).Machine.TestFault);
+        Assert.Equal(VmmTestFault.VcpuForbiddenSyscall, VmmOptions.Parse(["--kernel", "/k", "--test-fault=vcpu-forbidden-syscall"]).Machine.TestFault);
+        var e = Assert.Throws<ArgumentException>(() => VmmCommandLine.Parse(["--kernel", "/k", "--test-fault", "oops"]));
+        Assert.Contains("--test-fault must be vcpu-forbidden-syscall", e.Message);
     }
 
     [Fact]

@@ -4,7 +4,8 @@
 # one rkt-kvm killed while its pod runs). After each batch `rkt-kvm gc` runs, and the host is
 # measured. The counts come from the host itself, not from rkt-kvm's records: processes, open
 # file handles, available memory, mounts under the data dir, runtime directories, pod directories,
-# and what pod networks hold: network namespaces, veths, default-network leases, NAT rules.
+# pod cgroups (rkt-kvm-<uuid>, every hierarchy), and what pod networks hold: network namespaces,
+# veths, default-network leases, NAT rules.
 # Growth from the first batch to the last should be zero.
 # Usage: tests/soak/pods.sh [PODS=50] [BATCH=5]
 set -euo pipefail
@@ -18,7 +19,7 @@ export RKT_KVM_RUNTIME_DIR="$work/run"
 rk() { "$cli" --dir="$data" "$@"; }
 
 measure() {
-    local procs fds mem mounts runtime poddirs netns veths leases nat
+    local procs fds mem mounts runtime poddirs netns veths leases nat cgroups
     procs=$(ls -d /proc/[0-9]* | wc -l)
     fds=$(cut -f1 /proc/sys/fs/file-nr)
     mem=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
@@ -29,7 +30,8 @@ measure() {
     veths=$(ip -o link show type veth | wc -l)
     leases=$( (ls /var/lib/cni/networks/default 2>/dev/null || true) | grep -c '^[0-9]' || true)
     nat=$(iptables-save -t nat | grep -c '^-A' || true)
-    echo "$procs $fds $mem $mounts $runtime $poddirs $netns $veths $leases $nat"
+    cgroups=$(find /sys/fs/cgroup -maxdepth 8 -type d -name 'rkt-kvm-*' 2>/dev/null | wc -l)
+    echo "$procs $fds $mem $mounts $runtime $poddirs $netns $veths $leases $nat $cgroups"
 }
 
 # The pid of the process running program $1 whose command line names pod $2.
@@ -43,9 +45,9 @@ pid_of() {
 
 rk image import "$root/out/images/busybox.aci" >/dev/null
 rk gc --grace-period=0s >/dev/null
-read -r p0 f0 m0 mo0 r0 d0 n0 v0 l0 x0 < <(measure)
+read -r p0 f0 m0 mo0 r0 d0 n0 v0 l0 x0 c0 < <(measure)
 echo "soak: $pods pods, $batch at a time, in $work"
-echo "batch procs fds mem_avail_kib mounts runtime_dirs pod_dirs netns veths leases nat_rules seconds"
+echo "batch procs fds mem_avail_kib mounts runtime_dirs pod_dirs netns veths leases nat_rules pod_cgroups seconds"
 started=0 round=0 killed_stage1=0 killed_stage0=0 failures=0
 t_all=$SECONDS
 while ((started < pods)); do
@@ -81,7 +83,7 @@ while ((started < pods)); do
     rk gc --grace-period=0s >/dev/null || failures=$((failures + 1))
     echo "$round $(measure) $((SECONDS - t0))"
 done
-read -r p1 f1 m1 mo1 r1 d1 n1 v1 l1 x1 < <(measure)
+read -r p1 f1 m1 mo1 r1 d1 n1 v1 l1 x1 c1 < <(measure)
 # Our programs (rkt-kvm, its stage1, VMMs) still running for this soak's pods.
 leftover=0
 for p in /proc/[0-9]*; do
@@ -101,5 +103,6 @@ echo "RESULT soak_netns_growth ours=$((n1 - n0))netns"
 echo "RESULT soak_veth_growth ours=$((v1 - v0))veths"
 echo "RESULT soak_lease_growth ours=$((l1 - l0))leases"
 echo "RESULT soak_nat_rule_growth ours=$((x1 - x0))rules"
+echo "RESULT soak_pod_cgroup_growth ours=$((c1 - c0))cgroups"
 "$cli" --dir="$data" gc --grace-period=0s >/dev/null || true
 rm -rf "$work"

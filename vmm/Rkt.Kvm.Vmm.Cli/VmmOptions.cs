@@ -29,6 +29,9 @@ public sealed record VmmOptions
                                namespaces with an empty read-only root (only the socket
                                directories in it) and no capabilities on the vCPU and device
                                threads (default on; off: for debugging only)
+          --test-fault vcpu-forbidden-syscall
+                               for tests of the confinement only: a vCPU thread makes a system
+                               call the filter forbids once locked down (the VMM dies by SIGSYS)
           --kvm-device PATH    KVM device (default /dev/kvm)
           --vsock PATH         virtio-vsock, reached from the host through the Unix socket PATH
                                (hybrid vsock: write "CONNECT <port>\n"); guest connections to
@@ -83,6 +86,7 @@ public sealed record VmmOptions
             Pvm = line.Pvm,
             LockDown = line.Seccomp,
             Jail = line.Jail,
+            TestFault = line.TestFault,
             KvmDevicePath = line.KvmDevice ?? Kvm.KvmSystem.DefaultDevicePath,
             VsockSocketPath = line.Vsock,
             GuestCid = line.VsockCid,

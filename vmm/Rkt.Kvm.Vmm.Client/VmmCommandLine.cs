@@ -30,6 +30,8 @@ public sealed record VmmCommandLine
     public SeccompAction Seccomp { get; init; } = SeccompAction.Kill;
     /// <summary><c>--jail on|off</c>: own namespaces, an empty root and no capabilities on guest-facing threads (off: for debugging only).</summary>
     public bool Jail { get; init; } = true;
+    /// <summary><c>--test-fault</c>: for tests of the VMM's confinement only.</summary>
+    public VmmTestFault TestFault { get; init; } = VmmTestFault.None;
     /// <summary>The KVM device; null: the VMM's default (/dev/kvm).</summary>
     public string? KvmDevice { get; init; }
     /// <summary>The hybrid vsock Unix socket (docs/VSOCK.md); null: no vsock device.</summary>
@@ -70,6 +72,7 @@ public sealed record VmmCommandLine
         if (Pvm != PvmMode.Auto) Add("--pvm", Pvm == PvmMode.On ? "on" : "off");
         if (Seccomp != SeccompAction.Kill) Add("--seccomp", Seccomp == SeccompAction.Log ? "log" : "off");
         if (!Jail) Add("--jail", "off");
+        if (TestFault == VmmTestFault.VcpuForbiddenSyscall) Add("--test-fault", "vcpu-forbidden-syscall");
         Add("--kvm-device", KvmDevice);
         Add("--vsock", Vsock);
         if (VsockCid != DefaultGuestCid) Add("--vsock-cid", VsockCid.ToString(CultureInfo.InvariantCulture));
@@ -102,6 +105,7 @@ public sealed record VmmCommandLine
         var pvm = PvmMode.Auto;
         var seccomp = SeccompAction.Kill;
         bool jail = true;
+        var testFault = VmmTestFault.None;
         for (int i = 0; i < args.Count; i++)
         {
             string arg = args[i];
@@ -157,6 +161,13 @@ public sealed record VmmCommandLine
                         var v => throw new ArgumentException($"--jail must be on or off, not '{v}'."),
                     };
                     break;
+                case "--test-fault":
+                    testFault = Value() switch
+                    {
+                        "vcpu-forbidden-syscall" => VmmTestFault.VcpuForbiddenSyscall,
+                        var v => throw new ArgumentException($"--test-fault must be vcpu-forbidden-syscall, not '{v}'."),
+                    };
+                    break;
                 case "--kvm-device": kvmDevice = Value(); break;
                 case "--vsock": vsock = Value(); break;
                 case "--vsock-cid": cid = WholeNumber(name, Value(), ulong.MaxValue); break;
@@ -195,6 +206,7 @@ public sealed record VmmCommandLine
             Pvm = pvm,
             Seccomp = seccomp,
             Jail = jail,
+            TestFault = testFault,
             KvmDevice = kvmDevice,
             Vsock = vsock,
             VsockCid = cid,

@@ -155,3 +155,14 @@ public sealed record NetDeviceSpec
     public static string FormatMac(ReadOnlySpan<byte> mac) =>
         string.Join(":", mac.ToArray().Select(b => b.ToString("x2", System.Globalization.CultureInfo.InvariantCulture)));
 }
+
+/// <summary>
+/// <c>--test-fault</c>: a fault the VMM injects into itself, for tests of its confinement only.
+/// stage1 never passes one. Each only harms the VMM it is given to.
+/// </summary>
+public enum VmmTestFault
+{
+    None,
+    /// <summary>A vCPU thread, locked down, makes a system call the filter forbids (an AF_INET socket): the VMM must die by SIGSYS.</summary>
+    VcpuForbiddenSyscall,
+}

@@ -406,9 +406,11 @@ public sealed class Machine : IDisposable
         foreach (var runner in runners)
         {
             bool dropCapabilities = _config?.Jail == true;
+            bool forbiddenSyscall = _config?.TestFault == VmmTestFault.VcpuForbiddenSyscall && runner == runners[0];
             var thread = new Thread(() =>
             {
                 if (dropCapabilities) Host.Confinement.ThreadCapabilities.DropAllOnThisThread();
+                if (forbiddenSyscall) Host.Confinement.LockDown.MakeForbiddenCall(_log);
                 runner.Run();
             }) { IsBackground = true, Name = "vcpu" };
             thread.Start();

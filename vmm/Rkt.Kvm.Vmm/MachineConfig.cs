@@ -29,6 +29,8 @@ public sealed record MachineConfig
     /// and device threads' capabilities. False for machines run inside another process (tests).
     /// </summary>
     public bool Jail { get; init; }
+    /// <summary>A fault the VMM injects into itself, for tests of its confinement (never set by stage1).</summary>
+    public VmmTestFault TestFault { get; init; }
     public string KvmDevicePath { get; init; } = Kvm.KvmSystem.DefaultDevicePath;
     /// <summary>The hybrid vsock Unix socket (shared/VSOCK.md); null for a VM without vsock.</summary>
     public string? VsockSocketPath { get; init; }

@@ -56,6 +56,21 @@ public static unsafe partial class LockDown
     }
 
     /// <summary>
+    /// <c>--test-fault vcpu-forbidden-syscall</c>: the calling (vCPU) thread asks for an AF_INET
+    /// socket, which the filter forbids, as a device model bug or an exploit might. Under
+    /// <c>--seccomp=kill</c> the VMM dies here by SIGSYS; under <c>log</c> the kernel logs the call
+    /// and it goes through (the socket is closed at once).
+    /// </summary>
+    public static void MakeForbiddenCall(Serilog.ILogger log)
+    {
+        log.Warning("--test-fault vcpu-forbidden-syscall: this vCPU thread now calls socket(AF_INET), which the seccomp filter forbids");
+        Serilog.Log.CloseAndFlush();
+        int fd = Tmds.Linux.LibC.socket(Tmds.Linux.LibC.AF_INET, Tmds.Linux.LibC.SOCK_STREAM | Tmds.Linux.LibC.SOCK_CLOEXEC, 0);
+        if (fd >= 0) Tmds.Linux.LibC.close(fd);
+        log.Warning("--test-fault vcpu-forbidden-syscall: the forbidden call returned {Fd}: the filter did not kill the VMM", fd);
+    }
+
+    /// <summary>
     /// Loads now what the runtime would load on first use: loading maps code, which the filter
     /// forbids (no executable mappings), from files the jail's empty root no longer has.
     /// OpenSSL: snapshot hashes (SHA-256) on the control socket.
