@@ -44,7 +44,7 @@ public sealed class VsockDeviceTests : IDisposable
         var (request, _) = _guest.WaitForRx(h => h.Op == VsockOp.Request);
         Assert.Equal(GuestPort, request.DstPort);
         Assert.Equal(VsockDriverCid, request.DstCid);
-        Assert.InRange(request.SrcPort, VsockDevice.FirstHostPort, (uint)int.MaxValue);
+        Assert.InRange(request.SrcPort, HybridVsockMuxer.FirstHostPort, (uint)int.MaxValue);
         _guest.Send(VsockGuestDriver.Packet(GuestPort, request.SrcPort, VsockOp.Response));
         Assert.Equal($"OK {request.SrcPort}\n", ReadLine(host));
         return (host, request.SrcPort);
@@ -65,6 +65,31 @@ public sealed class VsockDeviceTests : IDisposable
         _guest.Send(VsockGuestDriver.Packet(GuestPort, hostPort, VsockOp.Rw, 14), "pong from guest"u8[..14]);
         var buffer = new byte[64];
         Assert.Equal("pong from gues", Encoding.ASCII.GetString(buffer, 0, host.Receive(buffer)));
+    }
+
+    [Fact]
+    public void A_payload_the_driver_split_over_descriptors_reaches_the_host_whole()
+    {
+        var (host, hostPort) = Establish();
+        // Header and the payload's first bytes in one descriptor, the rest in the next one.
+        const ulong First = 0x300000, Second = 0x301000;
+        var header = new byte[VsockPacketHeader.Size];
+        VsockGuestDriver.Packet(GuestPort, hostPort, VsockOp.Rw, 11).Write(header);
+        _guest.Memory.Write(First, [.. header, .. "hel"u8]);
+        _guest.Memory.Write(Second, "lo world"u8);
+        _guest.WriteDescriptor(_guest.TxDescriptorTable, 62, First, VsockPacketHeader.Size + 3, flags: 1, next: 63);
+        _guest.WriteDescriptor(_guest.TxDescriptorTable, 63, Second, 8, flags: 0, next: 0);
+        _guest.SubmitTx(62);
+        var received = new List<byte>();
+        var buffer = new byte[64];
+        for (int n = 1; received.Count < 11 && n > 0;)
+        {
+            n = host.Receive(buffer);
+            received.AddRange(buffer.AsSpan(0, n).ToArray());
+        }
+        Assert.Equal("hello world", Encoding.ASCII.GetString(received.ToArray()));
+        Assert.Equal(1, _guest.Device.ConnectionCount);
+        host.Dispose();
     }
 
     [Fact]

@@ -38,7 +38,7 @@ public sealed class VsockFuzzTests
                     case < 99: Scribble(guest, random); break;
                     default: guest.ResetAndReactivate(); break;
                 }
-                Assert.InRange(guest.Device.ConnectionCount, 0, VsockDevice.MaxConnections);
+                Assert.InRange(guest.Device.ConnectionCount, 0, HybridVsockMuxer.MaxConnections);
                 if (i % 1000 == 0) DrainListener(listener);
             }
             Assert.True(guest.Device.MalformedPackets > 10_000, $"only {guest.Device.MalformedPackets} packets were refused: the fuzzer is not reaching validation");

@@ -35,7 +35,7 @@ public sealed class VsockPacketTarget : IFuzzTarget
     private readonly Lazy<State> _state = new(() => new State());
 
     public string Name => "vsock-packet";
-    public string Covers => "VsockDevice (tx validation, connections, credit, shutdown, rx fill), VsockConnection, the hybrid CONNECT handshake";
+    public string Covers => "VsockDevice (tx validation, rx fill), HybridVsockMuxer (connections, host sockets), VsockConnection (credit, shutdown), the hybrid CONNECT handshake";
 
     private sealed class State
     {
@@ -103,8 +103,8 @@ public sealed class VsockPacketTarget : IFuzzTarget
                     case 6: HostConnect(s, r.Bytes(r.U8() % 40)); break;
                     default: Scribble(s, r.U16(), r.Bytes(4), (op >> 3) % 3); break;
                 }
-                if (s.Device.ConnectionCount > VsockDevice.MaxConnections)
-                    throw new FuzzFindingException($"{s.Device.ConnectionCount} connections, more than {VsockDevice.MaxConnections}");
+                if (s.Device.ConnectionCount > HybridVsockMuxer.MaxConnections)
+                    throw new FuzzFindingException($"{s.Device.ConnectionCount} connections, more than {HybridVsockMuxer.MaxConnections}");
             }
             GuestReceive(s, answer: false, rst: false, credit: false); // checks whatever the device wrote last
         }
@@ -323,7 +323,7 @@ public sealed class VsockPacketTarget : IFuzzTarget
             4, 0x00, 0x04,
             5,
             2, 2,
-            .. Tx(0, Packet(1024, VsockDevice.FirstHostPort, VsockOp.Rst, 0), []),
+            .. Tx(0, Packet(1024, HybridVsockMuxer.FirstHostPort, VsockOp.Rst, 0), []),
             6, 9, .. "CONNECT x"u8,
             4, 0x35, 0x00,
             5 | 8]);

@@ -28,6 +28,14 @@ public readonly record struct VsockPacketHeader(
     public const uint MaxPayload = 64 * 1024;
     public const uint ShutdownReceive = 1, ShutdownSend = 2;
 
+    /// <summary>
+    /// A packet from the host to the guest's <paramref name="guestCid"/>: every packet the device
+    /// puts on the rx queue is a STREAM packet addressed this way, whoever decided to send it.
+    /// </summary>
+    public static VsockPacketHeader ToGuest(ulong guestCid, uint hostPort, uint guestPort, VsockOp op,
+        uint length = 0, uint flags = 0, uint bufAlloc = 0, uint fwdCnt = 0) =>
+        new(HostCid, guestCid, hostPort, guestPort, length, TypeStream, op, flags, bufAlloc, fwdCnt);
+
     public static VsockPacketHeader Read(ReadOnlySpan<byte> b)
     {
         if (b.Length < Size) throw new ArgumentException($"A vsock header needs {Size} bytes, not {b.Length}.");
