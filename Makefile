@@ -24,6 +24,8 @@ BENCH_APT_PACKAGES := qemu-system-x86
 VMM := $(OUT)/vmm/rkt-kvm-vmm
 MKINITRAMFS := $(OUT)/tools/rkt-kvm-mkinitramfs
 TEST_INITRD := $(OUT)/busybox-initrd.cpio
+HOSTILE := $(OUT)/guest/rkt-kvm-hostile
+HOSTILE_INITRD := $(OUT)/hostile-initrd.cpio
 AGENT := $(OUT)/agent/rkt-kvm-agent
 AGENT_INITRD := $(OUT)/agent-initrd.cpio
 AGENTCTL := $(OUT)/tools/rkt-kvm-agentctl
@@ -55,6 +57,7 @@ run: all
 test: all
 	@rm -rf $(OUT)/test-results
 	status=0; RKT_KVM_VMM=$(VMM) RKT_KVM_KERNEL_DIR="$$(cat $(KERNEL_DIR_FILE))" RKT_KVM_TEST_INITRD=$(TEST_INITRD) \
+	  RKT_KVM_HOSTILE_INITRD=$(HOSTILE_INITRD) \
 	  RKT_KVM_AGENT=$(AGENT) RKT_KVM_AGENT_INITRD=$(AGENT_INITRD) RKT_KVM_CLI=$(RKT_KVM) RKT_KVM_STAGE1=$(STAGE1_ACI) \
 	  RKT_KVM_BUSYBOX_ACI=$(BUSYBOX_ACI) \
 	  $(DOTNET) test Rkt.Kvm.sln $(DOTNET_FLAGS) $(if $(FILTER),--filter "$(FILTER)") --logger "console;verbosity=normal" --logger trx \
@@ -178,8 +181,14 @@ busybox-image: cli
 	@mkdir -p $(OUT)/images
 	$(RKT_KVM) image build-busybox --output=$(BUSYBOX_ACI)
 
-initramfs: tools
+initramfs: tools $(HOSTILE)
 	$(MKINITRAMFS) --spec tests/guest/initramfs.spec -o $(TEST_INITRD)
+	$(MKINITRAMFS) --spec tests/guest/hostile-initramfs.spec -o $(HOSTILE_INITRD)
+
+# The hostile guest's own code (tests/guest/hostile.c), stripped: its initramfs is unpacked at every boot.
+$(HOSTILE): tests/guest/hostile.c
+	@mkdir -p $(OUT)/guest
+	gcc -static -O2 -s -Wall -Wextra -o $@ $<
 
 agent-initramfs: tools agent
 	$(MKINITRAMFS) --spec guest-agent/agent-initramfs.spec -o $(AGENT_INITRD)

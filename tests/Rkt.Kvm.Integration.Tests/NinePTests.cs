@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Net.Sockets;
 using System.Text;
 using System.Text.RegularExpressions;
@@ -14,6 +13,7 @@ namespace Rkt.Kvm.Integration.Tests;
 public sealed class NinePBootFixture : IDisposable
 {
     public const string Secret = "TOP-SECRET-9P";
+    private const string Done = "rkt-kvm-guest: 9p done";
     public readonly string Root = Directory.CreateTempSubdirectory("rkt-kvm-9p-vm-").FullName;
     public string Export => Path.Combine(Root, "export");
     public string ControlPath => Path.Combine(Root, "control.sock");
@@ -32,27 +32,15 @@ public sealed class NinePBootFixture : IDisposable
         File.CreateSymbolicLink(Path.Combine(Export, "up"), "..");
         File.CreateSymbolicLink(Path.Combine(Export, "abs"), Path.Combine(Root, "secret.txt"));
 
-        var psi = new ProcessStartInfo(TestEnvironment.Vmm) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[]
-        {
+        using var vmm = new ConsoleVmm(
+        [
             "--kernel", TestEnvironment.Vmlinux, "--initrd", TestEnvironment.TestInitrd, "--memory", "256",
             "--cmdline", "quiet rkt.init=9p", "--control", ControlPath,
             "--9p-export", $"rw={Export}", "--9p-export", $"ro={Export},ro",
-        }) psi.ArgumentList.Add(a);
-        using var process = Process.Start(psi)!;
-        var done = new ManualResetEventSlim();
-        process.OutputDataReceived += (_, e) =>
-        {
-            if (e.Data is null) return;
-            lock (Stdout) Stdout.AppendLine(e.Data);
-            if (e.Data.Contains("rkt-kvm-guest: 9p done")) done.Set();
-        };
-        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (Stderr) Stderr.AppendLine(e.Data); };
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
+        ], Done);
         try
         {
-            using var control = Connect(ControlPath, TimeSpan.FromSeconds(30));
+            using var control = ConsoleVmm.ConnectControl(ControlPath, TimeSpan.FromSeconds(30));
             var reader = new StreamReader(new NetworkStream(control));
             string Ask(string line)
             {
@@ -63,41 +51,21 @@ public sealed class NinePBootFixture : IDisposable
             }
             Ask("{\"op\":\"add-export\",\"name\":\"late\",\"path\":\"" + Path.Combine(Root, "late") + "\",\"readOnly\":true}");
             Ask("{\"op\":\"list-exports\"}");
-            if (done.Wait(VmmProcess.BootTimeout))
+            if (vmm.WaitFor(Done, VmmProcess.BootTimeout))
             {
                 Ask("{\"op\":\"status\"}");
                 Ask("{\"op\":\"remove-export\",\"name\":\"late\"}");
                 Ask("{\"op\":\"stop\"}");
             }
-            if (!process.WaitForExit(TimeSpan.FromMinutes(1))) process.Kill(entireProcessTree: true);
-            process.WaitForExit();
-            ExitCode = process.ExitCode;
+            ExitCode = vmm.WaitForExit(TimeSpan.FromMinutes(1));
             ControlSocketRemoved = !File.Exists(ControlPath);
             // Kept for reading the guest's dd timings after a passing run.
-            lock (Stdout) File.WriteAllText(Path.Combine(TestEnvironment.RepositoryRoot, "out", "9p-console.log"), Stdout.ToString());
+            File.WriteAllText(Path.Combine(TestEnvironment.RepositoryRoot, "out", "9p-console.log"), vmm.Stdout);
         }
         finally
         {
-            if (!process.HasExited) process.Kill(entireProcessTree: true);
-        }
-    }
-
-    private static Socket Connect(string path, TimeSpan timeout)
-    {
-        var deadline = DateTime.UtcNow + timeout;
-        while (true)
-        {
-            var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-            try
-            {
-                s.Connect(new UnixDomainSocketEndPoint(path));
-                return s;
-            }
-            catch (SocketException) when (DateTime.UtcNow < deadline)
-            {
-                s.Dispose();
-                Thread.Sleep(50);
-            }
+            lock (Stdout) Stdout.Append(vmm.Stdout);
+            lock (Stderr) Stderr.Append(vmm.Stderr);
         }
     }
 

@@ -30,6 +30,8 @@ public static class TestEnvironment
 
     public static string Vmm => Artifact("RKT_KVM_VMM", "out/vmm/rkt-kvm-vmm");
     public static string TestInitrd => Artifact("RKT_KVM_TEST_INITRD", "out/busybox-initrd.cpio");
+    /// <summary>The busybox guest plus tests/guest/hostile.c (HostileGuestTests).</summary>
+    public static string HostileInitrd => Artifact("RKT_KVM_HOSTILE_INITRD", "out/hostile-initrd.cpio");
     public static string AgentInitrd => Artifact("RKT_KVM_AGENT_INITRD", "out/agent-initrd.cpio");
     public static string Cli => Artifact("RKT_KVM_CLI", "out/cli/rkt-kvm");
     public static string Stage1Aci => Artifact("RKT_KVM_STAGE1", "out/stage1/stage1-kvm.aci");

@@ -8,6 +8,11 @@
 #   9p          mount the VMM's virtio-9p exports (rw, ro, and "late", which the host adds through
 #               the control socket while we wait), run file operations, print "9p ok|FAIL <name>",
 #               then wait for the host to stop the VM
+#   hostile     root attacks the VMM's 9p server with its own code (/bin/rkt-kvm-hostile, tests/guest/hostile.c,
+#               only in out/hostile-initrd.cpio) over exports a, b (read-write) and ro: it prints
+#               "hostile ok|FAIL <name>", and "hostile holding" while it holds every fid the server
+#               gives (until the host writes "go" into b/signal.txt); then "hostile done", and we wait
+#               for the host to stop the VM
 #   net         configure eth0 (virtio-net) as 10.123.0.2/24, ping 10.123.0.1, receive a TCP stream on
 #               port 8080 (print its size and md5), send `seq 1 40000` to 10.123.0.1:8081, print
 #               "net ok|FAIL <step>" for each step and the negotiated virtio features, then reboot
@@ -89,6 +94,14 @@ case "$mode" in
         while [ "$i" -lt 240 ] && ! mount -t 9p -o $opts,aname=late rkt /mnt/late 2>/dev/null; do usleep 500000; i=$((i + 1)); done
         t late-read '[ "$(cat /mnt/late/hello.txt)" = late ]'
         echo "rkt-kvm-guest: 9p done"
+        while true; do sleep 3600; done ;;
+    hostile)
+        if [ -x /bin/rkt-kvm-hostile ]; then
+            /bin/rkt-kvm-hostile
+        else
+            echo "rkt-kvm-guest: hostile FAIL helper: /bin/rkt-kvm-hostile is missing (boot out/hostile-initrd.cpio)"
+        fi
+        echo "rkt-kvm-guest: hostile done"
         while true; do sleep 3600; done ;;
     net)
         /bin/busybox --install -s /bin

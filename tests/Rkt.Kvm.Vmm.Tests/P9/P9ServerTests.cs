@@ -327,6 +327,55 @@ public sealed class P9ServerTests : IClassFixture<TrapTree>
     }
 
     [Fact]
+    public void The_fid_limit_counts_the_second_host_fd_of_an_open_fid()
+    {
+        // An open fid holds its path fd and its I/O fd: a limit on fids alone would let a guest hold
+        // twice the limit in host fds, past the VMM's own file limit (LockDown.MaxOpenFiles).
+        const uint OExcl = 0x80;
+        var c = Session(maxFids: 8); // Root: 1 host fd
+        var fids = c.Server.FidTable;
+        for (uint i = 1; i <= 3; i++)
+        {
+            c.Walk(Root, i, "file.txt");
+            c.Open(i, ORdonly);
+        }
+        c.Walk(Root, 4, "sub"); // 1 + 3 * 2 + 1 = 8
+        Assert.Equal(8, fids.HostFds);
+        Assert.Equal(HostFs.EMFILE, c.Errno(new Twalk(Root, 5, [])));
+        Assert.Equal(HostFs.EMFILE, c.Errno(new Tlopen(4, ORdonly)));
+
+        c.Clunk(1); // gives back both of its fds
+        c.Open(4, ORdonly);
+        c.Walk(Root, 5);
+        Assert.Equal(8, fids.HostFds);
+        string name = $"fdlimit-{Guid.NewGuid():N}";
+        Assert.Equal(HostFs.EMFILE, c.Errno(new Tlcreate(5, name, ORdwr, 0x1a4, 0)));
+        Assert.False(File.Exists(Path.Combine(_tree.Export, name)));
+
+        c.Clunk(2);
+        for (int i = 0; i < 3; i++) Assert.Equal(HostFs.EEXIST, c.Errno(new Tlcreate(5, "file.txt", ORdwr | OExcl, 0x1a4, 0)));
+        Assert.Equal(HostFs.ELOOP, c.Errno(new Tlopen(RootLink(c, 6), ORdonly))); // failed opens reserve nothing
+        c.Clunk(6);
+        Assert.Equal(6, fids.HostFds);
+        c.Rpc<Tlcreate, Rlcreate>(new Tlcreate(5, name, ORdwr, 0x1a4, 0)); // fid 5 is now the open file
+        c.Walk(Root, 6);
+        Assert.Equal(8, fids.HostFds);
+        Assert.Equal(HostFs.EMFILE, c.Errno(new Twalk(Root, 7, [])));
+
+        foreach (uint f in new uint[] { 3, 4, 5, 6 }) c.Clunk(f);
+        Assert.Equal(1, fids.HostFds);
+        c.Version(); // a new session starts from nothing
+        Assert.Equal(0, fids.HostFds);
+    }
+
+    /// <summary>Walks <paramref name="fid"/> to the export's symlink "link_sub" (opening it fails with ELOOP).</summary>
+    private static uint RootLink(P9TestClient c, uint fid)
+    {
+        c.Walk(Root, fid, "link_sub");
+        return fid;
+    }
+
+    [Fact]
     public void Locks_conflict_between_two_fids_without_blocking()
     {
         var c = Session();

@@ -34,12 +34,16 @@ public sealed class P9Fid
     public bool IsDirectory => FileType == HostFs.S_IFDIR;
 
     /// <summary>Closes every host fd of the fid; returns how many.</summary>
-    public int Close()
+    public int Close() => Close(out _);
+
+    /// <summary>Closes every host fd of the fid; returns how many, and whether one was the I/O fd of an open.</summary>
+    internal int Close(out bool hadOpenFd)
     {
         lock (this)
         {
             Closed = true;
             int n = 0;
+            hadOpenFd = OpenFd is not null;
             if (OpenFd is { } o) { o.Dispose(); n++; OpenFd = null; }
             if (PathFd is { } p) { p.Dispose(); n++; PathFd = null; }
             Xattr = null;
@@ -50,14 +54,24 @@ public sealed class P9Fid
     internal FileDescriptor Path => PathFd ?? throw new P9Error(HostFs.EIO, "the fid's export was removed");
 }
 
-/// <summary>The session's fids, bounded; thread-safe (requests run on several workers).</summary>
+/// <summary>
+/// The session's fids, bounded by the host fds they hold: one per fid, and a second one per opened
+/// fid (its I/O fd), so that a guest never holds more than the limit in host fds (the VMM's file
+/// limit, <c>LockDown.MaxOpenFiles</c>, is this bound plus room for everything else). Thread-safe
+/// (requests run on several workers).
+/// </summary>
 public sealed class P9FidTable
 {
     public const int DefaultMaxFids = 16384;
     private readonly Dictionary<uint, P9Fid> _fids = [];
     private readonly int _maxFids;
+    /// <summary>Fids that hold an I/O fd besides their path fd (or are about to); guarded by <see cref="_fids"/>.</summary>
+    private int _openFids;
 
     public P9FidTable(int maxFids = DefaultMaxFids) => _maxFids = maxFids;
+
+    /// <summary>Host fds held (or reserved) by the fids now: at most the limit.</summary>
+    internal int HostFds { get { lock (_fids) return _fids.Count + _openFids; } }
 
     public int Count { get { lock (_fids) return _fids.Count; } }
 
@@ -81,10 +95,36 @@ public sealed class P9FidTable
             {
                 if (!replace) throw new P9Error(HostFs.EEXIST, $"fid {id} is in use");
             }
-            else if (_fids.Count >= _maxFids) throw new P9Error(HostFs.EMFILE, $"more than {_maxFids} fids");
+            else if (_fids.Count + _openFids >= _maxFids) throw new P9Error(HostFs.EMFILE, $"the fids hold {_maxFids} host fds");
             _fids[id] = fid;
         }
-        if (old is not null && !ReferenceEquals(old, fid)) old.Close();
+        if (old is not null && !ReferenceEquals(old, fid)) Close(old);
+    }
+
+    /// <summary>
+    /// Counts the I/O fd an open (Tlopen, Tlcreate) is about to make, or refuses it (EMFILE) at the
+    /// limit. Call with the fid's lock held and its path fd checked; <see cref="ReleaseOpen"/> if the
+    /// open then fails. Closing the fid gives the count back.
+    /// </summary>
+    internal void ReserveOpen()
+    {
+        lock (_fids)
+        {
+            if (_fids.Count + _openFids >= _maxFids) throw new P9Error(HostFs.EMFILE, $"the fids hold {_maxFids} host fds");
+            _openFids++;
+        }
+    }
+
+    internal void ReleaseOpen()
+    {
+        lock (_fids) _openFids--;
+    }
+
+    private int Close(P9Fid fid)
+    {
+        int n = fid.Close(out bool hadOpenFd);
+        if (hadOpenFd) ReleaseOpen();
+        return n;
     }
 
     public bool Contains(uint id) { lock (_fids) return _fids.ContainsKey(id); }
@@ -96,7 +136,7 @@ public sealed class P9FidTable
         {
             if (!_fids.Remove(id, out f)) throw new P9Error(HostFs.EBADF, $"fid {id} is unknown");
         }
-        f.Close();
+        Close(f);
     }
 
     /// <summary>Closes every fid of <paramref name="export"/> (they stay, failing with EIO, until clunked); returns the fds closed.</summary>
@@ -104,7 +144,7 @@ public sealed class P9FidTable
     {
         List<P9Fid> victims;
         lock (_fids) victims = _fids.Values.Where(f => f.Export == export).ToList();
-        return victims.Sum(f => f.Close());
+        return victims.Sum(Close);
     }
 
     public int CountExport(P9Export export) { lock (_fids) return _fids.Values.Count(f => f.Export == export && !f.Closed); }
@@ -118,6 +158,6 @@ public sealed class P9FidTable
             all = [.. _fids.Values];
             _fids.Clear();
         }
-        return all.Sum(f => f.Close());
+        return all.Sum(Close);
     }
 }

@@ -97,16 +97,23 @@ internal sealed class P9FileOps(P9Session session)
             {
                 flags = HostFs.O_RDONLY;
                 if (((int)m.Flags & HostFs.O_ACCMODE) != HostFs.O_RDONLY) throw new P9Error(HostFs.EISDIR);
-                // The listing root is read from the export table, not the host: its "open" fd is never read.
-                fd = fid.Export.IsExportListing ? HostFs.Dup(path) : HostFs.OpenAt(path, ".", HostFs.O_RDONLY | HostFs.O_DIRECTORY);
             }
-            else if (st.IsRegular)
-            {
-                // Only now, with the inode pinned and known to be a regular file, through its magic link.
-                flags = OpenFlags(m.Flags, fid.Export.ReadOnly);
-                fd = HostFs.Reopen(path, flags);
-            }
+            else if (st.IsRegular) flags = OpenFlags(m.Flags, fid.Export.ReadOnly);
             else throw new P9Error(st.IsSymlink ? HostFs.ELOOP : HostFs.EPERM, "only regular files and directories are opened");
+            // The open fd is a second host fd for this fid: it counts against the fid limit.
+            Fids.ReserveOpen();
+            try
+            {
+                // The listing root is read from the export table, not the host: its "open" fd is never read.
+                // A regular file is opened only now, with the inode pinned and its type known, through its magic link.
+                fd = !st.IsDirectory ? HostFs.Reopen(path, flags)
+                    : fid.Export.IsExportListing ? HostFs.Dup(path) : HostFs.OpenAt(path, ".", HostFs.O_RDONLY | HostFs.O_DIRECTORY);
+            }
+            catch
+            {
+                Fids.ReleaseOpen();
+                throw;
+            }
             fid.OpenFd = fd;
             fid.OpenFlags = flags;
             fid.DirOffset = 0;
@@ -125,7 +132,15 @@ internal sealed class P9FileOps(P9Session session)
             Directory(fid);
             if (fid.OpenFd is not null) throw new P9Error(HostFs.EBADF, "the directory fid is open");
             int flags = OpenFlags(m.Flags, false) | HostFs.O_CREAT | HostFs.O_NOFOLLOW | ((int)m.Flags & HostFs.O_EXCL);
-            var fd = HostFs.OpenAt(fid.Path, name, flags, SafeMode(m.Mode, false));
+            var dir = fid.Path;
+            Fids.ReserveOpen(); // the created file's open fd, as in Lopen
+            FileDescriptor fd;
+            try { fd = HostFs.OpenAt(dir, name, flags, SafeMode(m.Mode, false)); }
+            catch
+            {
+                Fids.ReleaseOpen();
+                throw;
+            }
             FileDescriptor? pathFd = null;
             try
             {
@@ -145,6 +160,7 @@ internal sealed class P9FileOps(P9Session session)
             {
                 pathFd?.Dispose();
                 fd.Dispose();
+                Fids.ReleaseOpen();
                 throw;
             }
         }

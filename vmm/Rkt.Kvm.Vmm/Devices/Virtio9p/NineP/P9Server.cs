@@ -37,6 +37,7 @@ public sealed class P9Server : IDisposable
 
     public uint Msize => _session.Msize;
     public int FidCount => _session.Fids.Count;
+    internal P9FidTable FidTable => _session.Fids;
 
     // ------------------------------------------------------------------ exports (control socket, CLI)
 
