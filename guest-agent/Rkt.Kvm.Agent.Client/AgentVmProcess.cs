@@ -101,6 +101,7 @@ public sealed class AgentVmProcess : IDisposable
             }
             // Listen before the VM exists, so the announcement cannot be missed.
             using var ready = ReadyListener.ForVm(vm.SocketPath);
+            options.CommandLine.User?.GrantConnect(ready.Path); // a VMM that drops to its user must still reach us
             var watch = Stopwatch.StartNew();
             vm._vmm.Start();
             var readyTask = ready.WaitAsync(options.ReadyTimeout, cancellation);

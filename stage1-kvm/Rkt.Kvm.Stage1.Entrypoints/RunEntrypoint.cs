@@ -121,6 +121,7 @@ public sealed class RunEntrypoint
                 Exports = exports,
                 Net = _network?.Nics.Select(n => new NetDeviceSpec { Tap = n.Tap, Netns = n.Netns, Mac = n.Mac, Mtu = n.Mtu }).ToList() ?? [],
                 Quiet = !_args.Debug,
+                User = Runtime.PodVmmUser.For(_files.Uuid),
             }, _stop.Token);
             _restored = starter.Restored;
         }

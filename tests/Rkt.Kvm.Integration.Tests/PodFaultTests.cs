@@ -106,7 +106,7 @@ public sealed class PodFaultTests
         string status = File.ReadAllText($"/proc/{vmm.Pid}/status");
         Assert.Contains("Seccomp:\t2\n", status);
         Assert.Contains("NoNewPrivs:\t1\n", status);
-        AssertJailed(vmm.Pid);
+        AssertJailed(vmm.Pid, uuid);
         // The VMM was born in the pod's cgroup in every hierarchy; where v1 memory is mounted (this
         // host, beside the unified one), with a limit sized from the VM (256 MiB + 512 MiB).
         var cgroups = File.ReadAllLines($"/proc/{vmm.Pid}/cgroup").Where(l => l.EndsWith("/rkt-kvm-" + uuid)).ToList();
@@ -226,7 +226,7 @@ public sealed class PodFaultTests
     /// parse guest input, and only file passthrough's on the 9p workers. The pod still reached its
     /// app's root over 9p and its network over a tap.
     /// </summary>
-    private static void AssertJailed(int pid)
+    private static void AssertJailed(int pid, string uuid)
     {
         foreach (var ns in new[] { "mnt", "uts", "ipc", "net" })
             Assert.NotEqual(new FileInfo($"/proc/self/ns/{ns}").LinkTarget, new FileInfo($"/proc/{pid}/ns/{ns}").LinkTarget);
@@ -237,7 +237,18 @@ public sealed class PodFaultTests
         Assert.Equal(["fd"], Directory.GetFileSystemEntries(root + "/proc/self").Select(Path.GetFileName));
         Assert.False(File.Exists(root + "/etc/passwd"));
         Assert.True(File.Exists(root + vsockDir + "/vm.sock"), "the VMM's socket directory is in its root");
+        // Not root: the pod's own unprivileged user and group (PodVmmUser), no supplementary groups, on every thread.
+        var user = PodVmmUser.For(uuid);
         var threads = Directory.GetDirectories($"/proc/{pid}/task").Select(t => (Name: File.ReadAllText(t + "/comm").Trim(), Status: File.ReadAllText(t + "/status"))).ToList();
+        foreach (var t in threads)
+        {
+            Assert.Contains($"Uid:\t{user.Uid}\t{user.Uid}\t{user.Uid}\t{user.Uid}\n", t.Status);
+            Assert.Contains($"Gid:\t{user.Gid}\t{user.Gid}\t{user.Gid}\t{user.Gid}\n", t.Status);
+            Assert.Contains("Groups:\t\n", t.Status);
+        }
+        // The drop emptied every thread's capabilities, the .NET runtime's own included; only the 9p workers kept theirs (below).
+        foreach (var t in threads.Where(t => t.Name != "9p-worker"))
+            Assert.True(t.Status.Contains("CapEff:\t0000000000000000\n") && t.Status.Contains("CapPrm:\t0000000000000000\n"), $"thread {t.Name} kept capabilities:\n{t.Status}");
         var guestFacing = threads.Where(t => t.Name is "vcpu" or "devices").ToList();
         Assert.Contains(guestFacing, t => t.Name == "vcpu");
         Assert.Contains(guestFacing, t => t.Name == "devices");

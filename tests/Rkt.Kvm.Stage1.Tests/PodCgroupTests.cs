@@ -108,3 +108,18 @@ public sealed class PodCgroupTests
         }
     }
 }
+
+public sealed class PodVmmUserTests
+{
+    [Fact]
+    public void Each_pod_gets_a_fixed_unprivileged_id_in_the_unused_range()
+    {
+        var a = PodVmmUser.For("6f1c5f7e-2c53-4d2b-9e0e-0d5a3b1c2f10");
+        Assert.Equal(a, PodVmmUser.For("6F1C5F7E-2C53-4D2B-9E0E-0D5A3B1C2F10")); // the same pod, however it is spelled
+        Assert.Equal(a.Uid, a.Gid);
+        var ids = Enumerable.Range(0, 200).Select(_ => PodVmmUser.For(Guid.NewGuid().ToString()).Uid).ToList();
+        Assert.All(ids.Append(a.Uid), id => Assert.InRange(id, PodVmmUser.First, PodVmmUser.First + PodVmmUser.Count - 1));
+        Assert.True(ids.Distinct().Count() > 190, "pod ids barely differ");
+    }
+}
+

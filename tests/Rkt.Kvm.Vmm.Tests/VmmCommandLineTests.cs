@@ -17,6 +17,7 @@ public class VmmCommandLineTests
         Pvm = PvmMode.Off,
         Seccomp = SeccompAction.Log,
         TestFault = VmmTestFault.VcpuForbiddenSyscall,
+        User = new VmmUser(0x7A00_0001, 0x7A00_0001),
         KvmDevice = "/dev/x",
         Vsock = "/run/vm.sock",
         VsockCid = 42,
@@ -51,6 +52,27 @@ public class VmmCommandLineTests
         var e = Assert.Throws<ArgumentException>(() => VmmCommandLine.Parse(["--kernel", "/k", "--seccomp", "trap"]));
         Assert.Contains("--seccomp must be kill, log or off", e.Message);
         Assert.Equal(action, VmmOptions.Parse(["--kernel", "/k", "--seccomp", value]).Machine.LockDown);
+    }
+
+    [Theory]
+    [InlineData("0:1000")]
+    [InlineData("1000:0")]
+    [InlineData("4294967295:1000")]
+    [InlineData("1000")]
+    [InlineData("a:b")]
+    [InlineData("-1:5")]
+    [InlineData("1000:1000:1")]
+    public void User_must_be_an_unprivileged_uid_and_gid(string value)
+    {
+        var e = Assert.Throws<ArgumentException>(() => VmmCommandLine.Parse(["--kernel", "/k", "--user", value]));
+        Assert.StartsWith("--user must", e.Message);
+    }
+
+    [Fact]
+    public void User_reaches_the_machine_and_defaults_to_none()
+    {
+        Assert.Null(VmmOptions.Parse(["--kernel", "/k"]).Machine.User);
+        Assert.Equal(new VmmUser(2049000000, 2049000001), VmmOptions.Parse(["--kernel", "/k", "--user=2049000000:2049000001"]).Machine.User);
     }
 
     [Fact]

@@ -29,6 +29,9 @@ public sealed record VmmOptions
                                namespaces with an empty read-only root (only the socket
                                directories in it) and no capabilities on the vCPU and device
                                threads (default on; off: for debugging only)
+          --user UID:GID       once set up (before the first vCPU runs), become this unprivileged
+                               user and group, with no supplementary groups: only the 9p
+                               workers keep file passthrough's capabilities (default: stay root)
           --test-fault vcpu-forbidden-syscall
                                for tests of the confinement only: a vCPU thread makes a system
                                call the filter forbids once locked down (the VMM dies by SIGSYS)
@@ -87,6 +90,7 @@ public sealed record VmmOptions
             LockDown = line.Seccomp,
             Jail = line.Jail,
             TestFault = line.TestFault,
+            User = line.User,
             KvmDevicePath = line.KvmDevice ?? Kvm.KvmSystem.DefaultDevicePath,
             VsockSocketPath = line.Vsock,
             GuestCid = line.VsockCid,

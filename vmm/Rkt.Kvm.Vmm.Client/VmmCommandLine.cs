@@ -30,6 +30,8 @@ public sealed record VmmCommandLine
     public SeccompAction Seccomp { get; init; } = SeccompAction.Kill;
     /// <summary><c>--jail on|off</c>: own namespaces, an empty root and no capabilities on guest-facing threads (off: for debugging only).</summary>
     public bool Jail { get; init; } = true;
+    /// <summary><c>--user UID:GID</c>: the unprivileged user the VMM becomes once set up; null: it stays root.</summary>
+    public VmmUser? User { get; init; }
     /// <summary><c>--test-fault</c>: for tests of the VMM's confinement only.</summary>
     public VmmTestFault TestFault { get; init; } = VmmTestFault.None;
     /// <summary>The KVM device; null: the VMM's default (/dev/kvm).</summary>
@@ -72,6 +74,7 @@ public sealed record VmmCommandLine
         if (Pvm != PvmMode.Auto) Add("--pvm", Pvm == PvmMode.On ? "on" : "off");
         if (Seccomp != SeccompAction.Kill) Add("--seccomp", Seccomp == SeccompAction.Log ? "log" : "off");
         if (!Jail) Add("--jail", "off");
+        Add("--user", User?.ToArgument());
         if (TestFault == VmmTestFault.VcpuForbiddenSyscall) Add("--test-fault", "vcpu-forbidden-syscall");
         Add("--kvm-device", KvmDevice);
         Add("--vsock", Vsock);
@@ -106,6 +109,7 @@ public sealed record VmmCommandLine
         var seccomp = SeccompAction.Kill;
         bool jail = true;
         var testFault = VmmTestFault.None;
+        VmmUser? user = null;
         for (int i = 0; i < args.Count; i++)
         {
             string arg = args[i];
@@ -161,6 +165,7 @@ public sealed record VmmCommandLine
                         var v => throw new ArgumentException($"--jail must be on or off, not '{v}'."),
                     };
                     break;
+                case "--user": user = VmmUser.Parse(Value()); break;
                 case "--test-fault":
                     testFault = Value() switch
                     {
@@ -207,6 +212,7 @@ public sealed record VmmCommandLine
             Seccomp = seccomp,
             Jail = jail,
             TestFault = testFault,
+            User = user,
             KvmDevice = kvmDevice,
             Vsock = vsock,
             VsockCid = cid,

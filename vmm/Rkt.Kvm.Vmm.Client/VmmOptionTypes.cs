@@ -166,3 +166,37 @@ public enum VmmTestFault
     /// <summary>A vCPU thread, locked down, makes a system call the filter forbids (an AF_INET socket): the VMM must die by SIGSYS.</summary>
     VcpuForbiddenSyscall,
 }
+
+/// <summary>
+/// <c>--user UID:GID</c>: the unprivileged user and group the VMM becomes once set up (no
+/// supplementary groups). Root is refused: it would drop nothing.
+/// </summary>
+public readonly record struct VmmUser(uint Uid, uint Gid)
+{
+    public static VmmUser Parse(string text)
+    {
+        var parts = text.Split(':');
+        if (parts.Length != 2 || !uint.TryParse(parts[0], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out uint uid)
+            || !uint.TryParse(parts[1], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out uint gid))
+            throw new ArgumentException($"--user must be UID:GID (numbers), not '{text}'.");
+        // (uid_t)-1 means "leave unchanged" to setresuid: it would drop nothing either.
+        if (uid == 0 || gid == 0 || uid == uint.MaxValue || gid == uint.MaxValue)
+            throw new ArgumentException($"--user must name an unprivileged user and group, not '{text}'.");
+        return new VmmUser(uid, gid);
+    }
+
+    public string ToArgument() => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{Uid}:{Gid}");
+
+    /// <summary>
+    /// Lets a VMM running as this user connect to the host listener at <paramref name="socketPath"/>
+    /// (guests dial the host through <c>&lt;vsock&gt;_&lt;port&gt;</c> sockets; connecting takes write
+    /// access to the socket file): the socket becomes this user's. Only its owner and root reach it.
+    /// </summary>
+    public unsafe void GrantConnect(string socketPath)
+    {
+        var bytes = System.Text.Encoding.UTF8.GetBytes(socketPath + "\0");
+        fixed (byte* p = bytes)
+            if (Tmds.Linux.LibC.chown(p, Uid, Gid) < 0)
+                throw new IOException($"cannot hand {socketPath} to uid {Uid}: {System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(Tmds.Linux.LibC.errno)}");
+    }
+}

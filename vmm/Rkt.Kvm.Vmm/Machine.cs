@@ -288,8 +288,18 @@ public sealed class Machine : IDisposable
         if (config.HasP9)
         {
             var server = new P9Server(_log);
-            _p9 = new Virtio9pDevice(_memory, server, _deviceLoop, _log, onWorkerStart: config.Jail
-                ? () => Host.Confinement.ThreadCapabilities.KeepOnlyOnThisThread(Host.Confinement.ThreadCapabilities.FilePassthrough)
+            bool keepThroughDrop = config.User is not null;
+            _p9 = new Virtio9pDevice(_memory, server, _deviceLoop, _log, onWorkerStart: config.Jail || keepThroughDrop
+                ? () =>
+                {
+                    // With --user the worker must still be able to take part in the drop (glibc has
+                    // every thread change its ids, and aborts if one cannot): it keeps SETUID and
+                    // SETGID until Run lowers it to file passthrough's after the drop.
+                    if (keepThroughDrop) Host.Confinement.UserDrop.KeepCapabilitiesThroughTheDrop();
+                    Host.Confinement.ThreadCapabilities.KeepOnlyOnThisThread(keepThroughDrop
+                        ? Host.Confinement.ThreadCapabilities.FilePassthrough | Host.Confinement.ThreadCapabilities.ChangeIds
+                        : Host.Confinement.ThreadCapabilities.FilePassthrough);
+                }
                 : null);
             _deviceResources.Add(_p9);
             foreach (var e in config.P9Exports) server.AddExport(e.Name, e.Path, e.ReadOnly);
@@ -390,6 +400,17 @@ public sealed class Machine : IDisposable
             Host.Confinement.LockDown.LoadLazyLibraries();
             Host.Confinement.VmmJail.PivotToEmptyRoot(new[] { _config.VsockSocketPath, _config.ControlSocketPath }
                 .OfType<string>().Select(p => Path.GetDirectoryName(Path.GetFullPath(p))!));
+        }
+        if (_config?.User is { } user)
+        {
+            // After the pivot (it needs CAP_SYS_ADMIN), before any thread lowers its capabilities
+            // for good (every thread takes part in the drop), and before the filter (which forbids set*id).
+            Host.Confinement.UserDrop.Become(user);
+            _p9?.RunOnEveryWorker(() => Host.Confinement.ThreadCapabilities.KeepOnlyOnThisThread(Host.Confinement.ThreadCapabilities.FilePassthrough));
+            _log.Debug("now uid {Uid} gid {Gid}, no supplementary groups; only the 9p workers keep capabilities", user.Uid, user.Gid);
+        }
+        if (_config?.Jail == true)
+        {
             _deviceLoop.Invoke(Host.Confinement.ThreadCapabilities.DropAllOnThisThread);
             _log.Debug("jailed: own mount, UTS, IPC and network namespaces, empty root, no capabilities on vCPU and device threads");
         }

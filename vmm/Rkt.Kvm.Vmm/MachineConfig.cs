@@ -29,6 +29,11 @@ public sealed record MachineConfig
     /// and device threads' capabilities. False for machines run inside another process (tests).
     /// </summary>
     public bool Jail { get; init; }
+    /// <summary>
+    /// Once set up, the process becomes this unprivileged user (<see cref="Host.Confinement.UserDrop"/>);
+    /// only the 9p workers keep capabilities, file passthrough's. Null: it stays root.
+    /// </summary>
+    public VmmUser? User { get; init; }
     /// <summary>A fault the VMM injects into itself, for tests of its confinement (never set by stage1).</summary>
     public VmmTestFault TestFault { get; init; }
     public string KvmDevicePath { get; init; } = Kvm.KvmSystem.DefaultDevicePath;

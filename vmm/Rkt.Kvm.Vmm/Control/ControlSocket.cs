@@ -171,6 +171,7 @@ public sealed class ControlSocket : IDisposable
         foreach (var c in _connections.ToList()) Close(c);
         _loop.Remove(_listener.Handle, _listenerToken);
         _listener.Dispose();
-        try { File.Delete(Path); } catch (IOException) { }
+        // Under --user the socket directory may not be ours to change: whoever made it removes it.
+        try { File.Delete(Path); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
 }

@@ -31,6 +31,8 @@ public sealed class Virtio9pDevice : IVirtioDevice, IDisposable
     private readonly byte[] _config;
     private readonly ConcurrentQueue<Work> _work = new();
     private readonly SemaphoreSlim _workAvailable = new(0);
+    /// <summary>Set-up steps each worker runs on itself (<see cref="RunOnEveryWorker"/>), taken before guest work.</summary>
+    private readonly ConcurrentQueue<Action> _workerSteps = new();
     private readonly ConcurrentQueue<Completion> _completions = new();
     private readonly Action _drainCompletions;
     private readonly Thread[] _workers;
@@ -66,15 +68,49 @@ public sealed class Virtio9pDevice : IVirtioDevice, IDisposable
         tag.CopyTo(_config, 2);
         _drainCompletions = DrainCompletions;
         _workers = new Thread[WorkerCount];
+        // The device exists only once every worker has run onWorkerStart: the VMM's confinement
+        // steps that follow (a drop to an unprivileged user) rely on what the workers set there.
+        using var started = new CountdownEvent(WorkerCount);
+        Exception? startFailure = null;
         for (int i = 0; i < WorkerCount; i++)
         {
             _workers[i] = new Thread(() =>
             {
-                onWorkerStart?.Invoke();
-                WorkerLoop();
+                try { onWorkerStart?.Invoke(); }
+                catch (Exception e) { startFailure = e; }
+                finally { started.Signal(); }
+                if (startFailure is null) WorkerLoop();
             }) { IsBackground = true, Name = "9p-worker" };
             _workers[i].Start();
         }
+        started.Wait();
+        if (startFailure is { } failure) throw new IOException($"A 9p worker could not be set up: {failure.Message}", failure);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="step"/> once on each worker thread, and returns when all have (set-up
+    /// only: before the guest runs, when the workers are idle). Per-thread state such as
+    /// capabilities can only be changed by the thread itself. Each worker waits at a barrier after
+    /// its step, so none can take two.
+    /// </summary>
+    public void RunOnEveryWorker(Action step)
+    {
+        using var barrier = new Barrier(WorkerCount);
+        using var done = new CountdownEvent(WorkerCount);
+        Exception? failure = null;
+        for (int i = 0; i < WorkerCount; i++)
+        {
+            _workerSteps.Enqueue(() =>
+            {
+                try { step(); }
+                catch (Exception e) { failure = e; }
+                barrier.SignalAndWait();
+                done.Signal();
+            });
+        }
+        _workAvailable.Release(WorkerCount);
+        done.Wait();
+        if (failure is not null) throw new IOException($"A 9p worker could not take a set-up step: {failure.Message}", failure);
     }
 
     public uint DeviceId => Id;
@@ -163,6 +199,11 @@ public sealed class Virtio9pDevice : IVirtioDevice, IDisposable
         {
             _workAvailable.Wait();
             if (_stopping) return;
+            if (_workerSteps.TryDequeue(out var step))
+            {
+                step();
+                continue;
+            }
             if (!_work.TryDequeue(out var work)) continue;
             uint used = 0;
             ushort tag = P9.NoTag;

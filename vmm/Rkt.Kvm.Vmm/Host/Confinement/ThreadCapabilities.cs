@@ -27,7 +27,10 @@ public static unsafe partial class ThreadCapabilities
 
     [LibraryImport("libc", SetLastError = true)] private static partial long syscall(long number, Header* header, Data* data);
 
-    public const int CapChown = 0, CapDacOverride = 1, CapDacReadSearch = 2, CapFowner = 3, CapFsetid = 4;
+    public const int CapChown = 0, CapDacOverride = 1, CapDacReadSearch = 2, CapFowner = 3, CapFsetid = 4, CapSetgid = 6, CapSetuid = 7;
+
+    /// <summary>What a thread needs to take part in the process's drop to its user (<see cref="UserDrop"/>): only until then.</summary>
+    public const ulong ChangeIds = 1UL << CapSetgid | 1UL << CapSetuid;
 
     /// <summary>
     /// What 9p passthrough needs to act as the guest's root on its exports: give files the guest's
