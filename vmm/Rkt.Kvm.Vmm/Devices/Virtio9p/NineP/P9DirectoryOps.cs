@@ -8,8 +8,9 @@ namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 /// <summary>
 /// Requests on directories: listing (Treaddir, including the export-listing root's) and changing
 /// entries (Tmkdir, Tmknod, Tsymlink, Tlink, Trename, Trenameat, Tunlinkat, Tremove). New names are
-/// single validated components, new files never get set-id bits, mknod makes only regular files,
-/// links and renames stay inside one export, and nothing is written on a read-only export.
+/// single validated components, new entries belong to the guest user that made them with exactly
+/// the mode asked for (<see cref="P9NewEntry"/>), new files never get set-id bits, mknod makes only
+/// regular files, links and renames stay inside one export, and nothing is written on a read-only export.
 /// </summary>
 internal sealed class P9DirectoryOps(P9Session session, P9Exports exports)
 {
@@ -116,8 +117,8 @@ internal sealed class P9DirectoryOps(P9Session session, P9Exports exports)
         Writable(dir);
         string name = Name(m.Name);
         using var scope = dir.Export.Enter();
-        HostFs.MkdirAt(dir.Path, name, SafeMode(m.Mode, true));
-        return new Rmkdir(QidAt(dir.Path, name));
+        HostFs.MkdirAt(dir.Path, name, P9NewEntry.InitialMode);
+        return new Rmkdir(P9NewEntry.Own(session, dir, name, HostFs.S_IFDIR, m.Gid, m.Mode));
     }
 
     public Rsymlink Symlink(Tsymlink m)
@@ -130,7 +131,7 @@ internal sealed class P9DirectoryOps(P9Session session, P9Exports exports)
             throw new P9Error(HostFs.EINVAL, "an invalid symlink target");
         using var scope = dir.Export.Enter();
         HostFs.SymlinkAt(m.Target, dir.Path, name);
-        return new Rsymlink(QidAt(dir.Path, name));
+        return new Rsymlink(P9NewEntry.Own(session, dir, name, HostFs.S_IFLNK, m.Gid, 0));
     }
 
     public Rmknod Mknod(Tmknod m)
@@ -141,8 +142,8 @@ internal sealed class P9DirectoryOps(P9Session session, P9Exports exports)
         // Device nodes would hand the guest host devices; FIFOs and sockets could block or confuse host programs.
         if ((m.Mode & HostFs.S_IFMT) != HostFs.S_IFREG) throw new P9Error(HostFs.EPERM, "only regular files may be made with mknod");
         using var scope = dir.Export.Enter();
-        HostFs.MknodAt(dir.Path, name, HostFs.S_IFREG | SafeMode(m.Mode, false));
-        return new Rmknod(QidAt(dir.Path, name));
+        HostFs.MknodAt(dir.Path, name, HostFs.S_IFREG | P9NewEntry.InitialMode);
+        return new Rmknod(P9NewEntry.Own(session, dir, name, HostFs.S_IFREG, m.Gid, m.Mode));
     }
 
     public Rlink Link(Tlink m)
@@ -156,13 +157,6 @@ internal sealed class P9DirectoryOps(P9Session session, P9Exports exports)
         if (target.FileType != HostFs.S_IFREG) throw new P9Error(HostFs.EPERM, "only regular files are hard-linked");
         HostFs.LinkAt(target.Path, dir.Path, name);
         return new();
-    }
-
-    /// <summary>Qid of dir/name without following a symlink there.</summary>
-    private static P9.Qid QidAt(FileDescriptor dir, string name)
-    {
-        using var fd = HostFs.OpenAt(dir, name, HostFs.O_PATH | HostFs.O_NOFOLLOW);
-        return P9.Qid.Of(fd);
     }
 
     // ------------------------------------------------------------------ renames and removals

@@ -22,13 +22,19 @@ public sealed class P9Fid
     public byte[]? Xattr { get; set; }
     /// <summary>Set when the export went away: every request on the fid fails with EIO.</summary>
     public bool Closed { get; private set; }
+    /// <summary>
+    /// The guest uid that attached (Tattach's n_uname; root for "no uid"), handed on by every walk from
+    /// this fid: what the guest's kernel creates through the fid is that user's (<see cref="P9NewEntry"/>).
+    /// </summary>
+    public uint Uid { get; }
 
-    public P9Fid(P9Export export, FileDescriptor? pathFd, string[] components, uint fileType)
+    public P9Fid(P9Export export, FileDescriptor? pathFd, string[] components, uint fileType, uint uid)
     {
         Export = export;
         PathFd = pathFd;
         Components = components;
         FileType = fileType;
+        Uid = uid;
     }
 
     public bool IsDirectory => FileType == HostFs.S_IFDIR;

@@ -131,11 +131,12 @@ internal sealed class P9FileOps(P9Session session)
         {
             Directory(fid);
             if (fid.OpenFd is not null) throw new P9Error(HostFs.EBADF, "the directory fid is open");
-            int flags = OpenFlags(m.Flags, false) | HostFs.O_CREAT | HostFs.O_NOFOLLOW | ((int)m.Flags & HostFs.O_EXCL);
+            int flags = OpenFlags(m.Flags, false) | HostFs.O_NOFOLLOW;
             var dir = fid.Path;
             Fids.ReserveOpen(); // the created file's open fd, as in Lopen
             FileDescriptor fd;
-            try { fd = HostFs.OpenAt(dir, name, flags, SafeMode(m.Mode, false)); }
+            bool created;
+            try { fd = CreateOrOpen(dir, name, flags, exclusive: ((int)m.Flags & HostFs.O_EXCL) != 0, out created); }
             catch
             {
                 Fids.ReleaseOpen();
@@ -147,6 +148,8 @@ internal sealed class P9FileOps(P9Session session)
                 var st = HostFs.Stat(fd);
                 // An existing FIFO or device under that name was opened non-blocking above; refuse it now.
                 if (!st.IsRegular) throw new P9Error(HostFs.EEXIST, "the name exists and is not a regular file");
+                // Only a file made here becomes the guest user's; an existing one keeps its owner and mode.
+                if (created) P9NewEntry.Own(session, fid, name, fd, st, m.Gid, m.Mode);
                 pathFd = HostFs.Reopen(fd, HostFs.O_PATH);
                 fid.PathFd!.Dispose();
                 fid.PathFd = pathFd;
@@ -163,6 +166,32 @@ internal sealed class P9FileOps(P9Session session)
                 Fids.ReleaseOpen();
                 throw;
             }
+        }
+    }
+
+    /// <summary>
+    /// Makes <paramref name="name"/> with O_CREAT|O_EXCL first, so that the server knows whether it made
+    /// the file (only then does it get the guest's owner and mode); without the guest's O_EXCL an
+    /// existing file is opened as it is (and one removed in between is made after all).
+    /// </summary>
+    private static FileDescriptor CreateOrOpen(FileDescriptor dir, string name, int flags, bool exclusive, out bool created)
+    {
+        for (int attempt = 0; ; attempt++)
+        {
+            try
+            {
+                var fd = HostFs.OpenAt(dir, name, flags | HostFs.O_CREAT | HostFs.O_EXCL, P9NewEntry.InitialMode);
+                created = true;
+                return fd;
+            }
+            catch (P9Error e) when (e.Errno == HostFs.EEXIST && !exclusive) { }
+            try
+            {
+                var fd = HostFs.OpenAt(dir, name, flags);
+                created = false;
+                return fd;
+            }
+            catch (P9Error e) when (e.Errno == HostFs.ENOENT && attempt < 3) { }
         }
     }
 

@@ -20,6 +20,8 @@ public static class P9
     /// <summary>Twrite header: size[4] type[1] tag[2] fid[4] offset[8] count[4].</summary>
     public const int WriteRequestHeader = 23;
     public const uint NoFid = uint.MaxValue;
+    /// <summary>Tattach's n_uname when the client names no user (P9_NONUNAME).</summary>
+    public const uint NoUid = uint.MaxValue;
     public const ushort NoTag = ushort.MaxValue;
     public const int MaxWalkNames = 16;
     public const int MaxNameBytes = 255;

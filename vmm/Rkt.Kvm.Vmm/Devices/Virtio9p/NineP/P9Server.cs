@@ -38,6 +38,8 @@ public sealed class P9Server : IDisposable
     public uint Msize => _session.Msize;
     public int FidCount => _session.Fids.Count;
     internal P9FidTable FidTable => _session.Fids;
+    /// <summary>For tests: replaces how new entries get their owner (root's chown does not fail on its own).</summary>
+    internal Action<FileDescriptor, uint, uint> ChownNewEntries { set => _session.Chown = value; }
 
     // ------------------------------------------------------------------ exports (control socket, CLI)
 

@@ -1,3 +1,5 @@
+using Rkt.Kvm.Vmm.Kvm;
+
 namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 
 /// <summary>
@@ -21,6 +23,9 @@ internal sealed class P9Session(P9Exports exports, int maxFids)
 
     public P9FidTable Fids { get; } = new(maxFids);
     public uint Msize => _msize;
+
+    /// <summary>How a new entry gets its owner (<see cref="HostFs.Chown"/>); tests replace it to make it fail, as root cannot.</summary>
+    internal Action<FileDescriptor, uint, uint> Chown { get; set; } = HostFs.Chown;
 
     /// <summary>The guest reset the device: its fids are gone.</summary>
     public void Reset()
@@ -49,7 +54,9 @@ internal sealed class P9Session(P9Exports exports, int maxFids)
         try
         {
             var qid = P9.Qid.Of(fd);
-            Fids.Put(m.Fid, new P9Fid(export, fd, [], HostFs.S_IFDIR));
+            // Linux attaches once per guest user (access=user or client) with n_uname = that uid; ~0 is "no uid": root.
+            uint uid = m.NUname == P9.NoUid ? 0 : m.NUname;
+            Fids.Put(m.Fid, new P9Fid(export, fd, [], HostFs.S_IFDIR, uid));
             return new Rattach(qid);
         }
         catch

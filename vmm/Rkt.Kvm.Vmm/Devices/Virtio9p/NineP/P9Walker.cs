@@ -5,7 +5,8 @@ namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 /// <summary>
 /// Twalk: one validated component at a time with O_PATH|O_NOFOLLOW from the fid's pinned fd, ".."
 /// by the fid's path inside the export (never the host's ".."), and from the export-listing root
-/// into an export by name. A symlink is never followed on the host.
+/// into an export by name. A symlink is never followed on the host. The new fid keeps the attaching
+/// user of the fid it was walked from.
 /// </summary>
 internal sealed class P9Walker(P9Session session, P9Exports exports)
 {
@@ -27,7 +28,7 @@ internal sealed class P9Walker(P9Session session, P9Exports exports)
             for (; walked < m.Names.Length && m.Names[walked] is "." or ".."; walked++) qids[walked] = rootQid;
             if (walked == m.Names.Length)
             {
-                Fids.Put(m.NewFid, new P9Fid(exports.Listing, HostFs.Dup(fid.Path), [], HostFs.S_IFDIR), replace: m.NewFid == m.Fid);
+                Fids.Put(m.NewFid, new P9Fid(exports.Listing, HostFs.Dup(fid.Path), [], HostFs.S_IFDIR, fid.Uid), replace: m.NewFid == m.Fid);
                 return new Rwalk(qids);
             }
             var entered = exports.Find(m.Names[walked]);
@@ -80,7 +81,7 @@ internal sealed class P9Walker(P9Session session, P9Exports exports)
                 current.Dispose();
                 return new Rwalk(qids[..walked]);
             }
-            Fids.Put(m.NewFid, new P9Fid(export, current, [.. components], type), replace: m.NewFid == m.Fid);
+            Fids.Put(m.NewFid, new P9Fid(export, current, [.. components], type, fid.Uid), replace: m.NewFid == m.Fid);
             return new Rwalk(qids);
         }
         catch

@@ -28,7 +28,7 @@ internal sealed class P9Xattrs(P9Session session)
             int n = HostFs.GetXattr(fid.Path, list ? null : m.Name, buffer);
             value = list ? FilterList(buffer.AsSpan(0, n)) : buffer[..n];
         }
-        Fids.Put(m.NewFid, new P9Fid(fid.Export, null, fid.Components, 0) { Xattr = value }, replace: m.NewFid == m.Fid);
+        Fids.Put(m.NewFid, new P9Fid(fid.Export, null, fid.Components, 0, fid.Uid) { Xattr = value }, replace: m.NewFid == m.Fid);
         return new Rxattrwalk((ulong)value.Length);
     }
 
