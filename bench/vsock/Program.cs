@@ -4,6 +4,7 @@ using Google.Protobuf;
 using Grpc.Core;
 using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Agent.V1;
+using Rkt.Kvm.Agent.Vm;
 using Rkt.Kvm.Vmm.Client;
 
 namespace Rkt.Kvm.Bench.Vsock;

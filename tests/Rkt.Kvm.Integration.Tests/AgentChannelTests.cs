@@ -6,6 +6,7 @@ using Google.Protobuf;
 using Grpc.Core;
 using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Agent.V1;
+using Rkt.Kvm.Agent.Vm;
 
 namespace Rkt.Kvm.Integration.Tests;
 

@@ -1,4 +1,4 @@
-using Rkt.Kvm.Agent.Client;
+using Rkt.Kvm.Agent.Vm;
 
 namespace Rkt.Kvm.Integration.Tests;
 

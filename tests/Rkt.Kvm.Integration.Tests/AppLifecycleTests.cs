@@ -3,6 +3,7 @@ using System.Text;
 using Grpc.Core;
 using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Agent.V1;
+using Rkt.Kvm.Agent.Vm;
 using Xunit.Abstractions;
 
 namespace Rkt.Kvm.Integration.Tests;

@@ -1,8 +1,9 @@
 using System.Diagnostics;
+using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Agent.V1;
 using Rkt.Kvm.Vmm.Client;
 
-namespace Rkt.Kvm.Agent.Client;
+namespace Rkt.Kvm.Agent.Vm;
 
 /// <summary>How to boot a VM whose init is the guest agent, and how to talk to it once it is up.</summary>
 public sealed record AgentVmOptions
