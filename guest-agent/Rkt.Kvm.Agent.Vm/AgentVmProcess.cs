@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Rkt.Kvm.Agent;
 using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Agent.V1;
 using Rkt.Kvm.Vmm.Client;
@@ -30,6 +31,15 @@ public sealed record AgentVmOptions
         MemoryMiB = 256,
         Console = VmmConsole.None,
         Cmdline = "quiet",
+    };
+
+    /// <summary>
+    /// <paramref name="line"/> with <see cref="AgentProtocol.BenchServiceKernelWord"/> added, so that its agent
+    /// also serves the benchmark service (Echo, Sink, Source): for tests and benchmarks, never for a pod.
+    /// </summary>
+    public static VmmCommandLine WithBenchService(VmmCommandLine line) => line with
+    {
+        Cmdline = string.IsNullOrEmpty(line.Cmdline) ? AgentProtocol.BenchServiceKernelWord : $"{line.Cmdline} {AgentProtocol.BenchServiceKernelWord}",
     };
 }
 
