@@ -2,8 +2,10 @@ using System.Diagnostics;
 using System.Globalization;
 using Google.Protobuf;
 using Grpc.Core;
+using Rkt.Kvm.Agent;
 using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Agent.V1;
+using Rkt.Kvm.Agent.Vm;
 using Rkt.Kvm.Vmm.Client;
 
 namespace Rkt.Kvm.Bench.Vsock;
@@ -26,7 +28,8 @@ public static class Program
             .ToDictionary(x => x.a[2..], x => args[x.i + 1]);
         int calls = int.Parse(o.GetValueOrDefault("calls", "500"), CultureInfo.InvariantCulture);
         long bytes = long.Parse(o.GetValueOrDefault("mib", "64"), CultureInfo.InvariantCulture) << 20;
-        var vmOptions = new AgentVmOptions { VmmPath = o["vmm"], CommandLine = AgentVmOptions.DefaultCommandLine(o["kernel"], o["initrd"]) };
+        // Sink and Source are the benchmark service's, which the agent serves only when its kernel command line asks.
+        var vmOptions = new AgentVmOptions { VmmPath = o["vmm"], CommandLine = AgentVmOptions.WithBenchService(AgentVmOptions.DefaultCommandLine(o["kernel"], o["initrd"])) };
 
         Console.WriteLine($"== ceiling: the same agent on a host Unix socket ({calls} unary calls, {bytes >> 20} MiB each way)");
         var ceiling = await MeasureHostAgent(o["agent"], calls, bytes);
@@ -104,7 +107,9 @@ public static class Program
     {
         string dir = Directory.CreateTempSubdirectory("rkt-kvm-bench-vsock-").FullName;
         string socket = Path.Combine(dir, "agent.sock");
-        using var agent = Process.Start(new ProcessStartInfo(agentPath) { ArgumentList = { "--listen-unix", socket }, UseShellExecute = false, RedirectStandardOutput = true })!;
+        var start = new ProcessStartInfo(agentPath) { ArgumentList = { "--listen-unix", socket }, UseShellExecute = false, RedirectStandardOutput = true };
+        start.Environment[AgentProtocol.BenchServiceVariable] = "1"; // a host-process agent reads its own environment
+        using var agent = Process.Start(start)!;
         try
         {
             using var client = AgentClient.ForUnixSocket(socket);
@@ -134,7 +139,7 @@ public static class Program
         const int chunk = 64 * 1024;
         var payload = ByteString.CopyFrom(new byte[chunk]);
         var watch = Stopwatch.StartNew();
-        using (var sink = client.Stub.Sink(deadline: client.Deadline(TimeSpan.FromMinutes(10))))
+        using (var sink = client.Bench.Sink(deadline: client.Deadline(TimeSpan.FromMinutes(10))))
         {
             for (long sent = 0; sent < bytes; sent += chunk) await sink.RequestStream.WriteAsync(new Chunk { Data = payload });
             await sink.RequestStream.CompleteAsync();
@@ -145,7 +150,7 @@ public static class Program
 
         watch.Restart();
         long received = 0;
-        using (var source = client.Stub.Source(new SourceRequest { Bytes = (ulong)bytes, ChunkSize = chunk }, deadline: client.Deadline(TimeSpan.FromMinutes(10))))
+        using (var source = client.Bench.Source(new SourceRequest { Bytes = (ulong)bytes, ChunkSize = chunk }, deadline: client.Deadline(TimeSpan.FromMinutes(10))))
         {
             await foreach (var c in source.ResponseStream.ReadAllAsync()) received += c.Data.Length;
         }

@@ -1,6 +1,7 @@
 using Grpc.Core;
 using Grpc.Net.Client;
 using Rkt.Kvm.Agent.V1;
+using AgentBenchStub = Rkt.Kvm.Agent.V1.AgentBench.AgentBenchClient;
 using AgentStub = Rkt.Kvm.Agent.V1.Agent.AgentClient;
 
 namespace Rkt.Kvm.Agent.Client;
@@ -41,6 +42,13 @@ public sealed partial class AgentClient : IDisposable
     /// <summary>The generated gRPC client (rkt.kvm.agent.v1.Agent).</summary>
     public AgentStub Stub { get; }
 
+    /// <summary>
+    /// The generated client of the benchmark service (rkt.kvm.agent.v1.AgentBench: Echo, Sink, Source), on the
+    /// same channel. Only an agent started with <see cref="AgentProtocol.BenchServiceKernelWord"/> on its VM's
+    /// kernel command line (a host-process agent: that variable in its environment) serves it; others answer UNIMPLEMENTED.
+    /// </summary>
+    public AgentBenchStub Bench { get; }
+
     /// <summary>The channel's call invoker, for methods this library's stubs do not know yet.</summary>
     public CallInvoker CallInvoker => _channel.CreateCallInvoker();
 
@@ -64,6 +72,7 @@ public sealed partial class AgentClient : IDisposable
             MaxSendMessageSize = AgentProtocol.MaxMessageBytes,
         });
         Stub = new AgentStub(_channel);
+        Bench = new AgentBenchStub(_channel);
     }
 
     /// <summary>A client for the VM whose hybrid vsock socket is <paramref name="vmSocketPath"/>.</summary>

@@ -2,6 +2,7 @@ using System.Globalization;
 using Rkt.Kvm.Agent;
 using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Agent.V1;
+using Rkt.Kvm.Agent.Vm;
 
 namespace Rkt.Kvm.AgentCtl;
 

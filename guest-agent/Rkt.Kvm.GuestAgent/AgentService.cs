@@ -1,4 +1,3 @@
-using Google.Protobuf;
 using Rkt.Kvm.Agent;
 using Rkt.Kvm.Agent.V1;
 
@@ -63,37 +62,5 @@ internal sealed class AgentService(AgentMode mode)
             ? Vsock.SendOnce(AgentProtocol.HostCid, request.Port, request.Data.Span)
             : "DialHost needs vsock: the agent runs as a host process";
         return new DialHostReply { Connected = error is null, Error = error ?? "" };
-    }
-
-    public async ValueTask<SinkReply> SinkAsync(GrpcCall call)
-    {
-        ulong bytes = 0, chunks = 0;
-        var crc = new Crc32C();
-        while (await call.ReadAsync(Chunk.Parser) is { } chunk)
-        {
-            crc.Append(chunk.Data.Span);
-            bytes += (ulong)chunk.Data.Length;
-            chunks++;
-        }
-        return new SinkReply { Bytes = bytes, Chunks = chunks, Crc32C = crc.Value };
-    }
-
-    public async ValueTask SourceAsync(GrpcCall call, SourceRequest request)
-    {
-        int chunkSize = request.ChunkSize == 0 ? AgentProtocol.DefaultSourceChunk : (int)Math.Min(request.ChunkSize, (uint)AgentProtocol.MaxSourceChunk + 1);
-        if (chunkSize > AgentProtocol.MaxSourceChunk)
-            throw new GrpcException(GrpcException.InvalidArgument, $"chunk_size {request.ChunkSize} exceeds the limit of {AgentProtocol.MaxSourceChunk} bytes.");
-        // The pattern repeats every 251 bytes, so one buffer of chunkSize + 250 bytes serves every offset.
-        byte[] pattern = new byte[chunkSize + 250];
-        AgentProtocol.FillSourcePattern(pattern, 0);
-        ulong sent = 0;
-        while (sent < request.Bytes)
-        {
-            int n = (int)Math.Min((ulong)chunkSize, request.Bytes - sent);
-            int phase = (int)(sent % 251);
-            var chunk = new Chunk { Data = UnsafeByteOperations.UnsafeWrap(pattern.AsMemory(phase, n)) };
-            await call.WriteAsync(chunk);
-            sent += (ulong)n;
-        }
     }
 }

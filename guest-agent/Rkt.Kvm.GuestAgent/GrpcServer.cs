@@ -98,10 +98,14 @@ internal sealed class GrpcCall(PipeReader reader, PipeWriter writer, Cancellatio
     }
 }
 
-/// <summary>Kestrel application that serves the agent's gRPC methods with hand-written framing.</summary>
-internal sealed class GrpcApplication(AgentService service) : IHttpApplication<IFeatureCollection>
+/// <summary>
+/// Kestrel application that serves the agent's gRPC methods with hand-written framing: the Agent service
+/// always, the AgentBench service only when <paramref name="bench"/> is given (see <see cref="AgentBenchService"/>).
+/// </summary>
+internal sealed class GrpcApplication(AgentService service, AgentBenchService? bench) : IHttpApplication<IFeatureCollection>
 {
-    private const string Prefix = "/" + Rkt.Kvm.Agent.AgentProtocol.ServiceName + "/";
+    private const string AgentPrefix = "/" + Rkt.Kvm.Agent.AgentProtocol.ServiceName + "/";
+    private const string BenchPrefix = "/" + Rkt.Kvm.Agent.AgentProtocol.BenchServiceName + "/";
 
     public IFeatureCollection CreateContext(IFeatureCollection contextFeatures) => contextFeatures;
 
@@ -151,8 +155,40 @@ internal sealed class GrpcApplication(AgentService service) : IHttpApplication<I
 
     private async Task DispatchAsync(string path, GrpcCall call, IHttpResponseFeature response)
     {
-        string method = path.StartsWith(Prefix, StringComparison.Ordinal) ? path[Prefix.Length..] : "";
-        switch (method)
+        if (path.StartsWith(AgentPrefix, StringComparison.Ordinal))
+            await DispatchAgentAsync(path, call, response);
+        else if (path.StartsWith(BenchPrefix, StringComparison.Ordinal))
+            await DispatchBenchAsync(path, call);
+        else
+            throw NotImplemented(path);
+    }
+
+    private static GrpcException NotImplemented(string path, string? why = null) =>
+        new(GrpcException.Unimplemented, $"Method '{path}' is not implemented by this agent{why}.");
+
+    private async Task DispatchBenchAsync(string path, GrpcCall call)
+    {
+        if (bench is null)
+            throw NotImplemented(path, $" (the benchmark service needs {Rkt.Kvm.Agent.AgentProtocol.BenchServiceKernelWord} on the VM's kernel command line, or in a host-process agent's environment)");
+        switch (path[BenchPrefix.Length..])
+        {
+            case "Echo":
+                await bench.EchoAsync(call);
+                break;
+            case "Sink":
+                await call.WriteAsync(await bench.SinkAsync(call));
+                break;
+            case "Source":
+                await bench.SourceAsync(call, await call.ReadSingleAsync(V1.SourceRequest.Parser));
+                break;
+            default:
+                throw NotImplemented(path);
+        }
+    }
+
+    private async Task DispatchAgentAsync(string path, GrpcCall call, IHttpResponseFeature response)
+    {
+        switch (path[AgentPrefix.Length..])
         {
             case "Health":
                 await call.ReadSingleAsync(Rkt.Kvm.Agent.V1.HealthRequest.Parser);
@@ -161,15 +197,6 @@ internal sealed class GrpcApplication(AgentService service) : IHttpApplication<I
             case "GuestInfo":
                 var info = await call.ReadSingleAsync(Rkt.Kvm.Agent.V1.GuestInfoRequest.Parser);
                 await call.WriteAsync(service.GuestInfo(info));
-                break;
-            case "Echo":
-                while (await call.EchoFrameAsync()) { }
-                break;
-            case "Sink":
-                await call.WriteAsync(await service.SinkAsync(call));
-                break;
-            case "Source":
-                await service.SourceAsync(call, await call.ReadSingleAsync(Rkt.Kvm.Agent.V1.SourceRequest.Parser));
                 break;
             case "DialHost":
                 var dial = await call.ReadSingleAsync(Rkt.Kvm.Agent.V1.DialHostRequest.Parser);
@@ -226,7 +253,7 @@ internal sealed class GrpcApplication(AgentService service) : IHttpApplication<I
                 await call.WriteAsync(service.Apps.Signal(await call.ReadSingleAsync(V1.SignalRequest.Parser)));
                 break;
             default:
-                throw new GrpcException(GrpcException.Unimplemented, $"Method '{path}' is not implemented by this agent.");
+                throw NotImplemented(path);
         }
     }
 }

@@ -99,8 +99,9 @@ public static class Program
 
         // pod-init before READY: a template holds it, a pod does not wait for it at its first app.
         if (guest) service.Apps.PrepareAhead(TimeSpan.FromMinutes(2));
+        var bench = AgentBenchService.FromEnvironment();
         var server = CreateServer(options, out string listening);
-        server.StartAsync(new GrpcApplication(service), CancellationToken.None).GetAwaiter().GetResult();
+        server.StartAsync(new GrpcApplication(service, bench), CancellationToken.None).GetAwaiter().GetResult();
 
         // Ready: tell the host once (no polling on its side), then record what start-up cost.
         ulong bootMs = Libc.BootTimeMilliseconds();
@@ -111,9 +112,10 @@ public static class Program
         ulong mainToReadyUs = (ulong)Stopwatch.GetElapsedTime(mainStart).Ticks / 10;
         ulong startMs = ProcStats.StartTimeMilliseconds();
         service.Ready = new ReadyFigures(bootMs, bootMs > startMs ? bootMs - startMs : 0, mainToReadyUs, ProcStats.Capture());
+        string serving = bench is null ? "" : " (and the benchmark service)";
         Log.Line(readyError is null
-            ? $"rkt-kvm-agent {AgentService.Version}: ready on {listening} at {bootMs} ms"
-            : $"rkt-kvm-agent {AgentService.Version}: ready on {listening} at {bootMs} ms; READY not delivered ({readyError})");
+            ? $"rkt-kvm-agent {AgentService.Version}: ready on {listening}{serving} at {bootMs} ms"
+            : $"rkt-kvm-agent {AgentService.Version}: ready on {listening}{serving} at {bootMs} ms; READY not delivered ({readyError})");
 
         string reason = service.ShutdownRequested.GetAwaiter().GetResult();
         // Graceful stop lets the Shutdown reply and its trailers leave; bounded so a stuck client cannot hold the VM.

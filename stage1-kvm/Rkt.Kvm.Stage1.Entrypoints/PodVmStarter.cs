@@ -1,4 +1,5 @@
 using Rkt.Kvm.Agent.Client;
+using Rkt.Kvm.Agent.Vm;
 using Rkt.Kvm.Stage1.Runtime;
 using Rkt.Kvm.Vmm.Client;
 using Rkt.Kvm.Vmm.Client.Control;

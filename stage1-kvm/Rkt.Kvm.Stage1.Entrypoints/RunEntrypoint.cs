@@ -4,6 +4,7 @@ using System.Text;
 using Grpc.Core;
 using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Agent.V1;
+using Rkt.Kvm.Agent.Vm;
 using Rkt.Kvm.Stage1.Entrypoints;
 using Rkt.Kvm.Stage1.Manifests;
 using Rkt.Kvm.Stage1.Networking;

@@ -208,3 +208,32 @@ public class AgentOptionsTests
         Assert.Equal((null, 2000u), (o.ListenUnix, o.VsockPort));
     }
 }
+
+public class AgentBenchServiceTests
+{
+    [Theory]
+    [InlineData("1", true)]
+    [InlineData(null, false)]
+    [InlineData("", false)]
+    [InlineData("0", false)]
+    [InlineData("yes", false)]
+    public void OnlyTheKernelWordsValueTurnsTheServiceOn(string? value, bool served) =>
+        Assert.Equal(served, AgentBenchService.IsRequested(value));
+
+    [Fact]
+    public void TheKernelWordSetsTheVariableTheAgentReads()
+    {
+        // The kernel hands key=value words to init's environment only when the key has no dot.
+        Assert.DoesNotContain('.', AgentProtocol.BenchServiceVariable);
+        string[] parts = AgentProtocol.BenchServiceKernelWord.Split('=');
+        Assert.Equal(AgentProtocol.BenchServiceVariable, parts[0]);
+        Assert.True(AgentBenchService.IsRequested(parts[1]));
+    }
+
+    [Fact]
+    public void ServiceNamesAreTheGeneratedOnes()
+    {
+        Assert.Equal(AgentProtocol.ServiceName, Rkt.Kvm.Agent.V1.Agent.Descriptor.FullName);
+        Assert.Equal(AgentProtocol.BenchServiceName, AgentBench.Descriptor.FullName);
+    }
+}

@@ -37,10 +37,12 @@ public sealed class AgentProcess : IAsyncDisposable
         return null;
     }
 
-    public static Task<AgentProcess> StartAsync(bool preferPublished = false) =>
-        StartAsync(preferPublished || Environment.GetEnvironmentVariable("RKT_KVM_AGENT") is { Length: > 0 } ? PublishedBinary() : null);
+    /// <param name="benchService">Whether the agent also serves the benchmark service (Echo, Sink, Source), as a VM's
+    /// agent does with <see cref="AgentProtocol.BenchServiceKernelWord"/> on its kernel command line.</param>
+    public static Task<AgentProcess> StartAsync(bool preferPublished = false, bool benchService = false) =>
+        StartAsync(preferPublished || Environment.GetEnvironmentVariable("RKT_KVM_AGENT") is { Length: > 0 } ? PublishedBinary() : null, benchService);
 
-    public static async Task<AgentProcess> StartAsync(string? binary)
+    public static async Task<AgentProcess> StartAsync(string? binary, bool benchService = false)
     {
         // Unix socket paths are limited to 108 bytes: keep the directory short.
         string directory = Path.Combine("/tmp", "rkt-agent-test-" + Guid.NewGuid().ToString("N")[..12]);
@@ -50,6 +52,9 @@ public sealed class AgentProcess : IAsyncDisposable
             ? new ProcessStartInfo("dotnet") { ArgumentList = { Path.Combine(AppContext.BaseDirectory, "rkt-kvm-agent.dll") } }
             : new ProcessStartInfo(binary);
         foreach (string a in new[] { "--listen-unix", socket, "--ready-unix", ready }) info.ArgumentList.Add(a);
+        // Set or removed, never inherited: what the test asked for is what the agent gets.
+        if (benchService) info.Environment[AgentProtocol.BenchServiceVariable] = "1";
+        else info.Environment.Remove(AgentProtocol.BenchServiceVariable);
         info.RedirectStandardOutput = true;
         info.RedirectStandardError = true;
         using var listener = new ReadyListener(ready);
@@ -94,10 +99,10 @@ public sealed class AgentProcess : IAsyncDisposable
     }
 }
 
-/// <summary>One agent shared by a test class.</summary>
+/// <summary>One agent shared by a test class, serving the benchmark service too.</summary>
 public sealed class AgentFixture : IAsyncLifetime
 {
     public AgentProcess Agent { get; private set; } = null!;
-    public async Task InitializeAsync() => Agent = await AgentProcess.StartAsync();
+    public async Task InitializeAsync() => Agent = await AgentProcess.StartAsync(benchService: true);
     public async Task DisposeAsync() => await Agent.DisposeAsync();
 }

@@ -22,7 +22,7 @@ public class HostModeTests(AgentFixture fixture) : IClassFixture<AgentFixture>
     /// <summary>Sends <paramref name="data"/> through Echo in chunks while reading concurrently; returns what came back.</summary>
     internal static async Task<byte[]> EchoAsync(AgentClient client, byte[] data, int chunk)
     {
-        using var call = client.Stub.Echo(deadline: client.Deadline(TimeSpan.FromSeconds(120)));
+        using var call = client.Bench.Echo(deadline: client.Deadline(TimeSpan.FromSeconds(120)));
         var received = new MemoryStream(data.Length);
         Task reading = Task.Run(async () =>
         {
@@ -88,7 +88,7 @@ public class HostModeTests(AgentFixture fixture) : IClassFixture<AgentFixture>
     public async Task EchoOfEmptyAndLargestChunks()
     {
         using var client = Agent.Client();
-        using var call = client.Stub.Echo(deadline: client.Deadline());
+        using var call = client.Bench.Echo(deadline: client.Deadline());
         byte[] big = RandomBytes(AgentProtocol.MaxMessageBytes - 16, 2);
         await call.RequestStream.WriteAsync(new Chunk());
         Assert.True(await call.ResponseStream.MoveNext(CancellationToken.None));
@@ -119,7 +119,7 @@ public class HostModeTests(AgentFixture fixture) : IClassFixture<AgentFixture>
     {
         byte[] data = RandomBytes(8 * 1024 * 1024 + 7, 3);
         using var client = Agent.Client();
-        using var call = client.Stub.Sink(deadline: client.Deadline());
+        using var call = client.Bench.Sink(deadline: client.Deadline());
         int chunks = 0;
         for (int offset = 0; offset < data.Length; offset += 100_000, chunks++)
             await call.RequestStream.WriteAsync(new Chunk { Data = ByteString.CopyFrom(data, offset, Math.Min(100_000, data.Length - offset)) });
@@ -137,7 +137,7 @@ public class HostModeTests(AgentFixture fixture) : IClassFixture<AgentFixture>
     public async Task SourceSendsThePattern(int bytes, int chunkSize)
     {
         using var client = Agent.Client();
-        using var call = client.Stub.Source(new SourceRequest { Bytes = (ulong)bytes, ChunkSize = (uint)chunkSize }, deadline: client.Deadline());
+        using var call = client.Bench.Source(new SourceRequest { Bytes = (ulong)bytes, ChunkSize = (uint)chunkSize }, deadline: client.Deadline());
         ulong offset = 0;
         int expectedChunk = chunkSize == 0 ? AgentProtocol.DefaultSourceChunk : chunkSize;
         await foreach (Chunk chunk in call.ResponseStream.ReadAllAsync())
@@ -157,7 +157,7 @@ public class HostModeTests(AgentFixture fixture) : IClassFixture<AgentFixture>
         using var client = Agent.Client();
         var e = await Assert.ThrowsAsync<AgentException>(() => client.Translate(async () =>
         {
-            using var call = client.Stub.Source(new SourceRequest { Bytes = 10, ChunkSize = 2 * 1024 * 1024 }, deadline: client.Deadline());
+            using var call = client.Bench.Source(new SourceRequest { Bytes = 10, ChunkSize = 2 * 1024 * 1024 }, deadline: client.Deadline());
             return await call.ResponseStream.MoveNext(CancellationToken.None);
         }, "Source"));
         Assert.Equal(AgentFailure.Failed, e.Failure);
@@ -182,7 +182,7 @@ public class HostModeTests(AgentFixture fixture) : IClassFixture<AgentFixture>
         using var client = Agent.Client();
         var e = await Assert.ThrowsAsync<AgentException>(() => client.Translate(async () =>
         {
-            using var call = client.Stub.Echo(deadline: client.Deadline(TimeSpan.FromMilliseconds(300)));
+            using var call = client.Bench.Echo(deadline: client.Deadline(TimeSpan.FromMilliseconds(300)));
             await call.RequestStream.WriteAsync(new Chunk { Data = ByteString.CopyFromUtf8("x") });
             while (await call.ResponseStream.MoveNext(CancellationToken.None)) { }
             return 0;
@@ -240,6 +240,27 @@ public class AgentLifecycleTests(ITestOutputHelper output)
         Assert.Equal(AgentFailure.Unreachable, e.Failure);
         Assert.Contains("does not exist", e.Message);
         Assert.Contains(path, e.Message);
+    }
+
+    [Fact]
+    public async Task WithoutBeingAskedTheAgentDoesNotServeTheBenchmarkService()
+    {
+        await using var agent = await AgentProcess.StartAsync(benchService: false);
+        using var client = agent.Client();
+        void AssertUnimplemented(RpcException e, string method)
+        {
+            Assert.Equal(StatusCode.Unimplemented, e.StatusCode);
+            Assert.Contains($"/{AgentProtocol.BenchServiceName}/{method}", e.Status.Detail);
+            Assert.Contains(AgentProtocol.BenchServiceKernelWord, e.Status.Detail);
+        }
+        using (var echo = client.Bench.Echo(deadline: client.Deadline()))
+            AssertUnimplemented(await Assert.ThrowsAsync<RpcException>(() => echo.ResponseStream.MoveNext(CancellationToken.None)), "Echo");
+        using (var sink = client.Bench.Sink(deadline: client.Deadline()))
+            AssertUnimplemented(await Assert.ThrowsAsync<RpcException>(() => sink.ResponseAsync), "Sink");
+        using (var source = client.Bench.Source(new SourceRequest { Bytes = 1 }, deadline: client.Deadline()))
+            AssertUnimplemented(await Assert.ThrowsAsync<RpcException>(() => source.ResponseStream.MoveNext(CancellationToken.None)), "Source");
+        // The agent's own service is unaffected.
+        Assert.Equal("0.1.0", (await client.HealthAsync()).AgentVersion);
     }
 
     [Fact]

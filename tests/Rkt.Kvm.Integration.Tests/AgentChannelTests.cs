@@ -6,17 +6,19 @@ using Google.Protobuf;
 using Grpc.Core;
 using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Agent.V1;
+using Rkt.Kvm.Agent.Vm;
 
 namespace Rkt.Kvm.Integration.Tests;
 
-/// <summary>One agent VM (2 vCPUs) shared by the channel tests: booting is the slow part here.</summary>
+/// <summary>One agent VM (2 vCPUs) shared by the channel tests: booting is the slow part here. Its agent serves the
+/// benchmark service, whose Echo streams raw bytes through the channel.</summary>
 public sealed class AgentVmFixture : IAsyncLifetime
 {
     public AgentVmProcess? Vm { get; private set; }
 
     public async Task InitializeAsync()
     {
-        if (TestEnvironment.HasKvm) Vm = await AgentVm.BootAsync(cpus: 2);
+        if (TestEnvironment.HasKvm) Vm = await AgentVm.BootAsync(cpus: 2, benchService: true);
     }
 
     public Task DisposeAsync()
@@ -61,7 +63,7 @@ public sealed class AgentChannelTests(AgentVmFixture fixture) : IClassFixture<Ag
         // costs time here (~0.4 MiB/s each way under nested KVM: 64 MiB took 5.6 min). bench/vsock measures the rate.
         const int total = 8 << 20, chunk = 256 << 10;
         var vm = Vm;
-        using var call = vm.Client.Stub.Echo(deadline: vm.Client.Deadline(TimeSpan.FromMinutes(10)));
+        using var call = vm.Client.Bench.Echo(deadline: vm.Client.Deadline(TimeSpan.FromMinutes(10)));
         using var sent = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         using var received = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         var reader = Task.Run(async () =>
@@ -96,7 +98,7 @@ public sealed class AgentChannelTests(AgentVmFixture fixture) : IClassFixture<Ag
             // A client (and so a vsock connection) per stream half of the time, shared HTTP/2 connections the other half.
             using var own = i % 2 == 0 ? AgentClient.ForVm(vm.SocketPath) : null;
             var client = own ?? vm.Client;
-            using var call = client.Stub.Echo(deadline: client.Deadline(TimeSpan.FromMinutes(5)));
+            using var call = client.Bench.Echo(deadline: client.Deadline(TimeSpan.FromMinutes(5)));
             var payload = Encoding.ASCII.GetBytes($"stream {i:D2} ") .Concat(Enumerable.Repeat((byte)i, 32 * 1024)).ToArray();
             for (int k = 0; k < 4; k++) await call.RequestStream.WriteAsync(new Chunk { Data = ByteString.CopyFrom(payload) });
             await call.RequestStream.CompleteAsync();
@@ -156,7 +158,7 @@ public sealed class AgentChannelTests(AgentVmFixture fixture) : IClassFixture<Ag
         {
             using (var doomed = AgentClient.ForVm(vm.SocketPath))
             {
-                var call = doomed.Stub.Echo(deadline: doomed.Deadline(TimeSpan.FromMinutes(2)));
+                var call = doomed.Bench.Echo(deadline: doomed.Deadline(TimeSpan.FromMinutes(2)));
                 await call.RequestStream.WriteAsync(new Chunk { Data = ByteString.CopyFrom(new byte[512 * 1024]) });
                 await call.ResponseStream.MoveNext();
                 // Dispose the client with the stream open: the Unix socket closes under the agent's feet.

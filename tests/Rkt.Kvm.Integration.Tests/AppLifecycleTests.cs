@@ -1,8 +1,10 @@
 using System.Diagnostics;
 using System.Text;
 using Grpc.Core;
+using Rkt.Kvm.Agent;
 using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Agent.V1;
+using Rkt.Kvm.Agent.Vm;
 using Xunit.Abstractions;
 
 namespace Rkt.Kvm.Integration.Tests;
@@ -70,6 +72,18 @@ public sealed partial class AppLifecycleTests(AppVmFixture fixture, ITestOutputH
             if (seen.ToString().Contains(text)) return seen.ToString();
         }
         throw new Xunit.Sdk.XunitException($"{app} ended without printing '{text}': {seen}");
+    }
+
+    [SkippableFact]
+    public async Task Without_its_kernel_word_the_agent_does_not_serve_the_benchmark_service()
+    {
+        // This VM is made as stage1 makes a pod's (a template booted without the word, then restored), so its
+        // agent is production PID 1: AgentBench's Echo is UNIMPLEMENTED, and naming the word says why.
+        var client = Client;
+        using var echo = client.Bench.Echo(deadline: client.Deadline());
+        var e = await Assert.ThrowsAsync<RpcException>(() => echo.ResponseStream.MoveNext(CancellationToken.None));
+        Assert.Equal(StatusCode.Unimplemented, e.StatusCode);
+        Assert.Contains(AgentProtocol.BenchServiceKernelWord, e.Status.Detail);
     }
 
     [SkippableFact]

@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using System.Text;
-using Rkt.Kvm.Agent.Client;
+using Rkt.Kvm.Agent.Vm;
 using Rkt.Kvm.Vmm.Client;
 
 namespace Rkt.Kvm.Integration.Tests;

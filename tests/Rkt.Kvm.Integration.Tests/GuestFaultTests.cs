@@ -1,5 +1,6 @@
 using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Agent.V1;
+using Rkt.Kvm.Agent.Vm;
 
 namespace Rkt.Kvm.Integration.Tests;
 

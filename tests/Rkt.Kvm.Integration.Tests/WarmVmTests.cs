@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Agent.V1;
+using Rkt.Kvm.Agent.Vm;
 using Rkt.Kvm.Vmm.Client;
 using Xunit.Abstractions;
 

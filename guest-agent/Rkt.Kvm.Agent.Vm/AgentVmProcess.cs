@@ -1,8 +1,10 @@
 using System.Diagnostics;
+using Rkt.Kvm.Agent;
+using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Agent.V1;
 using Rkt.Kvm.Vmm.Client;
 
-namespace Rkt.Kvm.Agent.Client;
+namespace Rkt.Kvm.Agent.Vm;
 
 /// <summary>How to boot a VM whose init is the guest agent, and how to talk to it once it is up.</summary>
 public sealed record AgentVmOptions
@@ -29,6 +31,15 @@ public sealed record AgentVmOptions
         MemoryMiB = 256,
         Console = VmmConsole.None,
         Cmdline = "quiet",
+    };
+
+    /// <summary>
+    /// <paramref name="line"/> with <see cref="AgentProtocol.BenchServiceKernelWord"/> added, so that its agent
+    /// also serves the benchmark service (Echo, Sink, Source): for tests and benchmarks, never for a pod.
+    /// </summary>
+    public static VmmCommandLine WithBenchService(VmmCommandLine line) => line with
+    {
+        Cmdline = string.IsNullOrEmpty(line.Cmdline) ? AgentProtocol.BenchServiceKernelWord : $"{line.Cmdline} {AgentProtocol.BenchServiceKernelWord}",
     };
 }
 

@@ -1,8 +1,9 @@
 using System.Diagnostics;
+using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Vmm.Client;
 using Rkt.Kvm.Vmm.Client.Control;
 
-namespace Rkt.Kvm.Agent.Client;
+namespace Rkt.Kvm.Agent.Vm;
 
 /// <summary>What making a template took: the cold boot it replaces for every later VM, and the snapshot.</summary>
 public sealed record AgentVmTemplateInfo(string SnapshotPath, TimeSpan StartToReady, long MemoryBytes, TimeSpan Snapshot);
