@@ -9,7 +9,7 @@ public sealed class CommandGroup(string name, string summary, params ICommand[] 
     public IReadOnlyList<FlagSpec> Flags => [];
     public IReadOnlyList<ICommand> Commands => commands;
 
-    public int Run(CommandContext context, Arguments args) => throw new InvalidOperationException("dispatched by CommandTable");
+    public int Run(CommandContext context, GoFlags args) => throw new InvalidOperationException("dispatched by CommandTable");
 
     public ICommand? Find(string verb) => commands.FirstOrDefault(c => c.Name == verb);
 }

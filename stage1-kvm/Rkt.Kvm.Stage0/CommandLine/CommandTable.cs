@@ -71,7 +71,7 @@ public static class CommandTable
         try
         {
             var (command, rest) = Dispatch(argv);
-            var args = command.RawArguments ? Arguments.ParseLeading(rest, [.. command.Flags, .. GlobalFlags]) : Arguments.Parse(rest, [.. command.Flags, .. GlobalFlags]);
+            var args = GoFlags.Parse(rest, command.RawArguments ? Stage0Flags.Leading : Stage0Flags.Verb, [.. command.Flags, .. GlobalFlags]);
             if (args.Bool("help")) { stdout.WriteLine(UsageOf(command)); return 0; }
             Log.Logger = new LoggerConfiguration()
                 .MinimumLevel.Is(args.Bool("debug") ? LogEventLevel.Debug : LogEventLevel.Warning)
@@ -116,9 +116,10 @@ public static class CommandTable
             var arg = argv[i];
             if (arg.StartsWith('-') && command is null or CommandGroup)
             {
-                rest.Add(arg);
-                var name = arg.TrimStart('-');
-                if (GlobalFlags.Any(f => f.Name == name && !f.IsBool) && i + 1 < argv.Length) rest.Add(argv[++i]);
+                // Set aside for the verb's parse, with its value when it is "--dir DIR".
+                int width = GoFlags.Read(argv, i, GlobalFlags, Stage0Flags.Verb).Width;
+                rest.AddRange(argv.AsSpan(i, width));
+                i += width - 1;
                 continue;
             }
             if (command is null)

@@ -15,7 +15,7 @@ public interface ICommand
     /// <summary>True for verbs with their own command-line grammar (run: per-image flags and
     /// <c>-- args ---</c>): only leading global flags are parsed, the rest arrive as positional.</summary>
     bool RawArguments => false;
-    int Run(CommandContext context, Arguments args);
+    int Run(CommandContext context, GoFlags args);
 }
 
 /// <summary>A leaf verb: its name, one-line summary and usage, given once.</summary>
@@ -26,7 +26,7 @@ public abstract class Command(string name, string summary, string usage) : IComm
     public string Usage => usage;
     public virtual IReadOnlyList<FlagSpec> Flags => [];
     public virtual bool RawArguments => false;
-    public abstract int Run(CommandContext context, Arguments args);
+    public abstract int Run(CommandContext context, GoFlags args);
 }
 
 /// <summary>What every command gets: the store under --dir, the output streams, and how to

@@ -20,7 +20,7 @@ public sealed class BuildBusyboxCommand() : Command("build-busybox",
         new("rootfs", "lay the root filesystem out in this (new or empty) directory instead"),
     ];
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         args.Expect(0, $"rkt-kvm {Usage}");
         var output = args.Get("output");

@@ -33,7 +33,7 @@ public sealed class BuildStage1Command() : Command("build-stage1",
         new("version", "the image's version label", Default: "0.1.0"),
     ];
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         args.Expect(0, $"rkt-kvm {Usage}");
         string Required(string name) => args.Get(name) is { } v && File.Exists(v) ? v

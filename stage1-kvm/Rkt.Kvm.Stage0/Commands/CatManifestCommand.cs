@@ -11,7 +11,7 @@ public sealed class CatManifestCommand() : Command("cat-manifest",
 {
     public override IReadOnlyList<FlagSpec> Flags { get; } = [new("pretty-print", "indent the JSON", IsBool: true, Default: "true")];
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         var image = context.Store.Resolve(args.Expect(1, $"rkt-kvm {Usage}")[0]);
         var node = JsonNode.Parse(context.Store.ReadManifest(image));

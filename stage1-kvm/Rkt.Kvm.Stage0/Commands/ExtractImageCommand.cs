@@ -16,7 +16,7 @@ public sealed class ExtractImageCommand() : Command("extract",
         new("copy", "copy files instead of hardlinking them to the tree store (for a tree you will modify)", IsBool: true),
     ];
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         var positional = args.Expect(2, $"rkt-kvm {Usage}");
         var image = context.Store.Resolve(positional[0]);

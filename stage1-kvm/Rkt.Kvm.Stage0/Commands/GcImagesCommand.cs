@@ -12,7 +12,7 @@ public sealed partial class GcImagesCommand() : Command("gc",
 {
     public override IReadOnlyList<FlagSpec> Flags { get; } = [new("grace-period", "remove images not used for this long (Go duration, or \"never\")", Default: "24h")];
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         args.Expect(0, $"rkt-kvm {Usage}");
         var graceText = args.Get("grace-period")!;

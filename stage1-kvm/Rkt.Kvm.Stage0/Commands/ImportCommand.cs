@@ -31,7 +31,7 @@ public sealed class ImportCommand(string name, string summary, bool registry = f
 
     public override IReadOnlyList<FlagSpec> Flags { get; } = registry ? [.. ImportFlags, .. FetchFlags] : ImportFlags;
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         var source = args.Expect(1, $"rkt-kvm {Usage}")[0];
         var options = new ImportOptions(args.Get("name"), args.Get("ref"))

@@ -19,7 +19,7 @@ public sealed class ListImagesCommand() : Command("list",
         new("format", "output format: text (default), json or json-pretty", Default: ""),
     ];
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         args.Expect(0, $"rkt-kvm {Usage}");
         var images = context.Store.List().OrderBy(i => i.ImportTime).ToList();

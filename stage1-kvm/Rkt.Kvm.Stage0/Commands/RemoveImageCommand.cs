@@ -10,7 +10,7 @@ public sealed class RemoveImageCommand() : Command("rm",
     "image rm IMAGE...")
 {
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         if (args.Positional.Count == 0) throw new UsageException($"usage: rkt-kvm {Usage}");
         int failed = 0;

@@ -21,7 +21,7 @@ public sealed class TrustCommand() : Command("trust", "Trust a key for image ver
         new("insecure-allow-http", "allow plain HTTP for key discovery and retrieval", IsBool: true),
     ];
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         var prefix = args.Get("prefix")!;
         bool root = args.Bool("root");

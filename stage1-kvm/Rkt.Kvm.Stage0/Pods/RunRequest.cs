@@ -1,5 +1,4 @@
 using Rkt.Kvm.Stage0.CommandLine;
-using Rkt.Kvm.Stage1.Entrypoints;
 using Rkt.Kvm.Stage1.Manifests;
 
 namespace Rkt.Kvm.Stage0.Pods;
@@ -54,6 +53,8 @@ public sealed class RunRequest
 
     private static readonly HashSet<string> AppFlags = ["exec", "name", "mount", "memory", "cpu", "user", "group", "environment", .. Rkt.Kvm.Stage1.Manifests.StreamModes.Streams];
     private static readonly HashSet<string> PodFlags = ["volume", "set-env", "hostname", "net", "port", "uuid-file-save", "insecure-options", "pull-policy", .. Stage1Choice.Flags, .. DnsRequest.Flags];
+    private static readonly HashSet<string> BoolFlags = ["interactive", "no-overlay"];
+    private static readonly FlagSpec[] Specs = [.. AppFlags.Concat(PodFlags).Select(name => new FlagSpec(name)), .. BoolFlags.Select(name => new FlagSpec(name, IsBool: true))];
 
     public static RunRequest Parse(IReadOnlyList<string> argv, bool allowApps = true)
     {
@@ -69,30 +70,28 @@ public sealed class RunRequest
                 for (i++; i < argv.Count && argv[i] != "---"; i++) current.Args.Add(argv[i]);
                 continue;
             }
-            if (arg.StartsWith("--", StringComparison.Ordinal) && arg.Length > 2)
+            // The flags are read as every other verb's (GoFlags); which image they belong to is run's own grammar.
+            var flag = GoFlags.Read(argv, i, Specs, Stage0Flags.Verb);
+            if (flag.Kind == FlagTokenKind.Flag)
             {
-                var body = arg[2..];
-                int eq = body.IndexOf('=');
-                var name = eq >= 0 ? body[..eq] : body;
-                string Value() => eq >= 0 ? body[(eq + 1)..]
-                    : i + 1 < argv.Count ? argv[++i] : throw new UsageException($"flag --{name} needs a value");
+                i += flag.Width - 1;
+                var name = flag.Name;
                 if (name is "private-users" or "private-net")
                     throw new UsageException(name == "private-users"
                         ? "--private-users is not supported by stage1-kvm: the pod's virtual machine already isolates user ids from the host"
                         : "--private-net is not supported: use --net=none or --net=default");
-                if (name is "interactive" or "no-overlay")
+                if (flag.Spec is null) throw Stage0Flags.Verb.UnknownFlag(name);
+                if (BoolFlags.Contains(name))
                 {
-                    bool on = GoFlags.ParseBool(eq < 0 ? null : body[(eq + 1)..], name);
+                    bool on = Stage0Flags.Verb.ParseBool(flag.Value, name);
                     if (name == "interactive") request.Interactive = on; else request.NoOverlay = on;
-                    continue;
                 }
-                if (AppFlags.Contains(name))
+                else if (AppFlags.Contains(name))
                 {
                     if (current is null) throw new UsageException($"--{name} applies to an app: put it after the image it is for");
-                    ApplyAppFlag(current, name, Value());
+                    ApplyAppFlag(current, name, flag.Value!);
                 }
-                else if (PodFlags.Contains(name)) ApplyPodFlag(request, name, Value());
-                else throw new UsageException($"unknown flag --{name}");
+                else ApplyPodFlag(request, name, flag.Value!);
                 continue;
             }
             if (!allowApps) throw new UsageException($"unexpected argument \"{arg}\"");

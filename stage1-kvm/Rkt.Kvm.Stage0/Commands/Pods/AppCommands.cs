@@ -52,7 +52,7 @@ public sealed class AppAddCommand() : Command("add", "Add an app to a mutable po
 {
     public override bool RawArguments => true;
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         var rest = args.Positional.ToList();
         if (rest.Count < 2) throw new UsageException($"usage: rkt-kvm {Usage}");
@@ -152,7 +152,7 @@ public sealed class AppStartCommand() : Command("start", "Start an app of a muta
 {
     public override IReadOnlyList<FlagSpec> Flags { get; } = [new("app", "the app")];
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         var pod = MutablePod.Open(context, args.Expect(1, $"rkt-kvm {Usage}")[0]);
         var app = MutablePod.App(pod, args.Get("app"));
@@ -175,7 +175,7 @@ public sealed class AppStopCommand() : Command("stop", "Stop an app of a mutable
 
     public override IReadOnlyList<FlagSpec> Flags { get; } = [new("app", "the app")];
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         var pod = MutablePod.Open(context, args.Expect(1, $"rkt-kvm {Usage}")[0]);
         var app = MutablePod.App(pod, args.Get("app"));
@@ -193,7 +193,7 @@ public sealed class AppRmCommand() : Command("rm", "Remove an app from a mutable
 {
     public override IReadOnlyList<FlagSpec> Flags { get; } = [new("app", "the app")];
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         var pod = MutablePod.Open(context, args.Expect(1, $"rkt-kvm {Usage}")[0]);
         var app = MutablePod.App(pod, args.Get("app"));
@@ -217,7 +217,7 @@ public sealed class AppListCommand() : Command("list", "List the apps of a pod",
 {
     public override IReadOnlyList<FlagSpec> Flags { get; } = [new("no-legend", "omit the header line", IsBool: true)];
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         var pod = PodInfo.Read(new PodStore(context.DataDir).Find(args.Expect(1, $"rkt-kvm {Usage}")[0]));
         var now = DateTimeOffset.UtcNow;
@@ -235,7 +235,7 @@ public sealed class AppStatusCommand() : Command("status", "Show an app's status
 {
     public override IReadOnlyList<FlagSpec> Flags { get; } = [new("app", "the app"), new("format", "text (default) or json", Default: "")];
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         var pod = PodInfo.Read(new PodStore(context.DataDir).Find(args.Expect(1, $"rkt-kvm {Usage}")[0]));
         var app = MutablePod.App(pod, args.Get("app"));

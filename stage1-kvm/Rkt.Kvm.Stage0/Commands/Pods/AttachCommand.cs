@@ -15,7 +15,7 @@ public sealed class AttachCommand() : Command("attach", "Attach to an app's term
         new("mode", "auto, list, or a comma list of endpoints", Default: "auto"),
     ];
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         var uuid = args.Expect(1, $"usage: rkt-kvm {Usage}")[0];
         var stage1Flags = AttachMode.ToStage1Flags(args.Get("mode") ?? "auto");

@@ -10,7 +10,7 @@ public sealed class ConsoleCommand() : Command("console", "Print a pod VM's seri
 {
     public override IReadOnlyList<FlagSpec> Flags => [new("follow", "keep printing until the pod stops", IsBool: true)];
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         var store = new PodStore(context.DataDir);
         var pod = store.Find(args.Expect(1, $"usage: rkt-kvm {Usage}")[0]);

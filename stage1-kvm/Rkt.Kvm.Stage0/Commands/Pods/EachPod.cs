@@ -8,7 +8,7 @@ namespace Rkt.Kvm.Stage0.Commands.Pods;
 internal static class EachPod
 {
     /// <summary><paramref name="act"/> returns an error line for the pod, or null when it succeeded.</summary>
-    public static int Run(CommandContext context, Arguments args, string usage, Func<PodStore, PodRef, string?> act)
+    public static int Run(CommandContext context, GoFlags args, string usage, Func<PodStore, PodRef, string?> act)
     {
         if (args.Positional.Count == 0) throw new UsageException($"usage: rkt-kvm {usage}");
         var store = new PodStore(context.DataDir);

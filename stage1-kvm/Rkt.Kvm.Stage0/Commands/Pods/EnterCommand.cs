@@ -13,7 +13,7 @@ public sealed class EnterCommand(string name, string summary) : Command(name, su
 {
     public override bool RawArguments => true;
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         var rest = args.Positional.ToList();
         string? app = null;

@@ -22,7 +22,7 @@ public sealed class GcCommand() : Command("gc", "Garbage-collect exited pods", "
         new("expire-prepared", "how long a prepared but never run pod stays", Default: "24h"),
     ];
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         args.Expect(0, $"rkt-kvm {Usage}");
         var grace = Durations.Parse(args.Get("grace-period")!, "--grace-period");
@@ -105,7 +105,7 @@ public sealed class GcCommand() : Command("gc", "Garbage-collect exited pods", "
 /// <summary><c>rm UUID…</c>: removes exited pods now (stage1 gc, then the directory).</summary>
 public sealed class RmCommand() : Command("rm", "Remove exited pods", "rm UUID...")
 {
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         // gc's own "Garbage collecting pod" lines are not rm's output: rm prints the UUID alone.
         var quiet = new CommandContext(context.DataDir, TextWriter.Null, context.Err, context.StderrIsTerminal, context.LocalConfig);

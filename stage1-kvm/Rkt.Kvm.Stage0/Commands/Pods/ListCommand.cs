@@ -15,7 +15,7 @@ public sealed class ListCommand() : Command("list", "List pods", "list [--full] 
         new("format", "output format: text (default), json or json-pretty", Default: ""),
     ];
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         args.Expect(0, $"rkt-kvm {Usage}");
         var pods = new PodStore(context.DataDir).All().Select(PodInfo.Read).OrderBy(p => p.Created).ToList();

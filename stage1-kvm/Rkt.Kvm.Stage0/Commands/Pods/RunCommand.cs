@@ -18,7 +18,7 @@ public sealed class RunCommand(bool sandbox) : Command(sandbox ? "sandbox" : "ru
 {
     public override bool RawArguments => true;
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         var request = RunRequest.Parse(args.Positional, allowApps: !sandbox);
         request.Mutable = sandbox;
@@ -30,7 +30,7 @@ public sealed class RunCommand(bool sandbox) : Command(sandbox ? "sandbox" : "ru
         if (request.Interactive) stage1Args.Add("--interactive");
         if (request.Hostname is not null) stage1Args.Add($"--hostname={request.Hostname}");
         if (sandbox) stage1Args.Add("--mutable");
-        Stage1.Entrypoints.RunArguments.Parse([.. stage1Args, "00000000-0000-0000-0000-000000000000"]);
+        Stage1.Entrypoints.RunArguments.Validate(stage1Args);
 
         var pods = new PodStore(context.DataDir);
         var preparer = new PodPreparer(context.Store, pods, image => RegistryImages.Find(context, image, request.Insecure, request.PullPolicy));

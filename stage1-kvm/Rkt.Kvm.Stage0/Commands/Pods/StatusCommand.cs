@@ -14,7 +14,7 @@ public sealed class StatusCommand() : Command("status", "Show a pod's status", "
         new("format", "output format: text (default), json or json-pretty", Default: ""),
     ];
 
-    public override int Run(CommandContext context, Arguments args)
+    public override int Run(CommandContext context, GoFlags args)
     {
         var uuid = args.Expect(1, $"rkt-kvm {Usage}")[0];
         var store = new PodStore(context.DataDir);

@@ -10,7 +10,7 @@ public sealed class StopCommand() : Command("stop", "Stop running pods", "stop [
 {
     public override IReadOnlyList<FlagSpec> Flags { get; } = [new("force", "kill the pod's VM at once instead of stopping its apps", IsBool: true)];
 
-    public override int Run(CommandContext context, Arguments args) => EachPod.Run(context, args, Usage, (_, pod) =>
+    public override int Run(CommandContext context, GoFlags args) => EachPod.Run(context, args, Usage, (_, pod) =>
     {
         if (pod.State != "running")
         {
