@@ -166,7 +166,7 @@ tools:
 
 # rkt-kvm (stage0 and the image verbs), framework-dependent: out/cli/rkt-kvm.
 cli:
-	$(DOTNET) build stage1-kvm/Rkt.Kvm.Cli -c Release -o $(OUT)/cli $(DOTNET_FLAGS)
+	$(DOTNET) build stage1-kvm/Rkt.Kvm.Stage0 -c Release -o $(OUT)/cli $(DOTNET_FLAGS)
 
 # The stage1 image: the entrypoints binary (NativeAOT), the VMM, the kernel and the agent initramfs.
 # The kernel ships stripped: the VMM loads it by its program headers and needs no symbols.

@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
-using Rkt.Kvm.Cli.Cli;
+using Rkt.Kvm.Stage0.CommandLine;
 using Rkt.Kvm.Images.Tests.Support;
 
 namespace Rkt.Kvm.Images.Tests;
@@ -104,7 +104,7 @@ public sealed class CliTests : StoreTest
         var (rc, stdout, _) = Cli("image", "gc", "--grace-period=1h30m");
         Assert.Equal(0, rc);
         Assert.Contains("gc: 0 image(s)", stdout);
-        Assert.Equal(TimeSpan.FromMinutes(90), Rkt.Kvm.Cli.Commands.GcImagesCommand.ParseDuration("1h30m"));
+        Assert.Equal(TimeSpan.FromMinutes(90), Rkt.Kvm.Stage0.Commands.GcImagesCommand.ParseDuration("1h30m"));
         Assert.Contains("gc: 1 image(s)", Cli("image", "gc", "--grace-period=0").Out);
     }
 

@@ -1,5 +1,5 @@
 using System.IO.Compression;
-using Rkt.Kvm.Cli.Cli;
+using Rkt.Kvm.Stage0.CommandLine;
 using Rkt.Kvm.Images.Archive;
 using Rkt.Kvm.Images.Compression;
 using Rkt.Kvm.Images.Formats.Appc;

@@ -65,7 +65,7 @@ public static class LoggingStage1
         var rootfs = Path.Join(workDir, "logging-stage1-rootfs-" + Path.GetFileNameWithoutExtension(aci));
         Directory.CreateDirectory(Path.Join(rootfs, "app"));
         if (withStatusDirs)
-            foreach (var dir in Rkt.Kvm.Cli.Commands.BuildStage1Command.StageZeroDirectories) Directory.CreateDirectory(Path.Join(rootfs, dir));
+            foreach (var dir in Rkt.Kvm.Stage0.Commands.BuildStage1Command.StageZeroDirectories) Directory.CreateDirectory(Path.Join(rootfs, dir));
         File.WriteAllText(Path.Join(rootfs, "record"), Record.Replace("\r", "") + "\n");
         foreach (var (name, body) in Entrypoints)
         {
@@ -93,7 +93,7 @@ public static class LoggingStage1
     }
 }
 
-/// <summary>Runs the real rkt-kvm (the built Rkt.Kvm.Cli assembly) as its own process, as users do:
+/// <summary>Runs the real rkt-kvm (the built Rkt.Kvm.Stage0 assembly) as its own process, as users do:
 /// `run` execs stage1, which would replace a test host process.</summary>
 public static class RktKvm
 {

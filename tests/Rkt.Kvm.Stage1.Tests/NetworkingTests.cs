@@ -1,6 +1,6 @@
 using System.Text;
 using System.Text.Json.Nodes;
-using Rkt.Kvm.Cli.Pods;
+using Rkt.Kvm.Stage0.Pods;
 using Rkt.Kvm.Stage1.Networking;
 using Rkt.Kvm.Stage1.Pods;
 
@@ -155,11 +155,11 @@ public sealed class NetworkingTests : IDisposable
         host.Apply("dns", "host");
         host.Apply("hosts-entry", "host");
         Assert.Equal("resolv=host,hosts=host", host.ConfMode);
-        Assert.Throws<Cli.Cli.UsageException>(() => new DnsRequest().Apply("dns", "not-an-ip"));
-        Assert.Throws<Cli.Cli.UsageException>(() => new DnsRequest().Apply("hosts-entry", "db"));
+        Assert.Throws<Stage0.CommandLine.UsageException>(() => new DnsRequest().Apply("dns", "not-an-ip"));
+        Assert.Throws<Stage0.CommandLine.UsageException>(() => new DnsRequest().Apply("hosts-entry", "db"));
         var mixed = new DnsRequest();
         mixed.Apply("dns", "host");
-        Assert.Throws<Cli.Cli.UsageException>(() => mixed.Apply("dns", "10.0.0.1"));
+        Assert.Throws<Stage0.CommandLine.UsageException>(() => mixed.Apply("dns", "10.0.0.1"));
     }
 
     [Fact]

@@ -1,6 +1,6 @@
-using Rkt.Kvm.Cli.Cli;
-using Rkt.Kvm.Cli.Commands.Pods;
-using Rkt.Kvm.Cli.Pods;
+using Rkt.Kvm.Stage0.CommandLine;
+using Rkt.Kvm.Stage0.Commands.Pods;
+using Rkt.Kvm.Stage0.Pods;
 using Rkt.Kvm.Stage1.Entrypoints;
 using Rkt.Kvm.Stage1.Manifests;
 

@@ -1,4 +1,5 @@
 using System.Text.RegularExpressions;
+using Rkt.Kvm.Stage1.Flags;
 
 namespace Rkt.Kvm.Stage1.Entrypoints;
 
@@ -24,8 +25,24 @@ public sealed record RunArguments(string Uuid, bool Debug, Networking.NetworkLis
 {
     public static RunArguments Parse(IReadOnlyList<string> argv)
     {
-        var f = GoFlags.Parse(argv);
-        var uuid = PodUuid.Require(f.Positional.LastOrDefault(), "run");
+        var f = GoFlags.Parse(argv, GoFlagDialect.Stage1);
+        return FromFlags(f, PodUuid.Require(f.Positional.LastOrDefault(), "run"));
+    }
+
+    /// <summary>
+    /// Refuses run's <paramref name="flags"/> (no UUID) exactly as <see cref="Parse"/> would: stage0 asks before
+    /// it prepares a pod, so a command line stage1 would refuse leaves nothing behind.
+    /// </summary>
+    public static void Validate(IReadOnlyList<string> flags)
+    {
+        var f = GoFlags.Parse(flags, GoFlagDialect.Stage1);
+        // Go's flag stops at the first argument: any flag after one would go unchecked here.
+        if (f.Positional.Count > 0) throw new ArgumentException($"flags only, but \"{f.Positional[0]}\" is not a flag", nameof(flags));
+        FromFlags(f, uuid: "");
+    }
+
+    private static RunArguments FromFlags(GoFlags f, string uuid)
+    {
         var networks = Networking.NetworkList.Parse(f.Get("net"));
         if (f.Has("private-users"))
             throw new Stage1Exception("--private-users is not supported by stage1-kvm: the pod's virtual machine already isolates user ids from the host");
@@ -57,7 +74,7 @@ public sealed record EnterArguments(int Pid, string App, IReadOnlyList<string> C
     /// and <c>--stdin=BOOL</c>, for app exec's -t and -i; without them stage1 decides from its stdio.</summary>
     public static EnterArguments Parse(IReadOnlyList<string> argv)
     {
-        var f = GoFlags.Parse(argv);
+        var f = GoFlags.Parse(argv, GoFlagDialect.Stage1);
         if (!int.TryParse(f.Get("pid"), out int pid) || pid <= 0) throw new Stage1Exception($"enter: --pid must be a process id, got \"{f.Get("pid")}\"");
         var app = f.Get("appname");
         if (!Manifests.AcName.IsValidName(app)) throw new Stage1Exception($"enter: --appname must name an app, got \"{app}\"");
@@ -71,7 +88,7 @@ public sealed record StopArguments(string Uuid, bool Force)
 {
     public static StopArguments Parse(IReadOnlyList<string> argv)
     {
-        var f = GoFlags.Parse(argv);
+        var f = GoFlags.Parse(argv, GoFlagDialect.Stage1);
         return new StopArguments(PodUuid.Require(f.Positional.LastOrDefault(), "stop"), f.Bool("force"));
     }
 }
@@ -81,7 +98,9 @@ public sealed record GcArguments(string Uuid, bool Debug, string? LocalConfig)
 {
     public static GcArguments Parse(IReadOnlyList<string> argv)
     {
-        var f = GoFlags.Parse(argv, "local-config");
+        // The one flag rkt's stage0 writes as two arguments, so the one stage1 declares: an undeclared flag
+        // never takes the next argument (it could be the UUID).
+        var f = GoFlags.Parse(argv, GoFlagDialect.Stage1, new FlagSpec("local-config"));
         return new GcArguments(PodUuid.Require(f.Positional.LastOrDefault(), "gc"), f.Bool("debug"), f.Get("local-config"));
     }
 }
@@ -91,7 +110,7 @@ public sealed record AppArguments(string App, string? Uuid, bool Debug)
 {
     public static AppArguments Parse(IReadOnlyList<string> argv, string entrypoint)
     {
-        var f = GoFlags.Parse(argv);
+        var f = GoFlags.Parse(argv, GoFlagDialect.Stage1);
         var app = f.Get("app");
         if (!Manifests.AcName.IsValidName(app)) throw new Stage1Exception($"{entrypoint}: --app must name an app, got \"{app}\"");
         var uuid = f.Get("uuid");
@@ -108,7 +127,7 @@ public sealed record AttachArguments(string Action, string App, bool TtyIn, bool
 {
     public static AttachArguments Parse(IReadOnlyList<string> argv)
     {
-        var f = GoFlags.Parse(argv);
+        var f = GoFlags.Parse(argv, GoFlagDialect.Stage1);
         var action = f.Get("action") ?? "auto-attach";
         if (action is not ("list" or "auto-attach" or "custom-attach"))
             throw new Stage1Exception($"attach: --action must be list, auto-attach or custom-attach, got \"{action}\"");

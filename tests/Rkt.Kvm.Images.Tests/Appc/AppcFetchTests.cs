@@ -1,4 +1,4 @@
-using Rkt.Kvm.Cli.Cli;
+using Rkt.Kvm.Stage0.CommandLine;
 using Rkt.Kvm.Images.Builders;
 using Rkt.Kvm.Images.Registry;
 using Rkt.Kvm.Images.Tests.Support;

@@ -1,5 +1,5 @@
 using System.Text.Json;
-using Rkt.Kvm.Cli.Cli;
+using Rkt.Kvm.Stage0.CommandLine;
 using Rkt.Kvm.Images.Tests.Support;
 
 namespace Rkt.Kvm.Images.Tests.Registry;
