@@ -14,7 +14,8 @@ namespace Rkt.Kvm.Integration.Tests;
 /// secret file and a sibling directory, fingerprints everything outside the read-write exports
 /// before the boot and after the VM ended, and, while the guest holds every fid the server will
 /// give, asks the VMM for its status on a new control connection (the VMM must still have file
-/// descriptors for it). Then it stops the VM through the control socket.
+/// descriptors for it). Then it stops the VM through the control socket. The VMM is confined as
+/// stage1 runs a pod's: jailed, its seccomp filter on, and dropped to an unprivileged user.
 /// </summary>
 public sealed class HostileGuestFixture : IDisposable
 {
@@ -70,6 +71,8 @@ public sealed class HostileGuestFixture : IDisposable
             Cmdline = $"quiet rkt.init=hostile rkt.hostile.tree={Tree}",
             Control = ControlPath,
             Exports = [new P9ExportSpec("a", A, false), new P9ExportSpec("b", B, false), new P9ExportSpec("ro", Ro, true)],
+            // Confined as a pod's VMM is: jailed (the default) and dropped to an unprivileged user of its own.
+            User = new VmmUser(Rkt.Kvm.Stage1.Runtime.PodVmmUser.First + 17, Rkt.Kvm.Stage1.Runtime.PodVmmUser.First + 17),
         };
         using var vmm = new ConsoleVmm(commandLine.ToArguments(), Holding, Done);
         try
