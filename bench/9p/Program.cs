@@ -44,8 +44,9 @@ public static class Program
                  "--console", "stdout", "--9p-export", $"bench={export}"];
             if (!referenceOnly)
             {
-                Collect(ours, Run("ours", vmm, ourArgs));
-                // What confinement costs: the same VMM without its jail and seccomp filter.
+                // Confined as a pod's VMM is: jailed and filtered (the defaults), as an unprivileged user of its own (PodVmmUser's range).
+                Collect(ours, Run("ours", vmm, [.. ourArgs, "--user", "2046820394:2046820394"]));
+                // What confinement costs: the same VMM without its jail, seccomp filter and user.
                 Collect(unconfined, Run("ours unconfined", vmm, [.. ourArgs, "--jail", "off", "--seccomp", "off"]));
             }
             var qemuArgs = BenchSupport.MicrovmArgs(kernel, initrd, MemoryMiB, cmdline);

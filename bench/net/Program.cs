@@ -25,6 +25,8 @@ namespace Rkt.Kvm.Bench.Net;
 /// </summary>
 public static class Program
 {
+    /// <summary>An id in the range stage1 gives pods' VMMs (PodVmmUser).</summary>
+    private const uint ConfinedUser = 0x7A00_0000 + 42;
     private const int MemoryMiB = 256;
     private const string Tap = "rknb0";
     private const string HostCidr = "10.213.0.1/24";
@@ -74,6 +76,7 @@ public static class Program
                           $"memory:  {MemoryMiB} MiB, 1 vCPU\nqemu:    {BenchSupport.QemuVersion(qemu)} (virtio-net-device, vhost=off)\n");
 
         var ours = new List<Figures>();
+        var oursUnconfined = new List<Figures>();
         var oursVsock = new List<Figures>();
         var theirs = new List<Figures>();
         using (var tap = HostTap.Create())
@@ -84,7 +87,22 @@ public static class Program
                 var oursArgs = new List<string> { "--kernel", kernel, "--initrd", initrd, "--memory", memory, "--cmdline", extra,
                     "--console", "stdout", "--vsock", vsockPath, "--owner-pid", Environment.ProcessId.ToString(CultureInfo.InvariantCulture) };
                 if (oursNet) oursArgs.AddRange(["--net", $"tap={Tap},mac={GuestMac}"]);
-                using (var vm = GuestVm.Start("ours", vmm, oursArgs))
+                if (oursNet)
+                {
+                    // What confinement costs: the same VMM without its jail, filter and user (one TCP run per boot).
+                    using var bare = GuestVm.Start("ours unconfined", vmm, [.. oursArgs, "--jail", "off", "--seccomp", "off"]);
+                    if (!bare.HasTcp) throw bare.Failure("the guest has no eth0 (our virtio-net did not appear)");
+                    using (var tcp = ConnectTcp(bare))
+                    {
+                        oursUnconfined.Add(bare.Print(Measure(tcp, bytes, roundTrips), "tcp"));
+                        tcp.Shutdown(SocketShutdown.Both);
+                    }
+                    using var quit = ConnectVsock(bare, vsockPath);
+                    bare.Quit(quit, expectExit: true);
+                }
+                if (File.Exists(vsockPath)) File.Delete(vsockPath);
+                // Confined as a pod's VMM is: jailed and filtered (the defaults), as an unprivileged user of its own.
+                using (var vm = GuestVm.Start("ours", vmm, [.. oursArgs, "--user", $"{ConfinedUser}:{ConfinedUser}"]))
                 {
                     if (oursNet)
                     {
@@ -123,6 +141,9 @@ public static class Program
         Line("net_tcp_guest_to_host", ours, theirs, f => f.GuestToHostMiBs, "MiB/s", "F2");
         Line("net_tcp_rtt_1byte", ours, theirs, f => f.RttMedianUs, "us", "F0");
         Line("net_tcp_rtt_1byte_p99", ours, theirs, f => f.RttP99Us, "us", "F0");
+        Line("net_tcp_host_to_guest_confined_vs_not", ours, oursUnconfined, f => f.HostToGuestMiBs, "MiB/s", "F2");
+        Line("net_tcp_guest_to_host_confined_vs_not", ours, oursUnconfined, f => f.GuestToHostMiBs, "MiB/s", "F2");
+        Line("net_tcp_rtt_1byte_confined_vs_not", ours, oursUnconfined, f => f.RttMedianUs, "us", "F0");
         if (ours.Count == 0) // our virtio-net was skipped: QEMU's figures alone
         {
             Console.WriteLine(BenchSupport.Result("net_qemu_tcp_host_to_guest", BenchSupport.Median(theirs.Select(f => f.HostToGuestMiBs)), "MiB/s", null, "F2"));

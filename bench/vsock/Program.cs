@@ -29,7 +29,8 @@ public static class Program
         int calls = int.Parse(o.GetValueOrDefault("calls", "500"), CultureInfo.InvariantCulture);
         long bytes = long.Parse(o.GetValueOrDefault("mib", "64"), CultureInfo.InvariantCulture) << 20;
         // Sink and Source are the benchmark service's, which the agent serves only when its kernel command line asks.
-        var vmOptions = new AgentVmOptions { VmmPath = o["vmm"], CommandLine = AgentVmOptions.WithBenchService(AgentVmOptions.DefaultCommandLine(o["kernel"], o["initrd"])) };
+        // Confined as a pod's VMM is: jailed and filtered (the defaults), as an unprivileged user of its own (PodVmmUser's range).
+        var vmOptions = new AgentVmOptions { VmmPath = o["vmm"], CommandLine = AgentVmOptions.WithBenchService(AgentVmOptions.DefaultCommandLine(o["kernel"], o["initrd"])) with { User = new VmmUser(0x7A00_002A, 0x7A00_002A) } };
 
         Console.WriteLine($"== ceiling: the same agent on a host Unix socket ({calls} unary calls, {bytes >> 20} MiB each way)");
         var ceiling = await MeasureHostAgent(o["agent"], calls, bytes);
@@ -54,14 +55,14 @@ public static class Program
         Print(exits);
 
         Console.WriteLine("== ours without the VMM's confinement (--seccomp=off --jail=off): what confinement costs");
-        var unconfined = await MeasureVm(vmOptions with { CommandLine = vmOptions.CommandLine with { Seccomp = SeccompAction.Off, Jail = false } }, calls, bytes);
+        var unconfined = await MeasureVm(vmOptions with { CommandLine = vmOptions.CommandLine with { Seccomp = SeccompAction.Off, Jail = false, User = null } }, calls, bytes);
         Print(unconfined);
 
         Console.WriteLine("== the VMM and guest kernel alone: a static C echo server as init, raw bytes through the hybrid socket");
         var rawOptions = vmOptions with { CommandLine = vmOptions.CommandLine with { Initrd = o["raw-initrd"] } };
         var raw = await MeasureRawEcho(rawOptions, calls, Math.Min(bytes, 8L << 20));
         Console.WriteLine($"  64-byte round trip median {raw.MedianUs:F0} us, p99 {raw.P99Us:F0} us; echo {raw.HostToGuestMiBs:F2} MiB/s each way");
-        var rawUnconfined = await MeasureRawEcho(rawOptions with { CommandLine = rawOptions.CommandLine with { Seccomp = SeccompAction.Off, Jail = false } }, calls, Math.Min(bytes, 8L << 20));
+        var rawUnconfined = await MeasureRawEcho(rawOptions with { CommandLine = rawOptions.CommandLine with { Seccomp = SeccompAction.Off, Jail = false, User = null } }, calls, Math.Min(bytes, 8L << 20));
         Console.WriteLine($"  without confinement: median {rawUnconfined.MedianUs:F0} us, p99 {rawUnconfined.P99Us:F0} us; echo {rawUnconfined.HostToGuestMiBs:F2} MiB/s each way");
 
         var r = info.AtReady;
