@@ -71,6 +71,11 @@ public sealed class AgentVmProcess : IDisposable
     {
         _ownsDirectory = options.RuntimeDirectory is null;
         Directory = options.RuntimeDirectory ?? System.IO.Directory.CreateTempSubdirectory("rkt-kvm-vm-").FullName;
+        // A VMM that drops to its own user (--user) must still pass through our directory (0700 when
+        // we made it) to dial the ready listener; search only: it cannot list it, and only the
+        // listener is its to connect to (VmmUser.GrantConnect).
+        if (_ownsDirectory && options.CommandLine.User is not null)
+            File.SetUnixFileMode(Directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute | UnixFileMode.GroupExecute | UnixFileMode.OtherExecute);
         SocketPath = Path.Combine(Directory, "vm.sock");
         ConsoleLog = options.CommandLine.ConsoleLog ?? Path.Combine(Directory, "console.log");
         _vmm = new VmmProcess(options.VmmPath, options.CommandLine with
