@@ -74,7 +74,7 @@ public sealed class AgentVmProcess : IDisposable
         // A VMM that drops to its own user (--user) must still pass through our directory (0700 when
         // we made it) to dial the ready listener; search only: it cannot list it, and only the
         // listener is its to connect to (VmmUser.GrantConnect).
-        if (_ownsDirectory && options.CommandLine.User is not null)
+        if (_ownsDirectory && options.CommandLine.User is not null && OperatingSystem.IsLinux())
             File.SetUnixFileMode(Directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute | UnixFileMode.GroupExecute | UnixFileMode.OtherExecute);
         SocketPath = Path.Combine(Directory, "vm.sock");
         ConsoleLog = options.CommandLine.ConsoleLog ?? Path.Combine(Directory, "console.log");
