@@ -74,11 +74,11 @@ public sealed class PodFaultTests
         var before = cli.Snapshot();
         var (run, uuid) = cli.Start("run", Busybox, "--exec=/bin/true");
         // The run's shared store has the template, or this pod makes it first: either way a restoring VMM comes.
-        var vmm = WaitFor(() => PodRuntime.Processes(uuid).FirstOrDefault(p => p.Program == PodRuntime.VmmProgram && Cmdline(p.Pid).Contains("--restore")),
+        var vmm = WaitFor(() => PodRuntime.Processes(uuid).FirstOrDefault(p => p.Program == PodRuntime.VmmProgram && RktKvmCli.Cmdline(p.Pid.ToString()).Contains("--restore")),
             "the pod's VMM to restore the template", TimeSpan.FromMinutes(5), TimeSpan.FromMilliseconds(2));
         Assert.False(File.Exists(Path.Join(cli.PodDir(uuid), "pid")), "the restored agent was already ready: the kill is meant for the restore");
         KillStage1Run(uuid);
-        string snapshot = Cmdline(vmm.Pid).Split(' ').SkipWhile(a => a != "--restore").Skip(1).FirstOrDefault() ?? "";
+        string snapshot = RktKvmCli.Cmdline(vmm.Pid.ToString()).Split(' ').SkipWhile(a => a != "--restore").Skip(1).FirstOrDefault() ?? "";
         AssertGone(vmm);
         AssertNoVmmLeft(uuid);
 
@@ -212,12 +212,6 @@ public sealed class PodFaultTests
     private static void AssertNoVmmLeft(string uuid)
     {
         foreach (var vmm in PodRuntime.Processes(uuid).Where(p => p.Program == PodRuntime.VmmProgram)) AssertGone(vmm);
-    }
-
-    private static string Cmdline(int pid)
-    {
-        try { return File.ReadAllText($"/proc/{pid}/cmdline").Replace('\0', ' '); }
-        catch (IOException) { return ""; }
     }
 
     /// <summary>

@@ -169,7 +169,8 @@ public sealed class RktKvmCli : IDisposable
             .Select(e => Path.GetRelativePath(store.FullName, e.FullName)).Order()];
     }
 
-    private static string Cmdline(string pid)
+    /// <summary>A process's command line, words joined by spaces; "(gone)" once it has exited.</summary>
+    public static string Cmdline(string pid)
     {
         try { return File.ReadAllText($"/proc/{pid}/cmdline").Replace('\0', ' '); }
         catch (IOException) { return "(gone)"; }

@@ -11,4 +11,10 @@ internal static class ConfinementError
     {
         if (rc < 0) throw Of(what);
     }
+
+    /// <summary>For calls made through Tmds.LibC, which leaves its error in errno rather than the P/Invoke last error.</summary>
+    public static void CheckLibC(int rc, string what)
+    {
+        if (rc < 0) throw new IOException($"{what} failed: {Marshal.GetPInvokeErrorMessage(Tmds.Linux.LibC.errno)}.");
+    }
 }

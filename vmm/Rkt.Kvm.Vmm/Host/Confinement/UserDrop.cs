@@ -36,16 +36,11 @@ public static unsafe partial class UserDrop
     public static void Become(VmmUser user)
     {
         // Groups first: once the uid is not root, nothing may change them.
-        Check(setgroups(0, null), "setgroups(0)");
-        Check(setresgid(user.Gid, user.Gid, user.Gid), $"setresgid({user.Gid})");
-        Check(setresuid(user.Uid, user.Uid, user.Uid), $"setresuid({user.Uid})");
+        ConfinementError.CheckLibC(setgroups(0, null), "setgroups(0)");
+        ConfinementError.CheckLibC(setresgid(user.Gid, user.Gid, user.Gid), $"setresgid({user.Gid})");
+        ConfinementError.CheckLibC(setresuid(user.Uid, user.Uid, user.Uid), $"setresuid({user.Uid})");
         Tmds.Linux.uid_t r, e, s;
-        Check(getresuid(&r, &e, &s), "getresuid");
+        ConfinementError.CheckLibC(getresuid(&r, &e, &s), "getresuid");
         if ((uint)r != user.Uid || (uint)e != user.Uid || (uint)s != user.Uid) throw new IOException($"setresuid({user.Uid}) left the ids {(uint)r}/{(uint)e}/{(uint)s}.");
-    }
-
-    private static void Check(int rc, string what)
-    {
-        if (rc < 0) throw new IOException($"{what} failed: {Marshal.GetPInvokeErrorMessage(errno)}.");
     }
 }
