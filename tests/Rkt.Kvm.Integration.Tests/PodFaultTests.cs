@@ -259,6 +259,14 @@ public sealed class PodFaultTests
             Assert.Contains("CapEff:\t000000000000001f\n", t.Status);
             Assert.Contains("CapPrm:\t000000000000001f\n", t.Status);
         }
+        // Every thread has the process's seccomp filter; those that handle guest input (vCPU, device
+        // loop, 9p workers) have their class's own on top of it (ThreadSyscallPolicy), the others none.
+        foreach (var t in threads)
+        {
+            Assert.Contains("Seccomp:\t2\n", t.Status);
+            int expected = t.Name is "vcpu" or "devices" or "9p-worker" ? 2 : 1;
+            Assert.True(t.Status.Contains($"Seccomp_filters:\t{expected}\n"), $"thread {t.Name} should have {expected} seccomp filters:\n{t.Status}");
+        }
         var files = System.Text.RegularExpressions.Regex.Match(File.ReadAllText($"/proc/{pid}/limits"), @"Max open files\s+(\d+)\s+(\d+)");
         Assert.Equal(files.Groups[1].Value, files.Groups[2].Value);
         Assert.InRange(ulong.Parse(files.Groups[2].Value), 1024UL, 20480UL); // LockDown.MaxOpenFiles

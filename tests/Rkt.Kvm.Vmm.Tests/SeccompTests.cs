@@ -65,6 +65,8 @@ public sealed class SeccompTests
         Assert.Equal(SeccompProgram.RetKillProcess, Eval(X64Syscalls.prlimit64, 1234, 7)); // another process's limits
         Assert.Equal(SeccompProgram.RetAllow, Eval(X64Syscalls.read));
         Assert.Equal(SeccompProgram.RetAllow, Eval(X64Syscalls.renameat2));
+        Assert.Equal(SeccompProgram.RetAllow, Eval(X64Syscalls.seccomp, 1)); // SECCOMP_SET_MODE_FILTER: a thread narrows itself further
+        Assert.Equal(SeccompProgram.RetKillProcess, Eval(X64Syscalls.seccomp, 2)); // SECCOMP_GET_ACTION_AVAIL and the rest
     }
 
     [Fact]
@@ -112,43 +114,121 @@ public sealed class SeccompTests
         #include <sys/socket.h>
         #include <sys/syscall.h>
         #include <unistd.h>
-        /* probe FILTER ACTION: installs the filter (struct sock_filter[] in FILTER), then does ACTION. */
+        #include <fcntl.h>
+        /* probe FILTER... ACTION: installs each filter (struct sock_filter[] in FILTER) in turn, stacked as the VMM does, then does ACTION. */
         int main(int argc, char **argv)
         {
             static struct sock_filter insns[4096];
-            FILE *f = fopen(argv[1], "rb");
-            size_t n = fread(insns, sizeof insns[0], 4096, f);
-            fclose(f);
-            struct sock_fprog prog = { .len = (unsigned short)n, .filter = insns };
-            if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog)) { perror("seccomp"); return 2; }
+            if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) { perror("prctl"); return 2; }
+            for (int i = 1; i < argc - 1; i++)
+            {
+                FILE *f = fopen(argv[i], "rb");
+                size_t n = fread(insns, sizeof insns[0], 4096, f);
+                fclose(f);
+                struct sock_fprog prog = { .len = (unsigned short)n, .filter = insns };
+                if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog)) { perror("seccomp"); return 2; }
+            }
+            argv[2] = argv[argc - 1];
             if (!strcmp(argv[2], "unix")) return socket(AF_UNIX, SOCK_STREAM, 0) >= 0 ? 0 : 3;
             if (!strcmp(argv[2], "inet")) { socket(AF_INET, SOCK_STREAM, 0); return 4; }
             if (!strcmp(argv[2], "mmap-rw")) return mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) != MAP_FAILED ? 0 : 3;
             if (!strcmp(argv[2], "mmap-exec")) { mmap(0, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0); return 4; }
             if (!strcmp(argv[2], "execve")) { execl("/bin/true", "true", (char *)0); return 4; }
+            if (!strcmp(argv[2], "open")) return openat(AT_FDCWD, "/dev/null", O_RDONLY) >= 0 ? 0 : 3;
             return 5;
         }
         """;
 
     [Theory]
-    [InlineData("unix", 0)]
-    [InlineData("mmap-rw", 0)]
-    [InlineData("inet", 128 + 31)]
-    [InlineData("mmap-exec", 128 + 31)]
-    [InlineData("execve", 128 + 31)]
-    public void The_kernel_takes_the_filter_and_kills_what_it_forbids(string action, int expected)
+    [InlineData(null, "unix", 0)]
+    [InlineData(null, "mmap-rw", 0)]
+    [InlineData(null, "open", 0)]
+    [InlineData(null, "inet", 128 + 31)]
+    [InlineData(null, "mmap-exec", 128 + 31)]
+    [InlineData(null, "execve", 128 + 31)]
+    // Stacked as the VMM stacks them: the process's filter, then the thread's own.
+    [InlineData(VmmThreadClass.Vcpu, "mmap-rw", 0)]
+    [InlineData(VmmThreadClass.Vcpu, "unix", 128 + 31)]
+    [InlineData(VmmThreadClass.Vcpu, "open", 128 + 31)]
+    [InlineData(VmmThreadClass.Devices, "unix", 0)]
+    [InlineData(VmmThreadClass.Devices, "inet", 128 + 31)]
+    [InlineData(VmmThreadClass.NinePWorker, "open", 0)]
+    [InlineData(VmmThreadClass.NinePWorker, "unix", 128 + 31)]
+    [InlineData(VmmThreadClass.NinePWorker, "execve", 128 + 31)]
+    public void The_kernel_takes_the_filters_and_kills_what_they_forbid(VmmThreadClass? threadClass, string action, int expected)
     {
         Assert.True(OperatingSystem.IsLinux() && RuntimeInformation.ProcessArchitecture == Architecture.X64);
         string dir = Directory.CreateTempSubdirectory("rkt-kvm-seccomp-").FullName;
         try
         {
-            string filter = Path.Join(dir, "filter.bpf");
-            File.WriteAllBytes(filter, MemoryMarshal.AsBytes(Kill.AsSpan()).ToArray());
+            List<string> filters = [Path.Join(dir, "process.bpf")];
+            File.WriteAllBytes(filters[0], MemoryMarshal.AsBytes(Kill.AsSpan()).ToArray());
+            if (threadClass is { } c)
+            {
+                filters.Add(Path.Join(dir, "thread.bpf"));
+                File.WriteAllBytes(filters[1], MemoryMarshal.AsBytes(ThreadSyscallPolicy.Build(c, SeccompProgram.RetKillProcess).AsSpan()).ToArray());
+            }
             File.WriteAllText(Path.Join(dir, "probe.c"), Probe);
             Assert.Equal(0, Run("gcc", "-O2", "-o", Path.Join(dir, "probe"), Path.Join(dir, "probe.c")));
-            Assert.Equal(expected, Run(Path.Join(dir, "probe"), filter, action));
+            Assert.Equal(expected, Run(Path.Join(dir, "probe"), [.. filters, action]));
         }
         finally { Directory.Delete(dir, recursive: true); }
+    }
+
+    private static uint EvalClass(VmmThreadClass c, int nr, params ulong[] args) =>
+        SeccompProgram.Evaluate(ThreadSyscallPolicy.Build(c, SeccompProgram.RetKillProcess), nr, [.. args, .. new ulong[6 - args.Length]]);
+
+    [Fact]
+    public void Each_thread_class_may_make_only_what_the_process_may()
+    {
+        foreach (var c in Enum.GetValues<VmmThreadClass>())
+        {
+            Assert.Empty(ThreadSyscallPolicy.Allowed(c).Except(VmmSyscallPolicy.Allowed));
+            foreach (var rule in ThreadSyscallPolicy.Rules(c))
+            {
+                var processRule = VmmSyscallPolicy.Rules.Single(r => r.Syscall == rule.Syscall);
+                Assert.Equal(processRule.Argument, rule.Argument);
+                Assert.Empty(rule.Values.Except(processRule.Values));
+            }
+        }
+    }
+
+    [Fact]
+    public void Every_thread_class_keeps_what_the_runtime_makes_on_any_thread()
+    {
+        // The GC allocates, suspends threads by signal and flushes write buffers on whatever thread allocates.
+        int[] runtime = [X64Syscalls.futex, X64Syscalls.madvise, X64Syscalls.munmap, X64Syscalls.membarrier, X64Syscalls.tgkill,
+            X64Syscalls.rt_sigreturn, X64Syscalls.rt_sigprocmask, X64Syscalls.clock_gettime, X64Syscalls.write, X64Syscalls.clone3, X64Syscalls.exit];
+        foreach (var c in Enum.GetValues<VmmThreadClass>())
+        {
+            foreach (int nr in runtime) Assert.True(EvalClass(c, nr) == SeccompProgram.RetAllow, $"{c} may not make syscall {nr}");
+            Assert.Equal(SeccompProgram.RetAllow, EvalClass(c, X64Syscalls.mmap, 0, 4096, ProtRead | ProtWrite));
+            Assert.Equal(SeccompProgram.RetKillProcess, EvalClass(c, X64Syscalls.mmap, 0, 4096, ProtRead | ProtExec));
+        }
+    }
+
+    [Fact]
+    public void Each_thread_class_loses_what_it_does_not_do()
+    {
+        // vCPU threads: only the vCPU's own ioctls; no files by name, no sockets, no event loops.
+        Assert.Equal(SeccompProgram.RetAllow, EvalClass(VmmThreadClass.Vcpu, X64Syscalls.ioctl, 5, KvmIoctl.Run));
+        Assert.Equal(SeccompProgram.RetAllow, EvalClass(VmmThreadClass.Vcpu, X64Syscalls.ioctl, 5, KvmIoctl.SetRegs));
+        Assert.Equal(SeccompProgram.RetKillProcess, EvalClass(VmmThreadClass.Vcpu, X64Syscalls.ioctl, 5, KvmIoctl.SetUserMemoryRegion));
+        Assert.Equal(SeccompProgram.RetKillProcess, EvalClass(VmmThreadClass.Vcpu, X64Syscalls.ioctl, 5, KvmIoctl.Ioeventfd));
+        foreach (int nr in new[] { X64Syscalls.openat, X64Syscalls.unlinkat, X64Syscalls.connect, X64Syscalls.sendmsg, X64Syscalls.accept4, X64Syscalls.epoll_ctl, X64Syscalls.ftruncate, X64Syscalls.capset, X64Syscalls.seccomp })
+            Assert.True(EvalClass(VmmThreadClass.Vcpu, nr) == SeccompProgram.RetKillProcess, $"a vCPU thread may make syscall {nr}");
+        Assert.Equal(SeccompProgram.RetKillProcess, EvalClass(VmmThreadClass.Vcpu, X64Syscalls.socket, AfUnix, 1));
+        // The device thread: sockets, event loops and snapshots, but it changes no file by name.
+        Assert.Equal(SeccompProgram.RetAllow, EvalClass(VmmThreadClass.Devices, X64Syscalls.socket, AfUnix, 1));
+        Assert.Equal(SeccompProgram.RetKillProcess, EvalClass(VmmThreadClass.Devices, X64Syscalls.socket, AfInet, 1));
+        Assert.Equal(SeccompProgram.RetAllow, EvalClass(VmmThreadClass.Devices, X64Syscalls.ioctl, 5, KvmIoctl.GetLapic));
+        foreach (int nr in new[] { X64Syscalls.mkdirat, X64Syscalls.linkat, X64Syscalls.symlinkat, X64Syscalls.fchownat, X64Syscalls.fsetxattr, X64Syscalls.mknodat })
+            Assert.True(EvalClass(VmmThreadClass.Devices, nr) == SeccompProgram.RetKillProcess, $"the device thread may make syscall {nr}");
+        // 9p workers: files, but no sockets, no ioctls, no event loops.
+        Assert.Equal(SeccompProgram.RetAllow, EvalClass(VmmThreadClass.NinePWorker, X64Syscalls.mkdirat));
+        Assert.Equal(SeccompProgram.RetAllow, EvalClass(VmmThreadClass.NinePWorker, X64Syscalls.fchownat));
+        foreach (int nr in new[] { X64Syscalls.socket, X64Syscalls.connect, X64Syscalls.sendmsg, X64Syscalls.epoll_wait, X64Syscalls.ioctl })
+            Assert.True(EvalClass(VmmThreadClass.NinePWorker, nr) == SeccompProgram.RetKillProcess, $"a 9p worker may make syscall {nr}");
     }
 
     private static int Run(string program, params string[] args)

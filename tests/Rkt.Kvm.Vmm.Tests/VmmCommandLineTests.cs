@@ -80,8 +80,11 @@ public class VmmCommandLineTests
     {
         Assert.Equal(VmmTestFault.None, VmmOptions.Parse(["--kernel", "/k"]).Machine.TestFault);
         Assert.Equal(VmmTestFault.VcpuForbiddenSyscall, VmmOptions.Parse(["--kernel", "/k", "--test-fault=vcpu-forbidden-syscall"]).Machine.TestFault);
+        Assert.Equal(VmmTestFault.VcpuClassForbiddenSyscall, VmmOptions.Parse(["--kernel", "/k", "--test-fault=vcpu-thread-filter"]).Machine.TestFault);
+        Assert.Equal(["--kernel", "/k", "--test-fault", "vcpu-thread-filter"],
+            new VmmCommandLine { Kernel = "/k", TestFault = VmmTestFault.VcpuClassForbiddenSyscall }.ToArguments());
         var e = Assert.Throws<ArgumentException>(() => VmmCommandLine.Parse(["--kernel", "/k", "--test-fault", "oops"]));
-        Assert.Contains("--test-fault must be vcpu-forbidden-syscall", e.Message);
+        Assert.Contains("--test-fault must be vcpu-forbidden-syscall or vcpu-thread-filter", e.Message);
     }
 
     [Fact]

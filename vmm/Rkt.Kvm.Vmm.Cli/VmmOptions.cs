@@ -32,9 +32,11 @@ public sealed record VmmOptions
           --user UID:GID       once set up (before the first vCPU runs), become this unprivileged
                                user and group, with no supplementary groups: only the 9p
                                workers keep file passthrough's capabilities (default: stay root)
-          --test-fault vcpu-forbidden-syscall
+          --test-fault vcpu-forbidden-syscall|vcpu-thread-filter
                                for tests of the confinement only: a vCPU thread makes a system
-                               call the filter forbids once locked down (the VMM dies by SIGSYS)
+                               call the process's filter forbids (AF_INET socket), or one only
+                               the vCPU threads' own filter forbids (AF_UNIX socket), once locked
+                               down (the VMM dies by SIGSYS)
           --kvm-device PATH    KVM device (default /dev/kvm)
           --vsock PATH         virtio-vsock, reached from the host through the Unix socket PATH
                                (hybrid vsock: write "CONNECT <port>\n"); guest connections to

@@ -75,7 +75,7 @@ public sealed record VmmCommandLine
         if (Seccomp != SeccompAction.Kill) Add("--seccomp", Seccomp == SeccompAction.Log ? "log" : "off");
         if (!Jail) Add("--jail", "off");
         Add("--user", User?.ToArgument());
-        if (TestFault == VmmTestFault.VcpuForbiddenSyscall) Add("--test-fault", "vcpu-forbidden-syscall");
+        if (TestFault != VmmTestFault.None) Add("--test-fault", TestFault == VmmTestFault.VcpuForbiddenSyscall ? "vcpu-forbidden-syscall" : "vcpu-thread-filter");
         Add("--kvm-device", KvmDevice);
         Add("--vsock", Vsock);
         if (VsockCid != DefaultGuestCid) Add("--vsock-cid", VsockCid.ToString(CultureInfo.InvariantCulture));
@@ -170,7 +170,8 @@ public sealed record VmmCommandLine
                     testFault = Value() switch
                     {
                         "vcpu-forbidden-syscall" => VmmTestFault.VcpuForbiddenSyscall,
-                        var v => throw new ArgumentException($"--test-fault must be vcpu-forbidden-syscall, not '{v}'."),
+                        "vcpu-thread-filter" => VmmTestFault.VcpuClassForbiddenSyscall,
+                        var v => throw new ArgumentException($"--test-fault must be vcpu-forbidden-syscall or vcpu-thread-filter, not '{v}'."),
                     };
                     break;
                 case "--kvm-device": kvmDevice = Value(); break;

@@ -165,6 +165,11 @@ public enum VmmTestFault
     None,
     /// <summary>A vCPU thread, locked down, makes a system call the filter forbids (an AF_INET socket): the VMM must die by SIGSYS.</summary>
     VcpuForbiddenSyscall,
+    /// <summary>
+    /// A vCPU thread makes a call the process's filter allows but the vCPU threads' own filter does
+    /// not (an AF_UNIX socket, which only the device thread makes): the VMM must die by SIGSYS.
+    /// </summary>
+    VcpuClassForbiddenSyscall,
 }
 
 /// <summary>

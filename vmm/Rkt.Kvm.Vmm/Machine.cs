@@ -419,7 +419,10 @@ public sealed class Machine : IDisposable
             // Everything is open and every host thread but the vCPUs' runs: from here on the guest
             // drives the VMM, so the filter goes on now, on all threads at once (TSYNC).
             Host.Confinement.LockDown.Apply(action);
-            _log.Debug("locked down: seccomp {Action}, no_new_privs, not dumpable, no core dumps", action);
+            // Then each thread that handles guest input narrows its own calls (vCPU threads do as they start).
+            _deviceLoop.Invoke(() => Host.Confinement.LockDown.ApplyToThisThread(Host.Confinement.VmmThreadClass.Devices, action));
+            _p9?.RunOnEveryWorker(() => Host.Confinement.LockDown.ApplyToThisThread(Host.Confinement.VmmThreadClass.NinePWorker, action));
+            _log.Debug("locked down: seccomp {Action} (and a filter per thread class), no_new_privs, not dumpable, no core dumps", action);
             if (action == SeccompAction.Off) _log.Warning("--seccomp=off: the VMM runs without its system call filter (for debugging only)");
         }
         // This thread only waits for the VM's end from here on.
@@ -427,11 +430,13 @@ public sealed class Machine : IDisposable
         foreach (var runner in runners)
         {
             bool dropCapabilities = _config?.Jail == true;
-            bool forbiddenSyscall = _config?.TestFault == VmmTestFault.VcpuForbiddenSyscall && runner == runners[0];
+            var lockDown = _config?.LockDown;
+            var testFault = runner == runners[0] ? _config?.TestFault ?? VmmTestFault.None : VmmTestFault.None;
             var thread = new Thread(() =>
             {
                 if (dropCapabilities) Host.Confinement.ThreadCapabilities.DropAllOnThisThread();
-                if (forbiddenSyscall) Host.Confinement.LockDown.MakeForbiddenCall(_log);
+                if (lockDown is { } action) Host.Confinement.LockDown.ApplyToThisThread(Host.Confinement.VmmThreadClass.Vcpu, action);
+                if (testFault != VmmTestFault.None) Host.Confinement.LockDown.MakeForbiddenCall(testFault, _log);
                 runner.Run();
             }) { IsBackground = true, Name = "vcpu" };
             thread.Start();

@@ -7,7 +7,8 @@ namespace Rkt.Kvm.Vmm.Host.Confinement;
 /// What the VMM gives up once it is set up, before the first vCPU runs guest code: core dumps (they
 /// would hold guest memory) and ptrace or /proc/&lt;pid&gt;/mem access by other processes of its user
 /// (not dumpable), new privileges through execve (no_new_privs), and every system call outside
-/// <see cref="VmmSyscallPolicy"/>, on every thread of the process (SECCOMP_FILTER_FLAG_TSYNC).
+/// <see cref="VmmSyscallPolicy"/>, on every thread of the process (SECCOMP_FILTER_FLAG_TSYNC); then
+/// each thread that handles guest input narrows its own calls further (<see cref="ApplyToThisThread"/>).
 /// </summary>
 public static unsafe partial class LockDown
 {
@@ -44,30 +45,54 @@ public static unsafe partial class LockDown
         ConfinementError.Check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS, 1)");
         if (action == SeccompAction.Off) return;
         LoadLazyLibraries();
-        var program = VmmSyscallPolicy.Build(action == SeccompAction.Kill ? SeccompProgram.RetKillProcess : SeccompProgram.RetLog);
+        long rc = Install(VmmSyscallPolicy.Build(DefaultAction(action)), SECCOMP_FILTER_FLAG_TSYNC);
+        // With TSYNC a positive result is the id of a thread that could not be synchronised.
+        if (rc > 0) throw new IOException($"seccomp: thread {rc} could not take the filter.");
+        ConfinementError.Check((int)rc, "seccomp(SECCOMP_SET_MODE_FILTER)");
+    }
+
+    /// <summary>
+    /// Stacks the filter of <paramref name="threadClass"/> (<see cref="ThreadSyscallPolicy"/>) on
+    /// the calling thread only, after <see cref="Apply"/> (TSYNC requires that no thread has a filter
+    /// of its own yet, and gave every thread no_new_privs, which a thread without CAP_SYS_ADMIN needs to add one).
+    /// </summary>
+    public static void ApplyToThisThread(VmmThreadClass threadClass, SeccompAction action)
+    {
+        if (action == SeccompAction.Off) return;
+        long rc = Install(ThreadSyscallPolicy.Build(threadClass, DefaultAction(action)), flags: 0);
+        ConfinementError.Check((int)rc, $"seccomp(SECCOMP_SET_MODE_FILTER) for a {threadClass} thread");
+    }
+
+    private static uint DefaultAction(SeccompAction action) => action == SeccompAction.Kill ? SeccompProgram.RetKillProcess : SeccompProgram.RetLog;
+
+    private static long Install(BpfInstruction[] program, uint flags)
+    {
         fixed (BpfInstruction* filter = program)
         {
             var fprog = new SockFprog { Length = (ushort)program.Length, Filter = filter };
-            long rc = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &fprog);
-            // With TSYNC a positive result is the id of a thread that could not be synchronised.
-            if (rc > 0) throw new IOException($"seccomp: thread {rc} could not take the filter.");
-            ConfinementError.Check((int)rc, "seccomp(SECCOMP_SET_MODE_FILTER)");
+            return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &fprog);
         }
     }
 
     /// <summary>
-    /// <c>--test-fault vcpu-forbidden-syscall</c>: the calling (vCPU) thread asks for an AF_INET
-    /// socket, which the filter forbids, as a device model bug or an exploit might. Under
+    /// <c>--test-fault</c>: the calling (vCPU) thread makes a call it may not, as a device model bug
+    /// or an exploit might: <c>vcpu-forbidden-syscall</c> asks for an AF_INET socket, which the
+    /// process's filter forbids; <c>vcpu-thread-filter</c> for an AF_UNIX socket, which the process
+    /// allows (the device thread makes them) and only the vCPU threads' own filter forbids. Under
     /// <c>--seccomp=kill</c> the VMM dies here by SIGSYS; under <c>log</c> the kernel logs the call
     /// and it goes through (the socket is closed at once).
     /// </summary>
-    public static void MakeForbiddenCall(Serilog.ILogger log)
+    public static void MakeForbiddenCall(VmmTestFault fault, Serilog.ILogger log)
     {
-        log.Warning("--test-fault vcpu-forbidden-syscall: this vCPU thread now calls socket(AF_INET), which the seccomp filter forbids");
+        (string name, int family) = fault == VmmTestFault.VcpuForbiddenSyscall
+            ? ("vcpu-forbidden-syscall", Tmds.Linux.LibC.AF_INET) : ("vcpu-thread-filter", Tmds.Linux.LibC.AF_UNIX);
+        string call = family == Tmds.Linux.LibC.AF_INET ? "socket(AF_INET)" : "socket(AF_UNIX)";
+        string filter = family == Tmds.Linux.LibC.AF_INET ? "the seccomp filter forbids" : "only the vCPU threads' own seccomp filter forbids";
+        log.Warning("--test-fault {Fault:l}: this vCPU thread now calls {Call:l}, which {Filter:l}", name, call, filter);
         Serilog.Log.CloseAndFlush();
-        int fd = Tmds.Linux.LibC.socket(Tmds.Linux.LibC.AF_INET, Tmds.Linux.LibC.SOCK_STREAM | Tmds.Linux.LibC.SOCK_CLOEXEC, 0);
+        int fd = Tmds.Linux.LibC.socket(family, Tmds.Linux.LibC.SOCK_STREAM | Tmds.Linux.LibC.SOCK_CLOEXEC, 0);
         if (fd >= 0) Tmds.Linux.LibC.close(fd);
-        log.Warning("--test-fault vcpu-forbidden-syscall: the forbidden call returned {Fd}: the filter did not kill the VMM", fd);
+        log.Warning("--test-fault {Fault:l}: the forbidden call returned {Fd}: the filter did not kill the VMM", name, fd);
     }
 
     /// <summary>

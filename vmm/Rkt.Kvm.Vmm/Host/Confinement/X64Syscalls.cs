@@ -149,6 +149,7 @@ internal static class X64Syscalls
     public const int pwritev = 296;
     public const int prlimit64 = 302;
     public const int renameat2 = 316;
+    public const int seccomp = 317;
     public const int getrandom = 318;
     public const int membarrier = 324;
     public const int copy_file_range = 326;
