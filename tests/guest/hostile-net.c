@@ -1,0 +1,2 @@
+#include "hostile.h"
+void net_phase(void) {}
