@@ -1,4 +1,6 @@
+using System.Net;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.RegularExpressions;
@@ -23,6 +25,7 @@ namespace Rkt.Kvm.Integration.Tests;
 /// into the guest through the hybrid socket when it says "vsock-serving", and counts the VMM's
 /// threads and file descriptors before and after the attacks.
 /// </summary>
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class HostileGuestFixture : IDisposable
 {
     /// <summary>The guest knows only the prefix: it looks for it in whatever an escape attempt reads.</summary>
@@ -49,6 +52,18 @@ public sealed class HostileGuestFixture : IDisposable
     /// <summary>The VMM's threads and open fds as the vsock attacks began and after the guest finished (-1: not read).</summary>
     public readonly int ThreadsBefore = -1, FdsBefore = -1, ThreadsAfter = -1, FdsAfter = -1;
     public readonly bool AliveAfterAttacks;
+
+    /// <summary>Null when the guest gets a NIC: a tap in a network namespace of the test's own (root and /dev/net/tun needed).</summary>
+    public readonly string? NetUnavailable;
+    public readonly string Netns = $"rkt-kvm-hostile-{Guid.NewGuid():N}"[..24];
+    public const string Tap = "rkvmh0", GuestMac = "02:00:00:00:00:c1";
+    public static readonly IPAddress HostIp = IPAddress.Parse("10.124.0.1"), GuestIp = IPAddress.Parse("10.124.0.2");
+    public const int GuestUdpPort = 7777, HostUdpPort = 7778;
+    /// <summary>The datagrams the guest sent to the host's port, as text.</summary>
+    public readonly List<string> FromGuest = [];
+    public int SentToGuest => _sentToGuest;
+    private int _sentToGuest;
+    public string? NetHostFailure;
 
     public readonly IReadOnlyList<HostFileState> Before = [], After = [];
     public readonly bool SawHolding, SawDone;
@@ -91,6 +106,23 @@ public sealed class HostileGuestFixture : IDisposable
         var echoLoop = Task.Run(() => ServeEcho(echo, hostSide.Token));
         var sinkLoop = Task.Run(() => HoldSink(sink, sunk, hostSide.Token));
 
+        NetUnavailable = Environment.UserName != "root" ? "the NIC part needs root (a network namespace and a tap)"
+            : !File.Exists("/dev/net/tun") ? "/dev/net/tun is absent" : null;
+        using var netReady = new ManualResetEventSlim();
+        Thread? receiver = null, sender = null;
+        if (NetUnavailable is null)
+        {
+            Ip("netns", "add", Netns);
+            Ip("-n", Netns, "link", "set", "lo", "up");
+            Ip("-n", Netns, "tuntap", "add", "dev", Tap, "mode", "tap");
+            Ip("-n", Netns, "addr", "add", $"{HostIp}/24", "dev", Tap);
+            Ip("-n", Netns, "link", "set", Tap, "up");
+            // The guest's raw driver answers no ARP: the host knows its address, so the flood is not held back by resolution.
+            Ip("-n", Netns, "neigh", "replace", GuestIp.ToString(), "lladdr", GuestMac, "dev", Tap, "nud", "permanent");
+            receiver = InNetns(() => ReceiveFromGuest(hostSide.Token));
+            sender = InNetns(() => SendToGuest(netReady, hostSide.Token));
+        }
+
         var commandLine = new VmmCommandLine
         {
             Kernel = TestEnvironment.Vmlinux,
@@ -100,6 +132,7 @@ public sealed class HostileGuestFixture : IDisposable
             Cmdline = $"quiet rkt.init=hostile rkt.hostile.tree={Tree}",
             Control = ControlPath,
             Vsock = VsockPath,
+            Net = NetUnavailable is null ? [NetDeviceSpec.Parse($"tap={Tap},netns=/var/run/netns/{Netns},mac={GuestMac}")] : [],
             Exports = [new P9ExportSpec("a", A, false), new P9ExportSpec("b", B, false), new P9ExportSpec("ro", Ro, true)],
             // Confined as a pod's VMM is: jailed (the default) and dropped to an unprivileged user of its own.
             User = new VmmUser(Rkt.Kvm.Stage1.Runtime.PodVmmUser.First + 17, Rkt.Kvm.Stage1.Runtime.PodVmmUser.First + 17),
@@ -125,6 +158,7 @@ public sealed class HostileGuestFixture : IDisposable
                 (ThreadsBefore, FdsBefore) = Usage(vmm.Pid);
             if (vmm.WaitForAny(VmmProcess.BootTimeout, VsockServing, Done) == VsockServing)
                 HostConnectResult = ConnectIntoGuest(GuestServePort);
+            if (vmm.WaitForAny(VmmProcess.BootTimeout, NetReady, Done) == NetReady) netReady.Set();
             SawDone = vmm.WaitFor(Done, VmmProcess.BootTimeout);
             AliveAfterAttacks = !vmm.HasExited;
             if (AliveAfterAttacks) (ThreadsAfter, FdsAfter) = Usage(vmm.Pid);
@@ -149,8 +183,71 @@ public sealed class HostileGuestFixture : IDisposable
             Stderr = vmm.Stderr;
             hostSide.Cancel();
             foreach (var s in sunk) s.Dispose();
+            if (receiver is not null && !receiver.Join(TimeSpan.FromSeconds(10))) NetHostFailure ??= "the receiver never stopped";
+            if (sender is not null && !sender.Join(TimeSpan.FromSeconds(10))) NetHostFailure ??= "the sender never stopped";
         }
     }
+
+    private void ReceiveFromGuest(CancellationToken stop)
+    {
+        using var s = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp) { ReceiveTimeout = 200 };
+        s.Bind(new IPEndPoint(HostIp, HostUdpPort));
+        var buffer = new byte[2048];
+        while (!stop.IsCancellationRequested)
+        {
+            try
+            {
+                int n = s.Receive(buffer);
+                lock (FromGuest) FromGuest.Add(Encoding.ASCII.GetString(buffer, 0, n));
+            }
+            catch (SocketException e) when (e.SocketErrorCode is SocketError.TimedOut or SocketError.WouldBlock) { }
+        }
+    }
+
+    /// <summary>When the guest is ready: a flood of full-size datagrams (it posts no rx buffers meanwhile), then one small one every 20 ms.</summary>
+    private void SendToGuest(ManualResetEventSlim ready, CancellationToken stop)
+    {
+        try { ready.Wait(stop); }
+        catch (OperationCanceledException) { return; }
+        using var s = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        var to = new IPEndPoint(GuestIp, GuestUdpPort);
+        var big = new byte[1400];
+        var small = Encoding.ASCII.GetBytes("hostile-host-to-guest");
+        for (int i = 0; i < 2000 && !stop.IsCancellationRequested; i++)
+        {
+            try { s.SendTo(big, to); Interlocked.Increment(ref _sentToGuest); }
+            catch (SocketException) { } // the tap's queue is full: that is the point
+        }
+        while (!stop.IsCancellationRequested)
+        {
+            try { s.SendTo(small, to); Interlocked.Increment(ref _sentToGuest); }
+            catch (SocketException) { }
+            stop.WaitHandle.WaitOne(20);
+        }
+    }
+
+    /// <summary>A background thread that enters the test's network namespace first: its sockets live there.</summary>
+    private Thread InNetns(Action work)
+    {
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                using var ns = File.OpenHandle($"/var/run/netns/{Netns}");
+                if (setns((int)ns.DangerousGetHandle(), CloneNewNet) != 0) throw new InvalidOperationException($"setns into {Netns} failed: errno {Marshal.GetLastPInvokeError()}");
+                work();
+            }
+            catch (Exception e) { NetHostFailure ??= e.ToString(); }
+        }) { IsBackground = true };
+        thread.Start();
+        return thread;
+    }
+
+    private const int CloneNewNet = 0x4000_0000;
+    [DllImport("libc", SetLastError = true)]
+    private static extern int setns(int fd, int nstype);
+
+    private static void Ip(params string[] args) => Rkt.Kvm.Stage1.Networking.HostCommand.Check("ip", args);
 
     [System.Runtime.Versioning.SupportedOSPlatform("linux")]
     private static Socket Listen(string path)
@@ -250,10 +347,16 @@ public sealed class HostileGuestFixture : IDisposable
 
     public override string ToString() =>
         $"exit {ExitCode}; holding: {(SawHolding ? HoldingStatus : "never seen")}; final: {FinalStatus}; host connect: {HostConnectResult}; " +
-        $"threads {ThreadsBefore} -> {ThreadsAfter}, fds {FdsBefore} -> {FdsAfter}; echo connections {EchoConnections}\n--- stdout ---\n{Stdout}\n--- stderr ---\n{Stderr}";
+        $"threads {ThreadsBefore} -> {ThreadsAfter}, fds {FdsBefore} -> {FdsAfter}; echo connections {EchoConnections}; " +
+        $"net: {NetUnavailable ?? "on"}, {SentToGuest} datagrams sent to the guest, from it: [{string.Join(", ", FromGuest)}]{(NetHostFailure is null ? "" : "; host failure: " + NetHostFailure)}\n--- stdout ---\n{Stdout}\n--- stderr ---\n{Stderr}";
 
     public void Dispose()
     {
+        if (NetUnavailable is null && TestEnvironment.HasKvm)
+        {
+            try { Ip("netns", "del", Netns); }
+            catch (Rkt.Kvm.Stage1.Stage1Exception) { }
+        }
         try { Directory.Delete(Root, recursive: true); } catch (IOException) { }
     }
 }
@@ -303,6 +406,7 @@ public sealed record HostFileState(string Path, uint Mode, uint Uid, uint Gid, l
     public override string ToString() => $"{Path} mode {Convert.ToString(Mode, 8)} {Uid}:{Gid} size {Size} mtime {Mtime} ctime {Ctime} {Content}";
 }
 
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class HostileGuestTests(HostileGuestFixture vm) : IClassFixture<HostileGuestFixture>
 {
     private const uint S_IFDIR = HostFileState.S_IFDIR, S_IFREG = HostFileState.S_IFREG, S_IFLNK = HostFileState.S_IFLNK,
@@ -345,7 +449,38 @@ public sealed class HostileGuestTests(HostileGuestFixture vm) : IClassFixture<Ho
         "vsock-host-connects-in", "vsock-give-back", "vsock-kernel-after-attack",
     ];
 
+    /// <summary>Phase 5, the guest's own virtio-net driver (hostile-net.c): only when the guest got a NIC.</summary>
+    public static readonly string[] NetChecks =
+    [
+        "net-bad-queue-setup", "net-setup", "net-bad-vnet-headers", "net-short-frames", "net-giant-frames", "net-malformed-chains",
+        "net-bad-rx-buffers", "net-rx-tiny-buffers-after-starving", "net-reset-mid-traffic", "net-indirect-abuse",
+        "net-avail-index-jump", "net-give-back",
+    ];
+
     public static TheoryData<string> CheckNames => new(Checks);
+    public static TheoryData<string> NetCheckNames => new(NetChecks);
+
+    [SkippableTheory]
+    [MemberData(nameof(NetCheckNames))]
+    public void The_net_device_withstands(string name)
+    {
+        string stdout = Stdout;
+        Skip.If(vm.NetUnavailable is not null, vm.NetUnavailable);
+        Assert.True(Regex.IsMatch(stdout, $@"rkt-kvm-guest: hostile ok {Regex.Escape(name)}\r?$", RegexOptions.Multiline), vm.ToString());
+    }
+
+    [SkippableFact]
+    public void The_host_received_the_guests_datagrams_after_the_net_attacks()
+    {
+        _ = Stdout;
+        Skip.If(vm.NetUnavailable is not null, vm.NetUnavailable);
+        lock (vm.FromGuest)
+        {
+            Assert.True(vm.FromGuest.Contains("hostile-guest-to-host"), vm.ToString());
+            Assert.True(vm.FromGuest.Contains("hostile-guest-to-host-final"), vm.ToString());
+        }
+        Assert.True(vm.NetHostFailure is null, vm.ToString());
+    }
 
     private string Stdout
     {
@@ -370,7 +505,7 @@ public sealed class HostileGuestTests(HostileGuestFixture vm) : IClassFixture<Ho
         string stdout = Stdout;
         Assert.True(vm.SawDone, vm.ToString());
         var reported = Regex.Matches(stdout, @"rkt-kvm-guest: hostile (?:ok|FAIL) ([a-z0-9-]+)").Select(m => m.Groups[1].Value).ToHashSet();
-        Assert.Empty(reported.Except(Checks));
+        Assert.Empty(reported.Except(Checks).Except(NetChecks));
     }
 
     [SkippableFact]
