@@ -185,10 +185,12 @@ initramfs: tools $(HOSTILE)
 	$(MKINITRAMFS) --spec tests/guest/initramfs.spec -o $(TEST_INITRD)
 	$(MKINITRAMFS) --spec tests/guest/hostile-initramfs.spec -o $(HOSTILE_INITRD)
 
-# The hostile guest's own code (tests/guest/hostile.c), stripped: its initramfs is unpacked at every boot.
-$(HOSTILE): tests/guest/hostile.c
+# The hostile guest's own code (tests/guest/hostile*.c: 9p and main, its raw virtio driver, the
+# vsock and net attacks), stripped: its initramfs is unpacked at every boot.
+HOSTILE_SOURCES := tests/guest/hostile.c tests/guest/hostile-virtio.c tests/guest/hostile-vsock.c tests/guest/hostile-net.c
+$(HOSTILE): $(HOSTILE_SOURCES) tests/guest/hostile.h
 	@mkdir -p $(OUT)/guest
-	gcc -static -O2 -s -Wall -Wextra -o $@ $<
+	gcc -static -O2 -s -Wall -Wextra -o $@ $(HOSTILE_SOURCES)
 
 agent-initramfs: tools agent
 	$(MKINITRAMFS) --spec guest-agent/agent-initramfs.spec -o $(AGENT_INITRD)

@@ -36,6 +36,9 @@ public sealed class ConsoleVmm : IDisposable
         _process.BeginErrorReadLine();
     }
 
+    public int Pid => _process.Id;
+    public bool HasExited => _process.HasExited;
+
     public string Stdout { get { lock (_stdout) return _stdout.ToString(); } }
     public string Stderr { get { lock (_stderr) return _stderr.ToString(); } }
 

@@ -31,7 +31,9 @@
  * how the checks themselves can be tried on any machine; most then fail, as a plain directory
  * allows what an export must not.
  *
- * Build: make initramfs (gcc -static -O2 -s -Wall -Wextra -o out/guest/rkt-kvm-hostile tests/guest/hostile.c)
+ * Phases 4 and 5 (hostile-vsock.c, hostile-net.c) take the vsock and net devices the same way.
+ *
+ * Build: make initramfs (out/guest/rkt-kvm-hostile from tests/guest/hostile*.c; see the Makefile)
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -52,23 +54,23 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hostile.h"
+
 #define SECRET_MARK "HOSTILE-SECRET"
 #define MOUNT_OPTS "trans=virtio,version=9p2000.L,msize=524288"
 
 static const char *root = "/mnt/all"; /* the export-listing root as the guest sees it */
 static char host_tree[1024] = "/nonexistent-host-tree"; /* where the exports live on the host */
-static char why[512];
+char why[512];
 
-#define WHY(...) snprintf(why, sizeof why, __VA_ARGS__)
-
-static double now(void)
+double now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static void info(const char *fmt, ...)
+void info(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -78,11 +80,23 @@ static void info(const char *fmt, ...)
     va_end(ap);
 }
 
-static void check(const char *name, int ok)
+int check(const char *name, int ok)
 {
     if (ok) printf("rkt-kvm-guest: hostile ok %s\n", name);
     else printf("rkt-kvm-guest: hostile FAIL %s: %s\n", name, why[0] ? why : "(no reason recorded)");
     why[0] = 0;
+    return ok;
+}
+
+void marker(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    printf("rkt-kvm-guest: hostile ");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    fflush(stdout);
 }
 
 /* A few paths under the listing root at once (one call's arguments), each in its own buffer. */
@@ -170,7 +184,7 @@ static int owner_is(const char *p, unsigned uid, unsigned gid)
     return 0;
 }
 
-static int read_text(const char *p, char *buf, size_t size)
+int read_text(const char *p, char *buf, size_t size)
 {
     int fd = open(p, O_RDONLY);
     if (fd < 0) return -1;
@@ -399,18 +413,6 @@ static void phase1(void)
 
 /* ------------------------------------------------------------------ phase 2: a raw virtio-9p client */
 
-/* virtio-mmio version 2 registers and the bits used here (virtio 1.x, 4.2.2). */
-enum {
-    MMIO_MAGIC = 0x000, MMIO_VERSION = 0x004, MMIO_DEVICE_ID = 0x008, MMIO_DEVICE_FEATURES = 0x010,
-    MMIO_DEVICE_FEATURES_SEL = 0x014, MMIO_DRIVER_FEATURES = 0x020, MMIO_DRIVER_FEATURES_SEL = 0x024,
-    MMIO_QUEUE_SEL = 0x030, MMIO_QUEUE_NUM_MAX = 0x034, MMIO_QUEUE_NUM = 0x038, MMIO_QUEUE_READY = 0x044,
-    MMIO_QUEUE_NOTIFY = 0x050, MMIO_INTERRUPT_ACK = 0x064, MMIO_STATUS = 0x070,
-    MMIO_QUEUE_DESC_LOW = 0x080, MMIO_QUEUE_DESC_HIGH = 0x084, MMIO_QUEUE_DRIVER_LOW = 0x090,
-    MMIO_QUEUE_DRIVER_HIGH = 0x094, MMIO_QUEUE_DEVICE_LOW = 0x0a0, MMIO_QUEUE_DEVICE_HIGH = 0x0a4,
-};
-enum { ST_ACK = 1, ST_DRIVER = 2, ST_DRIVER_OK = 4, ST_FEATURES_OK = 8, ST_NEEDS_RESET = 64 };
-enum { DESC_NEXT = 1, DESC_WRITE = 2 };
-#define PAGE 4096
 #define MAX_QUEUE 128
 #define MAX_SLOTS (MAX_QUEUE / 2) /* a request and its reply buffer: two descriptors */
 #define MSIZE PAGE
@@ -427,9 +429,7 @@ enum {
 enum { ATTR_MODE = 1, ATTR_UID = 2, ATTR_GID = 4, ATTR_SIZE = 8 };
 #define NOFID 0xffffffffu
 
-struct desc { uint64_t addr; uint32_t len; uint16_t flags, next; };
 
-static volatile uint32_t *regs;
 static struct desc *descs;
 static volatile uint16_t *avail; /* flags, idx, ring[qsize], used_event */
 static volatile uint8_t *used;   /* flags[2], idx[2], ring[qsize] of {id[4], len[4]}, avail_event[2] */
@@ -439,35 +439,10 @@ static uint8_t *req[MAX_SLOTS], *rep[MAX_SLOTS];
 static uint64_t req_pa[MAX_SLOTS], rep_pa[MAX_SLOTS];
 static uint32_t rep_len[MAX_SLOTS];
 static int raw_broken; /* a request never came back: the queue cannot be trusted any more */
-static int unbound;    /* the kernel's driver let go of the device: it must get it back */
 
-/* Plain 32-bit moves: KVM emulates each access to the window, and a compiler's fused
- * compare-with-memory is one more instruction for its emulator to know. */
-static uint32_t mmio_read(volatile uint32_t *p)
-{
-    uint32_t v;
-    __asm__ volatile("movl %1, %0" : "=r"(v) : "m"(*p) : "memory");
-    return v;
-}
-static void mmio_write(volatile uint32_t *p, uint32_t v) { __asm__ volatile("movl %0, %1" : : "r"(v), "m"(*p) : "memory"); }
-static uint32_t rd(unsigned off) { return mmio_read(regs + off / 4); }
-static void wr(unsigned off, uint32_t v) { mmio_write(regs + off / 4, v); }
-
-static uint64_t phys(int pagemap, void *va)
-{
-    uint64_t e;
-    if (pread(pagemap, &e, 8, (off_t)((uintptr_t)va / PAGE) * 8) != 8) return 0;
-    if (!(e >> 63)) return 0;
-    uint64_t pfn = e & ((1ULL << 55) - 1);
-    return pfn ? pfn * PAGE + ((uintptr_t)va & (PAGE - 1)) : 0;
-}
-
-static void put16(uint8_t *p, uint16_t v) { p[0] = v; p[1] = v >> 8; }
-static void put32(uint8_t *p, uint32_t v) { put16(p, v); put16(p + 2, v >> 16); }
-static void put64(uint8_t *p, uint64_t v) { put32(p, v); put32(p + 4, v >> 32); }
-static uint16_t get16(const volatile uint8_t *p) { return p[0] | p[1] << 8; }
-static uint32_t get32(const volatile uint8_t *p) { return get16(p) | (uint32_t)get16(p + 2) << 16; }
-static uint64_t get64(const volatile uint8_t *p) { return get32(p) | (uint64_t)get32(p + 4) << 32; }
+static struct rawdev dev9p;
+static uint32_t rd(unsigned off) { return dev_rd(&dev9p, off); }
+static void wr(unsigned off, uint32_t v) { dev_wr(&dev9p, off, v); }
 
 /* One request being written into a slot's page. */
 struct msg { uint8_t *p; uint32_t n; int slot; };
@@ -1065,33 +1040,7 @@ static void raw_exhaustion_checks(void)
     t_clunk(41);
 }
 
-/* The virtio-9p device: its window from the kernel command line, its name in sysfs. */
-static int find_device(uint64_t *base, char *name, size_t name_size, int memfd)
-{
-    char cmdline[4096];
-    if (read_text("/proc/cmdline", cmdline, sizeof cmdline) < 0) { WHY("/proc/cmdline: %s", strerror(errno)); return -1; }
-    *base = 0;
-    for (char *p = strstr(cmdline, "virtio_mmio.device="); p && !*base; p = strstr(p + 1, "virtio_mmio.device=")) {
-        char *atsign = strchr(p, '@');
-        if (!atsign) continue;
-        uint64_t addr = strtoull(atsign + 1, NULL, 0);
-        volatile uint32_t *r = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, (off_t)addr);
-        if (r == MAP_FAILED) continue;
-        if (mmio_read(r + MMIO_MAGIC / 4) == 0x74726976 && mmio_read(r + MMIO_VERSION / 4) == 2 && mmio_read(r + MMIO_DEVICE_ID / 4) == 9) *base = addr;
-        munmap((void *)r, PAGE);
-    }
-    if (!*base) { WHY("no virtio-9p device among the command line's virtio_mmio.device= entries"); return -1; }
-    DIR *d = opendir("/sys/bus/virtio/drivers/9pnet_virtio");
-    if (!d) { WHY("/sys/bus/virtio/drivers/9pnet_virtio: %s", strerror(errno)); return -1; }
-    name[0] = 0;
-    for (struct dirent *e; (e = readdir(d));)
-        if (strncmp(e->d_name, "virtio", 6) == 0) snprintf(name, name_size, "%.60s", e->d_name);
-    closedir(d);
-    if (!name[0]) { WHY("the 9p driver has no device bound"); return -1; }
-    return 0;
-}
-
-static int sysfs_write(const char *path, const char *text)
+int sysfs_write(const char *path, const char *text)
 {
     int fd = open(path, O_WRONLY);
     if (fd < 0) return -1;
@@ -1102,92 +1051,61 @@ static int sysfs_write(const char *path, const char *text)
     return 0;
 }
 
-/* Takes the device from the kernel and sets it up with one queue of our own; 0 or -1 with `why`. */
-static int raw_setup(const char *dev, uint64_t base, int memfd)
+void cmdline_value(const char *key, char *out, size_t size)
 {
-    /* The device reads our rings by physical address: locked pages must not be moved by compaction either. */
-    sysfs_write("/proc/sys/vm/compact_unevictable_allowed", "0");
-    if (sysfs_write("/sys/bus/virtio/drivers/9pnet_virtio/unbind", dev) < 0) { WHY("unbind %s: %s", dev, strerror(errno)); return -1; }
-    unbound = 1;
-    regs = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, (off_t)base);
-    if (regs == MAP_FAILED) { regs = NULL; WHY("mmap of the device window: %s", strerror(errno)); return -1; }
-    size_t pages = 1 + 2 * MAX_SLOTS;
-    uint8_t *mem = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE | MAP_LOCKED, -1, 0);
-    if (mem == MAP_FAILED) { WHY("mmap of the rings: %s", strerror(errno)); return -1; }
-    memset(mem, 0, pages * PAGE);
-    int pagemap = open("/proc/self/pagemap", O_RDONLY);
-    if (pagemap < 0) { WHY("/proc/self/pagemap: %s", strerror(errno)); return -1; }
-    uint64_t ring_pa = phys(pagemap, mem);
-    for (int s = 0; s < MAX_SLOTS; s++) {
-        req[s] = mem + (1 + 2 * s) * PAGE;
-        rep[s] = mem + (2 + 2 * s) * PAGE;
-        req_pa[s] = phys(pagemap, req[s]);
-        rep_pa[s] = phys(pagemap, rep[s]);
-        if (!req_pa[s] || !rep_pa[s]) ring_pa = 0;
-    }
-    close(pagemap);
-    if (!ring_pa) { WHY("pagemap gave no physical address"); return -1; }
+    char cmdline[4096], pat[128];
+    out[0] = 0;
+    if (read_text("/proc/cmdline", cmdline, sizeof cmdline) < 0) return;
+    snprintf(pat, sizeof pat, "%s=", key);
+    char *p = strstr(cmdline, pat);
+    if (!p) return;
+    p += strlen(pat);
+    size_t n = strcspn(p, " \n");
+    if (n >= size) n = size - 1;
+    memcpy(out, p, n);
+    out[n] = 0;
+}
 
-    wr(MMIO_STATUS, 0);
-    wr(MMIO_STATUS, ST_ACK);
-    wr(MMIO_STATUS, ST_ACK | ST_DRIVER);
-    wr(MMIO_DEVICE_FEATURES_SEL, 1);
-    uint32_t high = rd(MMIO_DEVICE_FEATURES);
-    if (!(high & 1)) { WHY("the device does not offer VIRTIO_F_VERSION_1"); return -1; }
-    wr(MMIO_DRIVER_FEATURES_SEL, 0);
-    wr(MMIO_DRIVER_FEATURES, 0);
-    wr(MMIO_DRIVER_FEATURES_SEL, 1);
-    wr(MMIO_DRIVER_FEATURES, 1);
-    wr(MMIO_STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK);
-    if (!(rd(MMIO_STATUS) & ST_FEATURES_OK)) { WHY("FEATURES_OK refused"); return -1; }
+/* Takes the device from the kernel and sets it up with one queue of our own; 0 or -1 with `why`. */
+static int raw_setup(void)
+{
+    if (rawdev_take(&dev9p) < 0) return -1;
+    static struct dma mem;
+    if (dma_alloc(&mem, 1 + 2 * MAX_SLOTS) < 0) return -1;
+    uint64_t ring_pa = mem.pa[0];
+    for (int s = 0; s < MAX_SLOTS; s++) {
+        req[s] = dma_page(&mem, 1 + 2 * s);
+        rep[s] = dma_page(&mem, 2 + 2 * s);
+        req_pa[s] = mem.pa[1 + 2 * s];
+        rep_pa[s] = mem.pa[2 + 2 * s];
+    }
+
+    if (!(rawdev_device_features(&dev9p) & F_VERSION_1)) { WHY("the device does not offer VIRTIO_F_VERSION_1"); return -1; }
+    if (!(rawdev_negotiate(&dev9p, F_VERSION_1) & ST_FEATURES_OK)) { WHY("FEATURES_OK refused"); return -1; }
     wr(MMIO_QUEUE_SEL, 0);
     uint32_t max = rd(MMIO_QUEUE_NUM_MAX);
     for (qsize = MAX_QUEUE; qsize > max && qsize > 2; qsize /= 2) {}
     if (qsize > max || qsize < 2) { WHY("queue size %u is too small", max); return -1; }
     nslots = qsize / 2;
-    /* One page: descriptors, then the available ring, then the used ring (4-byte aligned). */
-    descs = (struct desc *)mem;
-    avail = (volatile uint16_t *)(mem + 16 * qsize);
-    size_t used_off = (16 * qsize + 6 + 2 * qsize + 3) & ~(size_t)3;
-    used = mem + used_off;
-    avail[0] = 1; /* VIRTQ_AVAIL_F_NO_INTERRUPT: we poll, and the kernel has no handler now */
+    static struct vq q;
+    if (vq_setup(&dev9p, &q, 0, qsize, dma_page(&mem, 0), ring_pa) != 1) { WHY("the queue did not become ready (status 0x%x)", rd(MMIO_STATUS)); return -1; }
+    descs = q.desc;
+    avail = q.avail;
+    used = q.used;
     avail_idx = used_seen = 0;
-    wr(MMIO_QUEUE_NUM, qsize);
-    wr(MMIO_QUEUE_DESC_LOW, (uint32_t)ring_pa);
-    wr(MMIO_QUEUE_DESC_HIGH, (uint32_t)(ring_pa >> 32));
-    wr(MMIO_QUEUE_DRIVER_LOW, (uint32_t)(ring_pa + 16 * qsize));
-    wr(MMIO_QUEUE_DRIVER_HIGH, (uint32_t)((ring_pa + 16 * qsize) >> 32));
-    wr(MMIO_QUEUE_DEVICE_LOW, (uint32_t)(ring_pa + used_off));
-    wr(MMIO_QUEUE_DEVICE_HIGH, (uint32_t)((ring_pa + used_off) >> 32));
-    wr(MMIO_QUEUE_READY, 1);
-    if (rd(MMIO_QUEUE_READY) != 1) { WHY("the queue did not become ready (status 0x%x)", rd(MMIO_STATUS)); return -1; }
     wr(MMIO_STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK);
     if (rd(MMIO_STATUS) & ST_NEEDS_RESET) { WHY("the device needs a reset after DRIVER_OK"); return -1; }
     return 0;
 }
 
-/* Resets the device and hands it back to the kernel's driver, as a fresh probe expects it. */
-static int raw_give_back(const char *dev)
-{
-    if (regs) {
-        wr(MMIO_STATUS, 0);
-        wr(MMIO_INTERRUPT_ACK, 3);
-        wr(MMIO_STATUS, ST_ACK);
-    }
-    if (sysfs_write("/sys/bus/virtio/drivers/9pnet_virtio/bind", dev) < 0) { WHY("bind %s: %s", dev, strerror(errno)); return 0; }
-    return 1;
-}
-
 static void phase2(void)
 {
     double t = now();
-    char dev[64] = "";
-    uint64_t base = 0;
     int memfd = open("/dev/mem", O_RDWR | O_SYNC);
     int ok = memfd >= 0 ? 1 : (WHY("/dev/mem: %s", strerror(errno)), 0);
-    ok = ok && find_device(&base, dev, sizeof dev, memfd) == 0;
-    ok = ok && raw_setup(dev, base, memfd) == 0;
-    if (ok) info("raw: device %s at 0x%llx, queue size %u", dev, (unsigned long long)base, qsize);
+    ok = ok && rawdev_find(&dev9p, 9, "9pnet_virtio", memfd) == 0;
+    ok = ok && raw_setup() == 0;
+    if (ok) info("raw: device %s at 0x%llx, queue size %u", dev9p.name, (unsigned long long)dev9p.base, qsize);
     check("raw-setup", ok);
     if (ok) {
         int rc = t_version();
@@ -1206,7 +1124,7 @@ static void phase2(void)
             raw_exhaustion_checks();
         }
     }
-    if (unbound) check("raw-give-back", raw_give_back(dev));
+    if (dev9p.unbound) check("raw-give-back", rawdev_give_back(&dev9p));
     if (memfd >= 0) close(memfd);
     info("phase 2 (raw client) took %.1f s", now() - t);
 }
@@ -1256,5 +1174,7 @@ int main(int argc, char **argv)
     if (umount("/mnt/all") != 0) info("umount /mnt/all: %s", strerror(errno));
     phase2();
     phase3();
+    vsock_phase();
+    net_phase();
     return 0;
 }

@@ -8,8 +8,9 @@
 #   9p          mount the VMM's virtio-9p exports (rw, ro, and "late", which the host adds through
 #               the control socket while we wait), run file operations, print "9p ok|FAIL <name>",
 #               then wait for the host to stop the VM
-#   hostile     root attacks the VMM's 9p server with its own code (/bin/rkt-kvm-hostile, tests/guest/hostile.c,
-#               only in out/hostile-initrd.cpio) over exports a, b (read-write) and ro: it prints
+#   hostile     root attacks the VMM's 9p server, then its vsock and net devices, with its own code
+#               (/bin/rkt-kvm-hostile, tests/guest/hostile*.c, only in out/hostile-initrd.cpio) over exports
+#               a, b (read-write) and ro: it prints
 #               "hostile ok|FAIL <name>", and "hostile holding" while it holds every fid the server
 #               gives (until the host writes "go" into b/signal.txt); then "hostile done", and we wait
 #               for the host to stop the VM
