@@ -62,11 +62,21 @@ public sealed class AppcFetcher(ImageStore store, TrustedKeyStore keys, Registry
         if (url.Scheme == "http" && !options.Insecure.HasFlag(InsecureOptions.Http))
             throw new ImageException($"{HttpSession.ForLog(url)} is a plain-http URL; allow it with --insecure-options=http");
         var remote = url.ToString();
+        var stored = store.FindRemote(remote);
         Found top;
-        if (policy != PullPolicy.Update && store.FindRemote(remote) is { } stored) top = Stored(stored);
+        if (stored is not null && (policy != PullPolicy.Update || IsFresh(stored, DateTimeOffset.UtcNow))) top = Stored(stored);
         else if (policy == PullPolicy.Never) throw new ImageException($"image {HttpSession.ForLog(url)} is not in the store, and --pull-policy=never does not fetch it");
-        else top = FetchUrlAsync(url, signature is null || !Verify ? null : ReadSignature(signature), importOptions with { Remote = remote }, ct).GetAwaiter().GetResult();
+        else top = FetchUrlAsync(url, signature is null || !Verify ? null : ReadSignature(signature), importOptions with { Remote = remote }, stored, ct).GetAwaiter().GetResult();
         return WithDependencies(top, policy, importOptions, ct);
+    }
+
+    /// <summary>rkt's useCached: a URL's image is current for the <c>max-age</c> its server gave,
+    /// counted from its download; until then even <c>update</c> does not ask again.</summary>
+    private static bool IsFresh(ImageRecord stored, DateTimeOffset now)
+    {
+        if (stored is not { CacheMaxAge: > 0 and var maxAge, DownloadTime: { } downloaded } || now - downloaded >= TimeSpan.FromSeconds(maxAge)) return false;
+        Log.Debug("{Url} was downloaded {Age} ago, within its max-age of {MaxAge} s: using the stored image", stored.Remote, now - downloaded, maxAge);
+        return true;
     }
 
     /// <summary>rkt's ascPathFromImgPath: "x.aci" → "x.aci.asc", "x" → "x.aci.asc".</summary>
@@ -126,12 +136,13 @@ public sealed class AppcFetcher(ImageStore store, TrustedKeyStore keys, Registry
     }
 
     /// <param name="signature">a local signature (<c>--signature</c>), or null to fetch the URL's.</param>
-    private async Task<Found> FetchUrlAsync(Uri url, byte[]? signature, ImportOptions importOptions, CancellationToken ct)
+    /// <param name="stored">the image fetched from the URL before: its ETag goes as If-None-Match, and a 304 answer keeps it.</param>
+    private async Task<Found> FetchUrlAsync(Uri url, byte[]? signature, ImportOptions importOptions, ImageRecord? stored, CancellationToken ct)
     {
         using var http = new HttpSession(options);
         WarnIfInsecure(tls: true);
         var asc = new Uri(url.GetLeftPart(UriPartial.Authority) + SignaturePath(url.AbsolutePath) + url.Query);
-        return await Download(http, url, asc, null, importOptions, ct, signature);
+        return await Download(http, url, asc, null, importOptions, ct, signature, stored);
     }
 
     /// <summary>
@@ -140,7 +151,7 @@ public sealed class AppcFetcher(ImageStore store, TrustedKeyStore keys, Registry
     /// <paramref name="name"/>, or for the name its manifest gives when null) and prepared.
     /// </summary>
     private async Task<Found> Download(HttpSession http, Uri aciUrl, Uri ascUrl, string? name, ImportOptions importOptions, CancellationToken ct,
-        byte[]? signature = null)
+        byte[]? signature = null, ImageRecord? stored = null)
     {
         using var tmp = TempArea.Create(store.TmpDir, "import-");
         var what = HttpSession.ForLog(aciUrl);
@@ -153,8 +164,16 @@ public sealed class AppcFetcher(ImageStore store, TrustedKeyStore keys, Registry
             signature = await File.ReadAllBytesAsync(asc, ct);
         }
         var aci = Path.Join(tmp.Path, fileName);
-        await DownloadFile(http, aciUrl, aci, importOptions.Policy.MaxBytes, what, $"downloading ACI {fileName}", ct);
-        return VerifyAndPrepare(aci, signature, what, name, importOptions);
+        var cache = await DownloadFile(http, aciUrl, aci, importOptions.Policy.MaxBytes, what, $"downloading ACI {fileName}", ct, stored?.ETag);
+        if (cache is null)
+        {
+            Log.Debug("{Url} is not modified (ETag {ETag}): using the stored image", what, stored!.ETag);
+            return Stored(stored);
+        }
+        var found = VerifyAndPrepare(aci, signature, what, name, importOptions);
+        // rkt's remote store: what the next fetch of the URL sends, and how long it may skip asking.
+        found.Pending!.Record = found.Record with { ETag = cache.Value.ETag, CacheMaxAge = cache.Value.MaxAge, DownloadTime = DateTimeOffset.UtcNow };
+        return found with { Record = found.Pending.Record };
     }
 
     /// <summary>Checks <paramref name="aci"/> against <paramref name="signature"/> (none: not
@@ -208,17 +227,23 @@ public sealed class AppcFetcher(ImageStore store, TrustedKeyStore keys, Registry
     }
 
     /// <summary>One download into a file, as large as <paramref name="limit"/>, shown as a progress step.</summary>
-    private async Task DownloadFile(HttpSession http, Uri url, string dest, long limit, string what, string step, CancellationToken ct) =>
-        await http.Retry(what, async ct =>
+    /// <param name="ifNoneMatch">the ETag of the stored copy, if any.</param>
+    /// <returns>the response's ETag and max-age; null when the server says the stored copy is current (304).</returns>
+    private async Task<(string? ETag, int? MaxAge)?> DownloadFile(HttpSession http, Uri url, string dest, long limit, string what, string step, CancellationToken ct,
+        string? ifNoneMatch = null) =>
+        await http.Retry<(string?, int?)?>(what, async ct =>
         {
-            using var response = await http.GetOk(url, what, ct);
+            using var response = await http.GetOk(url, what, ct, ifNoneMatch);
+            if (response.StatusCode == System.Net.HttpStatusCode.NotModified) return null;
             var length = response.Content.Headers.ContentLength;
             if (length > limit) throw new ImageException($"{what} is larger than {limit} bytes");
             var advance = _progress.Begin(step, length ?? 0);
             await using var body = await response.Content.ReadAsStreamAsync(ct);
             await using var file = new FileStream(dest, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16);
             await BodyCopier.Copy(body, file, null, length, limit, what, http.Options, n => advance(n), ct);
-            return true;
+            var cacheControl = response.Headers.CacheControl;
+            int? maxAge = cacheControl is null || cacheControl.NoCache || cacheControl.NoStore ? null : (int?)cacheControl.MaxAge?.TotalSeconds;
+            return (response.Headers.ETag?.ToString(), maxAge);
         }, ct);
 
     /// <summary>A local signature file, as rkt's localAscFetcher opens it.</summary>

@@ -12,7 +12,7 @@ internal sealed class PreparedImport(ImageStore store, TempArea tmp, ImageRecord
 {
     /// <summary>The record the store will hold (its ID is final; <see cref="ImageRecord.Size"/>
     /// is the length of the tar the ID hashes).</summary>
-    public ImageRecord Record { get; } = record;
+    public ImageRecord Record { get; set; } = record;
     public ManifestSummary Manifest { get; } = manifest;
 
     public ImageRecord Commit() => store.Commit(Record, blobs, manifestBytes);

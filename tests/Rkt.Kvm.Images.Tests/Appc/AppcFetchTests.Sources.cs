@@ -115,6 +115,45 @@ public sealed partial class AppcFetchTests
     }
 
     [Fact]
+    public void An_aci_url_is_fetched_again_only_when_its_etag_changed_or_its_max_age_passed()
+    {
+        Trust(Signer);
+        var url = "https://example.com" + UrlPath;
+        _server.Put(UrlPath, _aci);
+        _server.Put(UrlPath + ".asc", Signer.Sign(_aci));
+        _server.Cache(UrlPath, "\"v1\"");
+        var (rc, stdout, err) = Cli("fetch", url);
+        Assert.True(rc == 0, err);
+        var image = Assert.Single(_store.Store.List());
+        Assert.Equal("\"v1\"", image.ETag);
+
+        // update: asked again with If-None-Match, answered 304: the stored image, nothing downloaded.
+        (rc, stdout, err) = Cli("fetch", url);
+        Assert.True(rc == 0, err);
+        Assert.Equal(image.Id, stdout.Trim());
+        Assert.Equal(1, _server.NotModified);
+        Assert.DoesNotContain("downloading ACI", err);
+
+        // A new ETag: the new image.
+        var v2 = Aci("example.com/app", "v2");
+        _server.Put(UrlPath, v2);
+        _server.Put(UrlPath + ".asc", Signer.Sign(v2));
+        _server.Cache(UrlPath, "\"v2\"", "max-age=3600");
+        (rc, stdout, err) = Cli("fetch", url);
+        Assert.True(rc == 0, err);
+        var second = _store.Store.Resolve(stdout.Trim());
+        Assert.NotEqual(image.Id, second.Id);
+        Assert.Equal(3600, second.CacheMaxAge);
+
+        // Within its max-age even update does not ask.
+        int before = _server.Requests.Count;
+        (rc, stdout, err) = Cli("fetch", url);
+        Assert.True(rc == 0, err);
+        Assert.Equal(second.Id, stdout.Trim());
+        Assert.Equal(before, _server.Requests.Count);
+    }
+
+    [Fact]
     public void An_aci_url_without_a_signature_is_refused_before_the_image_is_downloaded()
     {
         Trust(Signer);
