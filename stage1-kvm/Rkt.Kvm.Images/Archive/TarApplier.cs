@@ -31,8 +31,15 @@ public sealed class TarApplier(ITreeWriter writer, ExtractionPolicy policy)
     /// <summary>The ACI's <c>manifest</c> bytes, once seen.</summary>
     public byte[]? AciManifest { get; private set; }
 
+    /// <summary>For an ACI rendered with its dependencies: whether an entry (its path relative to
+    /// the rootfs, its type) is taken from the archive being applied; null takes every entry.</summary>
+    public Func<string, TarEntryType, bool>? Include { get; set; }
+
+    private bool _manifestInArchive;
+
     public void Apply(Stream tar, ArchiveLayout layout, int layer, string what)
     {
+        _manifestInArchive = false;
         using var reader = new TarReader(new MissingEndBlocks(tar), leaveOpen: true);
         while (Next(reader, what) is { } entry)
         {
@@ -74,6 +81,7 @@ public sealed class TarApplier(ITreeWriter writer, ExtractionPolicy policy)
             if (rel == "manifest") { ReadManifest(entry); return; }
             rel = AciRootfsPath(rel, name);
             SawAciRootfs = true;
+            if (Include is not null && !Include(rel, entry.EntryType)) return;
         }
         else if (EntryPath.BaseName(rel).StartsWith(WhiteoutPrefix, StringComparison.Ordinal))
         {
@@ -152,10 +160,12 @@ public sealed class TarApplier(ITreeWriter writer, ExtractionPolicy policy)
 
     private void ReadManifest(TarEntry entry)
     {
-        if (AciManifest is not null) throw new UnsafeEntryException(entry.Name, "duplicate manifest");
+        if (_manifestInArchive) throw new UnsafeEntryException(entry.Name, "duplicate manifest");
+        _manifestInArchive = true;
         if (entry.EntryType is not (TarEntryType.RegularFile or TarEntryType.V7RegularFile))
             throw new UnsafeEntryException(entry.Name, "the manifest must be a regular file");
         if (entry.Length > MaxManifestBytes) throw new UnsafeEntryException(entry.Name, $"manifest larger than {MaxManifestBytes} bytes");
+        if (AciManifest is not null) return; // a dependency's: the rendered image has the upper image's manifest
         var bytes = new byte[entry.Length];
         entry.DataStream?.ReadExactly(bytes);
         AciManifest = bytes;

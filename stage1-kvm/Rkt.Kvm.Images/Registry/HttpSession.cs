@@ -68,7 +68,9 @@ internal sealed class HttpSession : IDisposable
     /// registry redirects to gets its credentials in the URL, never ours). The response's body is
     /// unread; the caller disposes it.
     /// </summary>
-    public async Task<HttpResponseMessage> Follow(Uri url, string? accept, string what, AuthenticationHeaderValue? authorization, CancellationToken ct)
+    /// <param name="ifNoneMatch">an ETag the caller has: a 304 answer then means it is current.</param>
+    public async Task<HttpResponseMessage> Follow(Uri url, string? accept, string what, AuthenticationHeaderValue? authorization, CancellationToken ct,
+        string? ifNoneMatch = null)
     {
         var home = url.Authority;
         for (int hop = 0; ; hop++)
@@ -76,6 +78,7 @@ internal sealed class HttpSession : IDisposable
             using var request = new HttpRequestMessage(HttpMethod.Get, url);
             if (accept is not null) request.Headers.Accept.ParseAdd(accept);
             if (url.Authority == home && authorization is not null) request.Headers.Authorization = authorization;
+            if (ifNoneMatch is not null) request.Headers.TryAddWithoutValidation("If-None-Match", ifNoneMatch);
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
             timeout.CancelAfter(Options.ResponseTimeout);
             HttpResponseMessage response;
@@ -106,10 +109,11 @@ internal sealed class HttpSession : IDisposable
 
     /// <summary>A GET that must succeed: 429 and 5xx are <see cref="TransientRegistryException"/>s
     /// for <see cref="Retry"/>, any other failure an <see cref="ImageException"/>.</summary>
-    public async Task<HttpResponseMessage> GetOk(Uri url, string what, CancellationToken ct)
+    /// <param name="ifNoneMatch">an ETag the caller has: a 304 answer is then returned too.</param>
+    public async Task<HttpResponseMessage> GetOk(Uri url, string what, CancellationToken ct, string? ifNoneMatch = null)
     {
-        var response = await Follow(url, null, what, null, ct);
-        if (response.IsSuccessStatusCode) return response;
+        var response = await Follow(url, null, what, null, ct, ifNoneMatch);
+        if (response.IsSuccessStatusCode || (ifNoneMatch is not null && response.StatusCode == HttpStatusCode.NotModified)) return response;
         var (code, reason) = ((int)response.StatusCode, response.ReasonPhrase);
         var retryAfter = response.Headers.RetryAfter?.Delta;
         response.Dispose();

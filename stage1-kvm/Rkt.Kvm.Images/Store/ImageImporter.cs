@@ -29,14 +29,14 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
     {
         if (source.Contains("://", StringComparison.Ordinal) || source.StartsWith("docker:", StringComparison.Ordinal))
             throw new ImageException($"{source}: only local files and directories can be imported (no network fetches)");
+        if (!Directory.Exists(source) && !File.Exists(source)) throw new ImageException($"{source}: no such file or directory");
+        if (File.Exists(source) && IsAci(source))
+        {
+            using var prepared = PrepareAci(source, options);
+            return prepared.Commit();
+        }
         using var tmp = TempArea.Create(store.TmpDir, "import-");
         if (Directory.Exists(source)) return ImportLayered(source, source, tmp, options);
-        if (!File.Exists(source)) throw new ImageException($"{source}: no such file or directory");
-        if (IsAci(source))
-        {
-            if (options.Name is not null) throw new ImageException("--name applies to OCI and docker images; an ACI's manifest names it");
-            return ImportAci(source, tmp, options);
-        }
         if (options.CheckAciManifest is not null) throw new ImageException($"{source} is not an ACI (its first entry is neither manifest nor rootfs/)");
         var unpacked = Path.Join(tmp.Path, "source");
         UnpackPlain(source, unpacked, options.Policy);
@@ -44,28 +44,72 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
     }
 
     /// <summary>An ACI is a tar whose first entry is its manifest or its rootfs.</summary>
-    private static bool IsAci(string file)
+    public static bool IsAci(string file)
     {
-        using var raw = File.OpenRead(file);
-        using var plain = Decompression.Open(raw, file, out _);
-        TarEntry? first;
-        var reader = new TarReader(plain);
-        try
-        {
-            // Skip a leading "./" (tar -C dir .) and PAX global headers.
-            do first = reader.GetNextEntry(copyData: false);
-            while (first is not null && (first.EntryType == TarEntryType.GlobalExtendedAttributes || first.Name.Trim('.', '/').Length == 0));
-        }
-        catch (Exception e) when (e is InvalidDataException or FormatException or EndOfStreamException or ArgumentException)
-        {
-            throw new ImageException($"{file} is not an image: not a (compressed) tar archive nor a directory", e);
-        }
-        if (first is null) throw new ImageException($"{file} is an empty archive");
+        var first = Entries(file).FirstOrDefault() ?? throw new ImageException($"{file} is an empty archive");
         var name = first.Name.StartsWith("./", StringComparison.Ordinal) ? first.Name[2..] : first.Name;
         return name is "manifest" or "rootfs" || name.StartsWith("rootfs/", StringComparison.Ordinal);
     }
 
-    private ImageRecord ImportAci(string file, TempArea tmp, ImportOptions options)
+    /// <summary>
+    /// An ACI's manifest, read before anything else is checked, as rkt's validator reads it: the
+    /// name it gives picks the keys its signature is checked with (the import checks the rest,
+    /// and that the manifest is the same).
+    /// </summary>
+    public static ManifestSummary ReadAciManifest(string file)
+    {
+        const int MaxManifestBytes = 1 << 20;
+        var what = $"ACI {Path.GetFileName(file)}";
+        foreach (var entry in Entries(file))
+        {
+            if (entry.Name.TrimStart('.', '/') != "manifest") continue;
+            if (entry.EntryType is not (TarEntryType.RegularFile or TarEntryType.V7RegularFile) || entry.Length > MaxManifestBytes)
+                throw new ImageException($"{what}: its manifest is not a regular file of at most {MaxManifestBytes} bytes");
+            var bytes = new byte[entry.Length];
+            entry.DataStream?.ReadExactly(bytes);
+            return ManifestSummary.Parse(bytes, what);
+        }
+        throw new ImageException($"{what} has no manifest");
+    }
+
+    /// <summary>The entries of a (compressed) tar, skipping a leading "./" (tar -C dir .) and PAX global headers.</summary>
+    private static IEnumerable<TarEntry> Entries(string file)
+    {
+        using var raw = File.OpenRead(file);
+        using var plain = Decompression.Open(raw, file, out _);
+        using var reader = new TarReader(plain);
+        while (true)
+        {
+            TarEntry? entry;
+            try { entry = reader.GetNextEntry(copyData: false); }
+            catch (Exception e) when (e is InvalidDataException or FormatException or EndOfStreamException or ArgumentException or InvalidOperationException)
+            {
+                throw new ImageException($"{file} is not an image: not a (compressed) tar archive nor a directory", e);
+            }
+            if (entry is null) yield break;
+            if (entry.EntryType == TarEntryType.GlobalExtendedAttributes || entry.Name.Trim('.', '/').Length == 0) continue;
+            yield return entry;
+        }
+    }
+
+    /// <summary>
+    /// Checks an ACI and copies it into a scratch area of the store, ready to commit: what a fetch
+    /// with dependencies does with every image before it commits any, so that a dependency that
+    /// fails leaves the store as it was. The caller commits or disposes it.
+    /// </summary>
+    internal PreparedImport PrepareAci(string file, ImportOptions options)
+    {
+        if (options.Name is not null) throw new ImageException("--name applies to OCI and docker images; an ACI's manifest names it");
+        var tmp = TempArea.Create(store.TmpDir, "import-");
+        try { return PrepareAci(file, tmp, options); }
+        catch
+        {
+            tmp.Dispose();
+            throw;
+        }
+    }
+
+    private PreparedImport PrepareAci(string file, TempArea tmp, ImportOptions options)
     {
         var what = $"ACI {Path.GetFileName(file)}";
         var blobTmp = Path.Join(tmp.Path, "aci.tar");
@@ -93,9 +137,9 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
         {
             Id = "sha512-" + hex, Name = summary.Name, Labels = new(summary.Labels), Format = "aci",
             ImportTime = now, LastUsed = now, Blobs = ["sha512:" + hex], AllowDevices = options.Policy.AllowDevices,
-            Remote = options.Remote,
+            Remote = options.Remote, Size = new FileInfo(blobTmp).Length,
         };
-        return store.Commit(record, [("sha512:" + hex, blobTmp)], manifest);
+        return new PreparedImport(store, tmp, record, summary, [("sha512:" + hex, blobTmp)], manifest);
     }
 
     private ImageRecord ImportLayered(string dir, string source, TempArea tmp, ImportOptions options)

@@ -26,6 +26,14 @@ public sealed record ImageRecord
     /// tag that finds the same manifest has nothing to do.</summary>
     [JsonPropertyName("remoteDigest")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? RemoteDigest { get; init; }
 
+    /// <summary>An ACI fetched from a URL: the server's <c>ETag</c> for it, sent back as
+    /// <c>If-None-Match</c> when the URL is fetched again (rkt's remote store).</summary>
+    [JsonPropertyName("etag")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? ETag { get; init; }
+    /// <summary>The server's <c>Cache-Control: max-age</c> in seconds: until <see cref="DownloadTime"/>
+    /// plus this, the URL is not asked again.</summary>
+    [JsonPropertyName("cacheMaxAge")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public int? CacheMaxAge { get; init; }
+    [JsonPropertyName("downloadTime")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public DateTimeOffset? DownloadTime { get; init; }
+
     /// <summary>"name:version", as rkt prints an image.</summary>
     [JsonIgnore]
     public string DisplayName => Labels.TryGetValue("version", out var v) ? $"{Name}:{v}" : Name;

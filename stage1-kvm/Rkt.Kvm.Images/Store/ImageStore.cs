@@ -119,8 +119,12 @@ public sealed class ImageStore
         if (index.Images.FirstOrDefault(i => i.Id == record.Id) is { } existing)
         {
             // The same image fetched again, or fetched after a file import: remember where from.
-            if (record.Remote is null || (existing.Remote == record.Remote && existing.RemoteDigest == record.RemoteDigest)) return existing;
-            var updated = existing with { Remote = record.Remote, RemoteDigest = record.RemoteDigest };
+            if (record.Remote is null || existing with { Remote = record.Remote, RemoteDigest = record.RemoteDigest, ETag = record.ETag,
+                    CacheMaxAge = record.CacheMaxAge, DownloadTime = record.DownloadTime } == existing) return existing;
+            var updated = existing with
+            {
+                Remote = record.Remote, RemoteDigest = record.RemoteDigest, ETag = record.ETag, CacheMaxAge = record.CacheMaxAge, DownloadTime = record.DownloadTime,
+            };
             index.Images[index.Images.IndexOf(existing)] = updated;
             SaveIndex(index);
             return updated;

@@ -50,24 +50,46 @@ public sealed class TreeStore(ImageStore store)
         using var tmp = TempArea.Create(store.TreeDir, TmpPrefix);
         var rootfs = Path.Join(tmp.Path, "rootfs");
         Directory.CreateDirectory(rootfs);
-        var policy = new ExtractionPolicy { AllowDevices = image.AllowDevices };
-        var applier = new TarApplier(new DiskTreeWriter(rootfs), policy);
-        var layout = image.Format == "aci" ? ArchiveLayout.Aci : ArchiveLayout.Layer;
-        for (int i = 0; i < image.Blobs.Count; i++)
+        if (image.Format == "aci" && AciRenderList.Build(store, image) is { IsPlain: false } list) RenderWithDependencies(list, rootfs);
+        else
         {
-            var what = $"blob {image.Blobs[i]} of {image.DisplayName}";
-            using var blob = new FileStream(store.BlobPath(image.Blobs[i]), FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
-            using var plain = new ReadAheadStream(Decompression.Open(blob, what, out _));
-            applier.Apply(plain, layout, i, what);
-            plain.Drain();
+            var applier = new TarApplier(new DiskTreeWriter(rootfs), new ExtractionPolicy { AllowDevices = image.AllowDevices });
+            var layout = image.Format == "aci" ? ArchiveLayout.Aci : ArchiveLayout.Layer;
+            for (int i = 0; i < image.Blobs.Count; i++) ApplyBlob(applier, image, i, layout, i);
+            applier.Complete();
         }
-        applier.Complete();
         TreeListing.Write(Path.Join(tmp.Path, ListingFile), TreeListing.Scan(rootfs));
         File.Copy(store.ManifestPath(image.Id), Path.Join(tmp.Path, "manifest"));
         File.WriteAllText(Path.Join(tmp.Path, DoneMarker), image.Id + "\n");
         Directory.Move(tmp.Path, tree);
         Log.Debug("Rendered {Image} into {Tree}", image.DisplayName, tree);
         return tree;
+    }
+
+    private void ApplyBlob(TarApplier applier, ImageRecord image, int blob, ArchiveLayout layout, int layer)
+    {
+        var what = $"blob {image.Blobs[blob]} of {image.DisplayName}";
+        using var file = new FileStream(store.BlobPath(image.Blobs[blob]), FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+        using var plain = new ReadAheadStream(Decompression.Open(file, what, out _));
+        applier.Apply(plain, layout, layer, what);
+        plain.Drain();
+    }
+
+    /// <summary>An ACI and its dependencies, as appc's acirenderer renders them (see
+    /// <see cref="AciRenderList"/>): each image's archive in list order, each path from the first
+    /// image that has it. Devices are allowed where the image that brings them was imported with
+    /// them (an import without --allow-devices refuses them).</summary>
+    private void RenderWithDependencies(AciRenderList list, string rootfs)
+    {
+        var policy = new ExtractionPolicy { AllowDevices = list.Images.Any(i => i.Record.AllowDevices) };
+        var applier = new TarApplier(new DiskTreeWriter(rootfs), policy);
+        for (int i = 0; i < list.Images.Count; i++)
+        {
+            applier.Include = list.Filter(i);
+            ApplyBlob(applier, list.Images[i].Record, 0, ArchiveLayout.Aci, i);
+        }
+        applier.Complete();
+        Log.Debug("Rendered {Image} with {Count} dependencies", list.Images[0].Record.DisplayName, list.Images.Count - 1);
     }
 
     /// <summary>

@@ -11,7 +11,7 @@ namespace Rkt.Kvm.Stage0.Commands;
 /// the image ID on stdout, as rkt fetch does.</summary>
 public sealed class ImportCommand(string name, string summary, bool registry = false)
     : Command(name, summary, registry
-        ? $"{name} [--insecure-options=image[,http,tls]] [--pull-policy=never|new|update] [--quiet] [--name=NAME] [--ref=REF] [--allow-devices] [--max-size=SIZE] NAME[:VERSION]|docker://[REGISTRY[:PORT]/]REPO[:TAG|@DIGEST]|FILE|DIR"
+        ? $"{name} [--insecure-options=image[,http,tls]] [--pull-policy=never|new|update] [--quiet] [--signature=FILE] [--name=NAME] [--ref=REF] [--allow-devices] [--max-size=SIZE] NAME[:VERSION]|docker://[REGISTRY[:PORT]/]REPO[:TAG|@DIGEST]|https://HOST/PATH.aci|FILE|DIR"
         : $"{name} [--name=NAME] [--ref=REF] [--allow-devices] [--max-size=SIZE] FILE|DIR")
 {
     private static readonly FlagSpec[] ImportFlags =
@@ -27,6 +27,7 @@ public sealed class ImportCommand(string name, string summary, bool registry = f
         // rkt's fetch default: always ask the registry (layers already in the store are still not downloaded).
         new("pull-policy", "never: the store only; new: fetch what the store lacks; update: ask the registry again", Default: "update"),
         new("quiet", "print only the image ID", IsBool: true),
+        new("signature", "local signature file of the image (default: the file or URL with .aci.asc)"),
     ];
 
     public override IReadOnlyList<FlagSpec> Flags { get; } = registry ? [.. ImportFlags, .. FetchFlags] : ImportFlags;
@@ -39,15 +40,17 @@ public sealed class ImportCommand(string name, string summary, bool registry = f
             Policy = new() { AllowDevices = args.Bool("allow-devices"), MaxBytes = Sizes.Parse(args.Get("max-size")!, "--max-size") },
         };
         ImageRecord image;
-        // As rkt tells them apart: a registry reference, an existing file or directory, else an image name to discover.
-        bool remote = ImageReference.IsRegistryReference(source) || (registry && RegistryImages.IsAppcName(source, out _));
-        if (remote)
+        if (registry)
         {
-            if (!registry) throw new UsageException($"{Name} takes files and directories; fetch {source} with `rkt-kvm fetch`");
-            if (options.Name is not null || options.Reference is not null) throw new UsageException("--name and --ref apply to files; a remote image is named by its reference");
+            // As rkt tells them apart: a registry reference, a URL, an existing file or directory, else an image name to discover.
+            bool remote = ImageReference.IsRegistryReference(source) || source.Contains("://", StringComparison.Ordinal) || RegistryImages.IsAppcName(source, out _);
+            if (remote && (options.Name is not null || options.Reference is not null))
+                throw new UsageException("--name and --ref apply to files; a remote image is named by its reference");
             image = RegistryImages.Find(context, source, InsecureOptions.None, PullPolicyParser.Parse(args.Get("pull-policy"), PullPolicy.Update),
-                args.Bool("quiet"), options);
+                args.Bool("quiet"), options, args.Get("signature"));
         }
+        else if (ImageReference.IsRegistryReference(source) || RegistryImages.IsAppcName(source, out _))
+            throw new UsageException($"{Name} takes files and directories; fetch {source} with `rkt-kvm fetch`");
         else if (args.Bool("quiet")) image = new ImageImporter(context.Store).Import(source, options);
         else image = ImportProgress.Run(context, progress => new ImageImporter(context.Store, progress).Import(source, options));
         context.Out.WriteLine(image.Id);

@@ -22,6 +22,7 @@ public sealed class AppcServer : IDisposable
 {
     private readonly WebApplication _app;
     private readonly ConcurrentDictionary<string, (byte[] Body, string Type)> _files = new();
+    private readonly ConcurrentDictionary<string, (string ETag, string? CacheControl)> _caching = new();
 
     public AppcServer(TestCa ca)
     {
@@ -51,6 +52,14 @@ public sealed class AppcServer : IDisposable
 
     public void Remove(string pathAndQuery) => _files.TryRemove(pathAndQuery, out _);
 
+    /// <summary>Serves <paramref name="pathAndQuery"/> with an ETag (a request that sends it back as
+    /// If-None-Match is answered 304) and, when given, a Cache-Control header.</summary>
+    public void Cache(string pathAndQuery, string etag, string? cacheControl = null) => _caching[pathAndQuery] = (etag, cacheControl);
+
+    /// <summary>How many requests were answered 304 Not Modified.</summary>
+    public int NotModified => _notModified;
+    private int _notModified;
+
     /// <summary>A discovery page holding <paramref name="metas"/> (name, content) as meta tags.</summary>
     public void PutDiscovery(string path, params (string Name, string Content)[] metas) =>
         Put(path + "?ac-discovery=1", System.Text.Encoding.UTF8.GetBytes(
@@ -67,6 +76,17 @@ public sealed class AppcServer : IDisposable
         {
             context.Response.StatusCode = 404;
             return;
+        }
+        if (_caching.TryGetValue(key, out var caching))
+        {
+            context.Response.Headers.ETag = caching.ETag;
+            if (caching.CacheControl is not null) context.Response.Headers.CacheControl = caching.CacheControl;
+            if (context.Request.Headers.IfNoneMatch == caching.ETag)
+            {
+                Interlocked.Increment(ref _notModified);
+                context.Response.StatusCode = 304;
+                return;
+            }
         }
         context.Response.ContentType = file.Type;
         context.Response.ContentLength = file.Body.Length;
