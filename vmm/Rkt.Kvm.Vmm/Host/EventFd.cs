@@ -1,4 +1,4 @@
-using Rkt.Kvm.Vmm.Kvm;
+using Rkt.Kvm.Posix;
 using static Tmds.Linux.LibC;
 
 namespace Rkt.Kvm.Vmm.Host;
@@ -10,14 +10,12 @@ namespace Rkt.Kvm.Vmm.Host;
 /// </summary>
 public sealed unsafe class EventFd : IDisposable
 {
-    private const int EfdNonblock = 0x800, EfdCloexec = 0x80000;
-
     public FileDescriptor Handle { get; }
 
     public EventFd()
     {
-        int fd = eventfd(0, EfdNonblock | EfdCloexec);
-        if (fd < 0) throw new KvmException("eventfd", errno);
+        int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (fd < 0) throw new ErrnoException("eventfd", errno);
         Handle = new FileDescriptor(fd);
     }
 

@@ -1,6 +1,6 @@
 using System.Collections.Concurrent;
 using Rkt.Kvm.Vmm.Devices;
-using Rkt.Kvm.Vmm.Kvm;
+using Rkt.Kvm.Posix;
 using Serilog;
 using Tmds.Linux;
 using static Tmds.Linux.LibC;
@@ -41,7 +41,7 @@ public sealed unsafe class EventLoop : IDeviceExecutor, IDisposable
     {
         _log = log;
         int fd = epoll_create1(EPOLL_CLOEXEC);
-        if (fd < 0) throw new KvmException("epoll_create1", errno);
+        if (fd < 0) throw new ErrnoException("epoll_create1", errno);
         _epoll = new FileDescriptor(fd);
         Add(_wake.Handle, EPOLLIN, _ => _wake.Drain());
     }
@@ -66,7 +66,7 @@ public sealed unsafe class EventLoop : IDeviceExecutor, IDisposable
         {
             int error = errno;
             _handlers.TryRemove(token, out _);
-            throw new KvmException("epoll_ctl(ADD)", error);
+            throw new ErrnoException("epoll_ctl(ADD)", error);
         }
         return token;
     }
@@ -76,7 +76,7 @@ public sealed unsafe class EventLoop : IDeviceExecutor, IDisposable
     {
         var ev = new epoll_event { events = events };
         ev.data.u64 = token;
-        if (epoll_ctl(_epoll.Number, EPOLL_CTL_MOD, fd.Number, &ev) < 0) throw new KvmException("epoll_ctl(MOD)", errno);
+        if (epoll_ctl(_epoll.Number, EPOLL_CTL_MOD, fd.Number, &ev) < 0) throw new ErrnoException("epoll_ctl(MOD)", errno);
     }
 
     /// <summary>Stops watching <paramref name="fd"/>; events already fetched for it are dropped. Call before closing the fd.</summary>

@@ -1,5 +1,5 @@
 using System.Text;
-using Rkt.Kvm.Vmm.Kvm;
+using Rkt.Kvm.Posix;
 using Tmds.Linux;
 using static Tmds.Linux.LibC;
 
@@ -36,8 +36,8 @@ public sealed unsafe class UnixSocket : IDisposable
         try
         {
             var address = Address(path);
-            if (bind(socket.Handle.Number, (sockaddr*)&address, (uint)sizeof(sockaddr_un)) < 0) throw new KvmException($"bind {path}", errno);
-            if (listen(socket.Handle.Number, backlog) < 0) throw new KvmException($"listen {path}", errno);
+            if (bind(socket.Handle.Number, (sockaddr*)&address, (uint)sizeof(sockaddr_un)) < 0) throw new ErrnoException($"bind {path}", errno);
+            if (listen(socket.Handle.Number, backlog) < 0) throw new ErrnoException($"listen {path}", errno);
             return socket;
         }
         catch
@@ -49,13 +49,12 @@ public sealed unsafe class UnixSocket : IDisposable
 
     private static bool IsSocketFile(string path)
     {
-        var bytes = Encoding.UTF8.GetBytes(path + "\0");
         stat st;
-        fixed (byte* p = bytes)
+        fixed (byte* p = CString.Utf8(path))
         {
             if (lstat(p, &st) < 0) return false;
         }
-        return (st.st_mode & 0xF000) == 0xC000; // S_IFSOCK
+        return (st.st_mode & S_IFMT) == S_IFSOCK;
     }
 
     /// <summary>Connects without blocking; null when nobody listens (or the listener's backlog is full).</summary>
@@ -116,7 +115,7 @@ public sealed unsafe class UnixSocket : IDisposable
     private static UnixSocket Create()
     {
         int fd = socket(AF_UNIX, SOCK_STREAM | SockNonblockCloexec, 0);
-        if (fd < 0) throw new KvmException("socket(AF_UNIX)", errno);
+        if (fd < 0) throw new ErrnoException("socket(AF_UNIX)", errno);
         return new UnixSocket(fd);
     }
 

@@ -1,3 +1,5 @@
+using Rkt.Kvm.Posix;
+
 namespace Rkt.Kvm.Vmm.Kvm;
 
 /// <summary>A KVM virtual machine: memory slots, the in-kernel interrupt controllers and PIT, vCPUs.</summary>

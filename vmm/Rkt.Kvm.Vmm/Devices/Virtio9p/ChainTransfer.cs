@@ -1,6 +1,6 @@
 using Rkt.Kvm.Vmm.Devices.Virtio;
 using Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
-using Rkt.Kvm.Vmm.Kvm;
+using Rkt.Kvm.Posix;
 using Rkt.Kvm.Vmm.Memory;
 
 namespace Rkt.Kvm.Vmm.Devices.Virtio9p;

@@ -1,7 +1,7 @@
 using System.Runtime.ExceptionServices;
 using System.Runtime.InteropServices;
 using System.Text;
-using Rkt.Kvm.Vmm.Kvm;
+using Rkt.Kvm.Posix;
 using Tmds.Linux;
 using static Tmds.Linux.LibC;
 
@@ -32,7 +32,6 @@ public sealed unsafe class TapDevice : IDisposable
     internal const uint TunSetIff = 0x4004_54CA, TunGetIff = 0x8004_54D2, TunSetOffload = 0x4004_54D0, TunSetVnetHdrSz = 0x4004_54D8;
     private const short IffTap = 0x0002, IffNoPi = 0x1000, IffVnetHdr = 0x4000, IffMultiQueue = 0x0100;
     private const int CloneNewNet = 0x4000_0000;
-    private const int OCloexec = 0x80000, FdCloexec = 1;
 
     /// <summary>struct ifreq: the name, then (in a union) the flags.</summary>
     [StructLayout(LayoutKind.Sequential, Size = 40)]
@@ -170,7 +169,7 @@ public sealed unsafe class TapDevice : IDisposable
         int flags = fcntl(fd, F_GETFL, 0);
         if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) throw Error($"Cannot make tap fd {fd} non-blocking", errno);
         // Our children (none today) must not inherit the pod's NIC.
-        fcntl(fd, F_SETFD, FdCloexec);
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
         var tap = new TapDevice(new FileDescriptor(fd), ReadName(&request));
         try
         {
@@ -237,10 +236,9 @@ public sealed unsafe class TapDevice : IDisposable
 
     private static int OpenRaw(string path, int flags, string what)
     {
-        var bytes = Encoding.UTF8.GetBytes(path + "\0");
-        fixed (byte* p = bytes)
+        fixed (byte* p = CString.Utf8(path))
         {
-            int fd = open(p, flags | OCloexec, 0);
+            int fd = open(p, flags | O_CLOEXEC, 0);
             if (fd < 0) throw Error($"Cannot open {what} {path}", errno);
             return fd;
         }

@@ -166,7 +166,7 @@ public sealed class VirtioNetDevice : IVirtioDevice, IDisposable
     public static byte[] RandomMac()
     {
         var mac = new byte[6];
-        Kvm.Syscall.FillRandom(mac.AsSpan(1));
+        Rkt.Kvm.Posix.Entropy.Fill(mac.AsSpan(1));
         mac[0] = 0x02;
         return mac;
     }

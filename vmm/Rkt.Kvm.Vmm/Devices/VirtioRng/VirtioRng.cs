@@ -39,7 +39,7 @@ public sealed class VirtioRng(GuestMemory memory, ILogger log) : IVirtioDevice
                 {
                     int n = (int)Math.Min(buffer.Length, (uint)(MaxRequestBytes - (int)written));
                     if (n <= 0) break;
-                    Kvm.Syscall.FillRandom(memory.GetSpan(buffer.Address, n));
+                    Rkt.Kvm.Posix.Entropy.Fill(memory.GetSpan(buffer.Address, n));
                     written += (uint)n;
                 }
             }

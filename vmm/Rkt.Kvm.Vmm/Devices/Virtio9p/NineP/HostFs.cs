@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 using System.Text;
-using Rkt.Kvm.Vmm.Kvm;
+using Rkt.Kvm.Posix;
 using Tmds.Linux;
 
 namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
@@ -102,13 +102,7 @@ internal static unsafe partial class HostFs
         public void Dispose() => _fd.DangerousRelease();
     }
 
-    private static byte[] Z(string s)
-    {
-        int n = Encoding.UTF8.GetByteCount(s);
-        var bytes = new byte[n + 1];
-        Encoding.UTF8.GetBytes(s, bytes);
-        return bytes;
-    }
+    private static byte[] Z(string s) => CString.Utf8(s);
 
     /// <summary>A second fd for the same open file (F_DUPFD_CLOEXEC): works on O_PATH fds of any file type, symlinks included.</summary>
     public static FileDescriptor Dup(FileDescriptor fd)

@@ -1,4 +1,4 @@
-using Rkt.Kvm.Vmm.Kvm;
+using Rkt.Kvm.Posix;
 
 namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 

@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
 using System.Text;
-using Rkt.Kvm.Vmm.Kvm;
+using Rkt.Kvm.Posix;
 using static Rkt.Kvm.Vmm.Devices.Virtio9p.NineP.P9Checks;
 
 namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;

@@ -1,5 +1,5 @@
 using System.Text.RegularExpressions;
-using Rkt.Kvm.Vmm.Kvm;
+using Rkt.Kvm.Posix;
 
 namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 

@@ -1,4 +1,4 @@
-using Rkt.Kvm.Vmm.Kvm;
+using Rkt.Kvm.Posix;
 using static Rkt.Kvm.Vmm.Devices.Virtio9p.NineP.P9Checks;
 
 namespace Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;

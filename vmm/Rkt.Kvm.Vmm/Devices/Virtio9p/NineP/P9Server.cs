@@ -1,4 +1,4 @@
-using Rkt.Kvm.Vmm.Kvm;
+using Rkt.Kvm.Posix;
 using System.Buffers.Binary;
 using Serilog;
 

@@ -1,8 +1,9 @@
-namespace Rkt.Kvm.Common;
+namespace Rkt.Kvm.Posix;
 
-/// <summary>Replaces a file in one step: readers see the old content or the new, never half.
-/// Compiled into both the image store and the pod library (linked source; neither depends on the other).</summary>
-internal static class AtomicFile
+/// <summary>Replaces a file in one step: readers see the old content or the new, never half
+/// (a temporary file beside it, optionally fsynced, then rename).</summary>
+[System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
+public static class AtomicFile
 {
     /// <param name="durable">fsync before the rename, so a power loss cannot lose the new
     /// content; worth its cost (tens of ms on a busy disk) for imports, not for a last-used time
