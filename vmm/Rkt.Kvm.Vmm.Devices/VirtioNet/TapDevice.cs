@@ -29,7 +29,7 @@ public sealed unsafe class TapDevice : IDisposable
     public const int InterfaceNameMax = 15; // IFNAMSIZ - 1
 
     // _IOW/_IOR('T', nr, int): linux/if_tun.h.
-    internal const uint TunSetIff = 0x4004_54CA, TunGetIff = 0x8004_54D2, TunSetOffload = 0x4004_54D0, TunSetVnetHdrSz = 0x4004_54D8;
+    public const uint TunSetIff = 0x4004_54CA, TunGetIff = 0x8004_54D2, TunSetOffload = 0x4004_54D0, TunSetVnetHdrSz = 0x4004_54D8;
     private const short IffTap = 0x0002, IffNoPi = 0x1000, IffVnetHdr = 0x4000, IffMultiQueue = 0x0100;
     private const int CloneNewNet = 0x4000_0000;
 
