@@ -77,34 +77,24 @@ public sealed unsafe class UnixSocket : IDisposable
     /// <summary>Bytes read (&gt; 0), 0 at end of stream or on a reset, or <see cref="WouldBlock"/>.</summary>
     public int Receive(Span<byte> buffer, bool peek = false)
     {
+        long n;
+        int e;
         fixed (byte* p = buffer)
-        {
-            while (true)
-            {
-                long n = recv(Handle.Number, p, buffer.Length, peek ? MSG_PEEK : 0);
-                if (n >= 0) return (int)n;
-                int e = errno;
-                if (e == EINTR) continue;
-                return e == EAGAIN ? WouldBlock : 0;
-            }
-        }
+            do n = recv(Handle.Number, p, buffer.Length, peek ? MSG_PEEK : 0); while (Eintr.Interrupted(n, out e));
+        if (n >= 0) return (int)n;
+        return e == EAGAIN ? WouldBlock : 0;
     }
 
     /// <summary>Bytes written (&gt; 0), <see cref="WouldBlock"/>, or <see cref="Broken"/>.</summary>
     public int Send(ReadOnlySpan<byte> data)
     {
         if (data.IsEmpty) return 0;
+        long n;
+        int e;
         fixed (byte* p = data)
-        {
-            while (true)
-            {
-                long n = send(Handle.Number, p, data.Length, MSG_NOSIGNAL);
-                if (n >= 0) return (int)n;
-                int e = errno;
-                if (e == EINTR) continue;
-                return e == EAGAIN ? WouldBlock : Broken;
-            }
-        }
+            do n = send(Handle.Number, p, data.Length, MSG_NOSIGNAL); while (Eintr.Interrupted(n, out e));
+        if (n >= 0) return (int)n;
+        return e == EAGAIN ? WouldBlock : Broken;
     }
 
     /// <summary>Tells the peer we will send no more (it reads end of stream).</summary>

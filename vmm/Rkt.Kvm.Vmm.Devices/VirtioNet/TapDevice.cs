@@ -198,19 +198,14 @@ public sealed unsafe class TapDevice : IDisposable
     /// <summary>Reads one frame (vnet header first): its full length (more than the buffer when it was truncated), <see cref="WouldBlock"/> or <see cref="Failed"/>.</summary>
     public int Read(Span<byte> buffer)
     {
+        long n;
+        int e;
         fixed (byte* p = buffer)
-        {
-            while (true)
-            {
-                long n = read(Handle.Number, p, buffer.Length);
-                if (n >= 0) return (int)n;
-                int e = errno;
-                if (e == EINTR) continue;
-                if (e == EAGAIN) return WouldBlock;
-                LastError = e;
-                return Failed;
-            }
-        }
+            do n = read(Handle.Number, p, buffer.Length); while (Eintr.Interrupted(n, out e));
+        if (n >= 0) return (int)n;
+        if (e == EAGAIN) return WouldBlock;
+        LastError = e;
+        return Failed;
     }
 
     /// <summary>Writes one frame (vnet header first) gathered from <paramref name="vectors"/>: bytes written, <see cref="WouldBlock"/> or <see cref="Failed"/>.</summary>

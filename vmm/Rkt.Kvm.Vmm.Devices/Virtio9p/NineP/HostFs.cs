@@ -233,13 +233,11 @@ internal static unsafe partial class HostFs
     private static int Vector(FileDescriptor fd, IoVec* iov, int count, long offset, bool write)
     {
         using var d = new Borrowed(fd);
-        while (true)
-        {
-            long n = write ? pwritev(d.Number, iov, count, offset) : preadv(d.Number, iov, count, offset);
-            if (n >= 0) return (int)n;
-            int e = Marshal.GetLastPInvokeError();
-            if (e != LibC.EINTR) throw new P9Error(e);
-        }
+        long n;
+        int e;
+        do n = write ? pwritev(d.Number, iov, count, offset) : preadv(d.Number, iov, count, offset);
+        while (Eintr.Interrupted(n, out e));
+        return n >= 0 ? (int)n : throw new P9Error(e);
     }
 
     public static void Fsync(FileDescriptor fd, bool dataOnly)
