@@ -14,11 +14,13 @@ out=$root/out/fuzz
 seconds=${FUZZ_SECONDS:-90}
 dotnet=${DOTNET:-dotnet}
 # Only our own code is instrumented, so "edges" count our code. In the VMM, the code the targets
-# drive (devices, boot), not the event loop, the KVM layer or guest memory's accessors: the loop
-# thread's wake-ups, fd finalizers and the harness's own guest-memory writes (on its thread, while
-# the device threads finish) would add edges that vary from run to run.
+# drive (the devices assembly's Rkt.Kvm.Vmm.Devices.* namespaces, and boot in Rkt.Kvm.Vmm), not the
+# event loop (Rkt.Kvm.Vmm.Host), guest memory's accessors (Rkt.Kvm.Vmm.Memory) or the KVM layer: the
+# loop thread's wake-ups, fd finalizers and the harness's own guest-memory writes (on its thread,
+# while the device threads finish) would add edges that vary from run to run.
 instrument=(
-  "Rkt.Kvm.Vmm.dll Rkt.Kvm.Vmm.Devices Rkt.Kvm.Vmm.Boot"
+  "Rkt.Kvm.Vmm.Devices.dll Rkt.Kvm.Vmm.Devices"
+  "Rkt.Kvm.Vmm.dll Rkt.Kvm.Vmm.Boot"
   "Rkt.Kvm.Images.dll"
   "Rkt.Kvm.Stage1.dll"
 )

@@ -199,8 +199,7 @@ public readonly record struct VmmUser(uint Uid, uint Gid)
     /// </summary>
     public unsafe void GrantConnect(string socketPath)
     {
-        var bytes = System.Text.Encoding.UTF8.GetBytes(socketPath + "\0");
-        fixed (byte* p = bytes)
+        fixed (byte* p = Rkt.Kvm.Posix.CString.Utf8(socketPath))
             if (Tmds.Linux.LibC.chown(p, Uid, Gid) < 0)
                 throw new IOException($"cannot hand {socketPath} to uid {Uid}: {System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(Tmds.Linux.LibC.errno)}");
     }

@@ -4,17 +4,17 @@ namespace Rkt.Kvm.Images.Native;
 
 /// <summary>
 /// The few libc calls .NET does not offer: ownership, device nodes, hardlinks, times and xattrs
-/// of symlinks themselves (never their targets), flock, and lstat for the tree store's copies.
+/// of symlinks themselves (never their targets), and lstat for the tree store's copies (locks:
+/// <c>Rkt.Kvm.Posix.FileLock</c>).
 /// Linux x86-64 only, like the rest of the project.
 /// </summary>
 internal static partial class Libc
 {
     public const int AT_FDCWD = -100;
     public const int AT_SYMLINK_NOFOLLOW = 0x100;
-    public const int LOCK_SH = 1, LOCK_EX = 2, LOCK_NB = 4, LOCK_UN = 8;
     public const uint S_IFMT = 0xF000, S_IFDIR = 0x4000, S_IFREG = 0x8000, S_IFLNK = 0xA000,
         S_IFCHR = 0x2000, S_IFBLK = 0x6000, S_IFIFO = 0x1000;
-    public const int EINTR = 4, EWOULDBLOCK = 11, EEXIST = 17, ENOTSUP = 95, EPERM = 1, E2BIG = 7, EINVAL = 22, ERANGE = 34;
+    public const int EEXIST = 17, ENOTSUP = 95, EPERM = 1, E2BIG = 7, EINVAL = 22, ERANGE = 34;
 
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int lchown(string path, uint uid, uint gid);
@@ -39,14 +39,6 @@ internal static partial class Libc
 
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int lstat(string path, out Stat buf);
-
-    public const int O_RDWR = 2, O_CREAT = 0x40, O_CLOEXEC = 0x80000;
-
-    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int open(string path, int flags, uint mode);
-
-    [LibraryImport("libc", SetLastError = true)]
-    public static partial int flock(int fd, int operation);
 
     [LibraryImport("libc")]
     public static partial uint geteuid();

@@ -1,5 +1,5 @@
 using System.Text.Json;
-using Rkt.Kvm.Common;
+using Rkt.Kvm.Posix;
 using Rkt.Kvm.Images.Native;
 using Rkt.Kvm.Images.Trees;
 

@@ -1,4 +1,4 @@
-using Rkt.Kvm.Images.Native;
+using Rkt.Kvm.Posix;
 
 namespace Rkt.Kvm.Images.Store;
 

@@ -2,6 +2,7 @@ using Rkt.Kvm.Images.Archive;
 using Rkt.Kvm.Images.Compression;
 using Rkt.Kvm.Images.IO;
 using Rkt.Kvm.Images.Native;
+using Rkt.Kvm.Posix;
 using Rkt.Kvm.Images.Store;
 using Serilog;
 

@@ -1,4 +1,4 @@
-using Rkt.Kvm.Common;
+using Rkt.Kvm.Posix;
 
 namespace Rkt.Kvm.Images.Trust;
 

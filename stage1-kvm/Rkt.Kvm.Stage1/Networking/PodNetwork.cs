@@ -1,6 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using Rkt.Kvm.Common;
+using Rkt.Kvm.Posix;
 using Rkt.Kvm.Stage1.Pods;
 
 namespace Rkt.Kvm.Stage1.Networking;

@@ -107,6 +107,6 @@ public sealed class PodDirectory(string path)
     /// <summary>Replaces a pod file in one rename, mode 0644: readers see the old content or the new.
     /// Not fsynced: these files describe processes that a power loss ends anyway.</summary>
     public static void WriteAtomically(string path, byte[] content) =>
-        Common.AtomicFile.Write(path, content, durable: false,
+        Posix.AtomicFile.Write(path, content, durable: false,
             mode: UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
 }

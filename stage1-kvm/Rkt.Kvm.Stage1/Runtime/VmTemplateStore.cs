@@ -2,7 +2,7 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using Rkt.Kvm.Common;
+using Rkt.Kvm.Posix;
 
 namespace Rkt.Kvm.Stage1.Runtime;
 

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
+using Rkt.Kvm.Posix;
 using Rkt.Kvm.Vmm.Kvm;
 using Serilog;
 

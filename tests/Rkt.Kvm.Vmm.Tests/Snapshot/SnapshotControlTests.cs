@@ -84,12 +84,12 @@ public sealed class SnapshotControlTests : IDisposable
     }
 
     /// <summary>A descriptor as the control socket hands one over (the request owns it).</summary>
-    private static Rkt.Kvm.Vmm.Kvm.FileDescriptor Descriptor(string path, FileMode mode)
+    private static Rkt.Kvm.Posix.FileDescriptor Descriptor(string path, FileMode mode)
     {
         var handle = File.OpenHandle(path, mode, FileAccess.ReadWrite);
         int fd = (int)handle.DangerousGetHandle();
         handle.SetHandleAsInvalid();
-        return new Rkt.Kvm.Vmm.Kvm.FileDescriptor(fd);
+        return new Rkt.Kvm.Posix.FileDescriptor(fd);
     }
 
     [Fact]

@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 using System.Text;
 using System.Text.Json;
+using Rkt.Kvm.Posix;
 
 namespace Rkt.Kvm.Vmm.Client.Control;
 
@@ -66,9 +67,8 @@ public sealed class VmmControlClient(string socketPath)
     /// <summary>O_PATH: the VMM gets a handle to walk from, not the right to read the directory itself.</summary>
     private static unsafe SafeFileHandle OpenDirectory(string path)
     {
-        var bytes = Encoding.UTF8.GetBytes(path + "\0");
         int fd;
-        fixed (byte* p = bytes) fd = Tmds.Linux.LibC.open(p, Tmds.Linux.LibC.O_PATH | Tmds.Linux.LibC.O_DIRECTORY | Tmds.Linux.LibC.O_CLOEXEC);
+        fixed (byte* p = CString.Utf8(path)) fd = Tmds.Linux.LibC.open(p, Tmds.Linux.LibC.O_PATH | Tmds.Linux.LibC.O_DIRECTORY | Tmds.Linux.LibC.O_CLOEXEC);
         if (fd < 0) throw new VmmControlException($"cannot open the directory {path}: {Marshal.GetPInvokeErrorMessage(Tmds.Linux.LibC.errno)}");
         return new SafeFileHandle(fd, ownsHandle: true);
     }

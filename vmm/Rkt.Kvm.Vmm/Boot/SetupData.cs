@@ -14,7 +14,7 @@ public static class SetupData
     public const int RngSeedLength = 32;
 
     /// <summary>Seed bytes come from getrandom(2): the same pool, without loading OpenSSL (~5 ms of start-up).</summary>
-    public static byte[] RngSeedNode() => Node(TypeRngSeed, Syscall.GetRandom(RngSeedLength));
+    public static byte[] RngSeedNode() => Node(TypeRngSeed, Rkt.Kvm.Posix.Entropy.GetBytes(RngSeedLength));
 
     public static byte[] Node(uint type, ReadOnlySpan<byte> payload, ulong next = 0)
     {

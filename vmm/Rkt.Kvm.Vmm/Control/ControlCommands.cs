@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using Microsoft.Win32.SafeHandles;
-using Rkt.Kvm.Vmm.Kvm;
+using Rkt.Kvm.Posix;
 using Rkt.Kvm.Vmm.Client.Control;
 using Rkt.Kvm.Vmm.Devices.Virtio9p.NineP;
 

@@ -1,7 +1,7 @@
 using System.Text.Json;
 using Rkt.Kvm.Vmm.Client.Control;
 using Rkt.Kvm.Vmm.Host;
-using Rkt.Kvm.Vmm.Kvm;
+using Rkt.Kvm.Posix;
 using Serilog;
 using static Tmds.Linux.LibC;
 

@@ -1,5 +1,5 @@
 using System.Runtime.InteropServices;
-using Rkt.Kvm.Vmm.Kvm;
+using Rkt.Kvm.Posix;
 using static Tmds.Linux.LibC;
 
 namespace Rkt.Kvm.Vmm.Host;
@@ -38,7 +38,7 @@ public sealed partial class OwnerWatch : IDisposable
         {
             int error = Marshal.GetLastPInvokeError();
             if (error == ESRCH) return null;
-            throw new KvmException("pidfd_open", error);
+            throw new ErrnoException("pidfd_open", error);
         }
         var pidfd = new FileDescriptor((int)fd);
         if (getppid() != ownerPid)

@@ -26,7 +26,7 @@ public static unsafe class VcpuKick
         // No SA_RESTART: the point is that KVM_RUN returns.
         action.sa_flags = 0;
         sigemptyset(&action.sa_mask);
-        if (sigaction(Signal, &action, null) != 0) throw new Kvm.KvmException("sigaction(SIGUSR2)", errno);
+        if (sigaction(Signal, &action, null) != 0) throw new Rkt.Kvm.Posix.ErrnoException("sigaction(SIGUSR2)", errno);
     }
 
     [UnmanagedCallersOnly]

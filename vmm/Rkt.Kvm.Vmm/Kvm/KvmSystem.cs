@@ -1,6 +1,8 @@
 using Tmds.Linux;
 using static Tmds.Linux.LibC;
 
+using Rkt.Kvm.Posix;
+
 namespace Rkt.Kvm.Vmm.Kvm;
 
 /// <summary>The /dev/kvm handle: API checks, host capabilities, and the factory for VMs.</summary>

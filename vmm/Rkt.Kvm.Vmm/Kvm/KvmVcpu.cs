@@ -1,6 +1,8 @@
 using Tmds.Linux;
 using static Tmds.Linux.LibC;
 
+using Rkt.Kvm.Posix;
+
 namespace Rkt.Kvm.Vmm.Kvm;
 
 /// <summary>One virtual CPU: its register state and the shared kvm_run page it exits through.</summary>

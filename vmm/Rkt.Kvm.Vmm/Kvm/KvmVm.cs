@@ -1,3 +1,5 @@
+using Rkt.Kvm.Posix;
+
 namespace Rkt.Kvm.Vmm.Kvm;
 
 /// <summary>A KVM virtual machine: memory slots, the in-kernel interrupt controllers and PIT, vCPUs.</summary>
@@ -48,14 +50,14 @@ public sealed unsafe class KvmVm : IDisposable
     /// <summary>Has KVM inject <paramref name="gsi"/> (as an edge) each time <paramref name="eventFd"/> is signalled.</summary>
     public void AssignIrqfd(Host.EventFd eventFd, uint gsi)
     {
-        var irqfd = new KvmIrqfd { Fd = (uint)eventFd.Number, Gsi = gsi };
+        var irqfd = new KvmIrqfd { Fd = (uint)eventFd.Handle.Number, Gsi = gsi };
         Syscall.Ioctl(_fd, KvmIoctl.Irqfd, &irqfd);
     }
 
     /// <summary>Has KVM signal <paramref name="eventFd"/> instead of exiting when the guest writes the 32-bit <paramref name="value"/> to MMIO <paramref name="address"/>.</summary>
     public void AssignIoeventfd(Host.EventFd eventFd, ulong address, uint value)
     {
-        var ioeventfd = new KvmIoeventfd { Address = address, Length = 4, Datamatch = value, Fd = eventFd.Number, Flags = KvmIoeventfd.FlagDatamatch };
+        var ioeventfd = new KvmIoeventfd { Address = address, Length = 4, Datamatch = value, Fd = eventFd.Handle.Number, Flags = KvmIoeventfd.FlagDatamatch };
         Syscall.Ioctl(_fd, KvmIoctl.Ioeventfd, &ioeventfd);
     }
 

@@ -2,7 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Rkt.Kvm.Stage0.CommandLine;
 using Rkt.Kvm.Stage0.Pods;
-using Rkt.Kvm.Images.Native;
+using Rkt.Kvm.Posix;
 using Rkt.Kvm.Stage1;
 using Rkt.Kvm.Stage1.Manifests;
 using Rkt.Kvm.Stage1.Pods;
