@@ -36,31 +36,23 @@ public sealed class BadInputTests : IDisposable
 
     private void RequireKvm() => Skip.IfNot(TestEnvironment.HasKvm, TestEnvironment.NoKvmReason);
 
-    [SkippableFact]
-    public void A_locked_down_vcpu_thread_that_makes_a_forbidden_call_kills_the_vmm_by_sigsys_with_a_clear_line()
+    [SkippableTheory]
+    // What a device model bug or an exploit on a vCPU thread would do. An AF_INET socket: the
+    // process's filter (installed on every thread before the vCPUs start) forbids it. An AF_UNIX
+    // socket: the process's filter allows it (the device thread makes them), the filter each vCPU
+    // thread stacks on itself as it starts does not (ThreadSyscallPolicy).
+    [InlineData("vcpu-forbidden-syscall", "socket(AF_INET), which the seccomp filter forbids")]
+    [InlineData("vcpu-thread-filter", "socket(AF_UNIX), which only the vCPU threads' own seccomp filter forbids")]
+    public void A_locked_down_vcpu_thread_that_makes_a_forbidden_call_kills_the_vmm_by_sigsys_with_a_clear_line(string fault, string call)
     {
         RequireKvm();
-        // What a device model bug or an exploit on a vCPU thread would do: the filter (installed on
-        // every thread before the vCPUs start) must end the VMM, and whoever waits for it must say why.
         var run = VmmProcess.Run(["--kernel", TestEnvironment.Vmlinux, "--initrd", TestEnvironment.TestInitrd, "--console", "none",
-            "--cmdline", "quiet rkt.init=hang", "--test-fault", "vcpu-forbidden-syscall"], TimeSpan.FromMinutes(1), _dir);
+            "--cmdline", "quiet rkt.init=hang", "--test-fault", fault], TimeSpan.FromMinutes(1), _dir);
+        // The filter ends the VMM, and whoever waits for it must say why.
         Assert.True(run.ExitCode == 128 + 31, run.ToString());
-        Assert.Contains("--test-fault vcpu-forbidden-syscall: this vCPU thread now calls socket(AF_INET), which the seccomp filter forbids", run.Stderr);
+        Assert.Contains($"--test-fault {fault}: this vCPU thread now calls {call}", run.Stderr);
         Assert.DoesNotContain("the filter did not kill the VMM", run.Stderr);
         Assert.Contains("killed by SIGSYS: it made a system call its seccomp filter forbids", Rkt.Kvm.Vmm.Client.VmmExit.Describe(run.ExitCode));
-    }
-
-    [SkippableFact]
-    public void A_vcpu_thread_that_makes_a_call_only_its_own_filter_forbids_kills_the_vmm_by_sigsys()
-    {
-        RequireKvm();
-        // An AF_UNIX socket: the process's filter allows it (the device thread makes them), the
-        // filter each vCPU thread stacks on itself as it starts does not (ThreadSyscallPolicy).
-        var run = VmmProcess.Run(["--kernel", TestEnvironment.Vmlinux, "--initrd", TestEnvironment.TestInitrd, "--console", "none",
-            "--cmdline", "quiet rkt.init=hang", "--test-fault", "vcpu-thread-filter"], TimeSpan.FromMinutes(1), _dir);
-        Assert.True(run.ExitCode == 128 + 31, run.ToString());
-        Assert.Contains("--test-fault vcpu-thread-filter: this vCPU thread now calls socket(AF_UNIX), which only the vCPU threads' own seccomp filter forbids", run.Stderr);
-        Assert.DoesNotContain("the filter did not kill the VMM", run.Stderr);
     }
 
     [SkippableFact]

@@ -93,17 +93,8 @@ static void rx_post_all(void)
 /* ------------------------------------------------------------------ tx */
 
 static void tx_begin(void) { tx_next = 0; }
-static unsigned tx_desc(uint64_t addr, uint32_t len, uint16_t flags)
-{
-    unsigned i = tx_next++ % QSIZE;
-    set_desc(&txq, i, addr, len, flags, 0);
-    return i;
-}
-static void tx_link(unsigned a, unsigned b)
-{
-    txq.desc[a].flags |= DESC_NEXT;
-    txq.desc[a].next = (uint16_t)b;
-}
+static unsigned tx_desc(uint64_t addr, uint32_t len, uint16_t flags) { return vq_put(&txq, &tx_next, addr, len, flags); }
+static void tx_link(unsigned a, unsigned b) { vq_link(&txq, a, b); }
 /* Header and frame in one descriptor of their own slot (at most 500 bytes). */
 static unsigned tx_frame(const struct nethdr *h, const void *frame, uint32_t n)
 {

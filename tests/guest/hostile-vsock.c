@@ -109,18 +109,8 @@ static int setup(int post_rx)
 
 static void tx_begin(void) { tx_next = 0; }
 
-static unsigned tx_desc(uint64_t addr, uint32_t len, uint16_t flags)
-{
-    unsigned i = tx_next++ % QSIZE;
-    set_desc(&txq, i, addr, len, flags, 0);
-    return i;
-}
-
-static void tx_link(unsigned a, unsigned b)
-{
-    txq.desc[a].flags |= DESC_NEXT;
-    txq.desc[a].next = (uint16_t)b;
-}
+static unsigned tx_desc(uint64_t addr, uint32_t len, uint16_t flags) { return vq_put(&txq, &tx_next, addr, len, flags); }
+static void tx_link(unsigned a, unsigned b) { vq_link(&txq, a, b); }
 
 /* A packet in one descriptor of its own slot: header and `n` (<= 212) payload bytes; `extra` more bytes declared readable. */
 static unsigned tx_pkt(struct hdr h, const void *payload, uint32_t n, uint32_t extra)

@@ -977,7 +977,10 @@ static int bulk(uint8_t type, uint8_t ok_type, uint8_t want, uint8_t next, int s
             if (t == ok_type) { ok++; held[which[s]] = next; continue; }
             int e = t < 0 ? -t : EPROTO;
             if (*first_error == 0) *first_error = e;
-            else if (e != *first_error) (*other_errors)++;
+            else if (e != *first_error) {
+                if (*other_errors == 0) info("first error other than %s: %s (reply type %d)", strerror(*first_error), strerror(e), t);
+                (*other_errors)++;
+            }
             if (stop_on_error) stop = 1;
         }
         if (stop) break;

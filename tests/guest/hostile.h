@@ -107,5 +107,18 @@ static inline void set_desc(struct vq *q, unsigned i, uint64_t addr, uint32_t le
 {
     q->desc[i] = (struct desc){ addr, len, flags, next };
 }
+/* The next descriptor of a burst, round the table from *next: its index. */
+static inline unsigned vq_put(struct vq *q, unsigned *next, uint64_t addr, uint32_t len, uint16_t flags)
+{
+    unsigned i = (*next)++ % q->size;
+    set_desc(q, i, addr, len, flags, 0);
+    return i;
+}
+/* Chains descriptor b after a. */
+static inline void vq_link(struct vq *q, unsigned a, unsigned b)
+{
+    q->desc[a].flags |= DESC_NEXT;
+    q->desc[a].next = (uint16_t)b;
+}
 
 #endif
