@@ -69,8 +69,11 @@ internal sealed class HttpSession : IDisposable
     /// unread; the caller disposes it.
     /// </summary>
     /// <param name="ifNoneMatch">an ETag the caller has: a 304 answer then means it is current.</param>
+    /// <param name="hostAuth">each hop carries the Authorization header an <c>auth</c> file gives its
+    /// own host (<see cref="AuthConfig.HeaderFor"/>), if any: a redirect to another host never carries
+    /// the first host's.</param>
     public async Task<HttpResponseMessage> Follow(Uri url, string? accept, string what, AuthenticationHeaderValue? authorization, CancellationToken ct,
-        string? ifNoneMatch = null)
+        string? ifNoneMatch = null, bool hostAuth = false)
     {
         var home = url.Authority;
         for (int hop = 0; ; hop++)
@@ -78,6 +81,7 @@ internal sealed class HttpSession : IDisposable
             using var request = new HttpRequestMessage(HttpMethod.Get, url);
             if (accept is not null) request.Headers.Accept.ParseAdd(accept);
             if (url.Authority == home && authorization is not null) request.Headers.Authorization = authorization;
+            else if (hostAuth) request.Headers.Authorization = Options.Auth.HeaderFor(url, Options.Insecure);
             if (ifNoneMatch is not null) request.Headers.TryAddWithoutValidation("If-None-Match", ifNoneMatch);
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
             timeout.CancelAfter(Options.ResponseTimeout);
@@ -93,7 +97,7 @@ internal sealed class HttpSession : IDisposable
                 throw new ImageException($"{what}: TLS with {url.Authority} failed ({tls.Message}); a plain-HTTP server needs " +
                     "--insecure-options=http, one with an untrusted certificate --insecure-options=tls", e);
             }
-            Log.Debug("GET {Url}{Auth} -> {Status}", ForLog(url), request.Headers.Authorization is { } a ? $" ({a.Scheme})" : "", (int)response.StatusCode);
+            Log.Debug("GET {Url}{Headers} -> {Status}", ForLog(url), ForLog(request), (int)response.StatusCode);
             if ((int)response.StatusCode is not (301 or 302 or 303 or 307 or 308)) return response;
             var location = response.Headers.Location;
             response.Dispose();
@@ -107,12 +111,13 @@ internal sealed class HttpSession : IDisposable
         }
     }
 
-    /// <summary>A GET that must succeed: 429 and 5xx are <see cref="TransientRegistryException"/>s
+    /// <summary>A GET (of discovery, an ACI, a signature, a key: with the <c>auth</c> files'
+    /// credentials for each host) that must succeed: 429 and 5xx are <see cref="TransientRegistryException"/>s
     /// for <see cref="Retry"/>, any other failure an <see cref="ImageException"/>.</summary>
     /// <param name="ifNoneMatch">an ETag the caller has: a 304 answer is then returned too.</param>
     public async Task<HttpResponseMessage> GetOk(Uri url, string what, CancellationToken ct, string? ifNoneMatch = null)
     {
-        var response = await Follow(url, null, what, null, ct, ifNoneMatch);
+        var response = await Follow(url, null, what, null, ct, ifNoneMatch, hostAuth: true);
         if (response.IsSuccessStatusCode || (ifNoneMatch is not null && response.StatusCode == HttpStatusCode.NotModified)) return response;
         var (code, reason) = ((int)response.StatusCode, response.ReasonPhrase);
         var retryAfter = response.Headers.RetryAfter?.Delta;
@@ -179,6 +184,16 @@ internal sealed class HttpSession : IDisposable
             timeout.CancelAfter(Options.ResponseTimeout);
             return await ReadLimited(response, limit, what, timeout.Token);
         }, ct);
+
+    /// <summary>The request headers the debug log shows: an Authorization header as its scheme
+    /// alone (its credentials or token never).</summary>
+    private static string ForLog(HttpRequestMessage request)
+    {
+        var shown = new List<string>();
+        if (request.Headers.Authorization is { } auth) shown.Add($"Authorization: {auth.Scheme} <redacted>");
+        if (request.Headers.IfNoneMatch.Count > 0) shown.Add($"If-None-Match: {request.Headers.IfNoneMatch}");
+        return shown.Count == 0 ? "" : $" ({string.Join("; ", shown)})";
+    }
 
     /// <summary>URLs as the debug log shows them: a redirect's query string may hold a signed
     /// credential (S3's X-Amz-Signature), so it is left out.</summary>

@@ -17,7 +17,7 @@ public sealed partial class AppcFetchTests : StoreTest, IDisposable
     private static readonly PgpTestKey Stranger = new("Stranger <stranger@example.net>");
     private const string Template = "https://example.com/aci/{name}-{version}-{os}-{arch}.{ext}";
     private const string AciPath = "/aci/example.com/app-v1-linux-amd64.aci";
-    private readonly TestCa _ca = new("example.com");
+    private readonly TestCa _ca = new("example.com", "other.example");
     private readonly AppcServer _server;
     private readonly byte[] _aci;
 

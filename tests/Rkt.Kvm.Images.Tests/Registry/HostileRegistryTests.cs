@@ -350,7 +350,7 @@ public sealed class HostileRegistryTests : StoreTest, IDisposable
             await FakeRegistry.Write(c.Response, 200, _registry.Blob(_layer));
             return true;
         };
-        var image = Fetch(Fast with { Auth = DockerAuthConfig.Load(_tmp["etc"]) });
+        var image = Fetch(Fast with { Auth = AuthConfig.Load(_tmp["etc"]) });
         Assert.Equal(2, image.Blobs.Count);
         Assert.Equal("Basic " + Convert.ToBase64String("bob:pw"u8.ToArray()), tokenAuth);
         Assert.Contains("scope=repository%3Aevil%2Fimg%3Apull", tokenQuery);
