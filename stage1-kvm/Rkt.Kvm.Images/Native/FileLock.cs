@@ -47,5 +47,18 @@ public sealed class FileLock : IDisposable
         }
     }
 
+    /// <summary>Whether <paramref name="path"/> still names the file locked: a holder that deletes its
+    /// lock file on release may have done so between another process's open and its flock.</summary>
+    public bool IsAt(string path)
+    {
+        var locked = Libc.FStat((int)_handle.DangerousGetHandle(), path);
+        try
+        {
+            var named = Libc.LStat(path);
+            return named.Dev == locked.Dev && named.Ino == locked.Ino;
+        }
+        catch (IOException) { return false; }
+    }
+
     public void Dispose() => _handle.Dispose();
 }

@@ -40,6 +40,9 @@ internal static partial class Libc
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int lstat(string path, out Stat buf);
 
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int fstat(int fd, out Stat buf);
+
     public const int O_RDWR = 2, O_CREAT = 0x40, O_CLOEXEC = 0x80000;
 
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
@@ -76,6 +79,12 @@ internal static partial class Libc
     public static Stat LStat(string path)
     {
         if (lstat(path, out var st) != 0) throw Error("lstat", path);
+        return st;
+    }
+
+    public static Stat FStat(int fd, string path)
+    {
+        if (fstat(fd, out var st) != 0) throw Error("fstat", path);
         return st;
     }
 

@@ -1,16 +1,122 @@
 using System.Net;
 using System.Text;
+using Rkt.Kvm.Images.Appc;
 using Rkt.Kvm.Images.Registry;
+using Rkt.Kvm.Images.Store;
 using Rkt.Kvm.Images.Tests.Support;
+using Rkt.Kvm.Images.Trust;
 
 namespace Rkt.Kvm.Images.Tests.Appc;
 
 /// <summary>
-/// Per-host credentials from <c>auth.d</c> (<c>auth</c> kind) for discovery, the ACI and its
-/// signature, to that host only.
+/// What rkt's resumable session does for an ACI download: a download cut off is continued with
+/// Range and If-Range (by a retry, or by the next fetch), started again when the server sends the
+/// whole or its file changed; per-host credentials from <c>auth.d</c> (<c>auth</c> kind) for
+/// discovery, the ACI and its signature, to that host only.
 /// </summary>
 public sealed partial class AppcFetchTests
 {
+    private const string ETag1 = "\"v1\"";
+    private static readonly RegistryOptions FastRetry = new() { MaxAttempts = 2, RetryBaseDelay = TimeSpan.FromMilliseconds(10) };
+    private static readonly RegistryOptions NoRetry = FastRetry with { MaxAttempts = 1 };
+
+    private string Url => "https://example.com" + UrlPath;
+
+    /// <summary>The URL's ACI (signed by <see cref="Signer"/>, trusted), served with an ETag.</summary>
+    private void PublishAtUrl(byte[] aci, string etag = ETag1)
+    {
+        _server.Put(UrlPath, aci);
+        _server.Put(UrlPath + ".asc", Signer.Sign(aci));
+        _server.Cache(UrlPath, etag);
+    }
+
+    private ImageRecord FetchUrl(RegistryOptions options) =>
+        new AppcFetcher(_store.Store, new TrustedKeyStore(_tmp.Dir("usr-lib-rkt"), _tmp.Dir("etc-rkt")), options with { Test = _server.Network },
+            new KeyReviewConsole(TextWriter.Null, TextWriter.Null, null)).FetchUrl(new Uri(Url), PullPolicy.Update, new ImportOptions());
+
+    private List<Received> AciRequests => _server.Received.Where(r => r.PathAndQuery == UrlPath).ToList();
+
+    private string[] Partials => Directory.Exists(_store.Store.TmpDir) ? Directory.GetFiles(_store.Store.TmpDir, "partial-*") : [];
+
+    private static long RangeStart(Received request) =>
+        request.Range is ['b', 'y', 't', 'e', 's', '=', .. var spec] && spec.EndsWith('-') ? long.Parse(spec[..^1]) : -1;
+
+    [Fact]
+    public void An_aci_download_cut_off_is_continued_by_the_next_fetch_with_range_and_if_range()
+    {
+        Trust(Signer);
+        PublishAtUrl(_aci);
+        _server.CutAfter(UrlPath, _aci.Length / 2);
+
+        Assert.Contains("gave up after 1 attempts", Assert.Throws<ImageException>(() => FetchUrl(NoRetry)).Message);
+        Assert.Empty(_store.Store.List()); // nothing half-written is an image
+        var held = new FileInfo(Assert.Single(Partials, p => !p.EndsWith(".lock") && !p.EndsWith(".validator"))).Length;
+        Assert.InRange(held, 1, _aci.Length / 2);
+
+        var image = FetchUrl(NoRetry);
+        var second = AciRequests[^1];
+        Assert.Equal(held, RangeStart(second));
+        Assert.Equal(ETag1, second.IfRange);
+        // The signature was checked over the whole file, so the two parts joined make the image.
+        Assert.Equal("hello\n", File.ReadAllText(Path.Join(_store.Render(image, _tmp["tree"]), "hello")));
+        Assert.Empty(Partials);
+    }
+
+    [Fact]
+    public void A_retry_within_the_fetch_continues_the_download()
+    {
+        Trust(Signer);
+        PublishAtUrl(_aci);
+        _server.CutAfter(UrlPath, _aci.Length / 3);
+        var image = FetchUrl(FastRetry);
+        Assert.Equal(2, AciRequests.Count);
+        Assert.Null(AciRequests[0].Range);
+        Assert.True(RangeStart(AciRequests[1]) > 0);
+        Assert.Equal("example.com/app", image.Name);
+        Assert.Empty(Partials);
+    }
+
+    [Fact]
+    public void A_server_that_ignores_the_range_sends_the_whole_again()
+    {
+        Trust(Signer);
+        PublishAtUrl(_aci);
+        _server.CutAfter(UrlPath, _aci.Length / 2);
+        _server.IgnoreRange = true;
+        var image = FetchUrl(FastRetry);
+        Assert.True(RangeStart(AciRequests[1]) > 0); // asked, answered 200: written from the start
+        Assert.Equal("hello\n", File.ReadAllText(Path.Join(_store.Render(image, _tmp["tree"]), "hello")));
+    }
+
+    [Fact]
+    public void A_range_not_satisfiable_starts_the_download_again()
+    {
+        Trust(Signer);
+        PublishAtUrl(_aci);
+        _server.CutAfter(UrlPath, _aci.Length / 2);
+        _server.RefuseRange = true;
+        FetchUrl(FastRetry);
+        Assert.Equal(3, AciRequests.Count); // cut, 416, the whole
+        Assert.True(RangeStart(AciRequests[1]) > 0);
+        Assert.Null(AciRequests[2].Range);
+    }
+
+    [Fact]
+    public void A_file_changed_on_the_server_since_the_cut_is_downloaded_whole()
+    {
+        Trust(Signer);
+        PublishAtUrl(_aci);
+        _server.CutAfter(UrlPath, _aci.Length / 2);
+        Assert.Throws<ImageException>(() => FetchUrl(NoRetry));
+
+        var v2 = Aci("example.com/app", "v2");
+        PublishAtUrl(v2, "\"v2\"");
+        var image = FetchUrl(NoRetry);
+        Assert.Equal(ETag1, AciRequests[^1].IfRange); // the old validator: the server sent the new file whole
+        Assert.Equal("v2", image.Labels["version"]);
+        Assert.Equal("\"v2\"", image.ETag);
+    }
+
     private static string BasicHeader(string user, string password) => "Basic " + Convert.ToBase64String(Encoding.UTF8.GetBytes($"{user}:{password}"));
 
     private void AuthFile(string name, string json) => File.WriteAllText(Path.Join(_tmp.Dir("etc-rkt/auth.d"), name), json);
