@@ -124,15 +124,25 @@ public sealed class AppcFetcher(ImageStore store, TrustedKeyStore keys, Registry
         if (!Verify) console.Err.WriteLine("rkt-kvm: warning: image signature verification has been disabled");
     }
 
+    /// <summary>
+    /// rkt's nameFetcher: discovery, then, as for a URL, the image the store keeps for the ACI URL
+    /// discovery gave (its remote: the URL, ETag, max-age) decides: within its max-age it is the
+    /// answer without asking, otherwise its ETag goes as If-None-Match and a 304 keeps it. A stored
+    /// image must also be the one asked for (name and labels): a template without <c>{version}</c>
+    /// gives every version the same URL.
+    /// </summary>
     private async Task<Found> FetchByNameAsync(AppImageName app, ImportOptions importOptions, CancellationToken ct)
     {
         using var http = new HttpSession(options);
         var endpoint = await new AppcDiscovery(http).DiscoverImage(app, ct);
         Log.Debug("{App}: ACI {Aci}, signature {Asc}", app, HttpSession.ForLog(endpoint.Aci), HttpSession.ForLog(endpoint.Asc));
+        var remote = endpoint.Aci.ToString();
+        var stored = store.FindRemote(remote) is { } r && r.Name == app.Name && app.MatchesLabels(r.Labels) ? r : null;
+        if (stored is not null && IsFresh(stored, DateTimeOffset.UtcNow)) return Stored(stored);
         WarnIfInsecure(tls: true);
         if (Verify) OfferDiscoveredKeys(app.Name, ct);
-        var checkedOptions = importOptions with { Remote = app.Canonical, CheckAciManifest = manifest => CheckManifest(app, manifest, HttpSession.ForLog(endpoint.Aci)) };
-        return await Download(http, endpoint.Aci, endpoint.Asc, app.Name, checkedOptions, ct);
+        var checkedOptions = importOptions with { Remote = remote, CheckAciManifest = manifest => CheckManifest(app, manifest, HttpSession.ForLog(endpoint.Aci)) };
+        return await Download(http, endpoint.Aci, endpoint.Asc, app.Name, checkedOptions, ct, stored: stored);
     }
 
     /// <param name="signature">a local signature (<c>--signature</c>), or null to fetch the URL's.</param>

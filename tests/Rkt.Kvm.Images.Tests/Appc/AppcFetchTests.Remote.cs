@@ -12,7 +12,7 @@ namespace Rkt.Kvm.Images.Tests.Appc;
 /// What rkt's resumable session does for an ACI download: a download cut off is continued with
 /// Range and If-Range (by a retry, or by the next fetch), started again when the server sends the
 /// whole or its file changed; per-host credentials from <c>auth.d</c> (<c>auth</c> kind) for
-/// discovery, the ACI and its signature, to that host only.
+/// discovery, the ACI and its signature, to that host only; and HTTP caching of an image fetched by name.
 /// </summary>
 public sealed partial class AppcFetchTests
 {
@@ -176,5 +176,42 @@ public sealed partial class AppcFetchTests
         Assert.Contains("(Authorization: Basic <redacted>)", err);
         Assert.DoesNotContain("s3cret", err);
         Assert.DoesNotContain(BasicHeader("alice", "s3cret")[6..], err);
+    }
+
+    [Fact]
+    public void An_image_fetched_by_name_is_not_asked_for_again_within_its_max_age()
+    {
+        Trust(Signer);
+        _server.Cache(AciPath, ETag1, "max-age=3600");
+        var (rc, stdout, err) = Cli("fetch", "example.com/app:v1");
+        Assert.True(rc == 0, err);
+        var image = Assert.Single(_store.Store.List());
+        Assert.Equal((ETag1, 3600), (image.ETag, image.CacheMaxAge));
+
+        (rc, stdout, err) = Cli("fetch", "--pull-policy=update", "example.com/app:v1");
+        Assert.True(rc == 0, err);
+        Assert.Equal(image.Id, stdout.Trim());
+        Assert.Equal(2, _server.Count("/app?ac-discovery=1")); // discovery, as rkt, then the stored image
+        Assert.Equal(1, _server.Count(AciPath + " "));
+        Assert.Equal(1, _server.Count(AciPath + ".asc"));
+    }
+
+    [Fact]
+    public void An_image_fetched_by_name_past_its_max_age_is_asked_for_with_if_none_match_and_kept_on_304()
+    {
+        Trust(Signer);
+        _server.Cache(AciPath, ETag1, "max-age=1");
+        var (rc, stdout, err) = Cli("fetch", "example.com/app:v1");
+        Assert.True(rc == 0, err);
+        var image = Assert.Single(_store.Store.List());
+        Thread.Sleep(1100);
+
+        (rc, stdout, err) = Cli("fetch", "--pull-policy=update", "example.com/app:v1");
+        Assert.True(rc == 0, err);
+        Assert.Equal(image.Id, stdout.Trim());
+        Assert.Equal(1, _server.NotModified);
+        Assert.DoesNotContain("downloading ACI", err);
+        Assert.Single(_store.Store.List());
+        Assert.Empty(Partials);
     }
 }
