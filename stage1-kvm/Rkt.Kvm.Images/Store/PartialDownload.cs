@@ -85,20 +85,12 @@ internal sealed class PartialDownload : IDisposable
     }
 
     /// <summary>Deletes the parts under <paramref name="tmpDir"/> no fetch holds.</summary>
-    public static int CollectAbandoned(string tmpDir)
-    {
-        if (!Directory.Exists(tmpDir)) return 0;
-        int removed = 0;
-        foreach (var lockPath in Directory.EnumerateFiles(tmpDir, Prefix + "*.lock"))
+    public static int CollectAbandoned(string tmpDir) =>
+        TempArea.CollectAbandoned(tmpDir, Prefix, path =>
         {
-            using var held = FileLock.TryExclusive(lockPath);
-            if (held is null) continue;
-            var path = lockPath[..^".lock".Length];
-            if (File.Exists(path)) removed++;
+            bool had = File.Exists(path);
             File.Delete(path);
             File.Delete(path + ".validator");
-            File.Delete(lockPath);
-        }
-        return removed;
-    }
+            return had;
+        });
 }

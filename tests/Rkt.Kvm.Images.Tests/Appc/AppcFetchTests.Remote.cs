@@ -63,6 +63,27 @@ public sealed partial class AppcFetchTests
     }
 
     [Fact]
+    public void Image_gc_removes_a_part_no_fetch_holds_and_a_refusal_keeps_none()
+    {
+        Trust(Signer);
+        PublishAtUrl(_aci);
+        _server.CutAfter(UrlPath, _aci.Length / 2);
+        Assert.Throws<ImageException>(() => FetchUrl(NoRetry));
+        Assert.NotEmpty(Partials);
+        Assert.Equal(1, _store.Store.Collect(null, DateTimeOffset.UtcNow).RemovedScratch);
+        Assert.Empty(Partials);
+
+        // Cut off, then continued with bytes that are not the image's: refused, and nothing is kept.
+        _server.CutAfter(UrlPath, _aci.Length / 2);
+        Assert.Throws<ImageException>(() => FetchUrl(NoRetry));
+        var tampered = (byte[])_aci.Clone();
+        tampered[^100] ^= 1;
+        _server.Put(UrlPath, tampered);
+        Assert.Contains("does not match it", Assert.ThrowsAny<ImageException>(() => FetchUrl(NoRetry)).Message);
+        _store.AssertEmpty();
+    }
+
+    [Fact]
     public void A_retry_within_the_fetch_continues_the_download()
     {
         Trust(Signer);
