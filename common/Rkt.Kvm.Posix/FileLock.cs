@@ -81,6 +81,17 @@ public sealed unsafe partial class FileLock : IDisposable
         }
     }
 
+    /// <summary>Whether <paramref name="path"/> still names the file locked: a holder that deletes its
+    /// lock file on release may have done so between another process's open and its flock.</summary>
+    public bool IsAt(string path)
+    {
+        Tmds.Linux.stat locked, named;
+        if (fstat(Fd, &locked) != 0) throw ErrnoException.FromLastError($"fstat {path}");
+        fixed (byte* p = CString.Utf8(path))
+            if (lstat(p, &named) != 0) return false;
+        return named.st_dev == locked.st_dev && named.st_ino == locked.st_ino;
+    }
+
     [LibraryImport("libc", SetLastError = true)]
     private static partial int flock(int fd, int operation);
 

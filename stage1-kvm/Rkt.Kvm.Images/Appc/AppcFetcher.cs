@@ -124,15 +124,25 @@ public sealed class AppcFetcher(ImageStore store, TrustedKeyStore keys, Registry
         if (!Verify) console.Err.WriteLine("rkt-kvm: warning: image signature verification has been disabled");
     }
 
+    /// <summary>
+    /// rkt's nameFetcher: discovery, then, as for a URL, the image the store keeps for the ACI URL
+    /// discovery gave (its remote: the URL, ETag, max-age) decides: within its max-age it is the
+    /// answer without asking, otherwise its ETag goes as If-None-Match and a 304 keeps it. A stored
+    /// image must also be the one asked for (name and labels): a template without <c>{version}</c>
+    /// gives every version the same URL.
+    /// </summary>
     private async Task<Found> FetchByNameAsync(AppImageName app, ImportOptions importOptions, CancellationToken ct)
     {
         using var http = new HttpSession(options);
         var endpoint = await new AppcDiscovery(http).DiscoverImage(app, ct);
         Log.Debug("{App}: ACI {Aci}, signature {Asc}", app, HttpSession.ForLog(endpoint.Aci), HttpSession.ForLog(endpoint.Asc));
+        var remote = endpoint.Aci.ToString();
+        var stored = store.FindRemote(remote) is { } r && r.Name == app.Name && app.MatchesLabels(r.Labels) ? r : null;
+        if (stored is not null && IsFresh(stored, DateTimeOffset.UtcNow)) return Stored(stored);
         WarnIfInsecure(tls: true);
         if (Verify) OfferDiscoveredKeys(app.Name, ct);
-        var checkedOptions = importOptions with { Remote = app.Canonical, CheckAciManifest = manifest => CheckManifest(app, manifest, HttpSession.ForLog(endpoint.Aci)) };
-        return await Download(http, endpoint.Aci, endpoint.Asc, app.Name, checkedOptions, ct);
+        var checkedOptions = importOptions with { Remote = remote, CheckAciManifest = manifest => CheckManifest(app, manifest, HttpSession.ForLog(endpoint.Aci)) };
+        return await Download(http, endpoint.Aci, endpoint.Asc, app.Name, checkedOptions, ct, stored: stored);
     }
 
     /// <param name="signature">a local signature (<c>--signature</c>), or null to fetch the URL's.</param>
@@ -164,7 +174,21 @@ public sealed class AppcFetcher(ImageStore store, TrustedKeyStore keys, Registry
             signature = await File.ReadAllBytesAsync(asc, ct);
         }
         var aci = Path.Join(tmp.Path, fileName);
-        var cache = await DownloadFile(http, aciUrl, aci, importOptions.Policy.MaxBytes, what, $"downloading ACI {fileName}", ct, stored?.ETag);
+        (string? ETag, int? MaxAge)? cache;
+        // What arrived of the ACI before a connection broke is kept (rkt's resumable session): the
+        // retry, or the next fetch of the URL, asks for the rest. Nothing of it is checked or stored
+        // before the whole is here, moved next to the signature.
+        using (var partial = PartialDownload.TryOpen(store.TmpDir, aciUrl.ToString()))
+        {
+            try { cache = await DownloadFile(http, aciUrl, aci, importOptions.Policy.MaxBytes, what, $"downloading ACI {fileName}", ct, stored?.ETag, partial); }
+            catch (Exception e) when (partial is not null && !HttpSession.IsNetworkFailure(e, ct))
+            {
+                partial.Drop(); // a refusal another attempt would meet again
+                throw;
+            }
+            if (cache is null) partial?.Drop();
+            else partial?.MoveTo(aci);
+        }
         if (cache is null)
         {
             Log.Debug("{Url} is not modified (ETag {ETag}): using the stored image", what, stored!.ETag);
@@ -228,19 +252,35 @@ public sealed class AppcFetcher(ImageStore store, TrustedKeyStore keys, Registry
 
     /// <summary>One download into a file, as large as <paramref name="limit"/>, shown as a progress step.</summary>
     /// <param name="ifNoneMatch">the ETag of the stored copy, if any.</param>
+    /// <param name="partial">where the download goes instead of <paramref name="dest"/>, continuing
+    /// what it holds (<see cref="RangeResume"/>), also from one attempt to the next.</param>
     /// <returns>the response's ETag and max-age; null when the server says the stored copy is current (304).</returns>
     private async Task<(string? ETag, int? MaxAge)?> DownloadFile(HttpSession http, Uri url, string dest, long limit, string what, string step, CancellationToken ct,
-        string? ifNoneMatch = null) =>
+        string? ifNoneMatch = null, PartialDownload? partial = null) =>
         await http.Retry<(string?, int?)?>(what, async ct =>
         {
-            using var response = await http.GetOk(url, what, ct, ifNoneMatch);
+            var resume = partial?.ResumePoint;
+            var response = await http.GetOk(url, what, ct, ifNoneMatch, resume);
+            var start = RangeResume.Start(response, resume);
+            if (start is null)
+            {
+                response.Dispose();
+                Log.Debug("{Url}: the server cannot send the rest after byte {Held}; starting again", what, resume!.Offset);
+                resume = null;
+                response = await http.GetOk(url, what, ct, ifNoneMatch);
+                start = 0;
+            }
+            using var _ = response;
             if (response.StatusCode == System.Net.HttpStatusCode.NotModified) return null;
-            var length = response.Content.Headers.ContentLength;
+            var length = response.Content.Headers.ContentLength + start;
             if (length > limit) throw new ImageException($"{what} is larger than {limit} bytes");
+            if (start > 0) Log.Debug("{Url}: continuing after {Held} bytes (If-Range {Validator})", what, start, resume!.Validator);
+            else partial?.Restart(RangeResume.Validator(response));
             var advance = _progress.Begin(step, length ?? 0);
+            if (start > 0) advance(start.Value);
             await using var body = await response.Content.ReadAsStreamAsync(ct);
-            await using var file = new FileStream(dest, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16);
-            await BodyCopier.Copy(body, file, null, length, limit, what, http.Options, n => advance(n), ct);
+            await using var file = new FileStream(partial?.Path ?? dest, start > 0 ? FileMode.Append : FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16);
+            await BodyCopier.Copy(body, file, null, length, limit, what, http.Options, n => advance(n), ct, start.Value);
             var cacheControl = response.Headers.CacheControl;
             int? maxAge = cacheControl is null || cacheControl.NoCache || cacheControl.NoStore ? null : (int?)cacheControl.MaxAge?.TotalSeconds;
             return (response.Headers.ETag?.ToString(), maxAge);

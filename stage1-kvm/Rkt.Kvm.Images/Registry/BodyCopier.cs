@@ -15,17 +15,19 @@ internal static class BodyCopier
 {
     private const int BufferSize = 1 << 16;
 
-    /// <param name="size">the exact length the body must have (a blob's descriptor), or null when
+    /// <param name="size">the exact length the file must have (a blob's descriptor), or null when
     /// only <paramref name="limit"/> bounds it.</param>
-    /// <returns>the number of bytes copied.</returns>
+    /// <param name="offset">the bytes the file holds already (a download continued with a range):
+    /// the body is the rest, and the size, limit and rate count them.</param>
+    /// <returns>the length of the file.</returns>
     public static async Task<long> Copy(Stream body, Stream file, IncrementalHash? hash, long? size, long limit, string what,
-        RegistryOptions options, Action<int>? progress, CancellationToken ct)
+        RegistryOptions options, Action<int>? progress, CancellationToken ct, long offset = 0)
     {
         var buffer = ArrayPool<byte>.Shared.Rent(BufferSize);
         var clock = Stopwatch.StartNew();
         using var idle = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var most = size ?? limit;
-        long total = 0;
+        long total = offset;
         try
         {
             while (true)
@@ -48,7 +50,7 @@ internal static class BodyCopier
                 progress?.Invoke(n);
                 // The slowest acceptable transfer: a grace period, then the minimum rate over the whole
                 // body (over what arrived so far when its length is not known).
-                if (clock.Elapsed > options.SlowGrace + TimeSpan.FromSeconds((double)(size ?? total) / options.MinBytesPerSecond))
+                if (clock.Elapsed > options.SlowGrace + TimeSpan.FromSeconds((double)((size ?? total) - offset) / options.MinBytesPerSecond))
                     throw new ImageException($"{what} arrives too slowly: {Received(total, size)} in {clock.Elapsed.TotalSeconds:0} s");
             }
         }

@@ -69,8 +69,12 @@ internal sealed class HttpSession : IDisposable
     /// unread; the caller disposes it.
     /// </summary>
     /// <param name="ifNoneMatch">an ETag the caller has: a 304 answer then means it is current.</param>
+    /// <param name="resume">the part of the body the caller has already: asked for the rest (see <see cref="RangeResume"/>).</param>
+    /// <param name="hostAuth">each hop carries the Authorization header an <c>auth</c> file gives its
+    /// own host (<see cref="AuthConfig.HeaderFor"/>), if any: a redirect to another host never carries
+    /// the first host's.</param>
     public async Task<HttpResponseMessage> Follow(Uri url, string? accept, string what, AuthenticationHeaderValue? authorization, CancellationToken ct,
-        string? ifNoneMatch = null)
+        string? ifNoneMatch = null, ResumeFrom? resume = null, bool hostAuth = false)
     {
         var home = url.Authority;
         for (int hop = 0; ; hop++)
@@ -78,7 +82,9 @@ internal sealed class HttpSession : IDisposable
             using var request = new HttpRequestMessage(HttpMethod.Get, url);
             if (accept is not null) request.Headers.Accept.ParseAdd(accept);
             if (url.Authority == home && authorization is not null) request.Headers.Authorization = authorization;
+            else if (hostAuth) request.Headers.Authorization = Options.Auth.HeaderFor(url, Options.Insecure);
             if (ifNoneMatch is not null) request.Headers.TryAddWithoutValidation("If-None-Match", ifNoneMatch);
+            resume?.AddTo(request);
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
             timeout.CancelAfter(Options.ResponseTimeout);
             HttpResponseMessage response;
@@ -93,7 +99,7 @@ internal sealed class HttpSession : IDisposable
                 throw new ImageException($"{what}: TLS with {url.Authority} failed ({tls.Message}); a plain-HTTP server needs " +
                     "--insecure-options=http, one with an untrusted certificate --insecure-options=tls", e);
             }
-            Log.Debug("GET {Url}{Auth} -> {Status}", ForLog(url), request.Headers.Authorization is { } a ? $" ({a.Scheme})" : "", (int)response.StatusCode);
+            Log.Debug("GET {Url}{Headers} -> {Status}", ForLog(url), ForLog(request), (int)response.StatusCode);
             if ((int)response.StatusCode is not (301 or 302 or 303 or 307 or 308)) return response;
             var location = response.Headers.Location;
             response.Dispose();
@@ -107,13 +113,16 @@ internal sealed class HttpSession : IDisposable
         }
     }
 
-    /// <summary>A GET that must succeed: 429 and 5xx are <see cref="TransientRegistryException"/>s
+    /// <summary>A GET (of discovery, an ACI, a signature, a key: with the <c>auth</c> files'
+    /// credentials for each host) that must succeed: 429 and 5xx are <see cref="TransientRegistryException"/>s
     /// for <see cref="Retry"/>, any other failure an <see cref="ImageException"/>.</summary>
     /// <param name="ifNoneMatch">an ETag the caller has: a 304 answer is then returned too.</param>
-    public async Task<HttpResponseMessage> GetOk(Uri url, string what, CancellationToken ct, string? ifNoneMatch = null)
+    /// <param name="resume">the part the caller has: a 416 answer is then returned too.</param>
+    public async Task<HttpResponseMessage> GetOk(Uri url, string what, CancellationToken ct, string? ifNoneMatch = null, ResumeFrom? resume = null)
     {
-        var response = await Follow(url, null, what, null, ct, ifNoneMatch);
-        if (response.IsSuccessStatusCode || (ifNoneMatch is not null && response.StatusCode == HttpStatusCode.NotModified)) return response;
+        var response = await Follow(url, null, what, null, ct, ifNoneMatch, resume, hostAuth: true);
+        if (response.IsSuccessStatusCode || (ifNoneMatch is not null && response.StatusCode == HttpStatusCode.NotModified)
+            || (resume is not null && response.StatusCode == HttpStatusCode.RequestedRangeNotSatisfiable)) return response;
         var (code, reason) = ((int)response.StatusCode, response.ReasonPhrase);
         var retryAfter = response.Headers.RetryAfter?.Delta;
         response.Dispose();
@@ -145,6 +154,12 @@ internal sealed class HttpSession : IDisposable
             }
         }
     }
+
+    /// <summary>Whether <paramref name="e"/> (an attempt's failure, or the last one <see cref="Retry"/>
+    /// gave up after) came from the network rather than from what was received: a partial download
+    /// is then worth keeping for the next attempt.</summary>
+    public static bool IsNetworkFailure(Exception e, CancellationToken ct) =>
+        IsTransient(e, ct) || (e is ImageException { InnerException: { } inner } && IsTransient(inner, ct)) || ct.IsCancellationRequested;
 
     private static bool IsTransient(Exception e, CancellationToken ct) => e switch
     {
@@ -179,6 +194,18 @@ internal sealed class HttpSession : IDisposable
             timeout.CancelAfter(Options.ResponseTimeout);
             return await ReadLimited(response, limit, what, timeout.Token);
         }, ct);
+
+    /// <summary>The request headers the debug log shows: an Authorization header as its scheme
+    /// alone (its credentials or token never), and a range asked for.</summary>
+    private static string ForLog(HttpRequestMessage request)
+    {
+        var shown = new List<string>();
+        if (request.Headers.Authorization is { } auth) shown.Add($"Authorization: {auth.Scheme} <redacted>");
+        if (request.Headers.Range is { } range) shown.Add($"Range: {range}");
+        if (request.Headers.IfRange is { } ifRange) shown.Add($"If-Range: {ifRange}");
+        if (request.Headers.IfNoneMatch.Count > 0) shown.Add($"If-None-Match: {request.Headers.IfNoneMatch}");
+        return shown.Count == 0 ? "" : $" ({string.Join("; ", shown)})";
+    }
 
     /// <summary>URLs as the debug log shows them: a redirect's query string may hold a signed
     /// credential (S3's X-Amz-Signature), so it is left out.</summary>

@@ -65,10 +65,11 @@ internal sealed class RegistryHttp : IDisposable
     /// errors are <see cref="ImageException"/>s; 429 and 5xx are <see cref="TransientRegistryException"/>s
     /// for <see cref="Retry"/>.
     /// </summary>
-    public async Task<HttpResponseMessage> Get(Uri url, string? accept, string what, CancellationToken ct)
+    /// <param name="resume">the part of a blob the caller has: a 416 answer is then returned too.</param>
+    public async Task<HttpResponseMessage> Get(Uri url, string? accept, string what, CancellationToken ct, ResumeFrom? resume = null)
     {
         var sent = _auth.Header;
-        var response = await _session.Follow(url, accept, what, sent, ct);
+        var response = await _session.Follow(url, accept, what, sent, ct, resume: resume);
         // Answered once per request: a first contact, or a token whose scope or lifetime ran out.
         if (response.StatusCode == HttpStatusCode.Unauthorized)
         {
@@ -79,10 +80,10 @@ internal sealed class RegistryHttp : IDisposable
             // Parallel downloads meet an expired token together: the first renews it, the others use that.
             try { if (ReferenceEquals(_auth.Header, sent)) await _auth.Answer(challenge, ct); }
             finally { _authLock.Release(); }
-            response = await _session.Follow(url, accept, what, _auth.Header, ct);
+            response = await _session.Follow(url, accept, what, _auth.Header, ct, resume: resume);
         }
         var code = (int)response.StatusCode;
-        if (response.IsSuccessStatusCode) return response;
+        if (response.IsSuccessStatusCode || (resume is not null && response.StatusCode == HttpStatusCode.RequestedRangeNotSatisfiable)) return response;
         var retryAfter = response.Headers.RetryAfter?.Delta;
         response.Dispose();
         throw code switch

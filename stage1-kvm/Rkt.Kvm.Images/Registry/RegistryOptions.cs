@@ -11,7 +11,7 @@ namespace Rkt.Kvm.Images.Registry;
 public sealed record RegistryOptions
 {
     public InsecureOptions Insecure { get; init; }
-    public DockerAuthConfig Auth { get; init; } = DockerAuthConfig.Empty;
+    public AuthConfig Auth { get; init; } = AuthConfig.Empty;
 
     public long MaxManifestBytes { get; init; } = 4 << 20;
     /// <summary>Docker itself stops at 127; OCI sets no limit, so leave room above docker's.</summary>

@@ -31,7 +31,7 @@ public sealed record ImportOptions(string? Name = null, string? Reference = null
 {
     public Archive.ExtractionPolicy Policy { get; init; } = new();
 
-    /// <summary>The registry reference a fetch came from (see <see cref="ImageRecord.Remote"/>).</summary>
+    /// <summary>The registry reference or ACI URL a fetch came from (see <see cref="ImageRecord.Remote"/>).</summary>
     internal string? Remote { get; init; }
     internal string? RemoteDigest { get; init; }
     /// <summary>The layer files are the import's own scratch files (a registry download, or a

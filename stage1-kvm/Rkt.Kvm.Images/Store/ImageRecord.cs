@@ -19,15 +19,16 @@ public sealed record ImageRecord
     /// <summary>Blob keys ("sha512:HEX" for an ACI's tar, "sha256:HEX" per layer), in layer order.</summary>
     [JsonPropertyName("blobs")] public List<string> Blobs { get; init; } = [];
     [JsonPropertyName("allowDevices")] public bool AllowDevices { get; init; }
-    /// <summary>Where a registry fetch got it ("registry-1.docker.io/library/busybox:latest"), so
-    /// a later fetch or run of that reference finds it; null for an imported file.</summary>
+    /// <summary>Where a fetch got it, so that a later fetch or run finds it: a registry reference
+    /// ("registry-1.docker.io/library/busybox:latest"), or an ACI's URL (given, or found by appc
+    /// discovery: rkt's remote); null for an imported file.</summary>
     [JsonPropertyName("remote")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? Remote { get; init; }
     /// <summary>The digest of the registry manifest it was made from: a later fetch of the same
     /// tag that finds the same manifest has nothing to do.</summary>
     [JsonPropertyName("remoteDigest")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? RemoteDigest { get; init; }
 
-    /// <summary>An ACI fetched from a URL: the server's <c>ETag</c> for it, sent back as
-    /// <c>If-None-Match</c> when the URL is fetched again (rkt's remote store).</summary>
+    /// <summary>An ACI fetched from a URL (given, or found by discovery): the server's <c>ETag</c> for
+    /// it, sent back as <c>If-None-Match</c> when the URL is fetched again (rkt's remote store).</summary>
     [JsonPropertyName("etag")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? ETag { get; init; }
     /// <summary>The server's <c>Cache-Control: max-age</c> in seconds: until <see cref="DownloadTime"/>
     /// plus this, the URL is not asked again.</summary>

@@ -212,7 +212,7 @@ public sealed class ImageStore
             treeStore.DeleteTree(id);
             trees++;
         }
-        int scratch = TempArea.CollectAbandoned(TmpDir, "import-") + TempArea.CollectAbandoned(TreeDir, TreeStore.TmpPrefix);
+        int scratch = TempArea.CollectAbandoned(TmpDir, "import-") + PartialDownload.CollectAbandoned(TmpDir) + TempArea.CollectAbandoned(TreeDir, TreeStore.TmpPrefix);
         return new GcResult(removedImages, blobs, trees, scratch);
     }
 

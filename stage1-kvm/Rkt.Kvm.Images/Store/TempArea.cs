@@ -25,7 +25,17 @@ public sealed class TempArea : IDisposable
     }
 
     /// <summary>Deletes the scratch directories under <paramref name="parent"/> nobody holds.</summary>
-    public static int CollectAbandoned(string parent, string prefix)
+    public static int CollectAbandoned(string parent, string prefix) =>
+        CollectAbandoned(parent, prefix, dir =>
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+            return true;
+        });
+
+    /// <summary>For each <c>PATH.lock</c> under <paramref name="parent"/> whose name starts with
+    /// <paramref name="prefix"/> and that nobody holds: <paramref name="remove"/>(PATH) (true when it
+    /// removed something to count), then the lock file.</summary>
+    internal static int CollectAbandoned(string parent, string prefix, Func<string, bool> remove)
     {
         if (!Directory.Exists(parent)) return 0;
         int removed = 0;
@@ -33,10 +43,8 @@ public sealed class TempArea : IDisposable
         {
             using var held = FileLock.TryExclusive(lockPath);
             if (held is null) continue;
-            var dir = lockPath[..^".lock".Length];
-            if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+            if (remove(lockPath[..^".lock".Length])) removed++;
             File.Delete(lockPath);
-            removed++;
         }
         return removed;
     }

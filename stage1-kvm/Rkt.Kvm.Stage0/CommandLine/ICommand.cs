@@ -68,6 +68,6 @@ public sealed class CommandContext(string dataDir, TextWriter stdout, TextWriter
     /// rkt's credentials (<c>auth.d/</c> of both configuration directories).</summary>
     public Images.Registry.RegistryOptions RemoteOptions(Images.Registry.InsecureOptions insecure = default) => new()
     {
-        Insecure = Insecure | insecure, Auth = Images.Registry.DockerAuthConfig.Load(SystemConfig, LocalConfig), Test = TestNetwork,
+        Insecure = Insecure | insecure, Auth = Images.Registry.AuthConfig.Load(SystemConfig, LocalConfig), Test = TestNetwork,
     };
 }

@@ -17,7 +17,7 @@ public sealed partial class AppcFetchTests : StoreTest, IDisposable
     private static readonly PgpTestKey Stranger = new("Stranger <stranger@example.net>");
     private const string Template = "https://example.com/aci/{name}-{version}-{os}-{arch}.{ext}";
     private const string AciPath = "/aci/example.com/app-v1-linux-amd64.aci";
-    private readonly TestCa _ca = new("example.com");
+    private readonly TestCa _ca = new("example.com", "other.example");
     private readonly AppcServer _server;
     private readonly byte[] _aci;
 
@@ -109,7 +109,7 @@ public sealed partial class AppcFetchTests : StoreTest, IDisposable
         Assert.Contains("signature verified: Example Signer <signer@example.com>", err);
         var image = Assert.Single(_store.Store.List());
         Assert.Equal("example.com/app", image.Name);
-        Assert.Equal("example.com/app,arch=amd64,os=linux,version=v1", image.Remote);
+        Assert.Equal("https://example.com" + AciPath, image.Remote); // rkt's remote: the URL discovery gave
         Assert.Contains("example.com/app:v1", Cli("image", "list").Out);
         Assert.Equal("hello\n", File.ReadAllText(Path.Join(_store.Render(image, _tmp["tree"]), "hello")));
         Assert.All(_server.Requests, r => Assert.EndsWith("host=example.com", r));

@@ -154,6 +154,51 @@ public sealed class HostileRegistryTests : StoreTest, IDisposable
         Assert.Equal(3, calls);
     }
 
+    /// <summary>The first answer for the layer is cut in half; the next ones answer the Range
+    /// asked for with <paramref name="rest"/> (the blob and where the rest starts → the 206 body).</summary>
+    private List<string?> CutThenServeRanges(Func<byte[], int, byte[]> rest)
+    {
+        var ranges = new List<string?>();
+        _registry.Handler = async c =>
+        {
+            if (!IsLayer(c)) return false;
+            var blob = _registry.Blob(_layer);
+            string? range = c.Request.Headers["Range"];
+            lock (ranges) ranges.Add(range);
+            if (range is null)
+            {
+                c.Response.ContentLength64 = blob.Length;
+                await c.Response.OutputStream.WriteAsync(blob.AsMemory(0, blob.Length / 2));
+                await c.Response.OutputStream.FlushAsync();
+                c.Response.Abort();
+                return true;
+            }
+            int from = int.Parse(range["bytes=".Length..^1]);
+            c.Response.Headers["Content-Range"] = $"bytes {from}-{blob.Length - 1}/{blob.Length}";
+            await FakeRegistry.Write(c.Response, 206, rest(blob, from));
+            return true;
+        };
+        return ranges;
+    }
+
+    [Fact]
+    public void A_blob_cut_off_is_continued_with_a_range_and_its_digest_checked_over_the_whole()
+    {
+        var ranges = CutThenServeRanges((blob, from) => blob[from..]);
+        var image = Fetch();
+        Assert.Equal(2, ranges.Count);
+        Assert.Null(ranges[0]);
+        Assert.Matches("^bytes=[1-9][0-9]*-$", ranges[1]);
+        Assert.Contains(_layer, image.Blobs);
+    }
+
+    [Fact]
+    public void A_continuation_that_does_not_fit_the_part_held_fails_the_digest()
+    {
+        CutThenServeRanges((blob, from) => new byte[blob.Length - from]);
+        Refused("does not match its digest");
+    }
+
     [Fact]
     public void A_server_that_stalls_hits_the_idle_timeout()
     {
@@ -350,7 +395,7 @@ public sealed class HostileRegistryTests : StoreTest, IDisposable
             await FakeRegistry.Write(c.Response, 200, _registry.Blob(_layer));
             return true;
         };
-        var image = Fetch(Fast with { Auth = DockerAuthConfig.Load(_tmp["etc"]) });
+        var image = Fetch(Fast with { Auth = AuthConfig.Load(_tmp["etc"]) });
         Assert.Equal(2, image.Blobs.Count);
         Assert.Equal("Basic " + Convert.ToBase64String("bob:pw"u8.ToArray()), tokenAuth);
         Assert.Contains("scope=repository%3Aevil%2Fimg%3Apull", tokenQuery);

@@ -135,7 +135,7 @@ public sealed class RegistryFetchTests : StoreTest
         Assert.True(rc == 0, err);
         Assert.DoesNotContain("s3cret", err); // --debug logs the exchanges, never the credentials
         Assert.DoesNotContain("YWxpY2U6czNjcmV0", err); // nor their base64
-        Assert.Contains("(Basic)", err);
+        Assert.Contains("(Authorization: Basic <redacted>)", err);
         Assert.Matches("^sha512-", id.Trim());
     }
 

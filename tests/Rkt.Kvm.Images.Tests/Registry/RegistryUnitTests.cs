@@ -102,14 +102,16 @@ public sealed class RegistryUnitTests
         File.WriteAllText(Path.Join(system, "a.json"), """{"rktKind":"dockerAuth","rktVersion":"v1","registries":["quay.io","docker.io"],"credentials":{"user":"sys","password":"p1"}}""");
         File.WriteAllText(Path.Join(local, "b.json"), """{"rktKind":"dockerAuth","rktVersion":"v1","registries":["quay.io"],"credentials":{"user":"loc","password":"p2"}}""");
         File.WriteAllText(Path.Join(local, "http.json"), """{"rktKind":"auth","rktVersion":"v1","domains":["example.com"],"type":"basic","credentials":{"user":"u","password":"p"}}""");
-        var config = DockerAuthConfig.Load(tmp["system"], tmp["local"]);
+        var config = AuthConfig.Load(tmp["system"], tmp["local"]);
         Assert.Equal("loc", config.For("quay.io")!.User);
         Assert.Equal("sys", config.For(ImageReference.DockerHub)!.User);
         Assert.Null(config.For("example.com"));
         Assert.DoesNotContain("p2", config.For("quay.io")!.ToString());
 
+        Assert.Equal("Basic dTpw", config.HeaderFor(new Uri("https://example.com/app?ac-discovery=1"), InsecureOptions.None)!.ToString());
+
         File.WriteAllText(Path.Join(local, "c.json"), "{not json");
-        Assert.Contains("c.json is not valid JSON", Assert.Throws<ImageException>(() => DockerAuthConfig.Load(tmp["local"])).Message);
+        Assert.Contains("c.json is not valid JSON", Assert.Throws<ImageException>(() => AuthConfig.Load(tmp["local"])).Message);
     }
 
     [Fact]
@@ -122,5 +124,44 @@ public sealed class RegistryUnitTests
         Assert.Equal(PullPolicy.Never, PullPolicyParser.Parse("never", PullPolicy.New));
         Assert.Equal(PullPolicy.Update, PullPolicyParser.Parse(null, PullPolicy.Update));
         Assert.Throws<ImageException>(() => PullPolicyParser.Parse("always", PullPolicy.New));
+    }
+
+    [Fact]
+    public void Auth_files_of_kind_auth_give_each_domain_its_header_over_https_only()
+    {
+        using var tmp = new TempDir();
+        var system = tmp.Dir("system/auth.d");
+        var local = tmp.Dir("local/auth.d");
+        File.WriteAllText(Path.Join(system, "a.json"), """{"rktKind":"auth","rktVersion":"v1","domains":["example.com","example.org"],"type":"basic","credentials":{"user":"sys","password":"p1"}}""");
+        File.WriteAllText(Path.Join(local, "b.json"), """{"rktKind":"auth","rktVersion":"v1","domains":["example.org","example.net:8443"],"type":"oauth","credentials":{"token":"t0k"}}""");
+        var config = AuthConfig.Load(tmp["system"], tmp["local"]);
+        string? Header(string url, InsecureOptions insecure = InsecureOptions.None) => config.HeaderFor(new Uri(url), insecure)?.ToString();
+
+        Assert.Equal("Basic c3lzOnAx", Header("https://example.com/x.aci"));
+        Assert.Equal("Basic c3lzOnAx", Header("https://EXAMPLE.com:443/x.aci")); // the default port is the host
+        Assert.Equal("Bearer t0k", Header("https://example.org/x.aci")); // local over system
+        Assert.Equal("Bearer t0k", Header("https://example.net:8443/x"));
+        Assert.Null(Header("https://example.net/x")); // another port, another host
+        Assert.Null(Header("https://www.example.com/x")); // exact domains, no subdomains
+        Assert.Null(Header("http://example.com/x")); // never in the clear...
+        Assert.Equal("Basic c3lzOnAx", Header("http://example.com/x", InsecureOptions.Http)); // ...unless allowed
+        Assert.Null(config.For("example.com")); // not a registry's credentials
+        Assert.DoesNotContain("t0k", HostCredentials.Bearer("t0k").ToString());
+    }
+
+    [Theory]
+    [InlineData("""{"rktKind":"auth","rktVersion":"v1","domains":["a.example"],"type":"digest","credentials":{}}""", "unknown type \"digest\"")]
+    [InlineData("""{"rktKind":"auth","rktVersion":"v1","domains":["a.example"],"credentials":{"user":"u","password":"p"}}""", "has no type")]
+    [InlineData("""{"rktKind":"auth","rktVersion":"v1","domains":[],"type":"basic","credentials":{"user":"u","password":"p"}}""", "names no domains")]
+    [InlineData("""{"rktKind":"auth","rktVersion":"v1","domains":["a.example"],"type":"oauth","credentials":{}}""", "no credentials token")]
+    [InlineData("""{"rktKind":"auth","rktVersion":"v1","domains":["a.example"],"type":"basic","credentials":{"user":"u"}}""", "no credentials user and password")]
+    [InlineData("""{"rktKind":"auth","rktVersion":"v1","domains":["taken.example"],"type":"oauth","credentials":{"token":"t"}}""", "which another file of")]
+    public void Auth_files_rkt_refuses_are_refused(string json, string expected)
+    {
+        using var tmp = new TempDir();
+        var dir = tmp.Dir("etc/auth.d");
+        File.WriteAllText(Path.Join(dir, "a.json"), """{"rktKind":"auth","rktVersion":"v1","domains":["taken.example"],"type":"oauth","credentials":{"token":"t"}}""");
+        File.WriteAllText(Path.Join(dir, "b.json"), json);
+        Assert.Contains(expected, Assert.Throws<ImageException>(() => AuthConfig.Load(tmp["etc"])).Message);
     }
 }
