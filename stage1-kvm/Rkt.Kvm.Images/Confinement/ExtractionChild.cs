@@ -20,9 +20,13 @@ public static class ExtractionChild
         {
             var arguments = ExtractionContract.Parse(args);
             var plan = ExtractionContract.ReadPlan(ReadLine(ExtractionContract.PlanFd));
+            var clock = System.Diagnostics.Stopwatch.StartNew();
             ExtractionJail.LoadEverythingNow();
+            long loaded = clock.ElapsedMilliseconds;
             string root = ExtractionJail.PivotIntoDestination(ExtractionContract.RootFd);
             ExtractionJail.LockDown(ExtractionJail.Needed(plan.AllowDevices), plan.MaxBytes);
+            Serilog.Log.Debug("Extraction child {Pid}: assemblies loaded in {Loaded} ms, confined in {Confined} ms",
+                Environment.ProcessId, loaded, clock.ElapsedMilliseconds - loaded);
             if (arguments.Hook == ExtractionContract.TestHook.Escape) TryToEscape(report);
             if (arguments.Hook == ExtractionContract.TestHook.Pause)
             {
