@@ -40,7 +40,13 @@ internal static unsafe class ExtractionJail
         _ = Native.Libc.IsRoot; // libc, the first P/Invoke of this assembly
         using (var z = new System.IO.Compression.GZipStream(new MemoryStream([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
                    System.IO.Compression.CompressionMode.Decompress)) z.ReadByte(); // zlib (System.IO.Compression.Native)
-        if (!RuntimeFeature.IsDynamicCodeSupported) return;
+        if (RuntimeFeature.IsDynamicCodeSupported) LoadAssemblies();
+    }
+
+    [System.Diagnostics.CodeAnalysis.UnconditionalSuppressMessage("Trimming", "IL2026",
+        Justification = "Only under JIT (untrimmed): NativeAOT has no assemblies to load.")]
+    private static void LoadAssemblies()
+    {
         var seen = new HashSet<string>(StringComparer.Ordinal);
         var queue = new Queue<Assembly>();
         foreach (var a in new[] { typeof(ExtractionJail).Assembly, Assembly.GetEntryAssembly() })

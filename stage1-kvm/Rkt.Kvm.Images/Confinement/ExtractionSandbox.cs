@@ -60,7 +60,7 @@ public sealed class ExtractionSandbox
         }
         // `dotnet rkt-kvm.dll` (tests, framework-dependent runs without the apphost): the host, then the dll.
         return Path.GetFileNameWithoutExtension(path) == "dotnet"
-            ? new ExtractionSandbox(path!, [entry!.Location])
+            ? new ExtractionSandbox(path!, [Path.Join(AppContext.BaseDirectory, "rkt-kvm.dll")])
             : new ExtractionSandbox(path!, []);
     }
 
