@@ -11,10 +11,17 @@ public class ImageException : Exception
 }
 
 /// <summary>An archive entry that was refused; <see cref="Entry"/> names it as the archive does.</summary>
-public sealed class UnsafeEntryException(string entry, string reason)
-    : ImageException($"refusing archive entry \"{Printable(entry)}\": {reason}")
+public sealed class UnsafeEntryException : ImageException
 {
-    public string Entry { get; } = entry;
+    public UnsafeEntryException(string entry, string reason)
+        : base($"refusing archive entry \"{Printable(entry)}\": {reason}") => Entry = entry;
+
+    private UnsafeEntryException(string entry, string message, bool _) : base(message) => Entry = entry;
+
+    /// <summary>The same refusal, rebuilt from its entry and message (a confined extraction reports it so).</summary>
+    internal static UnsafeEntryException Rebuilt(string entry, string message) => new(entry, message, true);
+
+    public string Entry { get; }
 
     /// <summary>NULs and control characters would garble the error line; show them escaped.</summary>
     /// Over-long names are shortened to keep the line readable.

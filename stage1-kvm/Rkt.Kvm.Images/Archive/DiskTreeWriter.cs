@@ -13,13 +13,17 @@ namespace Rkt.Kvm.Images.Archive;
 /// files are created with O_EXCL, so a symlink planted by the archive is never followed.
 /// Directory metadata waits for <see cref="Complete"/>, since adding children changes a
 /// directory's mtime and a read-only directory would stop us adding them as non-root.
+/// Owners come from the archive when <c>applyOwners</c> (by default, when running as root; a
+/// confined extraction runs under its own uid with CAP_CHOWN and asks for them explicitly).
 /// </summary>
-public sealed class DiskTreeWriter(string root) : ITreeWriter
+public sealed class DiskTreeWriter(string root, bool applyOwners) : ITreeWriter
 {
     // Resolved per use, not cached: the CLI configures Serilog after these types may be loaded.
     private static ILogger Log => Serilog.Log.ForContext<DiskTreeWriter>();
     private readonly string _root = Path.GetFullPath(root);
     private readonly Dictionary<string, EntryMeta> _dirs = new(StringComparer.Ordinal);
+
+    public DiskTreeWriter(string root) : this(root, Libc.IsRoot) { }
 
     private string Full(string rel) => rel.Length == 0 ? _root : Path.Join(_root, rel);
 
@@ -42,7 +46,7 @@ public sealed class DiskTreeWriter(string root) : ITreeWriter
                    FileOptions.None, preallocationSize: length >= 1 << 20 ? length : 0))
         {
             if (data is not null && length > 0) Copy(data, handle, length, rel);
-            if (Libc.IsRoot && Libc.fchown((int)handle.DangerousGetHandle(), (uint)meta.Uid, (uint)meta.Gid) != 0)
+            if (applyOwners && Libc.fchown((int)handle.DangerousGetHandle(), (uint)meta.Uid, (uint)meta.Gid) != 0)
                 throw Libc.Error("fchown", path);
             // After chown, which clears setuid and setgid bits.
             System.IO.File.SetUnixFileMode(handle, meta.Mode);
@@ -75,7 +79,7 @@ public sealed class DiskTreeWriter(string root) : ITreeWriter
         if (Libc.mknod(path, type | (uint)meta.Mode, Libc.MakeDev((uint)major, (uint)minor)) != 0)
             throw Libc.Error("mknod", path);
         FinishMeta(path, meta, ownerDone: false);
-        if (Libc.IsRoot) System.IO.File.SetUnixFileMode(path, meta.Mode); // mknod applied the umask
+        if (applyOwners) System.IO.File.SetUnixFileMode(path, meta.Mode); // mknod applied the umask
     }
 
     public void Remove(string rel)
@@ -92,7 +96,7 @@ public sealed class DiskTreeWriter(string root) : ITreeWriter
         foreach (var (rel, meta) in _dirs.OrderByDescending(kv => kv.Key.Length))
         {
             var path = Full(rel);
-            if (Libc.IsRoot && Libc.lchown(path, (uint)meta.Uid, (uint)meta.Gid) != 0) throw Libc.Error("lchown", path);
+            if (applyOwners && Libc.lchown(path, (uint)meta.Uid, (uint)meta.Gid) != 0) throw Libc.Error("lchown", path);
             System.IO.File.SetUnixFileMode(path, meta.Mode);
             ApplyXattrs(path, meta);
             Libc.SetTimes(path, meta.ModificationTime, meta.ModificationTime);
@@ -102,7 +106,7 @@ public sealed class DiskTreeWriter(string root) : ITreeWriter
 
     private void FinishMeta(string path, EntryMeta meta, bool ownerDone)
     {
-        if (!ownerDone && Libc.IsRoot && Libc.lchown(path, (uint)meta.Uid, (uint)meta.Gid) != 0) throw Libc.Error("lchown", path);
+        if (!ownerDone && applyOwners && Libc.lchown(path, (uint)meta.Uid, (uint)meta.Gid) != 0) throw Libc.Error("lchown", path);
         ApplyXattrs(path, meta);
         Libc.SetTimes(path, meta.ModificationTime, meta.ModificationTime);
     }

@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using System.Text.Json;
 using Rkt.Kvm.Images.Archive;
 using Rkt.Kvm.Images.Compression;
+using Rkt.Kvm.Images.Confinement;
 using Rkt.Kvm.Images.Formats;
 using Rkt.Kvm.Images.Formats.Appc;
 using Rkt.Kvm.Images.Formats.Docker;
@@ -232,15 +233,13 @@ public sealed class ImageImporter(ImageStore store, IImportProgress? progress = 
     private void UnpackPlain(string file, string dest, ExtractionPolicy policy)
     {
         Directory.CreateDirectory(dest);
-        var what = $"archive {Path.GetFileName(file)}";
-        using var raw = File.OpenRead(file);
-        _progress.Step($"unpacking {Path.GetFileName(file)}", SizeOf(raw));
-        using var counted = new InspectingStream(raw, what, progress: n => _progress.Advance(n));
-        using var plain = new InspectingStream(Decompression.Open(counted, what, out _), what, limit: policy.MaxBytes);
-        var applier = new TarApplier(new DiskTreeWriter(dest), policy with { AllowDevices = false });
-        applier.Apply(plain, ArchiveLayout.Plain, 0, what);
-        plain.Drain();
-        applier.Complete();
+        _progress.Step($"unpacking {Path.GetFileName(file)}", new FileInfo(file).Length);
+        var plan = new ExtractionPlan
+        {
+            Archives = [new PlannedArchive(ArchiveLayout.Plain, 0, $"archive {Path.GetFileName(file)}")],
+            MaxBytes = policy.MaxBytes, MaxEntries = policy.MaxEntries, LimitBytes = true,
+        };
+        PlannedExtraction.Run(store.Sandbox, plan, dest, [file], n => _progress.Advance(n));
     }
 
     /// <summary>"tar -cf x.tar layout/" puts everything under one directory: look inside it.</summary>

@@ -33,6 +33,10 @@ public sealed class ImageStore
     }
 
     public string DataDir { get; }
+
+    /// <summary>Where archives are extracted to disk (renders, unpacking a tarred layout): the confined
+    /// child when set (rkt-kvm sets <see cref="Confinement.ExtractionSandbox.ForThisProcess"/>), else in-process.</summary>
+    public Confinement.ExtractionSandbox? Sandbox { get; init; }
     public string CasDir { get; }
     public string TreeDir { get; }
     internal string TmpDir => Path.Join(CasDir, "tmp");

@@ -31,8 +31,6 @@ internal sealed class AciRenderList
     /// <summary>Images in one rendered tree: past this, a dependency graph is hostile.</summary>
     public const int MaxImages = 256;
 
-    private readonly Dictionary<string, bool> _provided = new(StringComparer.Ordinal); // path → is a directory
-
     private AciRenderList(List<RenderImage> images) => Images = images;
 
     public IReadOnlyList<RenderImage> Images { get; }
@@ -62,36 +60,8 @@ internal sealed class AciRenderList
         return new AciRenderList([.. list]);
     }
 
-    /// <summary>The entry filter for image <paramref name="index"/> of the list.</summary>
-    public Func<string, TarEntryType, bool> Filter(int index)
-    {
-        var image = Images[index];
-        var own = Whitelist(image.Manifest);
-        // The highest image above this one, in its branch, that has a whitelist.
-        HashSet<string>? upper = null;
-        int level = image.Level;
-        for (int i = index - 1; i >= 0; i--)
-        {
-            if (Images[i].Level >= level) continue;
-            level = Images[i].Level;
-            if (Whitelist(Images[i].Manifest) is { } w) upper = w;
-        }
-        return (path, type) =>
-        {
-            if (path.Length == 0) return true; // the rootfs itself
-            bool directory = type == TarEntryType.Directory;
-            if (!directory && own is not null && !own.Contains(path)) return false;
-            if (upper is not null && !upper.Contains(path)) return false;
-            if (_provided.ContainsKey(path)) return false;
-            for (var parent = Archive.EntryPath.Parent(path); parent.Length > 0; parent = Archive.EntryPath.Parent(parent))
-                if (_provided.TryGetValue(parent, out var isDirectory) && !isDirectory) return false;
-            _provided[path] = directory;
-            return true;
-        };
-    }
-
-    private static HashSet<string>? Whitelist(ManifestSummary manifest) =>
-        manifest.PathWhitelist.Count == 0 ? null : new HashSet<string>(manifest.PathWhitelist, StringComparer.Ordinal);
+    /// <summary>What the entry filters need of each image, in list order: its level and pathWhitelist.</summary>
+    public IReadOnlyList<AciLayer> Layers => [.. Images.Select(i => new AciLayer(i.Level, i.Manifest.PathWhitelist))];
 
     /// <summary>The images above <paramref name="node"/> in its branch, nearest first.</summary>
     private static IEnumerable<RenderImage> Ancestors(LinkedListNode<RenderImage> node)
@@ -120,4 +90,48 @@ internal sealed class AciRenderList
             throw new ImageException($"{dependent.DisplayName} depends on {dep} of {size} bytes, but the stored one is {found.Size} bytes");
         return found;
     }
+}
+
+/// <summary>One image of an ACI render list as its entry filter sees it (see <see cref="AciRenderList"/>).</summary>
+public sealed record AciLayer(int Level, IReadOnlyList<string> PathWhitelist);
+
+/// <summary>
+/// The entry filters of an ACI rendered with its dependencies (the rules of <see cref="AciRenderList"/>),
+/// from each image's level and whitelist only, so a confined extraction can rebuild them. One
+/// instance per render: it remembers which paths earlier images provided.
+/// </summary>
+internal sealed class AciEntryFilters(IReadOnlyList<AciLayer> layers)
+{
+    private readonly Dictionary<string, bool> _provided = new(StringComparer.Ordinal); // path → is a directory
+
+    /// <summary>The entry filter for image <paramref name="index"/> of the list.</summary>
+    public Func<string, TarEntryType, bool> Filter(int index)
+    {
+        var image = layers[index];
+        var own = Whitelist(image);
+        // The highest image above this one, in its branch, that has a whitelist.
+        HashSet<string>? upper = null;
+        int level = image.Level;
+        for (int i = index - 1; i >= 0; i--)
+        {
+            if (layers[i].Level >= level) continue;
+            level = layers[i].Level;
+            if (Whitelist(layers[i]) is { } w) upper = w;
+        }
+        return (path, type) =>
+        {
+            if (path.Length == 0) return true; // the rootfs itself
+            bool directory = type == TarEntryType.Directory;
+            if (!directory && own is not null && !own.Contains(path)) return false;
+            if (upper is not null && !upper.Contains(path)) return false;
+            if (_provided.ContainsKey(path)) return false;
+            for (var parent = Archive.EntryPath.Parent(path); parent.Length > 0; parent = Archive.EntryPath.Parent(parent))
+                if (_provided.TryGetValue(parent, out var isDirectory) && !isDirectory) return false;
+            _provided[path] = directory;
+            return true;
+        };
+    }
+
+    private static HashSet<string>? Whitelist(AciLayer layer) =>
+        layer.PathWhitelist.Count == 0 ? null : new HashSet<string>(layer.PathWhitelist, StringComparer.Ordinal);
 }

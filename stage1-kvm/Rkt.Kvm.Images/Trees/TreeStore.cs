@@ -1,6 +1,5 @@
 using Rkt.Kvm.Images.Archive;
-using Rkt.Kvm.Images.Compression;
-using Rkt.Kvm.Images.IO;
+using Rkt.Kvm.Images.Confinement;
 using Rkt.Kvm.Images.Native;
 using Rkt.Kvm.Posix;
 using Rkt.Kvm.Images.Store;
@@ -51,14 +50,14 @@ public sealed class TreeStore(ImageStore store)
         using var tmp = TempArea.Create(store.TreeDir, TmpPrefix);
         var rootfs = Path.Join(tmp.Path, "rootfs");
         Directory.CreateDirectory(rootfs);
-        if (image.Format == "aci" && AciRenderList.Build(store, image) is { IsPlain: false } list) RenderWithDependencies(list, rootfs);
-        else
-        {
-            var applier = new TarApplier(new DiskTreeWriter(rootfs), new ExtractionPolicy { AllowDevices = image.AllowDevices });
-            var layout = image.Format == "aci" ? ArchiveLayout.Aci : ArchiveLayout.Layer;
-            for (int i = 0; i < image.Blobs.Count; i++) ApplyBlob(applier, image, i, layout, i);
-            applier.Complete();
-        }
+        var (plan, blobs) = image.Format == "aci" && AciRenderList.Build(store, image) is { IsPlain: false } list
+            ? WithDependencies(list)
+            : (new ExtractionPlan
+            {
+                Archives = [.. image.Blobs.Select((blob, i) => new PlannedArchive(image.Format == "aci" ? ArchiveLayout.Aci : ArchiveLayout.Layer, i, What(image, i)))],
+                AllowDevices = image.AllowDevices,
+            }, image.Blobs.Select(store.BlobPath).ToList());
+        PlannedExtraction.Run(store.Sandbox, plan, rootfs, blobs);
         TreeListing.Write(Path.Join(tmp.Path, ListingFile), TreeListing.Scan(rootfs));
         File.Copy(store.ManifestPath(image.Id), Path.Join(tmp.Path, "manifest"));
         File.WriteAllText(Path.Join(tmp.Path, DoneMarker), image.Id + "\n");
@@ -67,30 +66,22 @@ public sealed class TreeStore(ImageStore store)
         return tree;
     }
 
-    private void ApplyBlob(TarApplier applier, ImageRecord image, int blob, ArchiveLayout layout, int layer)
-    {
-        var what = $"blob {image.Blobs[blob]} of {image.DisplayName}";
-        using var file = new FileStream(store.BlobPath(image.Blobs[blob]), FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
-        using var plain = new ReadAheadStream(Decompression.Open(file, what, out _));
-        applier.Apply(plain, layout, layer, what);
-        plain.Drain();
-    }
+    private static string What(ImageRecord image, int blob) => $"blob {image.Blobs[blob]} of {image.DisplayName}";
 
     /// <summary>An ACI and its dependencies, as appc's acirenderer renders them (see
     /// <see cref="AciRenderList"/>): each image's archive in list order, each path from the first
     /// image that has it. Devices are allowed where the image that brings them was imported with
     /// them (an import without --allow-devices refuses them).</summary>
-    private void RenderWithDependencies(AciRenderList list, string rootfs)
+    private (ExtractionPlan, List<string>) WithDependencies(AciRenderList list)
     {
-        var policy = new ExtractionPolicy { AllowDevices = list.Images.Any(i => i.Record.AllowDevices) };
-        var applier = new TarApplier(new DiskTreeWriter(rootfs), policy);
-        for (int i = 0; i < list.Images.Count; i++)
+        Log.Debug("Rendering {Image} with {Count} dependencies", list.Images[0].Record.DisplayName, list.Images.Count - 1);
+        var plan = new ExtractionPlan
         {
-            applier.Include = list.Filter(i);
-            ApplyBlob(applier, list.Images[i].Record, 0, ArchiveLayout.Aci, i);
-        }
-        applier.Complete();
-        Log.Debug("Rendered {Image} with {Count} dependencies", list.Images[0].Record.DisplayName, list.Images.Count - 1);
+            Archives = [.. list.Images.Select((image, i) => new PlannedArchive(ArchiveLayout.Aci, i, What(image.Record, 0), AciImage: i))],
+            AllowDevices = list.Images.Any(i => i.Record.AllowDevices),
+            AciLayers = list.Layers,
+        };
+        return (plan, list.Images.Select(i => store.BlobPath(i.Record.Blobs[0])).ToList());
     }
 
     /// <summary>

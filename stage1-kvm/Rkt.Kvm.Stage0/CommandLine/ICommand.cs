@@ -42,7 +42,7 @@ public sealed class CommandContext(string dataDir, TextWriter stdout, TextWriter
     public TextWriter Out { get; } = stdout;
     public TextWriter Err { get; } = stderr;
     public bool StderrIsTerminal { get; } = stderrIsTerminal;
-    public ImageStore Store => field ??= new ImageStore(DataDir);
+    public ImageStore Store => field ??= new ImageStore(DataDir) { Sandbox = Images.Confinement.ExtractionSandbox.ForThisProcess() };
     /// <summary>rkt's global <c>--insecure-options</c>.</summary>
     public Images.Registry.InsecureOptions Insecure { get; init; }
     /// <summary>rkt's <c>--system-config</c>: the vendor's configuration (auth.d/, trustedkeys/), read only.</summary>

@@ -1,6 +1,7 @@
 using System.IO.Compression;
 using System.Security.Cryptography;
 using System.Text.Json.Nodes;
+using Rkt.Kvm.Images.Tests.Support;
 
 namespace Rkt.Kvm.Images.Tests.Appc;
 
@@ -143,6 +144,12 @@ public sealed partial class AppcFetchTests
         Assert.Equal("b\n", File.ReadAllText(Path.Join(tree, "z")));
         Assert.Equal("d\n", File.ReadAllText(Path.Join(tree, "only-d")));
         Assert.False(File.Exists(Path.Join(tree, "secret"))); // not in the app's whitelist
+        // The confined extraction rebuilds the entry filters from its plan: the same tree.
+        var confined = new Images.Trees.TreeStore(new Images.Store.ImageStore(_store.Store.DataDir + "-confined") { Sandbox = Confined.Sandbox() });
+        Directory.CreateDirectory(_store.Store.DataDir + "-confined");
+        Tool.Run("cp", null, "-a", Path.Join(_store.Store.DataDir, "cas"), _store.Store.DataDir + "-confined/");
+        confined.Export(_store.Store.Resolve("example.com/app"), _tmp["confined-tree"], Images.Trees.ExportMode.Hardlink, rootfsOnly: true);
+        TreeSnapshot.Take(_tmp["confined-tree"], withDirTimes: false).AssertSameAs(TreeSnapshot.Take(tree, withDirTimes: false));
     }
 
     [Fact]

@@ -4,9 +4,9 @@ using Rkt.Kvm.Images.Trees;
 namespace Rkt.Kvm.Images.Tests.Support;
 
 /// <summary>A store in a temp data dir, with the state checks the hostile-archive tests need.</summary>
-public sealed class StoreHarness(TempDir tmp)
+public sealed class StoreHarness(TempDir tmp, Confinement.ExtractionSandbox? sandbox = null, string data = "data")
 {
-    public ImageStore Store { get; } = new(tmp["data"]);
+    public ImageStore Store { get; } = new(tmp[data]) { Sandbox = sandbox };
 
     public ImageRecord Import(string source, ImportOptions? options = null) =>
         new ImageImporter(Store).Import(source, options ?? new ImportOptions());

@@ -1,0 +1,82 @@
+using System.Runtime.InteropServices;
+
+namespace Rkt.Kvm.Images.Confinement;
+
+/// <summary>One classic-BPF instruction (<c>struct sock_filter</c>).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal readonly record struct BpfInstruction(ushort Code, byte JumpTrue, byte JumpFalse, uint K);
+
+/// <summary>
+/// The confined extraction's seccomp filter: a deny-list, since the child is a JIT-compiled .NET
+/// process whose runtime makes calls no trace can promise to cover (the VMM, NativeAOT and traced,
+/// has an allow-list). Killed: anything not x86-64 (or x32), and every call an extraction never
+/// makes that would reach past its tree: sockets, execve, ptrace and process_vm_*, mounts and
+/// namespaces (after the pivot), id changes (after the drop), modules, kexec, bpf, perf,
+/// keyrings, io_uring, userfaultfd, handles, the host's name and clock, swap, reboot.
+/// </summary>
+internal static class ExtractionSyscallFilter
+{
+    public const uint AuditArchX86_64 = 0xC000003E, X32SyscallBit = 0x40000000;
+    public const uint RetKillProcess = 0x80000000, RetAllow = 0x7fff0000;
+    private const ushort LdAbsW = 0x20, JeqK = 0x15, JgeK = 0x35, RetK = 0x06;
+    private const uint NrOffset = 0, ArchOffset = 4;
+
+    /// <summary>x86-64 numbers (asm/unistd_64.h), by name for the threat model and the tests.</summary>
+    public static readonly IReadOnlyDictionary<string, int> Denied = new Dictionary<string, int>
+    {
+        ["socket"] = 41, ["socketpair"] = 53, ["connect"] = 42, ["bind"] = 49, ["listen"] = 50,
+        ["execve"] = 59, ["execveat"] = 322, ["ptrace"] = 101, ["process_vm_readv"] = 310, ["process_vm_writev"] = 311,
+        ["pidfd_getfd"] = 438, ["mount"] = 165, ["umount2"] = 166, ["pivot_root"] = 155, ["chroot"] = 161,
+        ["unshare"] = 272, ["setns"] = 308, ["open_tree"] = 428, ["move_mount"] = 429, ["fsopen"] = 430,
+        ["fsconfig"] = 431, ["fsmount"] = 432, ["fspick"] = 433, ["mount_setattr"] = 442,
+        ["setuid"] = 105, ["setgid"] = 106, ["setreuid"] = 113, ["setregid"] = 114, ["setgroups"] = 116,
+        ["setresuid"] = 117, ["setresgid"] = 119, ["setfsuid"] = 122, ["setfsgid"] = 123,
+        ["init_module"] = 175, ["finit_module"] = 313, ["delete_module"] = 176, ["kexec_load"] = 246,
+        ["kexec_file_load"] = 320, ["bpf"] = 321, ["perf_event_open"] = 298, ["add_key"] = 248,
+        ["request_key"] = 249, ["keyctl"] = 250, ["io_uring_setup"] = 425, ["io_uring_enter"] = 426,
+        ["io_uring_register"] = 427, ["userfaultfd"] = 323, ["open_by_handle_at"] = 304, ["name_to_handle_at"] = 303,
+        ["sethostname"] = 170, ["setdomainname"] = 171, ["settimeofday"] = 164, ["clock_settime"] = 227,
+        ["adjtimex"] = 159, ["clock_adjtime"] = 305, ["swapon"] = 167, ["swapoff"] = 168, ["reboot"] = 169,
+        ["acct"] = 163, ["quotactl"] = 179, ["syslog"] = 103, ["iopl"] = 172, ["ioperm"] = 173,
+        ["personality"] = 135, ["fanotify_init"] = 300,
+    };
+
+    public static BpfInstruction[] Build()
+    {
+        var program = new List<BpfInstruction>
+        {
+            new(LdAbsW, 0, 0, ArchOffset),
+            new(JeqK, 1, 0, AuditArchX86_64),
+            new(RetK, 0, 0, RetKillProcess),
+            new(LdAbsW, 0, 0, NrOffset),
+            new(JgeK, 0, 1, X32SyscallBit),
+            new(RetK, 0, 0, RetKillProcess),
+        };
+        foreach (int nr in Denied.Values.Distinct().Order())
+        {
+            program.Add(new(JeqK, 0, 1, (uint)nr));
+            program.Add(new(RetK, 0, 0, RetKillProcess));
+        }
+        program.Add(new(RetK, 0, 0, RetAllow));
+        return [.. program];
+    }
+
+    /// <summary>Runs the program the way the kernel does, for one call (tests).</summary>
+    public static uint Evaluate(IReadOnlyList<BpfInstruction> program, int nr, uint arch = AuditArchX86_64)
+    {
+        uint a = 0;
+        for (int pc = 0; pc < program.Count; pc++)
+        {
+            var i = program[pc];
+            switch (i.Code)
+            {
+                case LdAbsW: a = i.K == NrOffset ? (uint)nr : i.K == ArchOffset ? arch : throw new InvalidOperationException($"load from {i.K}"); break;
+                case JeqK: pc += a == i.K ? i.JumpTrue : i.JumpFalse; break;
+                case JgeK: pc += a >= i.K ? i.JumpTrue : i.JumpFalse; break;
+                case RetK: return i.K;
+                default: throw new InvalidOperationException($"opcode {i.Code:x}");
+            }
+        }
+        throw new InvalidOperationException("The program ran off its end.");
+    }
+}
