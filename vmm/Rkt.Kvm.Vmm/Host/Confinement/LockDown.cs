@@ -16,7 +16,7 @@ public static unsafe partial class LockDown
     private const int RLIMIT_CORE = 4, RLIMIT_NOFILE = 7;
     /// <summary>Open files: every 9p fid may hold one, plus sockets, taps, eventfds and the runtime's own.</summary>
     public const ulong MaxOpenFiles = Devices.Virtio9p.NineP.P9FidTable.DefaultMaxFids + 4096;
-    private const long SYS_seccomp = 317;
+    private const long SYS_seccomp = 317, SYS_socket = 41, SYS_close = 3;
     private const uint SECCOMP_SET_MODE_FILTER = 1, SECCOMP_FILTER_FLAG_TSYNC = 1;
 
     [LibraryImport("libc", SetLastError = true)] private static partial int prctl(int option, nuint arg2, nuint arg3, nuint arg4, nuint arg5);
@@ -90,15 +90,27 @@ public static unsafe partial class LockDown
         string filter = family == Tmds.Linux.LibC.AF_INET ? "the seccomp filter forbids" : "only the vCPU threads' own seccomp filter forbids";
         log.Warning("--test-fault {Fault:l}: this vCPU thread now calls {Call:l}, which {Filter:l}", name, call, filter);
         Serilog.Log.CloseAndFlush();
-        int fd = Tmds.Linux.LibC.socket(family, Tmds.Linux.LibC.SOCK_STREAM | Tmds.Linux.LibC.SOCK_CLOEXEC, 0);
-        if (fd >= 0) Tmds.Linux.LibC.close(fd);
+        // Through the syscall entry point Apply already used: nothing else may run between the line above and the call.
+        long fd = syscall(SYS_socket, (nuint)family, (nuint)(Tmds.Linux.LibC.SOCK_STREAM | Tmds.Linux.LibC.SOCK_CLOEXEC), null);
+        if (fd >= 0) syscall(SYS_close, (nuint)fd, 0, null);
         log.Warning("--test-fault {Fault:l}: the forbidden call returned {Fd}: the filter did not kill the VMM", name, fd);
     }
 
     /// <summary>
-    /// Loads now what the runtime would load on first use: loading maps code, which the filter
-    /// forbids (no executable mappings), from files the jail's empty root no longer has.
+    /// Loads and initialises now what the runtime would on first use, while the host's files are
+    /// still there and before any thread's filter forbids how: loading maps code, which the filter
+    /// forbids (no executable mappings), from files the jail's empty root no longer has; and the
+    /// first log line, wherever it is written, would read the time zone (<c>lstat</c> of
+    /// /etc/localtime) and set up the console's signal handling (<c>pipe2</c>), which a vCPU thread
+    /// may not (<see cref="ThreadSyscallPolicy"/>). Found by tracing a vCPU thread's first log line.
     /// OpenSSL: snapshot hashes (SHA-256) on the control socket.
     /// </summary>
-    internal static void LoadLazyLibraries() => System.Security.Cryptography.SHA256.HashData(ReadOnlySpan<byte>.Empty);
+    internal static void LoadLazyLibraries()
+    {
+        System.Security.Cryptography.SHA256.HashData(ReadOnlySpan<byte>.Empty);
+        _ = TimeZoneInfo.Local;
+        // A write of nothing to the console stream initialises the console (and writes nothing).
+        using var stderr = Console.OpenStandardError();
+        stderr.Write(ReadOnlySpan<byte>.Empty);
+    }
 }
