@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
+using Rkt.Kvm.Posix;
 using Rkt.Kvm.Vmm.Client;
 using Rkt.Kvm.Vmm.Host.Confinement;
 using Rkt.Kvm.Vmm.Kvm;

@@ -13,8 +13,7 @@ internal static unsafe partial class ConfinementCalls
     public const int MNT_DETACH = 2;
     public const int PR_SET_DUMPABLE = 4, PR_SET_KEEPCAPS = 8, PR_CAPBSET_DROP = 24, PR_SET_NO_NEW_PRIVS = 38, PR_CAP_AMBIENT = 47, PR_CAP_AMBIENT_CLEAR_ALL = 4;
     public const int RLIMIT_FSIZE = 1, RLIMIT_CORE = 4;
-    public const long SYS_capget = 125, SYS_capset = 126, SYS_pivot_root = 155, SYS_seccomp = 317;
-    public const uint SECCOMP_SET_MODE_FILTER = 1, SECCOMP_FILTER_FLAG_TSYNC = 1;
+    public const long SYS_capget = 125, SYS_capset = 126, SYS_pivot_root = 155;
     public const short POSIX_SPAWN_SETSIGDEF = 0x04, POSIX_SPAWN_SETSIGMASK = 0x08;
     public const int AF_INET = 2, SOCK_STREAM = 1, SOCK_CLOEXEC = 0x80000;
     public const int EINTR = 4;

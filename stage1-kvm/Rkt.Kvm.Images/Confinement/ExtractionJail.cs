@@ -1,6 +1,7 @@
 using System.Reflection;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using Rkt.Kvm.Posix;
 using static Rkt.Kvm.Images.Confinement.ConfinementCalls;
 
 namespace Rkt.Kvm.Images.Confinement;
@@ -122,21 +123,9 @@ internal static unsafe class ExtractionJail
         SetThisThread(keep);
         Check(prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0), "prctl(PR_SET_KEEPCAPS, 0)");
         Check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS, 1)");
-        var program = ExtractionSyscallFilter.Build();
-        fixed (BpfInstruction* filter = program)
-        {
-            var fprog = new SockFprog { Length = (ushort)program.Length, Filter = filter };
-            long rc = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &fprog);
-            if (rc > 0) throw new IOException($"seccomp: thread {rc} could not take the filter");
-            if (rc < 0) throw Failure("seccomp(SECCOMP_SET_MODE_FILTER, TSYNC)");
-        }
-    }
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct SockFprog
-    {
-        public ushort Length;
-        public BpfInstruction* Filter;
+        long rc = SeccompProgram.Install(ExtractionSyscallFilter.Build(), SeccompProgram.FilterFlagTsync);
+        if (rc > 0) throw new IOException($"seccomp: thread {rc} could not take the filter");
+        if (rc < 0) throw Failure("seccomp(SECCOMP_SET_MODE_FILTER, TSYNC)");
     }
 
     [StructLayout(LayoutKind.Sequential)]

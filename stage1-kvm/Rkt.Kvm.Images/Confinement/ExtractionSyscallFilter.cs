@@ -1,10 +1,6 @@
-using System.Runtime.InteropServices;
+using Rkt.Kvm.Posix;
 
 namespace Rkt.Kvm.Images.Confinement;
-
-/// <summary>One classic-BPF instruction (<c>struct sock_filter</c>).</summary>
-[StructLayout(LayoutKind.Sequential)]
-internal readonly record struct BpfInstruction(ushort Code, byte JumpTrue, byte JumpFalse, uint K);
 
 /// <summary>
 /// The confined extraction's seccomp filter: a deny-list, since the child is a JIT-compiled .NET
@@ -16,10 +12,7 @@ internal readonly record struct BpfInstruction(ushort Code, byte JumpTrue, byte 
 /// </summary>
 internal static class ExtractionSyscallFilter
 {
-    public const uint AuditArchX86_64 = 0xC000003E, X32SyscallBit = 0x40000000;
-    public const uint RetKillProcess = 0x80000000, RetAllow = 0x7fff0000;
-    private const ushort LdAbsW = 0x20, JeqK = 0x15, JgeK = 0x35, RetK = 0x06;
-    private const uint NrOffset = 0, ArchOffset = 4;
+    public const uint RetKillProcess = SeccompProgram.RetKillProcess, RetAllow = SeccompProgram.RetAllow;
 
     /// <summary>x86-64 numbers (asm/unistd_64.h), by name for the threat model and the tests.</summary>
     public static readonly IReadOnlyDictionary<string, int> Denied = new Dictionary<string, int>
@@ -41,42 +34,9 @@ internal static class ExtractionSyscallFilter
         ["personality"] = 135, ["fanotify_init"] = 300,
     };
 
-    public static BpfInstruction[] Build()
-    {
-        var program = new List<BpfInstruction>
-        {
-            new(LdAbsW, 0, 0, ArchOffset),
-            new(JeqK, 1, 0, AuditArchX86_64),
-            new(RetK, 0, 0, RetKillProcess),
-            new(LdAbsW, 0, 0, NrOffset),
-            new(JgeK, 0, 1, X32SyscallBit),
-            new(RetK, 0, 0, RetKillProcess),
-        };
-        foreach (int nr in Denied.Values.Distinct().Order())
-        {
-            program.Add(new(JeqK, 0, 1, (uint)nr));
-            program.Add(new(RetK, 0, 0, RetKillProcess));
-        }
-        program.Add(new(RetK, 0, 0, RetAllow));
-        return [.. program];
-    }
+    public static BpfInstruction[] Build() => SeccompProgram.BuildDenyList(Denied.Values, RetKillProcess);
 
     /// <summary>Runs the program the way the kernel does, for one call (tests).</summary>
-    public static uint Evaluate(IReadOnlyList<BpfInstruction> program, int nr, uint arch = AuditArchX86_64)
-    {
-        uint a = 0;
-        for (int pc = 0; pc < program.Count; pc++)
-        {
-            var i = program[pc];
-            switch (i.Code)
-            {
-                case LdAbsW: a = i.K == NrOffset ? (uint)nr : i.K == ArchOffset ? arch : throw new InvalidOperationException($"load from {i.K}"); break;
-                case JeqK: pc += a == i.K ? i.JumpTrue : i.JumpFalse; break;
-                case JgeK: pc += a >= i.K ? i.JumpTrue : i.JumpFalse; break;
-                case RetK: return i.K;
-                default: throw new InvalidOperationException($"opcode {i.Code:x}");
-            }
-        }
-        throw new InvalidOperationException("The program ran off its end.");
-    }
+    public static uint Evaluate(IReadOnlyList<BpfInstruction> program, int nr, uint arch = SeccompProgram.AuditArchX86_64) =>
+        SeccompProgram.Evaluate(program, nr, new ulong[6], arch);
 }

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Rkt.Kvm.Posix;
 using Rkt.Kvm.Vmm.Client;
 
 namespace Rkt.Kvm.Vmm.Host.Confinement;
@@ -7,7 +8,7 @@ namespace Rkt.Kvm.Vmm.Host.Confinement;
 /// What the VMM gives up once it is set up, before the first vCPU runs guest code: core dumps (they
 /// would hold guest memory) and ptrace or /proc/&lt;pid&gt;/mem access by other processes of its user
 /// (not dumpable), new privileges through execve (no_new_privs), and every system call outside
-/// <see cref="VmmSyscallPolicy"/>, on every thread of the process (SECCOMP_FILTER_FLAG_TSYNC); then
+/// <see cref="VmmSyscallPolicy"/>, on every thread of the process (SeccompProgram.FilterFlagTsync); then
 /// each thread that handles guest input narrows its own calls further (<see cref="ApplyToThisThread"/>).
 /// </summary>
 public static unsafe partial class LockDown
@@ -16,20 +17,12 @@ public static unsafe partial class LockDown
     private const int RLIMIT_CORE = 4, RLIMIT_NOFILE = 7;
     /// <summary>Open files: every 9p fid may hold one, plus sockets, taps, eventfds and the runtime's own.</summary>
     public const ulong MaxOpenFiles = Devices.Virtio9p.NineP.P9FidTable.DefaultMaxFids + 4096;
-    private const long SYS_seccomp = 317, SYS_socket = 41, SYS_close = 3;
-    private const uint SECCOMP_SET_MODE_FILTER = 1, SECCOMP_FILTER_FLAG_TSYNC = 1;
+    private const long SYS_socket = 41, SYS_close = 3;
 
     [LibraryImport("libc", SetLastError = true)] private static partial int prctl(int option, nuint arg2, nuint arg3, nuint arg4, nuint arg5);
     [LibraryImport("libc", SetLastError = true)] private static partial int setrlimit(int resource, ulong* limit);
     [LibraryImport("libc", SetLastError = true)] private static partial int getrlimit(int resource, ulong* limit);
     [LibraryImport("libc", SetLastError = true)] private static partial long syscall(long number, nuint arg1, nuint arg2, void* arg3);
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct SockFprog
-    {
-        public ushort Length;
-        public BpfInstruction* Filter;
-    }
 
     /// <summary>Applies it all; a step that fails throws (a VMM that cannot confine itself does not run a guest).</summary>
     public static void Apply(SeccompAction action)
@@ -45,7 +38,7 @@ public static unsafe partial class LockDown
         ConfinementError.Check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS, 1)");
         if (action == SeccompAction.Off) return;
         LoadLazyLibraries();
-        long rc = Install(VmmSyscallPolicy.Build(DefaultAction(action)), SECCOMP_FILTER_FLAG_TSYNC);
+        long rc = Install(VmmSyscallPolicy.Build(DefaultAction(action)), SeccompProgram.FilterFlagTsync);
         // With TSYNC a positive result is the id of a thread that could not be synchronised.
         if (rc > 0) throw new IOException($"seccomp: thread {rc} could not take the filter.");
         ConfinementError.Check((int)rc, "seccomp(SECCOMP_SET_MODE_FILTER)");
@@ -65,14 +58,7 @@ public static unsafe partial class LockDown
 
     private static uint DefaultAction(SeccompAction action) => action == SeccompAction.Kill ? SeccompProgram.RetKillProcess : SeccompProgram.RetLog;
 
-    private static long Install(BpfInstruction[] program, uint flags)
-    {
-        fixed (BpfInstruction* filter = program)
-        {
-            var fprog = new SockFprog { Length = (ushort)program.Length, Filter = filter };
-            return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &fprog);
-        }
-    }
+    private static long Install(BpfInstruction[] program, uint flags) => SeccompProgram.Install(program, flags);
 
     /// <summary>
     /// <c>--test-fault</c>: the calling (vCPU) thread makes a call it may not, as a device model bug

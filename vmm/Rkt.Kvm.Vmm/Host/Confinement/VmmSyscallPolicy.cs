@@ -1,3 +1,4 @@
+using Rkt.Kvm.Posix;
 using Rkt.Kvm.Vmm.Devices.VirtioNet;
 using Rkt.Kvm.Vmm.Kvm;
 using S = Rkt.Kvm.Vmm.Host.Confinement.X64Syscalls;

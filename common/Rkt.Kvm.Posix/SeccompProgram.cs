@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace Rkt.Kvm.Vmm.Host.Confinement;
+namespace Rkt.Kvm.Posix;
 
 /// <summary>One classic-BPF instruction (<c>struct sock_filter</c>).</summary>
 [StructLayout(LayoutKind.Sequential)]
@@ -11,13 +11,14 @@ public readonly record struct BpfInstruction(ushort Code, byte JumpTrue, byte Ju
 public sealed record ArgumentRule(int Syscall, int Argument, IReadOnlyList<uint> Values);
 
 /// <summary>
-/// Assembles a seccomp allow-list filter: anything not from x86-64 (or from the x32 ABI) is killed;
+/// Assembles seccomp filters (the VMM's allow-lists, the image extraction's deny-list) and installs
+/// them. An allow-list filter: anything not from x86-64 (or from the x32 ABI) is killed;
 /// a syscall in the list is allowed, one with an <see cref="ArgumentRule"/> only with those argument
 /// values; everything else gets the default action. Each test jumps at most a block's length, so
 /// the program has no long jumps (cBPF jumps reach 255 instructions). The kernel's per-syscall
 /// action cache makes the unconditionally allowed syscalls cost nothing after the first call.
 /// </summary>
-public static class SeccompProgram
+public static unsafe partial class SeccompProgram
 {
     public const uint AuditArchX86_64 = 0xC000003E;
     public const uint X32SyscallBit = 0x40000000;
@@ -65,6 +66,57 @@ public static class SeccompProgram
         program.Add(new(RetK, 0, 0, defaultAction));
         if (program.Count > MaxInstructions) throw new ArgumentException($"The filter has {program.Count} instructions; the kernel takes at most {MaxInstructions}.");
         return [.. program];
+    }
+
+    /// <summary>
+    /// A deny-list filter: anything not from x86-64 (or from the x32 ABI) and every call in
+    /// <paramref name="denied"/> gets <paramref name="denyAction"/>; everything else is allowed.
+    /// </summary>
+    public static BpfInstruction[] BuildDenyList(IEnumerable<int> denied, uint denyAction)
+    {
+        var program = new List<BpfInstruction>
+        {
+            new(LdAbsW, 0, 0, ArchOffset),
+            new(JeqK, 1, 0, AuditArchX86_64),
+            new(RetK, 0, 0, RetKillProcess),
+            new(LdAbsW, 0, 0, NrOffset),
+            new(JgeK, 0, 1, X32SyscallBit),
+            new(RetK, 0, 0, RetKillProcess),
+        };
+        foreach (int nr in denied.Distinct().Order())
+        {
+            program.Add(new(JeqK, 0, 1, (uint)nr));
+            program.Add(new(RetK, 0, 0, denyAction));
+        }
+        program.Add(new(RetK, 0, 0, RetAllow));
+        if (program.Count > MaxInstructions) throw new ArgumentException($"The filter has {program.Count} instructions; the kernel takes at most {MaxInstructions}.");
+        return [.. program];
+    }
+
+    public const uint SetModeFilter = 1, FilterFlagTsync = 1;
+    private const long SYS_seccomp = 317;
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct SockFprog
+    {
+        public ushort Length;
+        public BpfInstruction* Filter;
+    }
+
+    [LibraryImport("libc", SetLastError = true)] private static partial long syscall(long number, nuint arg1, nuint arg2, void* arg3);
+
+    /// <summary>
+    /// seccomp(SECCOMP_SET_MODE_FILTER, <paramref name="flags"/>): the kernel's answer (with TSYNC a
+    /// positive result is the id of a thread that could not take the filter); a negative one leaves
+    /// its errno as the P/Invoke last error.
+    /// </summary>
+    public static long Install(BpfInstruction[] program, uint flags)
+    {
+        fixed (BpfInstruction* filter = program)
+        {
+            var fprog = new SockFprog { Length = (ushort)program.Length, Filter = filter };
+            return syscall(SYS_seccomp, SetModeFilter, flags, &fprog);
+        }
     }
 
     /// <summary>Runs <paramref name="program"/> the way the kernel does, for one call (tests).</summary>
