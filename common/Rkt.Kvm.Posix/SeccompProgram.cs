@@ -31,15 +31,7 @@ public static unsafe partial class SeccompProgram
 
     public static BpfInstruction[] Build(IEnumerable<int> allowed, IEnumerable<ArgumentRule> rules, uint defaultAction)
     {
-        var program = new List<BpfInstruction>
-        {
-            new(LdAbsW, 0, 0, ArchOffset),
-            new(JeqK, 1, 0, AuditArchX86_64),
-            new(RetK, 0, 0, RetKillProcess),
-            new(LdAbsW, 0, 0, NrOffset),
-            new(JgeK, 0, 1, X32SyscallBit),
-            new(RetK, 0, 0, RetKillProcess),
-        };
+        var program = Prologue();
         var ruled = rules.ToList();
         if (ruled.GroupBy(r => r.Syscall).Any(g => g.Count() > 1)) throw new ArgumentException("One argument rule per system call.");
         foreach (var rule in ruled)
@@ -64,8 +56,7 @@ public static unsafe partial class SeccompProgram
             program.Add(new(RetK, 0, 0, RetAllow));
         }
         program.Add(new(RetK, 0, 0, defaultAction));
-        if (program.Count > MaxInstructions) throw new ArgumentException($"The filter has {program.Count} instructions; the kernel takes at most {MaxInstructions}.");
-        return [.. program];
+        return Finish(program);
     }
 
     /// <summary>
@@ -74,24 +65,30 @@ public static unsafe partial class SeccompProgram
     /// </summary>
     public static BpfInstruction[] BuildDenyList(IEnumerable<int> denied, uint denyAction)
     {
-        var program = new List<BpfInstruction>
-        {
-            new(LdAbsW, 0, 0, ArchOffset),
-            new(JeqK, 1, 0, AuditArchX86_64),
-            new(RetK, 0, 0, RetKillProcess),
-            new(LdAbsW, 0, 0, NrOffset),
-            new(JgeK, 0, 1, X32SyscallBit),
-            new(RetK, 0, 0, RetKillProcess),
-        };
+        var program = Prologue();
         foreach (int nr in denied.Distinct().Order())
         {
             program.Add(new(JeqK, 0, 1, (uint)nr));
             program.Add(new(RetK, 0, 0, denyAction));
         }
         program.Add(new(RetK, 0, 0, RetAllow));
-        if (program.Count > MaxInstructions) throw new ArgumentException($"The filter has {program.Count} instructions; the kernel takes at most {MaxInstructions}.");
-        return [.. program];
+        return Finish(program);
     }
+
+    /// <summary>Every filter starts so: anything not from x86-64, or from the x32 ABI, is killed; the syscall number is loaded.</summary>
+    private static List<BpfInstruction> Prologue() =>
+    [
+        new(LdAbsW, 0, 0, ArchOffset),
+        new(JeqK, 1, 0, AuditArchX86_64),
+        new(RetK, 0, 0, RetKillProcess),
+        new(LdAbsW, 0, 0, NrOffset),
+        new(JgeK, 0, 1, X32SyscallBit),
+        new(RetK, 0, 0, RetKillProcess),
+    ];
+
+    private static BpfInstruction[] Finish(List<BpfInstruction> program) =>
+        program.Count <= MaxInstructions ? [.. program]
+        : throw new ArgumentException($"The filter has {program.Count} instructions; the kernel takes at most {MaxInstructions}.");
 
     public const uint SetModeFilter = 1, FilterFlagTsync = 1;
     private const long SYS_seccomp = 317;

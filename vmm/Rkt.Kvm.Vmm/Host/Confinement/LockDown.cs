@@ -38,7 +38,7 @@ public static unsafe partial class LockDown
         ConfinementError.Check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS, 1)");
         if (action == SeccompAction.Off) return;
         LoadLazyLibraries();
-        long rc = Install(VmmSyscallPolicy.Build(DefaultAction(action)), SeccompProgram.FilterFlagTsync);
+        long rc = SeccompProgram.Install(VmmSyscallPolicy.Build(DefaultAction(action)), SeccompProgram.FilterFlagTsync);
         // With TSYNC a positive result is the id of a thread that could not be synchronised.
         if (rc > 0) throw new IOException($"seccomp: thread {rc} could not take the filter.");
         ConfinementError.Check((int)rc, "seccomp(SECCOMP_SET_MODE_FILTER)");
@@ -52,13 +52,12 @@ public static unsafe partial class LockDown
     public static void ApplyToThisThread(VmmThreadClass threadClass, SeccompAction action)
     {
         if (action == SeccompAction.Off) return;
-        long rc = Install(ThreadSyscallPolicy.Build(threadClass, DefaultAction(action)), flags: 0);
+        long rc = SeccompProgram.Install(ThreadSyscallPolicy.Build(threadClass, DefaultAction(action)), flags: 0);
         ConfinementError.Check((int)rc, $"seccomp(SECCOMP_SET_MODE_FILTER) for a {threadClass} thread");
     }
 
     private static uint DefaultAction(SeccompAction action) => action == SeccompAction.Kill ? SeccompProgram.RetKillProcess : SeccompProgram.RetLog;
 
-    private static long Install(BpfInstruction[] program, uint flags) => SeccompProgram.Install(program, flags);
 
     /// <summary>
     /// <c>--test-fault</c>: the calling (vCPU) thread makes a call it may not, as a device model bug

@@ -1,5 +1,4 @@
 using Rkt.Kvm.Posix;
-using Rkt.Kvm.Vmm.Devices.VirtioNet;
 using Rkt.Kvm.Vmm.Kvm;
 using S = Rkt.Kvm.Vmm.Host.Confinement.X64Syscalls;
 
@@ -76,7 +75,7 @@ public static class ThreadSyscallPolicy
                 break;
             case VmmThreadClass.Devices:
                 // Snapshots read every vCPU's and the VM's state from here; taps follow the guest's offloads.
-                rules.Add(new(S.ioctl, 1, [.. KvmIoctl.All, TapDevice.TunSetOffload, TapDevice.TunGetIff, TapDevice.TunSetVnetHdrSz, .. VmmSyscallPolicy.TerminalIoctls]));
+                rules.Add(VmmSyscallPolicy.AllIoctls);
                 rules.Add(VmmSyscallPolicy.UnixSocketOnly);
                 rules.Add(VmmSyscallPolicy.UnixSocketPairOnly);
                 break;

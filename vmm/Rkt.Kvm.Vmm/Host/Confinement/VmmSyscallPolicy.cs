@@ -100,11 +100,14 @@ public static class VmmSyscallPolicy
     internal const uint SeccompSetModeFilter = 1;
     internal static readonly ArgumentRule AddFilterOnly = new(S.seccomp, 0, [SeccompSetModeFilter]);
 
+    /// <summary>Every ioctl the VMM makes after set-up: KVM's, the tap's offloads, the console's.</summary>
+    internal static readonly ArgumentRule AllIoctls =
+        new(S.ioctl, 1, [.. KvmIoctl.All, TapDevice.TunSetOffload, TapDevice.TunGetIff, TapDevice.TunSetVnetHdrSz, .. TerminalIoctls]);
+
     /// <summary>The calls allowed only with these argument values.</summary>
     public static IReadOnlyList<ArgumentRule> Rules { get; } =
     [
-        new(S.ioctl, 1, [.. KvmIoctl.All, TapDevice.TunSetOffload, TapDevice.TunGetIff, TapDevice.TunSetVnetHdrSz, .. TerminalIoctls]),
-        NeverExecutableMmap, NeverExecutableMprotect, UnixSocketOnly, UnixSocketPairOnly, ThreadNamesAndFacts, OwnLimitsOnly, AddFilterOnly,
+        AllIoctls, NeverExecutableMmap, NeverExecutableMprotect, UnixSocketOnly, UnixSocketPairOnly, ThreadNamesAndFacts, OwnLimitsOnly, AddFilterOnly,
     ];
 
     public static IReadOnlyList<int> Allowed => s_allowed;
