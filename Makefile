@@ -40,7 +40,7 @@ export DOTNET_CLI_TELEMETRY_OPTOUT := 1
 export DOTNET_NOLOGO := 1
 
 
-.PHONY: all run test fuzz deps soak apt-install kernel vmm agent stage2 tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-fetch bench-9p bench-net bench-pod bench-stage0 bench-terminal stage1 busybox-image clean
+.PHONY: all run test fuzz deps soak apt-install kernel vmm agent stage2 tools cli initramfs agent-initramfs bench bench-boot bench-vsock bench-images bench-fetch bench-9p bench-net bench-pod bench-stage0 bench-terminal bench-seccomp stage1 busybox-image clean
 
 all: deps kernel vmm initramfs agent-initramfs cli stage1 busybox-image
 
@@ -64,7 +64,7 @@ test: all
 	  --results-directory $(OUT)/test-results || status=$$?; \
 	tests/summarize-trx.sh $(OUT)/test-results; exit $$status
 
-bench: bench-boot bench-vsock bench-images bench-fetch bench-9p bench-net bench-pod bench-stage0 bench-terminal
+bench: bench-boot bench-vsock bench-images bench-fetch bench-9p bench-net bench-pod bench-stage0 bench-terminal bench-seccomp
 
 bench-boot: all
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_APT_PACKAGES)"
@@ -103,6 +103,10 @@ bench-9p: all
 bench-net: all
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_APT_PACKAGES)"
 	bench/net/run.sh
+
+# What the VMM's seccomp filters cost per system call, stacked as its threads have them, against no filter (bench/seccomp/).
+bench-seccomp: deps
+	bench/seccomp/run.sh
 
 # Not part of `make test`: 50 pods, 5 at a time, with stage1 and rkt-kvm kills sprinkled in; the
 # host must end where it started (tests/soak/pods.sh prints RESULT lines).

@@ -25,7 +25,9 @@
 
 #define CHUNK (1 << 20)
 #define FILE_MIB 64
-#define STAT_FILES 2000
+#ifndef STAT_FILES
+#define STAT_FILES 2000 // bench/9p/run.sh passes -DSTAT_FILES=N
+#endif
 #ifndef RUNS
 #define RUNS 3 // per boot; bench/9p/run.sh passes -DRUNS=N
 #endif

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # vsock benchmark: `make bench-vsock` builds everything first, then runs this.
-# Usage: bench/vsock/run.sh [MiB per direction] [unary calls]   (defaults 8 and 200: streaming into
+# Usage: bench/vsock/run.sh [MiB per direction] [unary calls] [boots: confined/unconfined pairs]   (defaults 8 and 200: streaming into
 # the guest runs well under 1 MiB/s on nested PVM hosts, so more takes many minutes there)
 # References: the same agent binary serving on a host Unix socket (gRPC with no VM in the path),
 # and a static C echo server as the guest's init (our vsock and the guest kernel without .NET).
@@ -21,4 +21,4 @@ exec dotnet run -c Release --project "$root/bench/vsock" -- \
     --initrd "$root/out/agent-initrd.cpio" \
     --raw-initrd "$work/raw-echo.cpio" \
     --agent "$root/out/agent/rkt-kvm-agent" \
-    --mib "${1:-8}" --calls "${2:-200}"
+    --mib "${1:-8}" --calls "${2:-200}" --boots "${3:-1}"

@@ -23,6 +23,8 @@ public static unsafe partial class SeccompProgram
     public const uint AuditArchX86_64 = 0xC000003E;
     public const uint X32SyscallBit = 0x40000000;
     public const uint RetKillProcess = 0x80000000, RetLog = 0x7ffc0000, RetAllow = 0x7fff0000;
+    /// <summary>SECCOMP_RET_ERRNO: the call fails with the errno in the low 16 bits (OR it in).</summary>
+    public const uint RetErrno = 0x00050000;
     // BPF opcodes: ld word at absolute offset, jump if equal / greater or equal (immediate), return.
     private const ushort LdAbsW = 0x20, JeqK = 0x15, JgeK = 0x35, RetK = 0x06;
     // struct seccomp_data: int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6].
@@ -32,24 +34,7 @@ public static unsafe partial class SeccompProgram
     public static BpfInstruction[] Build(IEnumerable<int> allowed, IEnumerable<ArgumentRule> rules, uint defaultAction)
     {
         var program = Prologue();
-        var ruled = rules.ToList();
-        if (ruled.GroupBy(r => r.Syscall).Any(g => g.Count() > 1)) throw new ArgumentException("One argument rule per system call.");
-        foreach (var rule in ruled)
-        {
-            if (rule.Argument is < 0 or > 5) throw new ArgumentOutOfRangeException(nameof(rules), "A system call has arguments 0 to 5.");
-            // [jeq nr] [ld arg] ([jeq v] [ret allow])* [ret default] [ld nr]
-            int block = 1 + 2 * rule.Values.Count + 1 + 1;
-            if (block > 255) throw new ArgumentException($"Too many values for system call {rule.Syscall}.");
-            program.Add(new(JeqK, 0, (byte)block, (uint)rule.Syscall));
-            program.Add(new(LdAbsW, 0, 0, ArgsOffset + 8 * (uint)rule.Argument)); // little-endian: the low half first
-            foreach (uint value in rule.Values)
-            {
-                program.Add(new(JeqK, 0, 1, value));
-                program.Add(new(RetK, 0, 0, RetAllow));
-            }
-            program.Add(new(RetK, 0, 0, defaultAction));
-            program.Add(new(LdAbsW, 0, 0, NrOffset));
-        }
+        var ruled = AddRules(program, rules, defaultAction);
         foreach (int nr in allowed.Where(n => ruled.All(r => r.Syscall != n)).Distinct())
         {
             program.Add(new(JeqK, 0, 1, (uint)nr));
@@ -59,13 +44,39 @@ public static unsafe partial class SeccompProgram
         return Finish(program);
     }
 
+    /// <summary>Each rule's block: its syscall with one of the argument values is allowed, with any other gets <paramref name="otherwise"/>.</summary>
+    private static List<ArgumentRule> AddRules(List<BpfInstruction> program, IEnumerable<ArgumentRule> rules, uint otherwise)
+    {
+        var ruled = rules.ToList();
+        if (ruled.GroupBy(r => r.Syscall).Any(g => g.Count() > 1)) throw new ArgumentException("One argument rule per system call.");
+        foreach (var rule in ruled)
+        {
+            if (rule.Argument is < 0 or > 5) throw new ArgumentOutOfRangeException(nameof(rules), "A system call has arguments 0 to 5.");
+            // [jeq nr] [ld arg] ([jeq v] [ret allow])* [ret otherwise] [ld nr]
+            int block = 1 + 2 * rule.Values.Count + 1 + 1;
+            if (block > 255) throw new ArgumentException($"Too many values for system call {rule.Syscall}.");
+            program.Add(new(JeqK, 0, (byte)block, (uint)rule.Syscall));
+            program.Add(new(LdAbsW, 0, 0, ArgsOffset + 8 * (uint)rule.Argument)); // little-endian: the low half first
+            foreach (uint value in rule.Values)
+            {
+                program.Add(new(JeqK, 0, 1, value));
+                program.Add(new(RetK, 0, 0, RetAllow));
+            }
+            program.Add(new(RetK, 0, 0, otherwise));
+            program.Add(new(LdAbsW, 0, 0, NrOffset));
+        }
+        return ruled;
+    }
+
     /// <summary>
-    /// A deny-list filter: anything not from x86-64 (or from the x32 ABI) and every call in
-    /// <paramref name="denied"/> gets <paramref name="denyAction"/>; everything else is allowed.
+    /// A deny-list filter: anything not from x86-64 (or from the x32 ABI), every call in
+    /// <paramref name="denied"/>, and a call with an <see cref="ArgumentRule"/> (<paramref name="rules"/>)
+    /// with any other argument value get <paramref name="denyAction"/>; everything else is allowed.
     /// </summary>
-    public static BpfInstruction[] BuildDenyList(IEnumerable<int> denied, uint denyAction)
+    public static BpfInstruction[] BuildDenyList(IEnumerable<int> denied, uint denyAction, IEnumerable<ArgumentRule>? rules = null)
     {
         var program = Prologue();
+        AddRules(program, rules ?? [], denyAction);
         foreach (int nr in denied.Distinct().Order())
         {
             program.Add(new(JeqK, 0, 1, (uint)nr));

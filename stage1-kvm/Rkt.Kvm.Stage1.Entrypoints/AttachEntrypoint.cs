@@ -37,7 +37,7 @@ internal static class AttachEntrypoint
             (ttyIn, ttyOut, stdin, stdout, stderr) = (args.TtyIn, args.TtyOut, args.Stdin, args.Stdout, args.Stderr);
         }
         var mode = new StdioMode(Tty: ttyIn && RawTerminal.IsTerminal(0), Stdin: ttyIn || stdin);
-        using var agent = files.Agent();
+        using var agent = Supervision.PodUserSession.Enter(files).Agent();
         using var stream = agent.AttachAsync(new AttachStart { Name = app.Name, Live = true }, Timeout.InfiniteTimeSpan).GetAwaiter().GetResult();
         return StdioRelay.RunAsync(stream, mode, closeStdinAtEof: false, showStdout: ttyOut || stdout, showStderr: stderr).GetAwaiter().GetResult();
     }

@@ -80,7 +80,7 @@ internal static class EnterEntrypoint
     {
         var args = EnterArguments.Parse(argv);
         var files = Stage1Files.ForCurrentPod();
-        using var agent = files.Agent();
+        using var agent = Supervision.PodUserSession.Enter(files).Agent();
         var mode = Terminal.StdioMode.Auto(args.Tty, args.Stdin);
         var start = new ExecStart { App = args.App, Tty = mode.Tty };
         start.Argv.AddRange(args.Command);
@@ -108,8 +108,9 @@ internal static class AppEntrypoints
             .Where(e => e.Key == Stage1Files.AppExport(app.Name) || app.Mounts.Any(m => e.Key == Stage1Files.VolumeExport(m.Volume)))
             .ToDictionary(e => e.Key, e => e.Value);
         PodApps.EnsureExports(new VmmControlClient(files.ControlSocket), wanted);
-        using var agent = files.Agent();
-        agent.AddAppAsync(PodApps.AddAppRequest(files, pod, app)).GetAwaiter().GetResult();
+        var request = PodApps.AddAppRequest(files, pod, app);
+        using var agent = Supervision.PodUserSession.Enter(files).Agent(); // root's work is done
+        agent.AddAppAsync(request).GetAwaiter().GetResult();
         return 0;
     }
 
@@ -117,14 +118,16 @@ internal static class AppEntrypoints
     {
         var args = AppArguments.Parse(argv, "app/start");
         var files = Stage1Files.ForCurrentPod();
-        using var agent = files.Agent();
+        // What a restart needs from the pod directory, read while we may.
+        var pod = PodManifest.Load(files.Pod.Manifest);
+        var restart = pod.App(args.App) is { } app ? PodApps.AddAppRequest(files, pod, app) : null;
+        using var agent = Supervision.PodUserSession.Enter(files).Agent();
         var status = agent.AppStatusAsync(args.App).GetAwaiter().GetResult();
-        if (status.State == AppState.Exited)
+        if (status.State == AppState.Exited && restart is not null)
         {
             // A restart: the agent runs a created app; make the exited one created again.
-            var pod = PodManifest.Load(files.Pod.Manifest);
             agent.RemoveAppAsync(args.App).GetAwaiter().GetResult();
-            agent.AddAppAsync(PodApps.AddAppRequest(files, pod, pod.App(args.App)!)).GetAwaiter().GetResult();
+            agent.AddAppAsync(restart).GetAwaiter().GetResult();
         }
         agent.StartAppAsync(args.App).GetAwaiter().GetResult();
         return 0;
@@ -134,7 +137,7 @@ internal static class AppEntrypoints
     {
         var args = AppArguments.Parse(argv, "app/stop");
         var files = Stage1Files.ForCurrentPod();
-        using var agent = files.Agent();
+        using var agent = Supervision.PodUserSession.Enter(files).Agent();
         AppInfo status;
         try { status = agent.AppStatusAsync(args.App).GetAwaiter().GetResult(); }
         catch (AgentException e) when (e.Failure == AgentFailure.NotFound)

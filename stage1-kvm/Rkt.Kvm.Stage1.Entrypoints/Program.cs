@@ -24,6 +24,7 @@ try
         "app/stop" => AppEntrypoints.Stop(rest),
         "app/rm" => AppEntrypoints.Remove(rest),
         "attach" => AttachEntrypoint.Execute(rest),
+        Rkt.Kvm.Stage1.Entrypoints.Supervision.SupervisorContract.Entrypoint => Rkt.Kvm.Stage1.Entrypoints.Supervision.SupervisorEntrypoint.Execute(rest),
         var other => throw new Stage1Exception($"unknown entrypoint \"{other}\""),
     };
 }

@@ -1,11 +1,10 @@
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
-using System.Text;
-using Grpc.Core;
 using Rkt.Kvm.Agent.Client;
 using Rkt.Kvm.Agent.V1;
 using Rkt.Kvm.Agent.Vm;
 using Rkt.Kvm.Stage1.Entrypoints;
+using Rkt.Kvm.Stage1.Entrypoints.Supervision;
 using Rkt.Kvm.Stage1.Manifests;
 using Rkt.Kvm.Stage1.Networking;
 using Rkt.Kvm.Stage1.Pods;
@@ -16,39 +15,31 @@ using Rkt.Kvm.Vmm.Client;
 namespace Rkt.Kvm.Stage1.Entrypoints;
 
 /// <summary>
-/// <c>run</c>: one VM per pod. Sizes the VM from the isolators, starts the VMM with the pod's
-/// exports, waits for the agent's READY, adds and starts the apps (immutable pods), marks the
-/// supervisor ready, then follows the apps: each exit is written to <c>rkt/status/&lt;app&gt;</c> at
-/// once, each app's output goes to <c>stage1-kvm/logs/&lt;app&gt;.log</c> and to our stdout. An
-/// immutable pod ends when all its apps have exited; a mutable one when stopped (SIGTERM, which
-/// `stop` sends). Exit status: the first failed app's code in manifest order, else 0; 1 when the
-/// VM itself died. The pod lock (RKT_LOCK_FD) is held by this process until it exits.
+/// <c>run</c>: one VM per pod. Sizes the VM from the isolators, puts itself in the pod's cgroup,
+/// sets up the pod's network, starts the VMM with the pod's exports and waits for the agent's
+/// READY. Then it hands everything that talks to the agent to the pod supervisor, a child running
+/// as the pod's own unprivileged user (<see cref="Supervision.PodSupervisor"/>), and keeps only
+/// what needs root: it writes the pod's files from the supervisor's reports (each exit to
+/// <c>rkt/status/&lt;app&gt;</c> at once, the ready mark), forwards a stop (SIGTERM, which `stop`
+/// sends) and, once the supervisor is done, ends the VM and tears the network and cgroup down.
+/// Exit status: the supervisor's result (the first failed app's code in manifest order, else 0);
+/// 1 when the VM itself died or the supervisor failed. The pod lock (RKT_LOCK_FD) is held by this
+/// process until it exits.
 /// </summary>
 public sealed class RunEntrypoint
 {
-    private static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(10);
     /// <summary>How much of a failed VM's diagnostics a failed start prints.</summary>
     private const int DiagnosticLines = 15;
-    /// <summary>No deadline: the events and log streams live as long as the pod.</summary>
-    private static readonly TimeSpan Forever = Timeout.InfiniteTimeSpan;
 
     private readonly RunArguments _args;
     private readonly Stage1Files _files;
     private readonly PodManifest _pod;
-    private readonly Dictionary<string, AppInfo> _exited = [];
-    private readonly Dictionary<string, Task> _logFollowers = [];
-    private readonly Lock _lock = new();
     private readonly CancellationTokenSource _stop = new();
-    private readonly TaskCompletionSource _allExited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly Timeline _timeline;
     /// <summary>The VM was restored from a template (its NICs have the template's MACs).</summary>
     private bool _restored;
-    private volatile bool _ending;
     private PodNetworkSetup? _network;
     private Runtime.PodCgroup? _cgroup;
-    /// <summary>run --interactive: the app whose streams are the user's, and the session relaying them.</summary>
-    private string? _interactiveApp;
-    private Task<int>? _interactive;
 
     private RunEntrypoint(RunArguments args, Stage1Files files, PodManifest pod)
     {
@@ -135,52 +126,96 @@ public sealed class RunEntrypoint
             _cgroup?.Leave();
             throw new Stage1Exception($"the pod's VM did not start: {e.Message.Split('\n')[0]} (console: {_files.ConsoleLog})", e);
         }
-        using (vm)
+        try
         {
             _timeline.Mark("agent-ready");
             if (!_restored) _timeline.Write("guest-boot-to-ready-ms", vm.Ready.MillisecondsSinceBoot); // a restored agent was ready long ago
-            _files.Pod.WritePid(vm.Pid);
-            try
-            {
-                return await SuperviseAsync(vm);
-            }
-            finally
-            {
-                if (!vm.HasExited) await ShutdownAsync(vm);
-                _timeline.Mark("vm-off");
-                CleanRuntimeDir();
-                TeardownNetwork(network);
-                _cgroup?.Leave();
-            }
+            GrantSupervisorUser();
+            _files.Pod.WritePid(vm.Pid); // from here stage0 lets enter and app/* at the pod: they talk to the agent as the supervisor's user too
+            return await SuperviseAsync(vm);
+        }
+        finally
+        {
+            // The supervisor asked the guest to power off and waited; a VM still running now is killed, before its network goes.
+            if (!vm.HasExited) Log("the VM still runs after its supervisor ended; killing it");
+            vm.Dispose();
+            _timeline.Mark("vm-off");
+            CleanRuntimeDir();
+            TeardownNetwork(network);
+            _cgroup?.Leave();
         }
     }
 
+    /// <summary>
+    /// Starts the pod supervisor as the pod's own user with what it needs (the agent's socket,
+    /// the logs directory, the plan) and applies what it reports until it ends.
+    /// </summary>
     private async Task<int> SuperviseAsync(AgentVmProcess vm)
     {
-        var agent = vm.Client;
-        if (Environment.GetEnvironmentVariable("RKT_KVM_TIMELINE_GUEST") == "1")
-        {
-            // bench/pod: the agent's own start-up, to split the guest's boot into kernel and agent.
-            var info = await agent.Stub.GuestInfoAsync(new GuestInfoRequest(), deadline: DateTime.UtcNow.AddSeconds(30));
-            _timeline.Write("agent-process-start-to-ready-ms", info.ProcessStartToReadyMs);
-        }
-        await agent.ConfigurePodAsync(ConfigurePodRequest());
-        _timeline.Mark("pod-configured");
-        // Subscribe before any app starts, so no exit can be missed.
-        using var events = await agent.EventsAsync(Forever);
-        var eventLoop = FollowEventsAsync(agent, events.ResponseStream);
+        var plan = Plan();
+        var vmExit = vm.WaitForExitAsync(Timeout.InfiniteTimeSpan).ContinueWith(t => $"VMM {Rkt.Kvm.Vmm.Client.VmmExit.Describe(t.Result)}; console: {_files.ConsoleLog}",
+            CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+        using var supervisor = SupervisorProcess.Start(_files.Uuid, plan);
+        return await supervisor.RunAsync(vmExit, _stop.Token, Apply);
+    }
 
+    /// <summary>
+    /// What the pod's supervisor user may reach: the agent's socket (connecting takes write access
+    /// to the socket file) and the logs directory. Only when run is root: otherwise the supervisor
+    /// stays run's user and has both already.
+    /// </summary>
+    private void GrantSupervisorUser()
+    {
+        if (Tmds.Linux.LibC.geteuid() != 0) return;
+        var user = PodSupervisorUser.For(_files.Uuid);
+        Native.Ownership.Chown(_files.AgentSocket, user.Uid, user.Gid);
+        Native.Ownership.Chown(_files.LogsDir, user.Uid, user.Gid);
+    }
+
+    /// <summary>A report from the supervisor, already checked, made into the pod's files.</summary>
+    private void Apply(SupervisorReport report)
+    {
+        try
+        {
+            switch (report)
+            {
+                case SupervisorReport.AppExited e:
+                    _files.Pod.WriteExitStatus(e.App, e.Code);
+                    break;
+                case SupervisorReport.Ready:
+                    _files.Pod.MarkSupervisorReady();
+                    NotifyReady();
+                    break;
+                case SupervisorReport.TimelineEntry t:
+                    _timeline.Write(t.Name, t.Value);
+                    break;
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or Stage1Exception)
+        {
+            Log($"cannot record the supervisor's report {report.Format().TrimEnd()}: {e.Message}");
+        }
+    }
+
+    /// <summary>
+    /// What the supervisor does: the pod's configuration, and an immutable pod's apps in manifest
+    /// order, with their environment files written here first (root's, in the pod directory).
+    /// run --interactive: the app whose streams are the user's gets our terminal, or our stdin.
+    /// </summary>
+    private SupervisorPlan Plan()
+    {
+        var apps = new List<AddAppRequest>();
+        string? interactiveApp = null;
         if (!_pod.Mutable)
         {
-            Terminal.StdioMode? interactive = null;
             foreach (var app in _pod.Apps)
             {
                 var request = PodApps.AddAppRequest(_files, _pod, app);
                 if (IsInteractive(app))
                 {
                     // The user's terminal, when we have one, becomes the app's own terminal's other end.
-                    interactive = Terminal.StdioMode.Auto(stdin: true);
-                    _interactiveApp = app.Name;
+                    var interactive = Terminal.StdioMode.Auto(stdin: true);
+                    interactiveApp = app.Name;
                     if (interactive.Tty)
                     {
                         request.Tty = true;
@@ -189,158 +224,16 @@ public sealed class RunEntrypoint
                     }
                 }
                 if (!File.Exists(_files.Pod.AppEnv(app.Name))) _files.Pod.WriteEnvironment(app.Name, app.App!.Environment);
-                await agent.AddAppAsync(request);
-            }
-            _timeline.Mark("apps-added");
-            foreach (var app in _pod.Apps)
-            {
-                await agent.StartAppAsync(app.Name);
-                if (app.Name == _interactiveApp) _interactive = RelayInteractiveAsync(agent, app.Name, interactive!);
-            }
-            _timeline.Mark("apps-started");
-            if (_pod.Apps.Count == 0) _allExited.TrySetResult();
-        }
-        _files.Pod.MarkSupervisorReady();
-        NotifyReady();
-        Log("pod ready");
-
-        var vmExit = vm.WaitForExitAsync(Timeout.InfiniteTimeSpan);
-        var stopRequested = Task.Delay(Timeout.Infinite, _stop.Token).ContinueWith(_ => { }, TaskScheduler.Default);
-        var finished = await Task.WhenAny(_pod.Mutable ? Task.Delay(Timeout.Infinite) : _allExited.Task, vmExit, stopRequested);
-        if (finished == vmExit)
-        {
-            Log($"the VM ended unexpectedly (VMM {Rkt.Kvm.Vmm.Client.VmmExit.Describe(await vmExit)}); console: {_files.ConsoleLog}");
-            return 1;
-        }
-        bool stoppedOnRequest = finished == stopRequested;
-        if (stoppedOnRequest)
-        {
-            Log("stopping the pod's apps");
-            await StopAllAsync(agent);
-        }
-        // Let every log follower (and the user's session) drain what the apps wrote before the VM goes.
-        _timeline.Mark("apps-done");
-        Task[] followers;
-        lock (_lock) followers = [.. _logFollowers.Values, .. _interactive is null ? Array.Empty<Task>() : [_interactive]];
-        await Task.WhenAny(Task.WhenAll(followers), Task.Delay(TimeSpan.FromSeconds(10)));
-        _ending = true; // the event stream is disposed next
-        _ = eventLoop;
-        // A pod stopped on request succeeded; otherwise the apps' results decide.
-        return stoppedOnRequest ? 0 : ResultCode();
-    }
-
-    /// <summary>Writes each app's exit status the moment the agent reports it, and follows the logs of started apps.</summary>
-    private async Task FollowEventsAsync(AgentClient agent, IAsyncStreamReader<EventsReply> stream)
-    {
-        try
-        {
-            while (await stream.MoveNext(CancellationToken.None))
-            {
-                var e = stream.Current;
-                if (e.Type == AppEventType.AppEventStarted)
-                {
-                    lock (_lock) _logFollowers[e.App.Name] = FollowLogsAsync(agent, e.App.Name);
-                }
-                else if (e.Type == AppEventType.AppEventExited)
-                {
-                    _files.Pod.WriteExitStatus(e.App.Name, PodApps.ExitCode(e.App));
-                    Log($"app {e.App.Name} {PodApps.Describe(e.App)}");
-                    lock (_lock)
-                    {
-                        _exited[e.App.Name] = e.App;
-                        if (!_pod.Mutable && _pod.Apps.All(a => _exited.ContainsKey(a.Name))) _allExited.TrySetResult();
-                    }
-                }
+                apps.Add(request);
             }
         }
-        catch (Exception e) when (e is RpcException or AgentException or IOException)
-        {
-            // The VM went away (the VMM's exit is handled by the supervisor), or the stream broke: say so.
-            if (!_ending && !_stop.IsCancellationRequested) Log($"lost the agent's event stream: {e.Message.Split('\n')[0]}");
-        }
+        return new SupervisorPlan(_pod.Mutable, interactiveApp, ConfigurePodRequest(), apps);
     }
 
     /// <summary>run --interactive: the app's only stream is the user's (as rkt: only a one-app pod; the
     /// <c>interactive</c> stream mode stage0 writes, or --interactive itself for a stage0 that wrote none).</summary>
     private bool IsInteractive(RuntimeApp app) =>
         _args.Interactive && (StreamModes.Of(app, "stdin") == StreamModes.Interactive || _pod.Apps.Count == 1);
-
-    /// <summary>Attaches our stdio to the interactive app from its first output byte; the pod ends with the app.</summary>
-    private static async Task<int> RelayInteractiveAsync(AgentClient agent, string app, Terminal.StdioMode mode)
-    {
-        try
-        {
-            using var stream = await agent.AttachAsync(new AttachStart { Name = app, SinceSequence = 1 }, Forever);
-            return await Terminal.StdioRelay.RunAsync(stream, mode);
-        }
-        catch (Exception e) when (e is RpcException or AgentException or IOException)
-        {
-            Log($"lost the interactive session with app {app}: {e.Message.Split('\n')[0]}");
-            return 1;
-        }
-    }
-
-    private async Task FollowLogsAsync(AgentClient agent, string app)
-    {
-        bool echo = app != _interactiveApp; // the interactive app's output reaches the user through its session
-        await using var log = new FileStream(_files.AppLog(app), FileMode.Append, FileAccess.Write, FileShare.Read);
-        var stdout = Console.OpenStandardOutput();
-        var prefix = Encoding.UTF8.GetBytes($"[{app}] ");
-        bool atLineStart = true;
-        try
-        {
-            await foreach (var record in agent.LogsAsync(app, follow: true, Forever))
-            {
-                var data = record.Data.Memory;
-                await log.WriteAsync(data);
-                await log.FlushAsync();
-                // Our stdout: each line prefixed with the app's name, as one write per record.
-                var shown = new MemoryStream();
-                foreach (var b in data.Span)
-                {
-                    if (atLineStart) shown.Write(prefix);
-                    shown.WriteByte(b);
-                    atLineStart = b == '\n';
-                }
-                if (echo) lock (_lock) stdout.Write(shown.GetBuffer(), 0, (int)shown.Length);
-            }
-        }
-        catch (Exception e) when (e is RpcException or AgentException or IOException) { }
-    }
-
-    private async Task StopAllAsync(AgentClient agent)
-    {
-        var running = (await agent.ListAppsAsync()).Where(a => a.State == AppState.Running).ToList();
-        await Task.WhenAll(running.Select(a => agent.StopAppAsync(a.Name, StopGrace)));
-    }
-
-    private async Task ShutdownAsync(AgentVmProcess vm)
-    {
-        try
-        {
-            await vm.Client.Stub.ShutdownAsync(new ShutdownRequest(), deadline: DateTime.UtcNow.AddSeconds(10));
-            await vm.WaitForExitAsync(TimeSpan.FromSeconds(30));
-        }
-        catch (Exception e) when (e is RpcException or AgentException or IOException)
-        {
-            Log($"the VM did not power off cleanly ({e.Message.Split('\n')[0]}); killing it");
-        }
-    }
-
-    /// <summary>The first failed app's exit code in manifest order; apps that never reported count as 1 (the pod failed).</summary>
-    private int ResultCode()
-    {
-        lock (_lock)
-        {
-            foreach (var app in _pod.Apps)
-            {
-                if (!_exited.TryGetValue(app.Name, out var info)) { if (!_pod.Mutable) return 1; continue; }
-                int code = PodApps.ExitCode(info);
-                if (code != 0) return code;
-            }
-        }
-        return 0;
-    }
 
     /// <summary>The hostname, <c>/etc/hosts</c>, <c>/etc/resolv.conf</c> and network every app of the pod shares.</summary>
     private ConfigurePodRequest ConfigurePodRequest()

@@ -153,6 +153,66 @@ public sealed class PodFaultTests
         HostSnapshot.AssertSame(before, cli.Snapshot());
     }
 
+    /// <summary>
+    /// stage1 run keeps root for the cgroup, the network and the VM, and hands everything that
+    /// talks to the guest's agent to its supervisor: the pod's own unprivileged user (not the
+    /// VMM's), no capabilities in any set, no_new_privs, a seccomp filter, not dumpable. The pod
+    /// still runs, logs and reports through it. Killed, the supervisor takes the pod down with it:
+    /// run kills the VM and tears down, and gc leaves nothing.
+    /// </summary>
+    [SkippableFact]
+    public void Stage1Run_TalksToTheGuestOnlyThroughAnUnprivilegedSupervisor_AndAKilledSupervisorEndsThePodCleanly()
+    {
+        Skip.IfNot(TestEnvironment.HasKvm, TestEnvironment.NoKvmReason);
+        using var cli = new RktKvmCli();
+        var before = cli.Snapshot();
+        var (run, uuid) = cli.Start("run", Busybox, "--exec=/bin/sh", "--", "-c", "echo up; sleep 1000", "---");
+        cli.WaitReady(uuid);
+        WaitFor(() => cli.OutputOf(run).Contains("up\n") ? "" : null, "the app's output through the supervisor");
+
+        var keeper = Stage1(uuid, "run");
+        var supervisor = Stage1(uuid, "supervise");
+        Assert.Contains("Uid:\t0\t0\t0\t0\n", File.ReadAllText($"/proc/{keeper.Pid}/status"));
+        Assert.Contains($"PPid:\t{keeper.Pid}\n", File.ReadAllText($"/proc/{supervisor.Pid}/status"));
+        var user = PodSupervisorUser.For(uuid);
+        Assert.NotEqual(PodVmmUser.For(uuid).Uid, user.Uid);
+        foreach (var task in Directory.GetDirectories($"/proc/{supervisor.Pid}/task"))
+        {
+            string status = File.ReadAllText(task + "/status");
+            Assert.Contains($"Uid:\t{user.Uid}\t{user.Uid}\t{user.Uid}\t{user.Uid}\n", status);
+            Assert.Contains($"Gid:\t{user.Gid}\t{user.Gid}\t{user.Gid}\t{user.Gid}\n", status);
+            Assert.Matches(@"\nGroups:\t *\n", status);
+            foreach (var set in new[] { "CapInh", "CapPrm", "CapEff", "CapAmb" })
+                Assert.True(status.Contains($"{set}:\t0000000000000000\n"), $"{set} is not empty on {task}:\n{status}");
+            // The bounding set is per thread: the runtime's threads born before the drop keep theirs.
+            // Nothing can use it: it matters only to execve, which no_new_privs and the filter take away.
+            if (Path.GetFileName(task) == supervisor.Pid.ToString()) Assert.Contains("CapBnd:\t0000000000000000\n", status);
+            Assert.Contains("NoNewPrivs:\t1\n", status);
+            Assert.Contains("Seccomp:\t2\n", status);
+        }
+        // Not dumpable: /proc/<pid>/ files of a non-dumpable process belong to root, not to its user.
+        Assert.Equal(0, (int)OwnerOf($"/proc/{supervisor.Pid}/environ"));
+        // It holds nothing of run's: no /dev/kvm, no lock, no pod file; its writes are the app logs, in a directory of its own.
+        var fds = Directory.GetFileSystemEntries($"/proc/{supervisor.Pid}/fd").Select(f => new FileInfo(f).LinkTarget ?? "").ToList();
+        Assert.DoesNotContain(fds, f => f.StartsWith("/dev/kvm", StringComparison.Ordinal) || f == cli.PodDir(uuid) || f.EndsWith("/pod", StringComparison.Ordinal)
+            || f.Contains("/stage1/rootfs/rkt/", StringComparison.Ordinal) || f.Contains("control.sock", StringComparison.Ordinal));
+        string logs = Path.Join(cli.PodDir(uuid), "stage1-kvm", "logs");
+        Assert.Equal((int)user.Uid, (int)OwnerOf(logs));
+        Assert.Contains("up\n", File.ReadAllText(Directory.GetFiles(logs, "*.log").Single()));
+        Assert.Equal("ready", new FileInfo(Path.Join(cli.PodDir(uuid), "stage1", "rootfs", "rkt", "supervisor-status")).LinkTarget); // run's, from the supervisor's report
+
+        var vmm = PodRuntime.Processes(uuid).Single(p => p.Program == PodRuntime.VmmProgram);
+        Process.GetProcessById(supervisor.Pid).Kill();
+        AssertGone(vmm);
+        Assert.True(run.WaitForExit(TimeSpan.FromMinutes(1)), "rkt-kvm run did not end after the pod's supervisor was killed");
+        run.WaitForExit();
+        Assert.NotEqual(0, run.ExitCode);
+        Assert.Contains("ended without the pod's result (killed by signal 9)", cli.OutputOf(run));
+        Assert.Equal("exited", cli.Status(uuid)["state"]);
+        Assert.Equal(0, cli.Run("gc", "--grace-period=0s").ExitCode);
+        HostSnapshot.AssertSame(before, cli.Snapshot());
+    }
+
     [SkippableFact]
     public void KilledRktKvm_WhileThePodRuns_LeavesThePodRunningAndUsable_ThenStopAndRmLeaveNothing()
     {
@@ -175,10 +235,18 @@ public sealed class PodFaultTests
         HostSnapshot.AssertSame(before, cli.Snapshot());
     }
 
-    private static void KillStage1Run(string uuid)
+    private static void KillStage1Run(string uuid) => Process.GetProcessById(Stage1(uuid, "run").Pid).Kill();
+
+    /// <summary>The pod's stage1 process running <paramref name="entrypoint"/> (run, or the supervisor run starts).</summary>
+    private static PodProcess Stage1(string uuid, string entrypoint) =>
+        PodRuntime.Processes(uuid).Single(p => p.Program == PodRuntime.Stage1Program && RktKvmCli.Cmdline(p.Pid.ToString()).Split(' ').ElementAtOrDefault(1) == entrypoint);
+
+    private static unsafe uint OwnerOf(string path)
     {
-        var stage1 = PodRuntime.Processes(uuid).Single(p => p.Program == PodRuntime.Stage1Program);
-        Process.GetProcessById(stage1.Pid).Kill();
+        Tmds.Linux.stat st;
+        fixed (byte* p = System.Text.Encoding.UTF8.GetBytes(path + "\0"))
+            if (Tmds.Linux.LibC.lstat(p, &st) != 0) throw new IOException($"lstat {path}: errno {Tmds.Linux.LibC.errno}");
+        return (uint)st.st_uid;
     }
 
     private static void AssertGone(PodProcess vmm)

@@ -2,8 +2,8 @@ using System.Runtime.InteropServices;
 
 namespace Rkt.Kvm.Images.Confinement;
 
-/// <summary>The libc calls of the confined extraction: spawning, namespaces and mounts, capabilities,
-/// ids, limits and seccomp. Linux x86-64 only.</summary>
+/// <summary>The libc calls of the confined extraction: spawning, namespaces and mounts, capabilities
+/// and limits (the steps every confined process shares are Rkt.Kvm.Posix.Privileges). Linux x86-64 only.</summary>
 internal static unsafe partial class ConfinementCalls
 {
     public const int O_RDONLY = 0, O_DIRECTORY = 0x10000, O_CLOEXEC = 0x80000, O_PATH = 0x200000;
@@ -11,8 +11,8 @@ internal static unsafe partial class ConfinementCalls
     public const int CLONE_NEWNS = 0x00020000;
     public const ulong MS_RDONLY = 1, MS_NOSUID = 2, MS_NODEV = 4, MS_NOEXEC = 8, MS_REMOUNT = 32, MS_BIND = 4096, MS_REC = 16384, MS_PRIVATE = 1 << 18;
     public const int MNT_DETACH = 2;
-    public const int PR_SET_DUMPABLE = 4, PR_SET_KEEPCAPS = 8, PR_CAPBSET_DROP = 24, PR_SET_NO_NEW_PRIVS = 38, PR_CAP_AMBIENT = 47, PR_CAP_AMBIENT_CLEAR_ALL = 4;
-    public const int RLIMIT_FSIZE = 1, RLIMIT_CORE = 4;
+    public const int PR_SET_KEEPCAPS = 8;
+    public const int RLIMIT_FSIZE = 1;
     public const long SYS_capget = 125, SYS_capset = 126, SYS_pivot_root = 155;
     public const short POSIX_SPAWN_SETSIGDEF = 0x04, POSIX_SPAWN_SETSIGMASK = 0x08;
     public const int AF_INET = 2, SOCK_STREAM = 1, SOCK_CLOEXEC = 0x80000;
@@ -34,9 +34,6 @@ internal static unsafe partial class ConfinementCalls
     [LibraryImport("libc", SetLastError = true)] public static partial long syscall(long number, nuint a, nuint b, void* c);
     [LibraryImport("libc", SetLastError = true)] public static partial int prctl(int option, nuint arg2, nuint arg3, nuint arg4, nuint arg5);
     [LibraryImport("libc", SetLastError = true)] public static partial int setrlimit(int resource, ulong* limit);
-    [LibraryImport("libc", SetLastError = true)] public static partial int setgroups(nuint size, uint* list);
-    [LibraryImport("libc", SetLastError = true)] public static partial int setresgid(uint r, uint e, uint s);
-    [LibraryImport("libc", SetLastError = true)] public static partial int setresuid(uint r, uint e, uint s);
 
     [LibraryImport("libc")] public static partial int posix_spawn(int* pid, byte* path, void* fileActions, void* attributes, byte** argv, byte** envp);
     [LibraryImport("libc")] public static partial int posix_spawn_file_actions_init(void* fileActions);

@@ -99,30 +99,17 @@ internal static unsafe class ExtractionJail
     /// </summary>
     public static void LockDown(ulong keep, long maxFileBytes)
     {
-        ulong* noCore = stackalloc ulong[2] { 0, 0 };
-        Check(setrlimit(RLIMIT_CORE, noCore), "setrlimit(RLIMIT_CORE, 0)");
+        Privileges.ForbidDumps();
         ulong* fileSize = stackalloc ulong[2] { (ulong)maxFileBytes, (ulong)maxFileBytes };
         Check(setrlimit(RLIMIT_FSIZE, fileSize), $"setrlimit(RLIMIT_FSIZE, {maxFileBytes})");
-        Check(prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE, 0)");
-        for (int cap = 0; cap < 64; cap++)
-        {
-            if ((keep & 1UL << cap) != 0) continue;
-            if (prctl(PR_CAPBSET_DROP, (nuint)cap, 0, 0, 0) < 0)
-            {
-                if (Marshal.GetLastPInvokeError() == 22 /* EINVAL: past the kernel's last capability */) break;
-                throw Failure($"prctl(PR_CAPBSET_DROP, {cap})");
-            }
-        }
-        Check(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(PR_CAP_AMBIENT_CLEAR_ALL)");
+        Privileges.DropBoundingSet(keep);
         // Capabilities are per thread and the runtime has several. Leaving uid 0 empties every thread's
         // (glibc makes each thread change its ids), except this one's permitted set, kept by KEEPCAPS.
         Check(prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS, 1)");
-        Check(setgroups(0, null), "setgroups(0)");
-        Check(setresgid(Id, Id, Id), $"setresgid({Id})");
-        Check(setresuid(Id, Id, Id), $"setresuid({Id})");
+        Privileges.Become(Id, Id);
         SetThisThread(keep);
         Check(prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0), "prctl(PR_SET_KEEPCAPS, 0)");
-        Check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS, 1)");
+        Privileges.ForbidNewPrivileges();
         long rc = SeccompProgram.Install(ExtractionSyscallFilter.Build(), SeccompProgram.FilterFlagTsync);
         if (rc > 0) throw new IOException($"seccomp: thread {rc} could not take the filter");
         if (rc < 0) throw Failure("seccomp(SECCOMP_SET_MODE_FILTER, TSYNC)");

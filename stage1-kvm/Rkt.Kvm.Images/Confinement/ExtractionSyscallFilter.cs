@@ -14,25 +14,9 @@ internal static class ExtractionSyscallFilter
 {
     public const uint RetKillProcess = SeccompProgram.RetKillProcess, RetAllow = SeccompProgram.RetAllow;
 
-    /// <summary>x86-64 numbers (asm/unistd_64.h), by name for the threat model and the tests.</summary>
-    public static readonly IReadOnlyDictionary<string, int> Denied = new Dictionary<string, int>
-    {
-        ["socket"] = 41, ["socketpair"] = 53, ["connect"] = 42, ["bind"] = 49, ["listen"] = 50,
-        ["execve"] = 59, ["execveat"] = 322, ["ptrace"] = 101, ["process_vm_readv"] = 310, ["process_vm_writev"] = 311,
-        ["pidfd_getfd"] = 438, ["mount"] = 165, ["umount2"] = 166, ["pivot_root"] = 155, ["chroot"] = 161,
-        ["unshare"] = 272, ["setns"] = 308, ["open_tree"] = 428, ["move_mount"] = 429, ["fsopen"] = 430,
-        ["fsconfig"] = 431, ["fsmount"] = 432, ["fspick"] = 433, ["mount_setattr"] = 442,
-        ["setuid"] = 105, ["setgid"] = 106, ["setreuid"] = 113, ["setregid"] = 114, ["setgroups"] = 116,
-        ["setresuid"] = 117, ["setresgid"] = 119, ["setfsuid"] = 122, ["setfsgid"] = 123,
-        ["init_module"] = 175, ["finit_module"] = 313, ["delete_module"] = 176, ["kexec_load"] = 246,
-        ["kexec_file_load"] = 320, ["bpf"] = 321, ["perf_event_open"] = 298, ["add_key"] = 248,
-        ["request_key"] = 249, ["keyctl"] = 250, ["io_uring_setup"] = 425, ["io_uring_enter"] = 426,
-        ["io_uring_register"] = 427, ["userfaultfd"] = 323, ["open_by_handle_at"] = 304, ["name_to_handle_at"] = 303,
-        ["sethostname"] = 170, ["setdomainname"] = 171, ["settimeofday"] = 164, ["clock_settime"] = 227,
-        ["adjtimex"] = 159, ["clock_adjtime"] = 305, ["swapon"] = 167, ["swapoff"] = 168, ["reboot"] = 169,
-        ["acct"] = 163, ["quotactl"] = 179, ["syslog"] = 103, ["iopl"] = 172, ["ioperm"] = 173,
-        ["personality"] = 135, ["fanotify_init"] = 300,
-    };
+    /// <summary>x86-64 numbers, by name for the threat model and the tests: everything past the process, and sockets.</summary>
+    public static readonly IReadOnlyDictionary<string, int> Denied =
+        DeniedSyscalls.BeyondTheProcess.Concat(DeniedSyscalls.Sockets).ToDictionary(p => p.Key, p => p.Value);
 
     public static BpfInstruction[] Build() => SeccompProgram.BuildDenyList(Denied.Values, RetKillProcess);
 

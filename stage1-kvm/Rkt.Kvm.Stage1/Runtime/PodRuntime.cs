@@ -3,7 +3,7 @@ using Rkt.Kvm.Vmm.Client;
 
 namespace Rkt.Kvm.Stage1.Runtime;
 
-/// <summary>A host process that belongs to a pod: its VMM, or its stage1 <c>run</c>.</summary>
+/// <summary>A host process that belongs to a pod: its VMM, its stage1 <c>run</c> or its supervisor.</summary>
 public sealed record PodProcess(int Pid, string Program);
 
 /// <summary>What <see cref="PodRuntime.SweepOrphans"/> found and removed.</summary>
@@ -14,7 +14,7 @@ public sealed record OrphanSweep(IReadOnlyList<string> RuntimeDirs, IReadOnlyLis
 /// sockets (<c>/run/rkt-kvm/&lt;uuid&gt;/</c>, or under <c>$RKT_KVM_RUNTIME_DIR</c>), which records the
 /// pods directory that owns it and the pod's cgroups, and the pod's processes. A process is the
 /// pod's when it is in the pod's cgroup (<see cref="PodCgroup"/>), or when its executable is ours
-/// (<c>rkt-kvm-vmm</c>, or <c>rkt-kvm-stage1</c> running <c>run</c>) and its command line names the
+/// (<c>rkt-kvm-vmm</c>, or <c>rkt-kvm-stage1</c> running <c>run</c> or <c>supervise</c>) and its command line names the
 /// pod's UUID: never by name alone. So <c>gc</c> can find what a killed stage1 left, even after its
 /// pod directory is gone.
 /// </summary>
@@ -25,6 +25,8 @@ public static class PodRuntime
     /// <summary>In each runtime directory: the pods directory (<c>&lt;data&gt;/pods</c>) of the pod it serves.</summary>
     public const string OwnerFile = "pods-root";
     public const string VmmProgram = "rkt-kvm-vmm", Stage1Program = "rkt-kvm-stage1";
+    /// <summary>The entrypoint of a pod's supervisor, <c>rkt-kvm-stage1 supervise UUID …</c>, which run starts as the pod's user.</summary>
+    public const string SupervisorEntrypoint = "supervise";
 
     public static string Root => Environment.GetEnvironmentVariable(RootVariable) is { Length: > 0 } root ? root : DefaultRoot;
 
@@ -90,10 +92,10 @@ public static class PodRuntime
         catch (IOException) { return false; }
     }
 
-    /// <summary>A host process as gc sees it: <c>Ours</c> when it is a VMM or a stage1 <c>run</c>.</summary>
+    /// <summary>A host process as gc sees it: <c>Ours</c> when it is a VMM, a stage1 <c>run</c> or a pod supervisor.</summary>
     private sealed record HostProcess(int Pid, string Program, IReadOnlyList<string> Argv, string Cgroups)
     {
-        public bool Ours => Program == VmmProgram || (Program == Stage1Program && Argv.Count > 1 && Argv[1] == "run");
+        public bool Ours => Program == VmmProgram || (Program == Stage1Program && Argv.Count > 1 && Argv[1] is "run" or SupervisorEntrypoint);
     }
 
     /// <summary>Every process on the host we may read, never the caller.</summary>

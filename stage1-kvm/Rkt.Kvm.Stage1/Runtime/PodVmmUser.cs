@@ -20,8 +20,31 @@ public static class PodVmmUser
 
     public static VmmUser For(string uuid)
     {
-        uint hash = BinaryPrimitives.ReadUInt32LittleEndian(SHA256.HashData(Encoding.UTF8.GetBytes(uuid.ToLowerInvariant())));
-        uint id = First + hash % Count;
+        uint id = Derive(uuid, First);
         return new VmmUser(id, id);
+    }
+
+    /// <summary>The pod's id in the <see cref="Count"/> ids from <paramref name="first"/>: the UUID's hash.</summary>
+    internal static uint Derive(string uuid, uint first)
+    {
+        uint hash = BinaryPrimitives.ReadUInt32LittleEndian(SHA256.HashData(Encoding.UTF8.GetBytes(uuid.ToLowerInvariant())));
+        return first + hash % Count;
+    }
+}
+
+/// <summary>
+/// The unprivileged user and group of a pod's supervisor, the part of stage1 <c>run</c> that talks
+/// to the guest's agent once the VM is up (docs/THREAT-MODEL.md): derived from the UUID like
+/// <see cref="PodVmmUser"/>, in the next range of 16.7 million ids, so the pod's VMM and its
+/// supervisor never share a user (neither can signal or trace the other).
+/// </summary>
+public readonly record struct PodSupervisorUser(uint Uid, uint Gid)
+{
+    public const uint First = PodVmmUser.First + PodVmmUser.Count;
+
+    public static PodSupervisorUser For(string uuid)
+    {
+        uint id = PodVmmUser.Derive(uuid, First);
+        return new PodSupervisorUser(id, id);
     }
 }

@@ -65,12 +65,10 @@ public sealed class VmmControlClient(string socketPath)
     public ControlReply Stop() => Call(new ControlRequest { Op = "stop" });
 
     /// <summary>O_PATH: the VMM gets a handle to walk from, not the right to read the directory itself.</summary>
-    private static unsafe SafeFileHandle OpenDirectory(string path)
+    private static FileDescriptor OpenDirectory(string path)
     {
-        int fd;
-        fixed (byte* p = CString.Utf8(path)) fd = Tmds.Linux.LibC.open(p, Tmds.Linux.LibC.O_PATH | Tmds.Linux.LibC.O_DIRECTORY | Tmds.Linux.LibC.O_CLOEXEC);
-        if (fd < 0) throw new VmmControlException($"cannot open the directory {path}: {Marshal.GetPInvokeErrorMessage(Tmds.Linux.LibC.errno)}");
-        return new SafeFileHandle(fd, ownsHandle: true);
+        try { return FileDescriptor.OpenDirectoryPath(path); }
+        catch (ErrnoException e) { throw new VmmControlException($"cannot open the directory {path}: {Marshal.GetPInvokeErrorMessage(e.Errno)}"); }
     }
 
     private ControlReply Call(ControlRequest request, SafeHandle? fd = null)

@@ -13,13 +13,11 @@ namespace Rkt.Kvm.Vmm.Host.Confinement;
 /// </summary>
 public static unsafe partial class LockDown
 {
-    private const int PR_SET_DUMPABLE = 4, PR_SET_NO_NEW_PRIVS = 38;
-    private const int RLIMIT_CORE = 4, RLIMIT_NOFILE = 7;
+    private const int RLIMIT_NOFILE = 7;
     /// <summary>Open files: every 9p fid may hold one, plus sockets, taps, eventfds and the runtime's own.</summary>
     public const ulong MaxOpenFiles = Devices.Virtio9p.NineP.P9FidTable.DefaultMaxFids + 4096;
     private const long SYS_socket = 41, SYS_close = 3;
 
-    [LibraryImport("libc", SetLastError = true)] private static partial int prctl(int option, nuint arg2, nuint arg3, nuint arg4, nuint arg5);
     [LibraryImport("libc", SetLastError = true)] private static partial int setrlimit(int resource, ulong* limit);
     [LibraryImport("libc", SetLastError = true)] private static partial int getrlimit(int resource, ulong* limit);
     [LibraryImport("libc", SetLastError = true)] private static partial long syscall(long number, nuint arg1, nuint arg2, void* arg3);
@@ -27,15 +25,13 @@ public static unsafe partial class LockDown
     /// <summary>Applies it all; a step that fails throws (a VMM that cannot confine itself does not run a guest).</summary>
     public static void Apply(SeccompAction action)
     {
-        ulong* noCore = stackalloc ulong[2] { 0, 0 };
-        ConfinementError.Check(setrlimit(RLIMIT_CORE, noCore), "setrlimit(RLIMIT_CORE, 0)");
+        Privileges.ForbidDumps();
         // A hard limit on files, so a guest that makes the VMM open without end meets EMFILE, not the host's limit.
         ulong* files = stackalloc ulong[2];
         ConfinementError.Check(getrlimit(RLIMIT_NOFILE, files), "getrlimit(RLIMIT_NOFILE)");
         files[0] = files[1] = Math.Min(files[1], MaxOpenFiles);
         ConfinementError.Check(setrlimit(RLIMIT_NOFILE, files), $"setrlimit(RLIMIT_NOFILE, {files[1]})");
-        ConfinementError.Check(prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE, 0)");
-        ConfinementError.Check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS, 1)");
+        Privileges.ForbidNewPrivileges();
         if (action == SeccompAction.Off) return;
         LoadLazyLibraries();
         long rc = SeccompProgram.Install(VmmSyscallPolicy.Build(DefaultAction(action)), SeccompProgram.FilterFlagTsync);

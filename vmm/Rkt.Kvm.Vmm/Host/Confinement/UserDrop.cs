@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 using Rkt.Kvm.Vmm.Client;
-using static Tmds.Linux.LibC;
+using Rkt.Kvm.Posix;
 
 namespace Rkt.Kvm.Vmm.Host.Confinement;
 
@@ -32,15 +32,6 @@ public static unsafe partial class UserDrop
     public static void KeepCapabilitiesThroughTheDrop() =>
         ConfinementError.Check(prctl(PR_SET_SECUREBITS, NoSetuidFixupLocked, 0, 0, 0), "prctl(PR_SET_SECUREBITS, NO_SETUID_FIXUP)");
 
-    /// <summary>Becomes <paramref name="user"/> (real, effective, saved and filesystem ids; no supplementary groups), and checks it took on this thread.</summary>
-    public static void Become(VmmUser user)
-    {
-        // Groups first: once the uid is not root, nothing may change them.
-        ConfinementError.CheckLibC(setgroups(0, null), "setgroups(0)");
-        ConfinementError.CheckLibC(setresgid(user.Gid, user.Gid, user.Gid), $"setresgid({user.Gid})");
-        ConfinementError.CheckLibC(setresuid(user.Uid, user.Uid, user.Uid), $"setresuid({user.Uid})");
-        Tmds.Linux.uid_t r, e, s;
-        ConfinementError.CheckLibC(getresuid(&r, &e, &s), "getresuid");
-        if ((uint)r != user.Uid || (uint)e != user.Uid || (uint)s != user.Uid) throw new IOException($"setresuid({user.Uid}) left the ids {(uint)r}/{(uint)e}/{(uint)s}.");
-    }
+    /// <summary>Becomes <paramref name="user"/> (real, effective, saved and filesystem ids; no supplementary groups), and checks it took.</summary>
+    public static void Become(VmmUser user) => Privileges.Become(user.Uid, user.Gid);
 }

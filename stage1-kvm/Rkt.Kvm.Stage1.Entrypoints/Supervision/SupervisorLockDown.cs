@@ -1,0 +1,35 @@
+using Rkt.Kvm.Posix;
+using Rkt.Kvm.Stage1.Runtime;
+
+namespace Rkt.Kvm.Stage1.Entrypoints.Supervision;
+
+/// <summary>
+/// What the pod supervisor gives up before it talks to the guest (docs/THREAT-MODEL.md): core
+/// dumps and ptrace by others (not dumpable), every capability (the bounding set too), root (the
+/// pod's own supervisor user, <see cref="PodSupervisorUser"/>, no supplementary groups), new
+/// privileges, the calls that reach past a process (<see cref="DeniedSyscalls.BeyondTheProcess"/>)
+/// and sockets other than Unix ones (no network: its only peer is the agent's Unix socket).
+/// Those fail with EPERM rather than killing it: the supervisor runs gRPC and the .NET runtime,
+/// whose optional probes must fall back, not end the pod; a denied call does nothing either way.
+/// </summary>
+internal static class SupervisorLockDown
+{
+    private const uint EPERM = 1, AF_UNIX = 1;
+    private const int SYS_socket = 41, SYS_socketpair = 53;
+
+    /// <summary>The calls past the process fail, and so does any socket but a Unix one: the agent is a Unix socket away.</summary>
+    public static BpfInstruction[] Filter() =>
+        SeccompProgram.BuildDenyList(DeniedSyscalls.BeyondTheProcess.Values, SeccompProgram.RetErrno | EPERM,
+            [new ArgumentRule(SYS_socket, 0, [AF_UNIX]), new ArgumentRule(SYS_socketpair, 0, [AF_UNIX])]);
+
+    public static void Apply(PodSupervisorUser user)
+    {
+        Privileges.ForbidDumps();
+        Privileges.DropBoundingSet();
+        Privileges.Become(user.Uid, user.Gid);
+        Privileges.ForbidNewPrivileges();
+        long rc = SeccompProgram.Install(Filter(), SeccompProgram.FilterFlagTsync);
+        if (rc > 0) throw new IOException($"seccomp: thread {rc} could not take the supervisor's filter");
+        if (rc < 0) throw ErrnoException.FromLastError("seccomp(SECCOMP_SET_MODE_FILTER, TSYNC)");
+    }
+}
