@@ -66,7 +66,8 @@ public static unsafe partial class Privileges
     }
 
     /// <summary>No core dumps (they would hold what the process read) and not dumpable: no ptrace or
-    /// /proc/&lt;pid&gt;/mem access by other processes of the same user.</summary>
+    /// /proc/&lt;pid&gt;/mem access by other processes of the same user. After <see cref="Become"/>: a
+    /// change of uid resets dumpability to the host's fs.suid_dumpable.</summary>
     public static void ForbidDumps()
     {
         ulong* noCore = stackalloc ulong[2] { 0, 0 };

@@ -70,13 +70,31 @@ public static unsafe partial class SeccompProgram
 
     /// <summary>
     /// A deny-list filter: anything not from x86-64 (or from the x32 ABI), every call in
-    /// <paramref name="denied"/>, and a call with an <see cref="ArgumentRule"/> (<paramref name="rules"/>)
-    /// with any other argument value get <paramref name="denyAction"/>; everything else is allowed.
+    /// <paramref name="denied"/>, a call with an <see cref="ArgumentRule"/> (<paramref name="rules"/>)
+    /// with any other argument value, and a call with one of the values in <paramref name="deniedValues"/>
+    /// get <paramref name="denyAction"/>; everything else is allowed.
     /// </summary>
-    public static BpfInstruction[] BuildDenyList(IEnumerable<int> denied, uint denyAction, IEnumerable<ArgumentRule>? rules = null)
+    public static BpfInstruction[] BuildDenyList(IEnumerable<int> denied, uint denyAction, IEnumerable<ArgumentRule>? rules = null,
+        IEnumerable<ArgumentRule>? deniedValues = null)
     {
         var program = Prologue();
         AddRules(program, rules ?? [], denyAction);
+        // Calls that are allowed but for a few argument values (an ioctl request): those values get the deny action.
+        foreach (var rule in deniedValues ?? [])
+        {
+            if (rule.Argument is < 0 or > 5) throw new ArgumentOutOfRangeException(nameof(deniedValues), "A system call has arguments 0 to 5.");
+            // [jeq nr, else past the block] [ld arg] ([jeq v] [ret deny])* [ld nr]
+            int block = 1 + 2 * rule.Values.Count + 1;
+            if (block > 255) throw new ArgumentException($"Too many values for system call {rule.Syscall}.");
+            program.Add(new(JeqK, 0, (byte)block, (uint)rule.Syscall));
+            program.Add(new(LdAbsW, 0, 0, ArgsOffset + 8 * (uint)rule.Argument));
+            foreach (uint value in rule.Values)
+            {
+                program.Add(new(JeqK, 0, 1, value));
+                program.Add(new(RetK, 0, 0, denyAction));
+            }
+            program.Add(new(LdAbsW, 0, 0, NrOffset));
+        }
         foreach (int nr in denied.Distinct().Order())
         {
             program.Add(new(JeqK, 0, 1, (uint)nr));

@@ -23,7 +23,7 @@ public sealed class SupervisorContractTests
         var plan = new SupervisorPlan(false, "web", configure, apps);
         using var pipe = new MemoryStream();
         pipe.Write(plan.Serialize());
-        pipe.Write(System.Text.Encoding.UTF8.GetBytes(VmExitedNotice.Format("VMM exited with status 0")));
+        pipe.Write(System.Text.Encoding.UTF8.GetBytes(RunNotice.Stop + RunNotice.VmExited("VMM exited with status 0")));
         pipe.Position = 0;
 
         var read = SupervisorPlan.ReadFrom(pipe);
@@ -32,7 +32,8 @@ public sealed class SupervisorContractTests
         Assert.Equal(configure, read.Configure);
         Assert.Equal(apps, read.Apps);
         using var rest = new StreamReader(pipe);
-        Assert.Equal("VMM exited with status 0", VmExitedNotice.Parse(rest.ReadLine()));
+        Assert.Equal((true, (string?)null), RunNotice.Parse(rest.ReadLine()!));
+        Assert.Equal((false, "VMM exited with status 0"), RunNotice.Parse(rest.ReadLine()!));
 
         var mutable = new SupervisorPlan(true, null, new ConfigurePodRequest(), []);
         var back = SupervisorPlan.ReadFrom(new MemoryStream(mutable.Serialize()));
@@ -57,12 +58,12 @@ public sealed class SupervisorContractTests
         framed.CopyTo(padded, 0);
         BitConverter.TryWriteBytes(padded.AsSpan(0, 4), framed.Length - 4 + 1);
         Assert.Contains("after its last app", Assert.Throws<Stage1Exception>(() => SupervisorPlan.ReadFrom(new MemoryStream(padded))).Message);
-        Assert.Null(VmExitedNotice.Parse(null));
-        Assert.Null(VmExitedNotice.Parse("garbage"));
+        Assert.Equal((false, (string?)null), RunNotice.Parse("garbage"));
+        Assert.Equal((false, (string?)null), RunNotice.Parse("stop now"));
         // One line whatever the description holds: a newline in it would end the notice early.
-        var notice = VmExitedNotice.Format("a\nb c");
+        var notice = RunNotice.VmExited("a\nb c");
         Assert.Equal(notice.Length - 1, notice.IndexOf('\n'));
-        Assert.Equal("a b c", VmExitedNotice.Parse(notice.TrimEnd('\n')));
+        Assert.Equal((false, "a b c"), RunNotice.Parse(notice.TrimEnd('\n')));
     }
 
     [Fact]
@@ -114,7 +115,7 @@ public sealed class SupervisorContractTests
     }
 
     [Fact]
-    public void The_supervisors_filter_refuses_what_reaches_past_it_and_every_socket_but_a_unix_one_with_eperm()
+    public void The_supervisors_filter_refuses_what_reaches_past_it_and_every_socket_but_a_unix_one_and_terminal_typing_with_eperm()
     {
         var program = SupervisorLockDown.Filter();
         const uint Eperm = SeccompProgram.RetErrno | 1;
@@ -130,5 +131,13 @@ public sealed class SupervisorContractTests
         foreach (ulong family in new ulong[] { 2, 10, 16, 17, 40, 0x1_0000_0001 /* high half ignored: AF_UNIX to the kernel */ })
             Assert.Equal(family == 0x1_0000_0001 ? SeccompProgram.RetAllow : Eperm, SeccompProgram.Evaluate(program, 41, [family, 1, 0, 0, 0, 0]));
         Assert.Equal(Eperm, SeccompProgram.Evaluate(program, 53, [2, 1, 0, 0, 0, 0]));
+        // ioctl: any request but the two that type into or drive the user's terminal.
+        Assert.Equal(Eperm, SeccompProgram.Evaluate(program, 16, [0, SupervisorLockDown.TIOCSTI, 0, 0, 0, 0]));
+        Assert.Equal(Eperm, SeccompProgram.Evaluate(program, 16, [1, SupervisorLockDown.TIOCLINUX, 0, 0, 0, 0]));
+        foreach (ulong request in new ulong[] { 0x5401 /* TCGETS */, 0x5402 /* TCSETS */, 0x5413 /* TIOCGWINSZ */, 0x541B /* FIONREAD */, 0x5421 /* FIONBIO */ })
+            Assert.Equal(SeccompProgram.RetAllow, SeccompProgram.Evaluate(program, 16, [0, request, 0, 0, 0, 0]));
+        // The rules do not disturb the calls after them.
+        Assert.Equal(Eperm, SeccompProgram.Evaluate(program, 59, new ulong[6]));
+        Assert.Equal(SeccompProgram.RetAllow, SeccompProgram.Evaluate(program, 17, [0, SupervisorLockDown.TIOCSTI, 0, 0, 0, 0]));
     }
 }

@@ -99,7 +99,6 @@ internal static unsafe class ExtractionJail
     /// </summary>
     public static void LockDown(ulong keep, long maxFileBytes)
     {
-        Privileges.ForbidDumps();
         ulong* fileSize = stackalloc ulong[2] { (ulong)maxFileBytes, (ulong)maxFileBytes };
         Check(setrlimit(RLIMIT_FSIZE, fileSize), $"setrlimit(RLIMIT_FSIZE, {maxFileBytes})");
         Privileges.DropBoundingSet(keep);
@@ -109,6 +108,7 @@ internal static unsafe class ExtractionJail
         Privileges.Become(Id, Id);
         SetThisThread(keep);
         Check(prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0), "prctl(PR_SET_KEEPCAPS, 0)");
+        Privileges.ForbidDumps(); // after the uid change, which resets dumpability to fs.suid_dumpable
         Privileges.ForbidNewPrivileges();
         long rc = SeccompProgram.Install(ExtractionSyscallFilter.Build(), SeccompProgram.FilterFlagTsync);
         if (rc > 0) throw new IOException($"seccomp: thread {rc} could not take the filter");

@@ -10,8 +10,8 @@ namespace Rkt.Kvm.Stage1.Entrypoints.Supervision;
 /// as the pod's own unprivileged user (<see cref="SupervisorEntrypoint"/>): configures the pod,
 /// adds and starts an immutable pod's apps, then follows them: each exit is reported to run at
 /// once, each app's output goes to <c>stage1-kvm/logs/&lt;app&gt;.log</c> and to our stdout. An
-/// immutable pod ends when all its apps have exited; a mutable one when stopped (SIGTERM, which run
-/// forwards). Result: the first failed app's code in manifest order, else 0; 1 when the VM itself died.
+/// immutable pod ends when all its apps have exited; a mutable one when stopped (run's stop notice, or
+/// SIGTERM/SIGINT). Result: the first failed app's code in manifest order, else 0; 1 when the VM itself died.
 /// </summary>
 internal sealed class PodSupervisor
 {

@@ -13,8 +13,8 @@ namespace Rkt.Kvm.Stage1.Entrypoints.Supervision;
 /// every message crosses here and only here.
 /// <list type="bullet">
 /// <item>The command line: <see cref="SupervisorArguments"/>.</item>
-/// <item>run → supervisor, on the plan pipe: the <see cref="SupervisorPlan"/> (length-prefixed), then at
-/// most one <see cref="VmExitedNotice"/> line. The pipe's end also means the VM is gone: run ended.</item>
+/// <item>run → supervisor, on the plan pipe: the <see cref="SupervisorPlan"/> (length-prefixed), then
+/// <see cref="RunNotice"/> lines (stop, the VMM's exit). The pipe's end also means the VM is gone: run ended.</item>
 /// <item>supervisor → run, on the report pipe: <see cref="SupervisorReport"/> lines, which run checks
 /// as it checks any input from a less trusted process, and turns into the pod's files.</item>
 /// </list>
@@ -100,15 +100,23 @@ internal sealed record SupervisorPlan(bool Mutable, string? InteractiveApp, Conf
     }
 }
 
-/// <summary>run → supervisor: the VM's VMM has exited (how, in words). The supervisor stops waiting for it.</summary>
-internal static class VmExitedNotice
+/// <summary>
+/// run → supervisor, lines on the plan pipe after the plan: <c>stop</c> (the pod was asked to stop:
+/// a pipe keeps a stop that comes before the supervisor is listening, where a signal would kill it)
+/// and <c>vm-exited &lt;how&gt;</c> (the VMM has exited; the last line run sends).
+/// </summary>
+internal static class RunNotice
 {
-    private const string Prefix = "vm-exited ";
+    public const string Stop = "stop\n";
+    private const string VmExitedPrefix = "vm-exited ";
 
-    public static string Format(string how) => Prefix + how.ReplaceLineEndings(" ") + "\n";
+    public static string VmExited(string how) => VmExitedPrefix + how.ReplaceLineEndings(" ") + "\n";
 
-    /// <summary>How the VMM ended, from a notice line; null for anything else (which the supervisor treats as the pipe's end).</summary>
-    public static string? Parse(string? line) => line is not null && line.StartsWith(Prefix, StringComparison.Ordinal) ? line[Prefix.Length..] : null;
+    /// <summary>One line (without its newline): a stop, how the VMM ended, or neither (false, null).</summary>
+    public static (bool Stop, string? VmExited) Parse(string line) =>
+        line == "stop" ? (true, null)
+        : line.StartsWith(VmExitedPrefix, StringComparison.Ordinal) ? (false, line[VmExitedPrefix.Length..])
+        : (false, null);
 }
 
 /// <summary>supervisor → run: one line each. run writes the pod's files from them; the supervisor writes none of those.</summary>

@@ -13,7 +13,7 @@ internal static class SupervisorEntrypoint
 {
     public static int Execute(string[] argv)
     {
-        // First: a stop run forwards from now on ends the pod cleanly rather than this process.
+        // First: a stop by signal (^C on the user's terminal reaches us too) ends the pod cleanly rather than this process.
         using var stop = new CancellationTokenSource();
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Cancel(); });
         using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Cancel(); });
@@ -26,7 +26,7 @@ internal static class SupervisorEntrypoint
         // Confined before it reads a byte from the guest; the logs are the only files it writes.
         var session = PodUserSession.Enter(files, files.LogsDir);
         var reporter = new SupervisorReporter(reportPipe);
-        var vmExited = WaitForVmExit(planPipe);
+        var vmExited = FollowRun(planPipe, stop);
         using var agent = session.Agent();
         var supervisor = new PodSupervisor(plan, reporter, app => session.PathIn(files.LogsDir, Path.GetFileName(files.AppLog(app))), vmExited, stop.Token);
         int code = supervisor.RunAsync(agent).GetAwaiter().GetResult();
@@ -34,19 +34,23 @@ internal static class SupervisorEntrypoint
         return code;
     }
 
-    /// <summary>Completes when run says the VMM has exited, or when run is gone (the pipe's end: its VMM went with it).</summary>
-    private static Task<string> WaitForVmExit(Stream planPipe) => Task.Factory.StartNew(() =>
+    /// <summary>
+    /// Follows run's notices: a stop cancels <paramref name="stop"/>; the task completes when run
+    /// says the VMM has exited, or when run is gone (the pipe's end: its VMM went with it).
+    /// </summary>
+    private static Task<string> FollowRun(Stream planPipe, CancellationTokenSource stop) => Task.Factory.StartNew(() =>
     {
-        string? line;
         try
         {
             using var reader = new StreamReader(planPipe, leaveOpen: true);
-            line = reader.ReadLine();
+            while (reader.ReadLine() is { } line)
+            {
+                var (stopNow, vmExited) = RunNotice.Parse(line);
+                if (stopNow) stop.Cancel();
+                if (vmExited is not null) return vmExited;
+            }
         }
-        catch (IOException)
-        {
-            line = null;
-        }
-        return VmExitedNotice.Parse(line) ?? "stage1 run, which held it, is gone";
+        catch (IOException) { }
+        return "stage1 run, which held it, is gone";
     }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
 }

@@ -7,7 +7,7 @@ namespace Rkt.Kvm.Stage1.Entrypoints.Supervision;
 /// <summary>
 /// run's side of the pod supervisor: starts <c>rkt-kvm-stage1 supervise</c> (this binary) with the
 /// two pipes of <see cref="SupervisorContract"/> and our stdio (the apps' output, the user's
-/// terminal), hands it the plan, forwards a stop to it (SIGTERM), tells it when the VMM exits,
+/// terminal), hands it the plan, passes on a stop and the VMM's exit (<see cref="RunNotice"/>),
 /// and applies its reports, each checked, as they come. The child holds nothing of run's but
 /// those pipes and stdio: every other fd run has is close-on-exec.
 /// </summary>
@@ -16,7 +16,10 @@ internal sealed class SupervisorProcess : IDisposable
     private readonly Process _process;
     private readonly AnonymousPipeServerStream _plan;
     private readonly AnonymousPipeServerStream _reports;
+    private readonly Lock _planLock = new();
     private SupervisorReport.Result? _result;
+    /// <summary>Set once run stops listening: a report that comes later (from a fork that kept the pipe) is dropped.</summary>
+    private volatile bool _finished;
 
     private SupervisorProcess(Process process, AnonymousPipeServerStream plan, AnonymousPipeServerStream reports)
     {
@@ -71,28 +74,35 @@ internal sealed class SupervisorProcess : IDisposable
     /// Runs until the supervisor exits and returns the pod's result: the supervisor's own, or 1
     /// when it ended without one (it failed, or was killed). <paramref name="apply"/> gets each
     /// valid report (on one thread, in order); <paramref name="vmExit"/> completing (with how the
-    /// VMM ended) is passed on; <paramref name="stop"/> becomes a SIGTERM to the supervisor.
+    /// VMM ended) is passed on, and so is <paramref name="stop"/>, both as <see cref="RunNotice"/>
+    /// lines: a pipe keeps a stop that comes before the supervisor listens, where a signal would kill it.
     /// </summary>
     public async Task<int> RunAsync(Task<string> vmExit, CancellationToken stop, Action<SupervisorReport> apply)
     {
         var reports = Task.Factory.StartNew(() => ReadReports(apply), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
-        using var forward = stop.Register(() => Native.Signals.Kill(_process.Id, Native.Signals.SIGTERM));
         var exited = _process.WaitForExitAsync();
-        if (await Task.WhenAny(exited, vmExit) == vmExit) TellVmExited(vmExit.IsCompletedSuccessfully ? vmExit.Result : "the VMM is gone");
-        await exited;
+        using (stop.Register(() => Tell(RunNotice.Stop)))
+        {
+            if (await Task.WhenAny(exited, vmExit) == vmExit) Tell(RunNotice.VmExited(vmExit.IsCompletedSuccessfully ? vmExit.Result : "the VMM is gone"));
+            await exited;
+        }
         // Its last reports are in the pipe; its end closes the pipe (no other process holds it).
         await Task.WhenAny(reports, Task.Delay(TimeSpan.FromSeconds(5)));
+        _finished = true;
         if (_result is { } result) return result.Code;
         RunEntrypoint.Log($"the pod supervisor (pid {_process.Id}) ended without the pod's result ({Describe(_process.ExitCode)})");
         return 1;
     }
 
-    private void TellVmExited(string how)
+    private void Tell(string notice)
     {
         try
         {
-            _plan.Write(Encoding.UTF8.GetBytes(VmExitedNotice.Format(how)));
-            _plan.Flush();
+            lock (_planLock)
+            {
+                _plan.Write(Encoding.UTF8.GetBytes(notice));
+                _plan.Flush();
+            }
         }
         catch (IOException) { } // it is gone already
     }
@@ -119,6 +129,7 @@ internal sealed class SupervisorProcess : IDisposable
                 continue;
             }
             line.Clear();
+            if (_finished) return;
             if (report is SupervisorReport.Result r) _result = r;
             else apply(report);
         }
