@@ -19,14 +19,14 @@ internal sealed class PodUserSession
     /// directory's whenever it opens a connection, long after the session object itself is gone.</summary>
     private static readonly List<FileDescriptor> s_held = [];
 
-    private readonly Stage1Files _files;
-    private readonly int _runtimeDir;
+    /// <summary>The agent's socket through the runtime directory's fd, named before the drop
+    /// (<see cref="Stage1Files.AgentSocket"/> reads the pod directory's record, which the pod's user may not reach).</summary>
+    private readonly string _agentSocket;
     private readonly Dictionary<string, int> _directories = [];
 
     private PodUserSession(Stage1Files files, IEnumerable<string> directories)
     {
-        _files = files;
-        _runtimeDir = OpenDirectory(files.RuntimeDir);
+        _agentSocket = Path.Join(FdPath(OpenDirectory(files.RuntimeDir)), Path.GetFileName(files.AgentSocket));
         foreach (var dir in directories) _directories[dir] = OpenDirectory(dir);
         if (LibC.geteuid() == 0) SupervisorLockDown.Apply(PodSupervisorUser.For(files.Uuid));
     }
@@ -35,7 +35,7 @@ internal sealed class PodUserSession
     public static PodUserSession Enter(Stage1Files files, params string[] directories) => new(files, directories);
 
     /// <summary>A client of the pod's agent, through the runtime directory's fd (run made its socket the supervisor user's).</summary>
-    public AgentClient Agent() => AgentClient.ForVm(Path.Join(FdPath(_runtimeDir), Path.GetFileName(_files.AgentSocket)), Stage1Files.AgentOptions);
+    public AgentClient Agent() => AgentClient.ForVm(_agentSocket, Stage1Files.AgentOptions);
 
     /// <summary><paramref name="name"/> inside <paramref name="directory"/>, one of those opened before the drop.</summary>
     public string PathIn(string directory, string name) => Path.Join(FdPath(_directories[directory]), name);
