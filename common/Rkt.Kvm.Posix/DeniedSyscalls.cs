@@ -31,6 +31,23 @@ public static class DeniedSyscalls
         ["personality"] = 135, ["fanotify_init"] = 300,
     };
 
+    /// <summary>clone's flags that make a namespace (CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET).</summary>
+    public const uint CloneNamespaceFlags = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000;
+
+    /// <summary>
+    /// New namespaces through clone, which threads need and so no filter of ours denies outright:
+    /// clone with a namespace flag gets <paramref name="action"/> (above all CLONE_NEWUSER, which an
+    /// unprivileged process may use to gain every capability over a namespace of its own: the kernel
+    /// surface the drop took away); clone3, whose flags sit in memory a filter cannot read, fails with
+    /// ENOSYS, on which glibc makes its threads with clone instead. unshare and setns are in
+    /// <see cref="BeyondTheProcess"/> (the VMM's allow-list never had them).
+    /// </summary>
+    public static IReadOnlyList<CallRefusal> NamespaceCreation(uint action) =>
+    [
+        new(56 /* clone */, action, Argument: 0, AnyOfBits: CloneNamespaceFlags),
+        new(435 /* clone3 */, SeccompProgram.RetErrno | 38 /* ENOSYS */),
+    ];
+
     /// <summary>Making, connecting and serving sockets: for a helper that talks to nobody.</summary>
     public static readonly IReadOnlyDictionary<string, int> Sockets = new Dictionary<string, int>
     {

@@ -14,6 +14,16 @@ public static unsafe partial class Privileges
     private const int PR_SET_DUMPABLE = 4, PR_CAPBSET_DROP = 24, PR_SET_NO_NEW_PRIVS = 38;
     private const int PR_CAP_AMBIENT = 47, PR_CAP_AMBIENT_CLEAR_ALL = 4;
     private const int RLIMIT_CORE = 4;
+    public const int CapSysAdmin = 21;
+
+    /// <summary>Whether capability <paramref name="cap"/> is in this thread's effective set (/proc/thread-self/status).</summary>
+    public static bool HasEffectiveCapability(int cap)
+    {
+        foreach (var line in File.ReadLines("/proc/thread-self/status"))
+            if (line.StartsWith("CapEff:", StringComparison.Ordinal))
+                return (Convert.ToUInt64(line["CapEff:".Length..].Trim(), 16) & 1UL << cap) != 0;
+        return false;
+    }
 
     [LibraryImport("libc", EntryPoint = "prctl", SetLastError = true)]
     private static partial int Prctl(int option, nuint arg2, nuint arg3, nuint arg4, nuint arg5);

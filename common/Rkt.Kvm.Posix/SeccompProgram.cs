@@ -11,6 +11,14 @@ public readonly record struct BpfInstruction(ushort Code, byte JumpTrue, byte Ju
 public sealed record ArgumentRule(int Syscall, int Argument, IReadOnlyList<uint> Values);
 
 /// <summary>
+/// A system call that gets <see cref="Action"/> before any other test of the filter: always, or
+/// (with <see cref="Argument"/>) only when that argument has any of <see cref="AnyOfBits"/> set
+/// (clone with a namespace flag). How an allow-list refuses some uses of a call it allows, and how
+/// a call fails with an errno of its own (clone3's ENOSYS) in a filter whose other refusals differ.
+/// </summary>
+public sealed record CallRefusal(int Syscall, uint Action, int Argument = -1, uint AnyOfBits = 0);
+
+/// <summary>
 /// Assembles seccomp filters (the VMM's allow-lists, the image extraction's deny-list) and installs
 /// them. An allow-list filter: anything not from x86-64 (or from the x32 ABI) is killed;
 /// a syscall in the list is allowed, one with an <see cref="ArgumentRule"/> only with those argument
@@ -26,14 +34,15 @@ public static unsafe partial class SeccompProgram
     /// <summary>SECCOMP_RET_ERRNO: the call fails with the errno in the low 16 bits (OR it in).</summary>
     public const uint RetErrno = 0x00050000;
     // BPF opcodes: ld word at absolute offset, jump if equal / greater or equal (immediate), return.
-    private const ushort LdAbsW = 0x20, JeqK = 0x15, JgeK = 0x35, RetK = 0x06;
+    private const ushort LdAbsW = 0x20, JeqK = 0x15, JgeK = 0x35, JsetK = 0x45, RetK = 0x06;
     // struct seccomp_data: int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6].
     private const uint NrOffset = 0, ArchOffset = 4, ArgsOffset = 16;
     public const int MaxInstructions = 4096; // BPF_MAXINSNS
 
-    public static BpfInstruction[] Build(IEnumerable<int> allowed, IEnumerable<ArgumentRule> rules, uint defaultAction)
+    public static BpfInstruction[] Build(IEnumerable<int> allowed, IEnumerable<ArgumentRule> rules, uint defaultAction, IEnumerable<CallRefusal>? refusals = null)
     {
         var program = Prologue();
+        AddRefusals(program, refusals ?? []);
         var ruled = AddRules(program, rules, defaultAction);
         foreach (int nr in allowed.Where(n => ruled.All(r => r.Syscall != n)).Distinct())
         {
@@ -75,9 +84,10 @@ public static unsafe partial class SeccompProgram
     /// get <paramref name="denyAction"/>; everything else is allowed.
     /// </summary>
     public static BpfInstruction[] BuildDenyList(IEnumerable<int> denied, uint denyAction, IEnumerable<ArgumentRule>? rules = null,
-        IEnumerable<ArgumentRule>? deniedValues = null)
+        IEnumerable<ArgumentRule>? deniedValues = null, IEnumerable<CallRefusal>? refusals = null)
     {
         var program = Prologue();
+        AddRefusals(program, refusals ?? []);
         AddRules(program, rules ?? [], denyAction);
         // Calls that are allowed but for a few argument values (an ioctl request): those values get the deny action.
         foreach (var rule in deniedValues ?? [])
@@ -102,6 +112,27 @@ public static unsafe partial class SeccompProgram
         }
         program.Add(new(RetK, 0, 0, RetAllow));
         return Finish(program);
+    }
+
+    /// <summary>Each refusal's block, first after the prologue: its call (with one of the bits set in the argument) gets its action.</summary>
+    private static void AddRefusals(List<BpfInstruction> program, IEnumerable<CallRefusal> refusals)
+    {
+        foreach (var r in refusals)
+        {
+            if (r.Argument < 0)
+            {
+                program.Add(new(JeqK, 0, 1, (uint)r.Syscall));
+                program.Add(new(RetK, 0, 0, r.Action));
+                continue;
+            }
+            if (r.Argument > 5 || r.AnyOfBits == 0) throw new ArgumentException($"A refusal of system call {r.Syscall} by argument needs an argument 0 to 5 and some bits.");
+            // [jeq nr, else to the reload] [ld arg] [jset bits, else to the reload] [ret action] [ld nr]
+            program.Add(new(JeqK, 0, 3, (uint)r.Syscall));
+            program.Add(new(LdAbsW, 0, 0, ArgsOffset + 8 * (uint)r.Argument)); // the low half: clone's flags are an int
+            program.Add(new(JsetK, 0, 1, r.AnyOfBits));
+            program.Add(new(RetK, 0, 0, r.Action));
+            program.Add(new(LdAbsW, 0, 0, NrOffset));
+        }
     }
 
     /// <summary>Every filter starts so: anything not from x86-64, or from the x32 ABI, is killed; the syscall number is loaded.</summary>
@@ -165,6 +196,7 @@ public static unsafe partial class SeccompProgram
                     break;
                 case JeqK: pc += a == i.K ? i.JumpTrue : i.JumpFalse; break;
                 case JgeK: pc += a >= i.K ? i.JumpTrue : i.JumpFalse; break;
+                case JsetK: pc += (a & i.K) != 0 ? i.JumpTrue : i.JumpFalse; break;
                 case RetK: return i.K;
                 default: throw new InvalidOperationException($"opcode {i.Code:x}");
             }

@@ -128,3 +128,28 @@ public sealed class BzImageBootTests
         Assert.Matches(@"rkt-kvm-guest: kernel 6\.1\.\d+", run.Stdout);
     }
 }
+
+public sealed class PidNamespaceTests
+{
+    /// <summary>
+    /// Started as stage1 starts it (<see cref="VmmProcess.StartAsStage1Does"/>), a jailed VMM is PID 1
+    /// of a PID namespace of its own, where it can name no host process; being that namespace's init,
+    /// it gets only the signals it handles, so SIGTERM must still stop it (cleanly: status 0, said).
+    /// </summary>
+    [SkippableFact]
+    public void A_jailed_vmm_is_pid_1_of_its_own_pid_namespace_and_sigterm_still_stops_it_cleanly()
+    {
+        Skip.IfNot(TestEnvironment.HasKvm, TestEnvironment.NoKvmReason);
+        const string Hanging = "rkt-kvm-guest: hanging";
+        using var vmm = new ConsoleVmm(["--kernel", TestEnvironment.Vmlinux, "--initrd", TestEnvironment.TestInitrd, "--cmdline", "quiet rkt.init=hang"], Hanging);
+        Assert.True(vmm.WaitFor(Hanging, VmmProcess.BootTimeout), vmm.Stderr);
+        string status = File.ReadAllText($"/proc/{vmm.Pid}/status");
+        Assert.Contains($"\nNSpid:\t{vmm.Pid}\t1\n", status);
+        Assert.NotEqual(new FileInfo("/proc/self/ns/pid").LinkTarget, new FileInfo($"/proc/{vmm.Pid}/ns/pid").LinkTarget);
+        Assert.DoesNotContain("not PID 1 of a PID namespace", vmm.Stderr);
+
+        Assert.Equal(0, Rkt.Kvm.Stage1.Native.Signals.Kill(vmm.Pid, Rkt.Kvm.Stage1.Native.Signals.SIGTERM));
+        Assert.Equal(0, vmm.WaitForExit(TimeSpan.FromSeconds(30)));
+        Assert.Contains("SIGTERM: stopping the VM", vmm.Stderr);
+    }
+}

@@ -19,6 +19,7 @@ public sealed class ConsoleVmm : IDisposable
     /// <param name="markers">console text that <see cref="WaitForAny"/> can wait for; known before the start, so no line is missed.</param>
     public ConsoleVmm(IEnumerable<string> args, params string[] markers)
     {
+        args = args.ToList();
         _markers = [.. markers.Select(m => (m, new ManualResetEventSlim()))];
         var psi = new ProcessStartInfo(TestEnvironment.Vmm) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in args) psi.ArgumentList.Add(a);
@@ -31,7 +32,7 @@ public sealed class ConsoleVmm : IDisposable
                 if (e.Data.Contains(marker, StringComparison.Ordinal)) seen.Set();
         };
         _process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (_stderr) _stderr.AppendLine(e.Data); };
-        _process.Start();
+        VmmProcess.StartAsStage1Does(_process, args);
         _process.BeginOutputReadLine();
         _process.BeginErrorReadLine();
     }

@@ -290,8 +290,10 @@ public sealed class PodFaultTests
     /// </summary>
     private static void AssertJailed(int pid, string uuid)
     {
-        foreach (var ns in new[] { "mnt", "uts", "ipc", "net" })
+        foreach (var ns in new[] { "mnt", "uts", "ipc", "net", "pid" })
             Assert.NotEqual(new FileInfo($"/proc/self/ns/{ns}").LinkTarget, new FileInfo($"/proc/{pid}/ns/{ns}").LinkTarget);
+        // PID 1 of that PID namespace: no host process has a pid there (stage1 spawned it into it; VmmProcess).
+        Assert.Contains($"\nNSpid:\t{pid}\t1\n", File.ReadAllText($"/proc/{pid}/status"));
         string root = $"/proc/{pid}/root";
         var vsockDir = Path.GetDirectoryName(Rkt.Kvm.Vmm.Client.VmmCommandLine.FindVsock(File.ReadAllText($"/proc/{pid}/cmdline").Split('\0')))!;
         var top = Directory.GetFileSystemEntries(root).Select(Path.GetFileName).Order().ToList();

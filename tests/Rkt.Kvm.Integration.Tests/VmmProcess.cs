@@ -32,7 +32,7 @@ public static class VmmProcess
         using var process = new Process { StartInfo = psi };
         process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (stdout) stdout.AppendLine(e.Data); };
         process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (stderr) stderr.AppendLine(e.Data); };
-        process.Start();
+        StartAsStage1Does(process, args);
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         if (!process.WaitForExit(timeout ?? BootTimeout))
@@ -43,6 +43,19 @@ public static class VmmProcess
         }
         process.WaitForExit(); // drain the output readers
         return new VmmRun(process.ExitCode, stdout.ToString(), stderr.ToString(), watch.Elapsed);
+    }
+
+    /// <summary>
+    /// Starts a VMM <paramref name="process"/> the way <see cref="Rkt.Kvm.Vmm.Client.VmmProcess"/>
+    /// (stage1's) does: a jailed VMM in a PID namespace of its own when this test may make one.
+    /// </summary>
+    public static void StartAsStage1Does(Process process, IEnumerable<string> args)
+    {
+        var list = args.ToList();
+        bool jailOff = list.Contains("--jail=off") || list.Select((a, i) => a == "--jail" && i + 1 < list.Count && list[i + 1] == "off").Any(b => b);
+        if (!jailOff && Rkt.Kvm.Posix.ChildNamespaces.CanUnshare)
+            Rkt.Kvm.Posix.ChildNamespaces.Start(Rkt.Kvm.Posix.ChildNamespaces.Pid, () => process.Start());
+        else process.Start();
     }
 
     /// <summary>Boots the busybox guest; <paramref name="initMode"/> selects what its init does (see tests/guest/init.sh).</summary>

@@ -68,6 +68,11 @@ public sealed class SeccompTests
         Assert.Equal(SeccompProgram.RetAllow, Eval(X64Syscalls.renameat2));
         Assert.Equal(SeccompProgram.RetAllow, Eval(X64Syscalls.seccomp, 1)); // SECCOMP_SET_MODE_FILTER: a thread narrows itself further
         Assert.Equal(SeccompProgram.RetKillProcess, Eval(X64Syscalls.seccomp, 2)); // SECCOMP_GET_ACTION_AVAIL and the rest
+        // clone for threads (glibc's flags), never for a namespace; clone3's flags cannot be read, so it gets ENOSYS.
+        Assert.Equal(SeccompProgram.RetAllow, Eval(X64Syscalls.clone, 0x003D0F00));
+        foreach (uint flag in new uint[] { 0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000 })
+            Assert.Equal(SeccompProgram.RetKillProcess, Eval(X64Syscalls.clone, 0x003D0F00 | flag));
+        Assert.Equal(SeccompProgram.RetErrno | 38, Eval(X64Syscalls.clone3));
     }
 
     [Fact]
@@ -116,6 +121,10 @@ public sealed class SeccompTests
         #include <sys/syscall.h>
         #include <unistd.h>
         #include <fcntl.h>
+        #include <errno.h>
+        #include <pthread.h>
+        #include <signal.h>
+        static void *nothing(void *arg) { return arg; }
         /* probe FILTER... ACTION: installs each filter (struct sock_filter[] in FILTER) in turn, stacked as the VMM does, then does ACTION. */
         int main(int argc, char **argv)
         {
@@ -136,6 +145,12 @@ public sealed class SeccompTests
             if (!strcmp(argv[2], "mmap-exec")) { mmap(0, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0); return 4; }
             if (!strcmp(argv[2], "execve")) { execl("/bin/true", "true", (char *)0); return 4; }
             if (!strcmp(argv[2], "open")) return openat(AT_FDCWD, "/dev/null", O_RDONLY) >= 0 ? 0 : 3;
+            /* A user namespace (every capability over it, for anyone): clone with CLONE_NEWUSER. */
+            if (!strcmp(argv[2], "clone-userns")) { syscall(SYS_clone, 0x10000000 | SIGCHLD, 0, 0, 0, 0); return 4; }
+            /* clone3 must fail with ENOSYS (glibc then makes threads with clone), not kill. */
+            if (!strcmp(argv[2], "clone3")) return syscall(435, (void *)0, (size_t)0) < 0 && errno == ENOSYS ? 0 : 3;
+            /* A thread the way glibc makes one once clone3 is refused: allowed. */
+            if (!strcmp(argv[2], "thread")) { pthread_t t; return pthread_create(&t, 0, nothing, 0) == 0 && pthread_join(t, 0) == 0 ? 0 : 3; }
             return 5;
         }
         """;
@@ -147,6 +162,10 @@ public sealed class SeccompTests
     [InlineData(null, "inet", 128 + 31)]
     [InlineData(null, "mmap-exec", 128 + 31)]
     [InlineData(null, "execve", 128 + 31)]
+    [InlineData(null, "clone-userns", 128 + 31)]
+    [InlineData(null, "clone3", 0)]
+    [InlineData(null, "thread", 0)]
+    [InlineData(VmmThreadClass.Vcpu, "thread", 0)]
     // Stacked as the VMM stacks them: the process's filter, then the thread's own.
     [InlineData(VmmThreadClass.Vcpu, "mmap-rw", 0)]
     [InlineData(VmmThreadClass.Vcpu, "unix", 128 + 31)]
@@ -170,7 +189,7 @@ public sealed class SeccompTests
                 File.WriteAllBytes(filters[1], MemoryMarshal.AsBytes(ThreadSyscallPolicy.Build(c, SeccompProgram.RetKillProcess).AsSpan()).ToArray());
             }
             File.WriteAllText(Path.Join(dir, "probe.c"), Probe);
-            Assert.Equal(0, Run("gcc", "-O2", "-o", Path.Join(dir, "probe"), Path.Join(dir, "probe.c")));
+            Assert.Equal(0, Run("gcc", "-O2", "-pthread", "-o", Path.Join(dir, "probe"), Path.Join(dir, "probe.c")));
             Assert.Equal(expected, Run(Path.Join(dir, "probe"), [.. filters, action]));
         }
         finally { Directory.Delete(dir, recursive: true); }

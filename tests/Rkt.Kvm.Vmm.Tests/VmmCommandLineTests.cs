@@ -26,6 +26,7 @@ public class VmmCommandLineTests
         Net = [new() { Tap = "tap0", Netns = "/var/run/netns/cni-1", Mac = "02:00:00:00:00:01", Mtu = 1500 }, new() { Fd = 7 }],
         Control = "/run/control.sock",
         OwnerPid = 4321,
+        OwnerPidfd = 9,
         Debug = true,
         Quiet = true,
     };
@@ -98,7 +99,7 @@ public class VmmCommandLineTests
     public void The_built_argv_is_what_the_VMM_reads()
     {
         // Without the paths VmmOptions checks on this host.
-        var line = Everything with { Vsock = null, Control = null, Exports = [], Net = [] };
+        var line = Everything with { Vsock = null, Control = null, Exports = [], Net = [], OwnerPidfd = null };
         var o = VmmOptions.Parse(line.ToArguments());
         Assert.Equal(("/k", "/i", "quiet x=1", 384ul, 2), (o.Machine.KernelPath, o.Machine.InitrdPath, o.Machine.ExtraCmdline, o.Machine.MemoryMiB, o.Machine.Cpus));
         Assert.Equal((PvmMode.Off, "/dev/x", 42ul, false, true, 4321), (o.Machine.Pvm, o.Machine.KvmDevicePath, o.Machine.GuestCid, o.Machine.UseIoeventfd, o.Machine.UseIrqfd, o.Machine.OwnerPid));

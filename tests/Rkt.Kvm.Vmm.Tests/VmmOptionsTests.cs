@@ -34,6 +34,11 @@ public class VmmOptionsTests
         Assert.Null(defaults.Machine.OwnerPid);
         Assert.Equal(4321, VmmOptions.Parse(["--kernel", "k", "--owner-pid", "4321"]).Machine.OwnerPid);
         Assert.Throws<ArgumentException>(() => VmmOptions.Parse(["--kernel", "k", "--owner-pid", "-1"]));
+        Assert.Null(defaults.Machine.OwnerPidfd);
+        Assert.Equal(7, VmmOptions.Parse(["--kernel", "k", "--owner-pidfd", "7"]).Machine.OwnerPidfd);
+        // One owner, named once; and never stdin, stdout or stderr.
+        Assert.Contains("give one", Assert.Throws<ArgumentException>(() => VmmOptions.Parse(["--kernel", "k", "--owner-pid", "5", "--owner-pidfd", "7"])).Message);
+        Assert.Contains("not a pidfd", Assert.Throws<ArgumentException>(() => VmmOptions.Parse(["--kernel", "k", "--owner-pidfd", "2"])).Message);
         Assert.True(defaults.Machine.UseIoeventfd && defaults.Machine.UseIrqfd);
     }
 

@@ -45,6 +45,8 @@ public static class Program
             .MinimumLevel.Is(options.Debug ? LogEventLevel.Debug : options.Quiet ? LogEventLevel.Warning : LogEventLevel.Information)
             .WriteTo.Console(standardErrorFromLevel: LogEventLevel.Verbose, outputTemplate: "[vmm {Timestamp:HH:mm:ss.fff} {Level:u3}] {Message:lj}{NewLine}")
             .CreateLogger();
+        if (options.Machine.Jail && Environment.ProcessId != 1)
+            log.Warning("The VMM is not PID 1 of a PID namespace of its own: whoever started it did not give it one (stage1 does), so it can still see and name the host's processes");
         try
         {
             using var machine = Machine.Create(options.Machine, () => OpenConsoleTargets(options), log, sinceStart);

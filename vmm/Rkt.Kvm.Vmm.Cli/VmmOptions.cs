@@ -11,7 +11,7 @@ public sealed record VmmOptions
         Usage: rkt-kvm-vmm --kernel PATH [options]
         Boots one Linux microVM on /dev/kvm and exits with its status:
           0 guest reset or powered off, 1 VMM error, 2 guest kernel panic, 3 guest crash,
-          4 its owner (--owner-pid) exited.
+          4 its owner (--owner-pid, --owner-pidfd) exited.
 
           --kernel PATH        ELF vmlinux (preferred) or bzImage
           --initrd PATH        initramfs / initrd image
@@ -28,7 +28,10 @@ public sealed record VmmOptions
           --jail on|off        once set up, run in the VMM's own mount, UTS, IPC and network
                                namespaces with an empty read-only root (only the socket
                                directories in it) and no capabilities on the vCPU and device
-                               threads (default on; off: for debugging only)
+                               threads (default on; off: for debugging only). A PID namespace
+                               must come from the VMM's starter (stage1 gives it one): a
+                               process cannot enter one itself
+
           --user UID:GID       once set up (before the first vCPU runs), become this unprivileged
                                user and group, with no supplementary groups: only the 9p
                                workers keep file passthrough's capabilities (default: stay root)
@@ -58,6 +61,8 @@ public sealed record VmmOptions
                                the 9p device is present with --control or any --9p-export
           --owner-pid PID      end the VM when process PID (the VMM's parent) exits, however
                                it exits: the VM never outlives the process that owns it
+          --owner-pidfd FD     the same, for the process that the inherited pidfd FD refers
+                               to (a VMM in its own PID namespace cannot name its owner)
           --restore FILE       continue from a snapshot (the control socket's snapshot op)
                                instead of booting; the other options must describe the VM it
                                was taken from (same kernel, initrd, memory, vCPUs, devices);
@@ -102,6 +107,7 @@ public sealed record VmmOptions
             P9Exports = line.Exports,
             NetDevices = line.Net,
             OwnerPid = line.OwnerPid,
+            OwnerPidfd = line.OwnerPidfd,
             RestorePath = line.Restore,
         };
         machine.Validate();

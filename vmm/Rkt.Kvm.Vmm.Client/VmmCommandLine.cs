@@ -48,6 +48,9 @@ public sealed record VmmCommandLine
     public string? Control { get; init; }
     /// <summary>The VM ends when this process (the VMM's parent) exits.</summary>
     public int? OwnerPid { get; init; }
+    /// <summary>The VM ends when the process this inherited pidfd refers to exits: how a VMM in a PID
+    /// namespace of its own (<see cref="VmmProcess"/>) learns its owner, whose pid means nothing there.</summary>
+    public int? OwnerPidfd { get; init; }
     /// <summary>Continue from this snapshot file (written by the control socket's snapshot op) instead of booting.</summary>
     public string? Restore { get; init; }
     public bool Debug { get; init; }
@@ -85,6 +88,7 @@ public sealed record VmmCommandLine
         foreach (var nic in Net) Add("--net", nic.ToArgument());
         Add("--control", Control);
         Add("--owner-pid", OwnerPid?.ToString(CultureInfo.InvariantCulture));
+        Add("--owner-pidfd", OwnerPidfd?.ToString(CultureInfo.InvariantCulture));
         Add("--restore", Restore);
         if (Debug) args.Add("--debug");
         if (Quiet) args.Add("--quiet");
@@ -96,7 +100,7 @@ public sealed record VmmCommandLine
     public static VmmCommandLine Parse(IReadOnlyList<string> args)
     {
         string? kernel = null, initrd = null, cmdline = null, consoleLog = null, kvmDevice = null, vsock = null, control = null, restore = null;
-        int? owner = null;
+        int? owner = null, ownerPidfd = null;
         var exports = new List<P9ExportSpec>();
         var nets = new List<NetDeviceSpec>();
         ulong cid = DefaultGuestCid;
@@ -191,6 +195,7 @@ public sealed record VmmCommandLine
                 case "--net": nets.Add(NetDeviceSpec.Parse(Value())); break;
                 case "--control": control = Value(); break;
                 case "--owner-pid": owner = (int)WholeNumber(name, Value(), int.MaxValue); break;
+                case "--owner-pidfd": ownerPidfd = (int)WholeNumber(name, Value(), int.MaxValue); break;
                 case "--restore": restore = Value(); break;
                 case "--debug": debug = true; break;
                 case "--quiet": quiet = true; break;
@@ -222,6 +227,7 @@ public sealed record VmmCommandLine
             Net = nets,
             Control = control,
             OwnerPid = owner,
+            OwnerPidfd = ownerPidfd,
             Restore = restore,
             Debug = debug,
             Quiet = quiet,

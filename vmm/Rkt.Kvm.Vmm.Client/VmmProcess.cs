@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text;
+using Rkt.Kvm.Posix;
 
 namespace Rkt.Kvm.Vmm.Client;
 
@@ -19,11 +20,17 @@ public sealed class VmmProcess : IDisposable
     public VmmProcess(string vmmPath, VmmCommandLine commandLine)
     {
         CommandLine = commandLine;
-        var psi = new ProcessStartInfo(vmmPath) { RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in commandLine.ToArguments()) psi.ArgumentList.Add(a);
-        _process = new Process { StartInfo = psi };
+        _process = new Process { StartInfo = new ProcessStartInfo(vmmPath) { RedirectStandardError = true, UseShellExecute = false } };
         _process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (_stderr) _stderr.AppendLine(e.Data); };
     }
+
+    /// <summary>
+    /// Whether <see cref="Start"/> gives the VMM a PID namespace of its own (it is then PID 1 there
+    /// and sees no other process): for a jailed VMM whenever this process may create namespaces
+    /// (root; stage1 always is). A process cannot enter a PID namespace itself, so this is the
+    /// only place it can come from.
+    /// </summary>
+    public bool InOwnPidNamespace { get; private set; }
 
     public int Pid => _process.Id;
     public bool HasExited => _process.HasExited;
@@ -32,7 +39,28 @@ public sealed class VmmProcess : IDisposable
 
     public void Start()
     {
-        _process.Start();
+        var line = CommandLine;
+        bool ownNamespace = line.Jail && ChildNamespaces.CanUnshare;
+        FileDescriptor? ownerPidfd = null;
+        try
+        {
+            if (ownNamespace && line.OwnerPid == Environment.ProcessId)
+            {
+                // Our pid means nothing in the VMM's namespace: it gets a pidfd of us instead, inherited
+                // (close-on-exec cleared for the spawn only; the VMM sets it again once it holds it).
+                ownerPidfd = Pidfd.Open(Environment.ProcessId)!;
+                ErrnoException.Check(Tmds.Linux.LibC.fcntl(ownerPidfd.Number, Tmds.Linux.LibC.F_SETFD, 0), "fcntl(pidfd, clear FD_CLOEXEC)");
+                line = line with { OwnerPid = null, OwnerPidfd = ownerPidfd.Number };
+            }
+            foreach (var a in line.ToArguments()) _process.StartInfo.ArgumentList.Add(a);
+            if (ownNamespace) ChildNamespaces.Start(ChildNamespaces.Pid, () => _process.Start());
+            else _process.Start();
+            InOwnPidNamespace = ownNamespace;
+        }
+        finally
+        {
+            ownerPidfd?.Dispose();
+        }
         _process.BeginErrorReadLine();
     }
 

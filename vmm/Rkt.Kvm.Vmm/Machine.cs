@@ -312,6 +312,12 @@ public sealed class Machine : IDisposable
             if (OwnerWatch.Start(owner, _deviceLoop, () => RequestExit(gone)) is { } watch) _deviceResources.Add(watch);
             else RequestExit(gone);
         }
+        _deviceResources.Add(new StopSignals(reason => RequestExit(new VmExitResult(VmExitStatus.GuestShutdown, reason)), _log));
+        if (config.OwnerPidfd is { } ownerFd)
+        {
+            var gone = new VmExitResult(VmExitStatus.OwnerGone, "its owner (--owner-pidfd) exited; the VM goes with it");
+            _deviceResources.Add(OwnerWatch.Adopt(ownerFd, _deviceLoop, () => RequestExit(gone)));
+        }
         if (config.ControlSocketPath is { } controlPath)
         {
             var inputs = new SnapshotInputs(config.KernelPath, config.InitrdPath);

@@ -47,6 +47,8 @@ public sealed record MachineConfig
 
     /// <summary>The process whose exit ends the VM (it must be the VMM's parent); null: none.</summary>
     public int? OwnerPid { get; init; }
+    /// <summary>An inherited pidfd of the process whose exit ends the VM (the way to name it from a PID namespace of our own); null: none.</summary>
+    public int? OwnerPidfd { get; init; }
 
     /// <summary>The VMM control socket (docs/CONTROL.md); null for none. Implies the 9p device.</summary>
     public string? ControlSocketPath { get; init; }
@@ -95,6 +97,8 @@ public sealed record MachineConfig
             if (!Path.IsPathFullyQualified(e.Path) || !Directory.Exists(e.Path)) throw new ArgumentException($"--9p-export {e.Name}: {e.Path} is not an absolute path to a directory.");
         }
         ValidateNetDevices();
+        if (OwnerPid is not null && OwnerPidfd is not null) throw new ArgumentException("--owner-pid and --owner-pidfd name the same owner twice: give one.");
+        if (OwnerPidfd is < 3) throw new ArgumentException($"--owner-pidfd {OwnerPidfd} is standard input, output or error, not a pidfd.");
     }
 
     private void ValidateNetDevices()

@@ -52,7 +52,7 @@ public sealed class ExtractionSandbox
         if (Environment.GetEnvironmentVariable(DisableVariable) == "0") reason = $"{DisableVariable}=0";
         else if (entry?.GetName().Name != "rkt-kvm" || path is null) reason = "this process is not rkt-kvm and cannot re-execute itself as it";
         else if (!Native.Libc.IsRoot) reason = "not running as root";
-        else if (!HasCapability(21 /* CAP_SYS_ADMIN */)) reason = "no CAP_SYS_ADMIN (needed for the child's mount namespace)";
+        else if (!Rkt.Kvm.Posix.Privileges.HasEffectiveCapability(Rkt.Kvm.Posix.Privileges.CapSysAdmin)) reason = "no CAP_SYS_ADMIN (needed for the child's mount namespace)";
         if (reason is not null)
         {
             Log.Debug("Image extraction runs in-process, unconfined: {Reason}", reason);
@@ -62,14 +62,6 @@ public sealed class ExtractionSandbox
         return Path.GetFileNameWithoutExtension(path) == "dotnet"
             ? new ExtractionSandbox(path!, [Path.Join(AppContext.BaseDirectory, "rkt-kvm.dll")])
             : new ExtractionSandbox(path!, []);
-    }
-
-    private static bool HasCapability(int cap)
-    {
-        foreach (var line in File.ReadLines("/proc/self/status"))
-            if (line.StartsWith("CapEff:", StringComparison.Ordinal))
-                return (Convert.ToUInt64(line["CapEff:".Length..].Trim(), 16) & 1UL << cap) != 0;
-        return false;
     }
 
     /// <summary>

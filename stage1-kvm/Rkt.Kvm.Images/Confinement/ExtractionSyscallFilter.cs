@@ -7,7 +7,7 @@ namespace Rkt.Kvm.Images.Confinement;
 /// process whose runtime makes calls no trace can promise to cover (the VMM, NativeAOT and traced,
 /// has an allow-list). Killed: anything not x86-64 (or x32), and every call an extraction never
 /// makes that would reach past its tree: sockets, execve, ptrace and process_vm_*, mounts and
-/// namespaces (after the pivot), id changes (after the drop), modules, kexec, bpf, perf,
+/// namespaces (after the pivot; clone's namespace flags too), id changes (after the drop), modules, kexec, bpf, perf,
 /// keyrings, io_uring, userfaultfd, handles, the host's name and clock, swap, reboot.
 /// </summary>
 internal static class ExtractionSyscallFilter
@@ -18,9 +18,10 @@ internal static class ExtractionSyscallFilter
     public static readonly IReadOnlyDictionary<string, int> Denied =
         DeniedSyscalls.BeyondTheProcess.Concat(DeniedSyscalls.Sockets).ToDictionary(p => p.Key, p => p.Value);
 
-    public static BpfInstruction[] Build() => SeccompProgram.BuildDenyList(Denied.Values, RetKillProcess);
+    public static BpfInstruction[] Build() =>
+        SeccompProgram.BuildDenyList(Denied.Values, RetKillProcess, refusals: DeniedSyscalls.NamespaceCreation(RetKillProcess));
 
     /// <summary>Runs the program the way the kernel does, for one call (tests).</summary>
-    public static uint Evaluate(IReadOnlyList<BpfInstruction> program, int nr, uint arch = SeccompProgram.AuditArchX86_64) =>
-        SeccompProgram.Evaluate(program, nr, new ulong[6], arch);
+    public static uint Evaluate(IReadOnlyList<BpfInstruction> program, int nr, uint arch = SeccompProgram.AuditArchX86_64, ulong firstArgument = 0) =>
+        SeccompProgram.Evaluate(program, nr, [firstArgument, 0, 0, 0, 0, 0], arch);
 }

@@ -21,11 +21,13 @@ internal static class SupervisorLockDown
     public const uint TIOCSTI = 0x5412, TIOCLINUX = 0x541C;
 
     /// <summary>The calls past the process fail, and so do any socket but a Unix one (the agent is a Unix
-    /// socket away) and the terminal ioctls that would let it type into the user's shell.</summary>
+    /// socket away), the terminal ioctls that would let it type into the user's shell, and clone
+    /// with a namespace flag (clone3: ENOSYS, so threads come from clone).</summary>
     public static BpfInstruction[] Filter() =>
         SeccompProgram.BuildDenyList(DeniedSyscalls.BeyondTheProcess.Values, SeccompProgram.RetErrno | EPERM,
             rules: [new ArgumentRule(SYS_socket, 0, [AF_UNIX]), new ArgumentRule(SYS_socketpair, 0, [AF_UNIX])],
-            deniedValues: [new ArgumentRule(SYS_ioctl, 1, [TIOCSTI, TIOCLINUX])]);
+            deniedValues: [new ArgumentRule(SYS_ioctl, 1, [TIOCSTI, TIOCLINUX])],
+            refusals: DeniedSyscalls.NamespaceCreation(SeccompProgram.RetErrno | EPERM));
 
     public static void Apply(PodSupervisorUser user)
     {

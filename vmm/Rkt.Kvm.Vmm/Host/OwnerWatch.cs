@@ -1,23 +1,23 @@
-using System.Runtime.InteropServices;
 using Rkt.Kvm.Posix;
 using static Tmds.Linux.LibC;
 
 namespace Rkt.Kvm.Vmm.Host;
 
 /// <summary>
-/// Ends the VM when the process that started it ends (<c>--owner-pid</c>), however it ends,
-/// SIGKILL included, so a VM never outlives the stage1 that owns its pod. A pidfd of the owner
-/// sits in the device loop's epoll set and becomes readable when the owner exits.
+/// Ends the VM when the process that started it ends (<c>--owner-pid</c>, <c>--owner-pidfd</c>),
+/// however it ends, SIGKILL included, so a VM never outlives the stage1 that owns its pod. A pidfd
+/// of the owner sits in the device loop's epoll set and becomes readable when the owner exits.
 /// <para>Why a pidfd: <c>PR_SET_PDEATHSIG</c> fires when the <em>thread</em> that forked us exits,
 /// and .NET forks from whichever thread called Process.Start, which may end long before the owner
-/// does. A pipe from the owner would need the owner's cooperation at spawn time, which
-/// Process.Start does not offer either.</para>
-/// <para>The owner must be our parent: checking <c>getppid()</c> after opening the pidfd closes the
-/// race in which the owner died before we looked and its PID went to another process.</para>
+/// does (stage1's spawn thread for our PID namespace ends at once). A pipe from the owner would
+/// need the owner's cooperation at spawn time, which Process.Start does not offer either.</para>
+/// <para>By pid, the owner must be our parent: checking <c>getppid()</c> after opening the pidfd
+/// closes the race in which the owner died before we looked and its PID went to another process.
+/// In a PID namespace of our own the owner has no pid we could name (and <c>getppid()</c> is 0),
+/// so our starter passes a pidfd of itself instead, which has no such race.</para>
 /// </summary>
-public sealed partial class OwnerWatch : IDisposable
+public sealed class OwnerWatch : IDisposable
 {
-    private const long SysPidfdOpen = 434;
     private readonly FileDescriptor _pidfd;
     private readonly EventLoop _loop;
     private readonly ulong _token;
@@ -33,14 +33,8 @@ public sealed partial class OwnerWatch : IDisposable
     /// thread once it exits. Returns null (having called nothing) when the owner is already gone.</summary>
     public static OwnerWatch? Start(int ownerPid, EventLoop loop, Action ownerGone)
     {
-        long fd = pidfd_open(SysPidfdOpen, ownerPid, 0);
-        if (fd < 0)
-        {
-            int error = Marshal.GetLastPInvokeError();
-            if (error == ESRCH) return null;
-            throw new ErrnoException("pidfd_open", error);
-        }
-        var pidfd = new FileDescriptor((int)fd);
+        var pidfd = Pidfd.Open(ownerPid);
+        if (pidfd is null) return null;
         if (getppid() != ownerPid)
         {
             pidfd.Dispose();
@@ -49,8 +43,15 @@ public sealed partial class OwnerWatch : IDisposable
         return new OwnerWatch(pidfd, loop, ownerGone);
     }
 
-    [LibraryImport("libc", EntryPoint = "syscall", SetLastError = true)]
-    private static partial long pidfd_open(long number, int pid, uint flags);
+    /// <summary>Watches the owner through the inherited pidfd <paramref name="fd"/>, which this
+    /// watch now owns (made close-on-exec); calls <paramref name="ownerGone"/> on the loop thread
+    /// once it exits, at once when it already has.</summary>
+    public static OwnerWatch Adopt(int fd, EventLoop loop, Action ownerGone)
+    {
+        if (!Pidfd.Is(fd)) throw new ArgumentException($"--owner-pidfd {fd} is not an open pidfd.");
+        ErrnoException.Check(fcntl(fd, F_SETFD, FD_CLOEXEC), $"fcntl(--owner-pidfd {fd}, FD_CLOEXEC)");
+        return new OwnerWatch(new FileDescriptor(fd), loop, ownerGone);
+    }
 
     public void Dispose()
     {

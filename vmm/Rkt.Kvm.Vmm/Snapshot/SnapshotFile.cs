@@ -27,7 +27,8 @@ public static class SnapshotFile
     /// </summary>
     public static SnapshotHeader Write(string path, SnapshotHeader header, MachineState state, GuestMemory memory)
     {
-        string temp = $"{path}.tmp-{Environment.ProcessId}";
+        // Not named by our pid alone: in its own PID namespace every VMM is pid 1.
+        string temp = $"{path}.tmp-{Environment.ProcessId}-{Convert.ToHexString(Rkt.Kvm.Posix.Entropy.GetBytes(4))}";
         try
         {
             using (var file = File.OpenHandle(temp, FileMode.Create, FileAccess.ReadWrite, FileShare.None, FileOptions.None, preallocationSize: 0))

@@ -112,5 +112,8 @@ public static class VmmSyscallPolicy
 
     public static IReadOnlyList<int> Allowed => s_allowed;
 
-    public static BpfInstruction[] Build(uint defaultAction) => SeccompProgram.Build(s_allowed, Rules, defaultAction);
+    /// <summary>clone and clone3 are allowed for threads, not for namespaces (<see cref="DeniedSyscalls.NamespaceCreation"/>):
+    /// clone with a namespace flag gets the default action, clone3 ENOSYS.</summary>
+    public static BpfInstruction[] Build(uint defaultAction) =>
+        SeccompProgram.Build(s_allowed, Rules, defaultAction, DeniedSyscalls.NamespaceCreation(defaultAction));
 }
