@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using Tmds.Linux;
 
 namespace Rkt.Kvm.Posix;
@@ -10,12 +11,23 @@ namespace Rkt.Kvm.Posix;
 /// child is born inside while this process's other threads never leave the host's; the thread ends
 /// with the spawn. One thread per child, because a PID namespace takes one init: once it exits,
 /// nothing more can be forked into it.
-/// <para>Works with whatever spawns on the calling thread (<c>Process.Start</c>, posix_spawn).
+/// <para>Works with whatever spawns on the calling thread (<c>Process.Start</c>, posix_spawn) and
+/// makes no thread there.
 /// Needs CAP_SYS_ADMIN: see <see cref="CanUnshare"/>.</para>
 /// </summary>
 public static class ChildNamespaces
 {
     public const int Pid = 0x20000000, Network = 0x40000000; // CLONE_NEWPID, CLONE_NEWNET
+
+    // SIGCONT: the runtime handles it itself already (terminal state), so registering and
+    // unregistering a handler changes nothing but starting the signal thread.
+    private static readonly Lazy<bool> s_runtimeThreadsStarted = new(() =>
+    {
+#pragma warning disable CA1416 // SIGCONT is not Windows's; this assembly is Linux's only (Tmds.LibC)
+        PosixSignalRegistration.Create(PosixSignal.SIGCONT, _ => { }).Dispose();
+#pragma warning restore CA1416
+        return true;
+    });
 
     /// <summary>Whether this process may create namespaces (it is root with CAP_SYS_ADMIN in effect).</summary>
     public static bool CanUnshare => LibC.geteuid() == 0 && Privileges.HasEffectiveCapability(Privileges.CapSysAdmin);
@@ -28,6 +40,10 @@ public static class ChildNamespaces
     public static void Start(int namespaces, Action start)
     {
         if ((namespaces & ~(Pid | Network)) != 0) throw new ArgumentException("Only PID and network namespaces can be unshared by one thread of a process.", nameof(namespaces));
+        // Once a thread has unshared its children's PID namespace it cannot make threads (clone with
+        // CLONE_THREAD fails with EINVAL), and .NET starts its signal-handling thread lazily, on the
+        // first Process.Start or PosixSignalRegistration: have it started here, before.
+        if ((namespaces & Pid) != 0) _ = s_runtimeThreadsStarted.Value;
         Exception? failure = null;
         var thread = new Thread(() =>
         {

@@ -4,7 +4,7 @@ using Tmds.Linux;
 namespace Rkt.Kvm.Posix;
 
 /// <summary>An owned Linux file descriptor; closed exactly once.</summary>
-public sealed class FileDescriptor : SafeHandle
+public sealed partial class FileDescriptor : SafeHandle
 {
     public FileDescriptor(int fd) : base(new IntPtr(-1), ownsHandle: true) => SetHandle(new IntPtr(fd));
 
@@ -24,6 +24,20 @@ public sealed class FileDescriptor : SafeHandle
         fixed (byte* p = CString.Utf8(path)) fd = LibC.open(p, LibC.O_PATH | LibC.O_DIRECTORY | LibC.O_CLOEXEC);
         return fd >= 0 ? new FileDescriptor(fd) : throw new ErrnoException($"open {path}", LibC.errno);
     }
+
+    /// <summary>
+    /// Marks every fd above stderr close-on-exec (close_range with CLOSE_RANGE_CLOEXEC): what this
+    /// process inherited stays open here but reaches no program it starts, which then get only the
+    /// fds handed to them after this call. Throws <see cref="ErrnoException"/>.
+    /// </summary>
+    public static void KeepInheritedToThisProcess()
+    {
+        const uint CLOSE_RANGE_CLOEXEC = 4;
+        ErrnoException.Check(CloseRange(3, uint.MaxValue, CLOSE_RANGE_CLOEXEC), "close_range(3, ~0, CLOSE_RANGE_CLOEXEC)");
+    }
+
+    [LibraryImport("libc", EntryPoint = "close_range", SetLastError = true)]
+    private static partial int CloseRange(uint first, uint last, uint flags);
 
     protected override bool ReleaseHandle() => LibC.close((int)handle.ToInt64()) == 0;
 }

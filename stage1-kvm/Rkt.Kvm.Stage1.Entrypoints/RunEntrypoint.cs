@@ -52,6 +52,10 @@ public sealed class RunEntrypoint
     public static int Execute(string[] argv)
     {
         var args = RunArguments.Parse(argv);
+        // Whatever stage0 (or systemd, or a shell) left open without close-on-exec stays ours: the
+        // VMM, the supervisor and the CNI plugins get only what we hand them (a helper holding the
+        // caller's fds could keep a lock, or a socket, it has no business with).
+        Rkt.Kvm.Posix.FileDescriptor.KeepInheritedToThisProcess();
         using var podLock = PodLock.FromEnvironment(); // held (close-on-exec) until we exit
         var files = Stage1Files.ForCurrentPod();
         if (files.Uuid != args.Uuid) throw new Stage1Exception($"run: the UUID argument {args.Uuid} is not this pod's ({files.Uuid})");
@@ -155,6 +159,9 @@ public sealed class RunEntrypoint
         var plan = Plan();
         var vmExit = vm.WaitForExitAsync(Timeout.InfiniteTimeSpan).ContinueWith(t => $"VMM {Rkt.Kvm.Vmm.Client.VmmExit.Describe(t.Result)}; console: {_files.ConsoleLog}",
             CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+        // The supervisor makes the user's terminal raw for an interactive app; killed (SIGKILL), it
+        // cannot put it back, so run does once it is gone.
+        using var terminal = plan.InteractiveApp is not null ? Terminal.RawTerminal.KeepSettings(0) : null;
         using var supervisor = SupervisorProcess.Start(_files.Uuid, plan);
         return await supervisor.RunAsync(vmExit, _stop.Token, Apply);
     }

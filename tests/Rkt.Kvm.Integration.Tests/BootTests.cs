@@ -129,6 +129,7 @@ public sealed class BzImageBootTests
     }
 }
 
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class PidNamespaceTests
 {
     /// <summary>

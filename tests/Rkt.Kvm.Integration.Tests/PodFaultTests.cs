@@ -166,7 +166,16 @@ public sealed class PodFaultTests
         Skip.IfNot(TestEnvironment.HasKvm, TestEnvironment.NoKvmReason);
         using var cli = new RktKvmCli();
         var before = cli.Snapshot();
-        var (run, uuid) = cli.Start("run", Busybox, "--exec=/bin/sh", "--", "-c", "echo up; sleep 1000", "---");
+        // An fd the caller left open without close-on-exec (as a shell or systemd may): run keeps it, its helpers must not get it.
+        string stray = Path.Join(cli.Root, "stray-fd");
+        File.WriteAllText(stray, "");
+        (Process Process, string Uuid) started;
+        using (var strayHandle = File.OpenHandle(stray))
+        {
+            Assert.Equal(0, Tmds.Linux.LibC.fcntl((int)strayHandle.DangerousGetHandle(), Tmds.Linux.LibC.F_SETFD, 0)); // inheritable
+            started = cli.Start("run", Busybox, "--exec=/bin/sh", "--", "-c", "echo up; sleep 1000", "---");
+        }
+        var (run, uuid) = started;
         cli.WaitReady(uuid);
         WaitFor(() => cli.OutputOf(run).Contains("up\n") ? "" : null, "the app's output through the supervisor");
 
@@ -196,6 +205,12 @@ public sealed class PodFaultTests
         var fds = Directory.GetFileSystemEntries($"/proc/{supervisor.Pid}/fd").Select(f => new FileInfo(f).LinkTarget ?? "").ToList();
         Assert.DoesNotContain(fds, f => f.StartsWith("/dev/kvm", StringComparison.Ordinal) || f == cli.PodDir(uuid) || f.EndsWith("/pod", StringComparison.Ordinal)
             || f.Contains("/stage1/rootfs/rkt/", StringComparison.Ordinal) || f.Contains("control.sock", StringComparison.Ordinal));
+        Assert.Contains(stray, FdTargets(keeper.Pid)); // inherited through stage0: run still has it
+        var vmmProcess = PodRuntime.Processes(uuid).Single(p => p.Program == PodRuntime.VmmProgram);
+        Assert.DoesNotContain(stray, fds);
+        Assert.DoesNotContain(stray, FdTargets(vmmProcess.Pid));
+        // A network namespace of its own: no abstract Unix socket of the host's, no network; the agent is a path away.
+        Assert.NotEqual(new FileInfo("/proc/self/ns/net").LinkTarget, new FileInfo($"/proc/{supervisor.Pid}/ns/net").LinkTarget);
         string logs = Path.Join(cli.PodDir(uuid), "stage1-kvm", "logs");
         Assert.Equal((int)user.Uid, (int)OwnerOf(logs));
         Assert.Contains("up\n", File.ReadAllText(Directory.GetFiles(logs, "*.log").Single()));
@@ -288,6 +303,9 @@ public sealed class PodFaultTests
     /// parse guest input, and only file passthrough's on the 9p workers. The pod still reached its
     /// app's root over 9p and its network over a tap.
     /// </summary>
+    private static List<string> FdTargets(int pid) =>
+        [.. Directory.GetFileSystemEntries($"/proc/{pid}/fd").Select(f => { try { return new FileInfo(f).LinkTarget ?? ""; } catch (IOException) { return ""; } })];
+
     private static void AssertJailed(int pid, string uuid)
     {
         foreach (var ns in new[] { "mnt", "uts", "ipc", "net", "pid" })

@@ -47,7 +47,12 @@ internal sealed class SupervisorProcess : IDisposable
             var start = new ProcessStartInfo(Environment.ProcessPath ?? throw new Stage1Exception("cannot tell where rkt-kvm-stage1 is")) { UseShellExecute = false };
             foreach (var a in arguments.ToArgs()) start.ArgumentList.Add(a);
             start.Environment.Remove("NOTIFY_SOCKET"); // run tells systemd; the supervisor is not the unit's main process
-            var process = Process.Start(start) ?? throw new Stage1Exception("cannot start the pod supervisor");
+            // In a network namespace of its own (only a loopback, down) when run may make one: it
+            // dials the agent by path, and so reaches no abstract Unix socket of the host's and no network.
+            Process? process = null;
+            if (Posix.ChildNamespaces.CanUnshare) Posix.ChildNamespaces.Start(Posix.ChildNamespaces.Network, () => process = Process.Start(start));
+            else process = Process.Start(start);
+            if (process is null) throw new Stage1Exception("cannot start the pod supervisor");
             planPipe.DisposeLocalCopyOfClientHandle();
             reportPipe.DisposeLocalCopyOfClientHandle();
             var supervisor = new SupervisorProcess(process, planPipe, reportPipe);

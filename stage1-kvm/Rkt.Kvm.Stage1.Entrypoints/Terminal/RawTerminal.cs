@@ -42,6 +42,19 @@ internal sealed unsafe class RawTerminal : IDisposable
         return terminal;
     }
 
+    /// <summary>
+    /// The settings of the terminal on <paramref name="fd"/> now, put back on Dispose whatever
+    /// happened in between; null when it is not a terminal. For a process whose child may make the
+    /// terminal raw and be killed before it can restore it (run, around its pod supervisor: SIGKILL
+    /// runs no handler).
+    /// </summary>
+    public static IDisposable? KeepSettings(int fd)
+    {
+        termios saved;
+        if (!IsTerminal(fd) || tcgetattr(fd, &saved) != 0) return null;
+        return new RawTerminal(fd, saved);
+    }
+
     /// <summary>cfmakeraw(3): no line editing, echo, signals, flow control or output processing; 8-bit bytes, one at a time.</summary>
     public static termios MakeRaw(termios t)
     {
@@ -72,7 +85,7 @@ internal sealed unsafe class RawTerminal : IDisposable
         if (Interlocked.Exchange(ref _restored, 1) != 0) return;
         termios saved = _saved;
         tcsetattr(_fd, (int)TCSANOW, &saved);
-        Active = false;
+        Active = false; // (KeepSettings: it was false in this process all along)
     }
 
     public void Dispose()
