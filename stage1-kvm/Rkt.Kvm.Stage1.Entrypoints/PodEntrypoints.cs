@@ -150,17 +150,19 @@ internal static class AppEntrypoints
     }
 
     /// <summary>Removes the app in the guest (its mounts of the export go), then the export (the
-    /// VMM closes its host fds), so stage0 can unmount and delete the rootfs when we return.</summary>
+    /// VMM closes its host fds), so stage0 can unmount and delete the rootfs when we return. The
+    /// control socket is root's: it is connected first, and the agent's reply is read as the pod's
+    /// user, like every agent reply outside run's start.</summary>
     public static int Remove(string[] argv)
     {
         var args = AppArguments.Parse(argv, "app/rm");
         var files = Stage1Files.ForCurrentPod();
-        using (var agent = files.Agent())
+        using var control = VmmControlClient.ConnectNow(files.ControlSocket);
+        using (var agent = Supervision.PodUserSession.Enter(files).Agent())
         {
             try { agent.RemoveAppAsync(args.App).GetAwaiter().GetResult(); }
             catch (AgentException e) when (e.Failure == AgentFailure.NotFound) { } // never added, or removed before: nothing left in the guest
         }
-        var control = new VmmControlClient(files.ControlSocket);
         if (control.ListExports().Any(e => e.Name == Stage1Files.AppExport(args.App)))
             control.RemoveExport(Stage1Files.AppExport(args.App));
         return 0;

@@ -7,7 +7,7 @@ namespace Rkt.Kvm.Stage1.Entrypoints.Supervision;
 
 /// <summary>
 /// A stage1 process that is done with root before it talks to the guest's agent (the pod
-/// supervisor, enter, attach, app/start, app/stop, app/add after its exports): it opens the pod's
+/// supervisor, enter, attach, app/start, app/stop, app/add after its exports, app/rm after connecting to the VMM's control socket): it opens the pod's
 /// runtime directory, and any other directory it will still write to, while it may, then confines
 /// itself as the pod's supervisor user (<see cref="SupervisorLockDown"/>). From then on it reaches
 /// those directories only through the open fds (<c>/proc/self/fd/N/…</c>): the paths above them may

@@ -14,8 +14,25 @@ namespace Rkt.Kvm.Vmm.Client.Control;
 /// pod's 9p device and to withdraw them (the VMM closes every host fd under an export before it
 /// replies). A refused request or an unreachable VMM is a <see cref="VmmControlException"/>.
 /// </summary>
-public sealed class VmmControlClient(string socketPath)
+public sealed class VmmControlClient(string socketPath) : IDisposable
 {
+    /// <summary>The one connection every call goes over (<see cref="ConnectNow"/>); null: a connection per call.</summary>
+    private Socket? _held;
+
+    /// <summary>
+    /// A client whose calls all go over one connection, made now: for a process that may reach the
+    /// socket now (root) and asks later, once it has given that up (app/rm, which removes the export
+    /// after the agent's reply, read as the pod's user). Dispose closes it.
+    /// </summary>
+    public static VmmControlClient ConnectNow(string socketPath)
+    {
+        var client = new VmmControlClient(socketPath);
+        client._held = client.Connect();
+        return client;
+    }
+
+    public void Dispose() => _held?.Dispose();
+
     public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
     /// <summary>A reply line longer than this is a broken VMM, not a big answer.</summary>
     private const int MaxReplyBytes = 1 << 20;
@@ -71,15 +88,35 @@ public sealed class VmmControlClient(string socketPath)
         catch (ErrnoException e) { throw new VmmControlException($"cannot open the directory {path}: {Marshal.GetPInvokeErrorMessage(e.Errno)}"); }
     }
 
-    private ControlReply Call(ControlRequest request, SafeHandle? fd = null)
+    private Socket Connect()
     {
-        using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+        var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
         {
             ReceiveTimeout = (int)Timeout.TotalMilliseconds,
             SendTimeout = (int)Timeout.TotalMilliseconds,
         };
         try { socket.Connect(new UnixDomainSocketEndPoint(socketPath)); }
-        catch (SocketException e) { throw new VmmControlException($"cannot reach the VMM control socket {socketPath}: {e.Message}", e); }
+        catch (SocketException e)
+        {
+            socket.Dispose();
+            throw new VmmControlException($"cannot reach the VMM control socket {socketPath}: {e.Message}", e);
+        }
+        return socket;
+    }
+
+    private ControlReply Call(ControlRequest request, SafeHandle? fd = null)
+    {
+        var socket = _held ?? Connect();
+        try { return Exchange(socket, request, fd); }
+        finally
+        {
+            if (socket != _held) socket.Dispose();
+        }
+    }
+
+    /// <summary>One request, one reply line (the VMM answers in order, one line each, so a held connection has nothing after it).</summary>
+    private static ControlReply Exchange(Socket socket, ControlRequest request, SafeHandle? fd)
+    {
         var line = JsonSerializer.Serialize(request, ControlJsonContext.Wire.ControlRequest) + "\n";
         var bytes = Encoding.UTF8.GetBytes(line);
         if (fd is null) socket.Send(bytes);
