@@ -59,22 +59,33 @@ public static unsafe partial class SeccompProgram
         var ruled = rules.ToList();
         if (ruled.GroupBy(r => r.Syscall).Any(g => g.Count() > 1)) throw new ArgumentException("One argument rule per system call.");
         foreach (var rule in ruled)
-        {
-            if (rule.Argument is < 0 or > 5) throw new ArgumentOutOfRangeException(nameof(rules), "A system call has arguments 0 to 5.");
-            // [jeq nr] [ld arg] ([jeq v] [ret allow])* [ret otherwise] [ld nr]
-            int block = 1 + 2 * rule.Values.Count + 1 + 1;
-            if (block > 255) throw new ArgumentException($"Too many values for system call {rule.Syscall}.");
-            program.Add(new(JeqK, 0, (byte)block, (uint)rule.Syscall));
-            program.Add(new(LdAbsW, 0, 0, ArgsOffset + 8 * (uint)rule.Argument)); // little-endian: the low half first
-            foreach (uint value in rule.Values)
-            {
-                program.Add(new(JeqK, 0, 1, value));
-                program.Add(new(RetK, 0, 0, RetAllow));
-            }
-            program.Add(new(RetK, 0, 0, otherwise));
-            program.Add(new(LdAbsW, 0, 0, NrOffset));
-        }
+            AddArgumentBlock(program, rule.Syscall, rule.Argument, [.. rule.Values.Select(v => (JeqK, v, RetAllow))], otherwise);
         return ruled;
+    }
+
+    /// <summary>
+    /// The one shape every argument test has: when the call is <paramref name="syscall"/>, its
+    /// argument's low 32 bits (little-endian: the low half first; ints to the kernel) go through
+    /// <paramref name="matches"/> in order, each a jeq (one value) or jset (any of some bits) whose
+    /// match returns its action; no match returns <paramref name="otherwise"/>, or, without one,
+    /// goes on to the rest of the filter with the call's number reloaded. Any other call skips the block.
+    /// </summary>
+    private static void AddArgumentBlock(List<BpfInstruction> program, int syscall, int argument,
+        IReadOnlyList<(ushort Test, uint Value, uint Action)> matches, uint? otherwise)
+    {
+        if (argument is < 0 or > 5) throw new ArgumentOutOfRangeException(nameof(argument), "A system call has arguments 0 to 5.");
+        // [jeq nr, else past the block] [ld arg] ([test v] [ret action])* [ret otherwise]? [ld nr]
+        int block = 1 + 2 * matches.Count + (otherwise is null ? 0 : 1) + 1;
+        if (block > 255) throw new ArgumentException($"Too many values for system call {syscall}.");
+        program.Add(new(JeqK, 0, (byte)block, (uint)syscall));
+        program.Add(new(LdAbsW, 0, 0, ArgsOffset + 8 * (uint)argument));
+        foreach (var (test, value, action) in matches)
+        {
+            program.Add(new(test, 0, 1, value));
+            program.Add(new(RetK, 0, 0, action));
+        }
+        if (otherwise is { } other) program.Add(new(RetK, 0, 0, other));
+        program.Add(new(LdAbsW, 0, 0, NrOffset));
     }
 
     /// <summary>
@@ -91,20 +102,7 @@ public static unsafe partial class SeccompProgram
         AddRules(program, rules ?? [], denyAction);
         // Calls that are allowed but for a few argument values (an ioctl request): those values get the deny action.
         foreach (var rule in deniedValues ?? [])
-        {
-            if (rule.Argument is < 0 or > 5) throw new ArgumentOutOfRangeException(nameof(deniedValues), "A system call has arguments 0 to 5.");
-            // [jeq nr, else past the block] [ld arg] ([jeq v] [ret deny])* [ld nr]
-            int block = 1 + 2 * rule.Values.Count + 1;
-            if (block > 255) throw new ArgumentException($"Too many values for system call {rule.Syscall}.");
-            program.Add(new(JeqK, 0, (byte)block, (uint)rule.Syscall));
-            program.Add(new(LdAbsW, 0, 0, ArgsOffset + 8 * (uint)rule.Argument));
-            foreach (uint value in rule.Values)
-            {
-                program.Add(new(JeqK, 0, 1, value));
-                program.Add(new(RetK, 0, 0, denyAction));
-            }
-            program.Add(new(LdAbsW, 0, 0, NrOffset));
-        }
+            AddArgumentBlock(program, rule.Syscall, rule.Argument, [.. rule.Values.Select(v => (JeqK, v, denyAction))], otherwise: null);
         foreach (int nr in denied.Distinct().Order())
         {
             program.Add(new(JeqK, 0, 1, (uint)nr));
@@ -123,15 +121,9 @@ public static unsafe partial class SeccompProgram
             {
                 program.Add(new(JeqK, 0, 1, (uint)r.Syscall));
                 program.Add(new(RetK, 0, 0, r.Action));
-                continue;
             }
-            if (r.Argument > 5 || r.AnyOfBits == 0) throw new ArgumentException($"A refusal of system call {r.Syscall} by argument needs an argument 0 to 5 and some bits.");
-            // [jeq nr, else to the reload] [ld arg] [jset bits, else to the reload] [ret action] [ld nr]
-            program.Add(new(JeqK, 0, 3, (uint)r.Syscall));
-            program.Add(new(LdAbsW, 0, 0, ArgsOffset + 8 * (uint)r.Argument)); // the low half: clone's flags are an int
-            program.Add(new(JsetK, 0, 1, r.AnyOfBits));
-            program.Add(new(RetK, 0, 0, r.Action));
-            program.Add(new(LdAbsW, 0, 0, NrOffset));
+            else if (r.AnyOfBits == 0) throw new ArgumentException($"A refusal of system call {r.Syscall} by argument needs some bits to test.");
+            else AddArgumentBlock(program, r.Syscall, r.Argument, [(JsetK, r.AnyOfBits, r.Action)], otherwise: null); // clone's flags are an int
         }
     }
 

@@ -33,6 +33,8 @@ public sealed class OwnerWatch : IDisposable
     /// thread once it exits. Returns null (having called nothing) when the owner is already gone.</summary>
     public static OwnerWatch? Start(int ownerPid, EventLoop loop, Action ownerGone)
     {
+        // Our parent is outside our PID namespace: no pid we could open is the owner's.
+        if (getppid() == 0) throw new ArgumentException("--owner-pid names no process from inside a PID namespace of the VMM's own: pass the owner as --owner-pidfd.");
         var pidfd = Pidfd.Open(ownerPid);
         if (pidfd is null) return null;
         if (getppid() != ownerPid)

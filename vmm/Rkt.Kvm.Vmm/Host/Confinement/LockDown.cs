@@ -6,14 +6,21 @@ namespace Rkt.Kvm.Vmm.Host.Confinement;
 
 /// <summary>
 /// What the VMM gives up once it is set up, before the first vCPU runs guest code: core dumps (they
-/// would hold guest memory) and ptrace or /proc/&lt;pid&gt;/mem access by other processes of its user
-/// (not dumpable), new privileges through execve (no_new_privs), and every system call outside
+/// would hold guest memory), files and tasks past a hard limit, ptrace or /proc/&lt;pid&gt;/mem
+/// access by other processes of its user (not dumpable), new privileges through execve (no_new_privs), and every system call outside
 /// <see cref="VmmSyscallPolicy"/>, on every thread of the process (SeccompProgram.FilterFlagTsync); then
 /// each thread that handles guest input narrows its own calls further (<see cref="ApplyToThisThread"/>).
 /// </summary>
 public static unsafe partial class LockDown
 {
-    private const int RLIMIT_NOFILE = 7;
+    private const int RLIMIT_NPROC = 6, RLIMIT_NOFILE = 7;
+    /// <summary>
+    /// Tasks of the VMM's user: its threads (vCPUs, the device loop, 9p workers, the runtime's, a
+    /// thread pool that grows while threads block), and nothing else, since the user is the pod's
+    /// own and fork is filtered. A second line behind the pod cgroup's pids limit, for hosts whose
+    /// cgroups have no pids controller; the kernel ignores it while the VMM is root.
+    /// </summary>
+    public const ulong MaxTasks = 1024;
     /// <summary>Open files: every 9p fid may hold one, plus sockets, taps, eventfds and the runtime's own.</summary>
     public const ulong MaxOpenFiles = Devices.Virtio9p.NineP.P9FidTable.DefaultMaxFids + 4096;
     private const long SYS_socket = 41, SYS_close = 3;
@@ -31,6 +38,10 @@ public static unsafe partial class LockDown
         ConfinementError.Check(getrlimit(RLIMIT_NOFILE, files), "getrlimit(RLIMIT_NOFILE)");
         files[0] = files[1] = Math.Min(files[1], MaxOpenFiles);
         ConfinementError.Check(setrlimit(RLIMIT_NOFILE, files), $"setrlimit(RLIMIT_NOFILE, {files[1]})");
+        ulong* tasks = stackalloc ulong[2];
+        ConfinementError.Check(getrlimit(RLIMIT_NPROC, tasks), "getrlimit(RLIMIT_NPROC)");
+        tasks[0] = tasks[1] = Math.Min(tasks[1], MaxTasks);
+        ConfinementError.Check(setrlimit(RLIMIT_NPROC, tasks), $"setrlimit(RLIMIT_NPROC, {tasks[1]})");
         Privileges.ForbidNewPrivileges();
         if (action == SeccompAction.Off) return;
         LoadLazyLibraries();
