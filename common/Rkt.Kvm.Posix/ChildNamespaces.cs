@@ -12,7 +12,7 @@ namespace Rkt.Kvm.Posix;
 /// with the spawn. One thread per child, because a PID namespace takes one init: once it exits,
 /// nothing more can be forked into it.
 /// <para>Works with whatever spawns on the calling thread (<c>Process.Start</c>, posix_spawn) and
-/// makes no thread there.
+/// should make no thread there (the runtime's signal thread is started before).
 /// Needs CAP_SYS_ADMIN: see <see cref="CanUnshare"/>.</para>
 /// </summary>
 public static class ChildNamespaces
@@ -41,9 +41,10 @@ public static class ChildNamespaces
     {
         if ((namespaces & ~(Pid | Network)) != 0) throw new ArgumentException("Only PID and network namespaces can be unshared by one thread of a process.", nameof(namespaces));
         // Once a thread has unshared its children's PID namespace it cannot make threads (clone with
-        // CLONE_THREAD fails with EINVAL), and .NET starts its signal-handling thread lazily, on the
-        // first Process.Start or PosixSignalRegistration: have it started here, before.
-        if ((namespaces & Pid) != 0) _ = s_runtimeThreadsStarted.Value;
+        // CLONE_THREAD fails with EINVAL), and one made there after a network unshare would live in
+        // that namespace for good. .NET starts its signal-handling thread lazily, on the first
+        // Process.Start or PosixSignalRegistration: have it started here, before.
+        _ = s_runtimeThreadsStarted.Value;
         Exception? failure = null;
         var thread = new Thread(() =>
         {

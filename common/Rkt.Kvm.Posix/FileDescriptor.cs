@@ -32,12 +32,19 @@ public sealed partial class FileDescriptor : SafeHandle
     /// </summary>
     public static void KeepInheritedToThisProcess()
     {
+        const long SysCloseRange = 436;
         const uint CLOSE_RANGE_CLOEXEC = 4;
-        ErrnoException.Check(CloseRange(3, uint.MaxValue, CLOSE_RANGE_CLOEXEC), "close_range(3, ~0, CLOSE_RANGE_CLOEXEC)");
+        if (CloseRange(SysCloseRange, 3, uint.MaxValue, CLOSE_RANGE_CLOEXEC) == 0) return;
+        int error = Marshal.GetLastPInvokeError();
+        if (error != LibC.ENOSYS && error != LibC.EINVAL) throw new ErrnoException("close_range(3, ~0, CLOSE_RANGE_CLOEXEC)", error);
+        // Before Linux 5.11: one fd at a time (the directory's own fd is close-on-exec already).
+        foreach (var entry in Directory.GetFileSystemEntries("/proc/self/fd"))
+            if (int.TryParse(Path.GetFileName(entry), out int fd) && fd > 2) LibC.fcntl(fd, LibC.F_SETFD, LibC.FD_CLOEXEC);
     }
 
-    [LibraryImport("libc", EntryPoint = "close_range", SetLastError = true)]
-    private static partial int CloseRange(uint first, uint last, uint flags);
+    // Through syscall(2): glibc's close_range wrapper is 2.34's and newer.
+    [LibraryImport("libc", EntryPoint = "syscall", SetLastError = true)]
+    private static partial int CloseRange(long number, uint first, uint last, uint flags);
 
     protected override bool ReleaseHandle() => LibC.close((int)handle.ToInt64()) == 0;
 }

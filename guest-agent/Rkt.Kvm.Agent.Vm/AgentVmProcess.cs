@@ -105,7 +105,7 @@ public sealed class AgentVmProcess : IDisposable
             if (options.CommandLine.Restore is not null)
             {
                 var clock = Stopwatch.StartNew();
-                vm._vmm.Start();
+                vm.StartVmm();
                 var resumeTask = ResumeRestoredAsync(vm, cancellation);
                 if (await Task.WhenAny(resumeTask, vm._vmm.WaitForExitAsync(cancellation)).ConfigureAwait(false) == resumeTask)
                 {
@@ -119,7 +119,7 @@ public sealed class AgentVmProcess : IDisposable
             using var ready = ReadyListener.ForVm(vm.SocketPath);
             options.CommandLine.User?.GrantConnect(ready.Path); // a VMM that drops to its user must still reach us
             var watch = Stopwatch.StartNew();
-            vm._vmm.Start();
+            vm.StartVmm();
             var readyTask = ready.WaitAsync(options.ReadyTimeout, cancellation);
             if (await Task.WhenAny(readyTask, vm._vmm.WaitForExitAsync(cancellation)).ConfigureAwait(false) == readyTask)
             {
@@ -141,6 +141,16 @@ public sealed class AgentVmProcess : IDisposable
         string diagnostics = vm.Diagnostics();
         vm.Dispose();
         throw new AgentException(kind, $"{failure}\n{diagnostics}", inner);
+    }
+
+    /// <summary>A VMM that cannot be started (no such program, a namespace refused) fails the start as an agent that never came does.</summary>
+    private void StartVmm()
+    {
+        try { _vmm.Start(); }
+        catch (Exception e) when (e is System.ComponentModel.Win32Exception or IOException or UnauthorizedAccessException)
+        {
+            throw new AgentException(AgentFailure.Unreachable, $"Cannot start the VMM: {e.Message}", e);
+        }
     }
 
     private static async Task<ReadyLine> ResumeRestoredAsync(AgentVmProcess vm, CancellationToken cancellation)

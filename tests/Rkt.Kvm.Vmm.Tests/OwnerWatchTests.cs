@@ -37,6 +37,7 @@ public sealed class OwnerWatchTests
         var pidfd = Pidfd.Open(owner.Id)!;
         int fd = pidfd.DangerousGetHandle().ToInt32();
         pidfd.SetHandleAsInvalid(); // the watch owns it now
+        Assert.Equal(0, Tmds.Linux.LibC.fcntl(fd, Tmds.Linux.LibC.F_SETFD, 0)); // inherited as the VMM gets it: not close-on-exec
         using var gone = new ManualResetEventSlim();
         using var watch = OwnerWatch.Adopt(fd, loop, gone.Set);
         Assert.False(gone.Wait(TimeSpan.FromMilliseconds(300)), "the watch fired while its owner lives");

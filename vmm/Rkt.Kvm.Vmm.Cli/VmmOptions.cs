@@ -10,7 +10,7 @@ public sealed record VmmOptions
     public const string Usage = """
         Usage: rkt-kvm-vmm --kernel PATH [options]
         Boots one Linux microVM on /dev/kvm and exits with its status:
-          0 guest reset or powered off, 1 VMM error, 2 guest kernel panic, 3 guest crash,
+          0 guest reset or powered off, or stopped (control socket, SIGTERM), 1 VMM error, 2 guest kernel panic, 3 guest crash,
           4 its owner (--owner-pid, --owner-pidfd) exited.
 
           --kernel PATH        ELF vmlinux (preferred) or bzImage
@@ -31,7 +31,6 @@ public sealed record VmmOptions
                                threads (default on; off: for debugging only). A PID namespace
                                must come from the VMM's starter (stage1 gives it one): a
                                process cannot enter one itself
-
           --user UID:GID       once set up (before the first vCPU runs), become this unprivileged
                                user and group, with no supplementary groups: only the 9p
                                workers keep file passthrough's capabilities (default: stay root)

@@ -24,19 +24,16 @@ public sealed class VmmProcess : IDisposable
         _process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (_stderr) _stderr.AppendLine(e.Data); };
     }
 
-    /// <summary>
-    /// Whether <see cref="Start"/> gives the VMM a PID namespace of its own (it is then PID 1 there
-    /// and sees no other process): for a jailed VMM whenever this process may create namespaces
-    /// (root; stage1 always is). A process cannot enter a PID namespace itself, so this is the
-    /// only place it can come from.
-    /// </summary>
-    public bool InOwnPidNamespace { get; private set; }
-
     public int Pid => _process.Id;
     public bool HasExited => _process.HasExited;
     /// <summary>The VMM's exit status (0: the guest powered off; see <c>rkt-kvm-vmm --help</c>).</summary>
     public int ExitCode => _process.ExitCode;
 
+    /// <summary>
+    /// Starts the VMM. A jailed one gets a PID namespace of its own (it is then PID 1 there and can
+    /// name no other process) whenever this process may create namespaces (root; stage1 always
+    /// is): a process cannot enter a PID namespace itself, so this is the only place it can come from.
+    /// </summary>
     public void Start()
     {
         var line = CommandLine;
@@ -48,14 +45,16 @@ public sealed class VmmProcess : IDisposable
             {
                 // Our pid means nothing in the VMM's namespace: it gets a pidfd of us instead, inherited
                 // (close-on-exec cleared for the spawn only; the VMM sets it again once it holds it).
+                // A process another thread of ours starts meanwhile inherits it too: stage1 starts
+                // its helpers one at a time, and a pidfd of us gives no power over us to another user.
                 ownerPidfd = Pidfd.Open(Environment.ProcessId)!;
                 ErrnoException.Check(Tmds.Linux.LibC.fcntl(ownerPidfd.Number, Tmds.Linux.LibC.F_SETFD, 0), "fcntl(pidfd, clear FD_CLOEXEC)");
                 line = line with { OwnerPid = null, OwnerPidfd = ownerPidfd.Number };
             }
+            _process.StartInfo.ArgumentList.Clear();
             foreach (var a in line.ToArguments()) _process.StartInfo.ArgumentList.Add(a);
             if (ownNamespace) ChildNamespaces.Start(ChildNamespaces.Pid, () => _process.Start());
             else _process.Start();
-            InOwnPidNamespace = ownNamespace;
         }
         finally
         {

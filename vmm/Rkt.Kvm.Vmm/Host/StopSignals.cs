@@ -3,11 +3,14 @@ using System.Runtime.InteropServices;
 namespace Rkt.Kvm.Vmm.Host;
 
 /// <summary>
-/// SIGTERM, SIGINT and SIGHUP stop the VM the way the control socket's stop does: the VMM exits
-/// cleanly, its devices closed. Handled rather than left to their default action because in a PID
-/// namespace of its own the VMM is that namespace's init, and the kernel does not deliver a signal
-/// that init has no handler for (only SIGKILL and SIGSTOP reach it regardless): without this,
-/// <c>kill &lt;vmm&gt;</c> from the host would do nothing.
+/// SIGTERM stops the VM the way the control socket's stop does: the VMM exits 0, its devices
+/// closed. Handled rather than left to its default action because in a PID namespace of its own
+/// the VMM is that namespace's init, and the kernel does not deliver a signal that init has no
+/// handler for (only SIGKILL and SIGSTOP reach it regardless): without this, <c>kill &lt;vmm&gt;</c>
+/// from the host would do nothing. SIGINT and SIGHUP are left alone on purpose: a ^C or a hang-up
+/// on stage1's terminal reaches its whole process group, and stage1 then stops the pod's apps
+/// gracefully before it ends the VM, which a VMM that stopped at once would cut short. (A VMM
+/// started by hand, not its namespace's init, still dies of them, as any program does.)
 /// </summary>
 public sealed class StopSignals : IDisposable
 {
@@ -15,7 +18,7 @@ public sealed class StopSignals : IDisposable
 
     public StopSignals(Action<string> stop, Serilog.ILogger log)
     {
-        _registrations = [.. new[] { (PosixSignal.SIGTERM, "SIGTERM"), (PosixSignal.SIGINT, "SIGINT"), (PosixSignal.SIGHUP, "SIGHUP") }
+        _registrations = [.. new[] { (PosixSignal.SIGTERM, "SIGTERM") }
             .Select(s => PosixSignalRegistration.Create(s.Item1, context =>
             {
                 context.Cancel = true; // no default action: the VM ends through stop
