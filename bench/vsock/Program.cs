@@ -15,12 +15,13 @@ namespace Rkt.Kvm.Bench.Vsock;
 /// to the guest agent through our virtio-vsock; the same against the same agent binary serving
 /// on a host Unix socket (the ceiling: no VM in the path); the same through the VMM with KVM's
 /// eventfds switched off (notifies as MMIO exits); the same without the VMM's confinement
-/// (--seccomp=off --jail=off: what the filter, the namespaces and the empty root cost); and the
-/// agent's start-up inside the guest.
+/// (--seccomp=off --jail=off: what the filter, the namespaces and the empty root cost), with the
+/// VMM's system calls per round trip counted both ways (perf); and the agent's start-up inside the guest.
 /// </summary>
 public static class Program
 {
-    private sealed record Figures(double MedianUs, double P99Us, double HostToGuestMiBs, double GuestToHostMiBs);
+    /// <param name="VmmSyscallsPerRoundTrip">the VMM's system calls per unary (or raw) round trip, every thread's; null where not counted.</param>
+    private sealed record Figures(double MedianUs, double P99Us, double HostToGuestMiBs, double GuestToHostMiBs, double? VmmSyscallsPerRoundTrip = null);
 
     public static async Task<int> Main(string[] args)
     {
@@ -45,7 +46,7 @@ public static class Program
         {
             startToReady = vm.StartToReady;
             info = await vm.Client.GuestInfoAsync();
-            ours = await Measure(vm.Client, calls, bytes);
+            ours = await Measure(vm.Client, calls, bytes, countPid: vm.Pid);
             await vm.Client.ShutdownAsync();
             await vm.WaitForExitAsync(TimeSpan.FromMinutes(2));
         }
@@ -58,7 +59,7 @@ public static class Program
         Console.WriteLine("== the VMM and guest kernel alone: a static C echo server as init, raw bytes through the hybrid socket");
         var rawOptions = vmOptions with { CommandLine = vmOptions.CommandLine with { Initrd = o["raw-initrd"] } };
         long rawBytes = Math.Min(bytes, 8L << 20);
-        var raw = await MeasureRawEcho(rawOptions, calls, rawBytes);
+        var raw = await MeasureRawEcho(rawOptions, calls, rawBytes, count: true);
         Console.WriteLine($"  64-byte round trip median {raw.MedianUs:F0} us, p99 {raw.P99Us:F0} us; echo {raw.HostToGuestMiBs:F2} MiB/s each way");
 
         // What confinement costs (--seccomp=off --jail=off, no --user): confined and unconfined VMs
@@ -70,9 +71,9 @@ public static class Program
         for (int i = 0; i < boots; i++)
         {
             if (i > 0) confined.Add(await MeasureVm(vmOptions, calls, bytes));
-            unconfined.Add(await MeasureVm(vmOptions with { CommandLine = Unconfined(vmOptions.CommandLine) }, calls, bytes));
+            unconfined.Add(await MeasureVm(vmOptions with { CommandLine = Unconfined(vmOptions.CommandLine) }, calls, bytes, count: i == 0));
             if (i > 0) rawConfined.Add(await MeasureRawEcho(rawOptions, calls, rawBytes));
-            rawUnconfined.Add(await MeasureRawEcho(rawOptions with { CommandLine = Unconfined(rawOptions.CommandLine) }, calls, rawBytes));
+            rawUnconfined.Add(await MeasureRawEcho(rawOptions with { CommandLine = Unconfined(rawOptions.CommandLine) }, calls, rawBytes, count: i == 0));
             Console.WriteLine($"  boot {i + 1}: agent rtt {confined[i].MedianUs:F0} vs {unconfined[i].MedianUs:F0} us, host->guest {confined[i].HostToGuestMiBs:F2} vs {unconfined[i].HostToGuestMiBs:F2} MiB/s, " +
                 $"guest->host {confined[i].GuestToHostMiBs:F2} vs {unconfined[i].GuestToHostMiBs:F2} MiB/s; " +
                 $"raw rtt {rawConfined[i].MedianUs:F0} vs {rawUnconfined[i].MedianUs:F0} us, echo {rawConfined[i].HostToGuestMiBs:F2} vs {rawUnconfined[i].HostToGuestMiBs:F2} MiB/s (confined vs not)");
@@ -99,6 +100,13 @@ public static class Program
         Result("vsock_stream_guest_to_host_confined_vs_not", Median(confined, f => f.GuestToHostMiBs), "MiB/s", Median(unconfined, f => f.GuestToHostMiBs));
         Result("vsock_raw_echo_rtt_median_confined_vs_not", Median(rawConfined, f => f.MedianUs), "us", Median(rawUnconfined, f => f.MedianUs));
         Result("vsock_raw_echo_throughput_confined_vs_not", Median(rawConfined, f => f.HostToGuestMiBs), "MiB/s", Median(rawUnconfined, f => f.HostToGuestMiBs));
+        // How many calls each round trip costs the VMM, confined and not (the same code paths: the
+        // filters add time to calls, not calls); times bench/seccomp's per-call figures, what the filters cost per round trip.
+        if (ours.VmmSyscallsPerRoundTrip is { } oc && unconfined[0].VmmSyscallsPerRoundTrip is { } uc)
+            Result("vsock_vmm_syscalls_per_unary_rtt_confined_vs_not", oc, "", uc);
+        else Console.WriteLine("  (VMM system calls not counted: needs perf with the raw_syscalls tracepoint, as root)");
+        if (raw.VmmSyscallsPerRoundTrip is { } rc && rawUnconfined[0].VmmSyscallsPerRoundTrip is { } ruc)
+            Result("vsock_vmm_syscalls_per_raw_rtt_confined_vs_not", rc, "", ruc);
         Result("vsock_unary_rtt_median_without_eventfds", exits.MedianUs, "us", ours.MedianUs);
         Result("vsock_stream_host_to_guest_without_eventfds", exits.HostToGuestMiBs, "MiB/s", ours.HostToGuestMiBs);
         Result("agent_main_to_ready", info.MainToReadyUs / 1000.0, "ms");
@@ -110,10 +118,10 @@ public static class Program
     }
 
     /// <summary>A VM of its own with these options: measured, then shut down.</summary>
-    private static async Task<Figures> MeasureVm(AgentVmOptions options, int calls, long bytes)
+    private static async Task<Figures> MeasureVm(AgentVmOptions options, int calls, long bytes, bool count = false)
     {
         using var vm = await AgentVmProcess.StartAsync(options);
-        var figures = await Measure(vm.Client, calls, bytes);
+        var figures = await Measure(vm.Client, calls, bytes, count ? vm.Pid : null);
         await vm.Client.ShutdownAsync();
         await vm.WaitForExitAsync(TimeSpan.FromMinutes(2));
         return figures;
@@ -140,16 +148,19 @@ public static class Program
         }
     }
 
-    private static async Task<Figures> Measure(AgentClient client, int calls, long bytes)
+    /// <param name="countPid">the VMM whose system calls to count during the round trips; null: none.</param>
+    private static async Task<Figures> Measure(AgentClient client, int calls, long bytes, int? countPid = null)
     {
         for (int i = 0; i < 20; i++) await client.HealthAsync(); // warm the connection and both JITs/caches
         var samples = new double[calls];
+        var counter = countPid is { } pid ? Rkt.Kvm.Bench.SyscallCounter.Start(pid) : null;
         for (int i = 0; i < calls; i++)
         {
             long start = Stopwatch.GetTimestamp();
             await client.HealthAsync();
             samples[i] = Stopwatch.GetElapsedTime(start).TotalMicroseconds;
         }
+        double? perCall = counter?.Stop() is { } n ? (double)n / calls : null;
         Array.Sort(samples);
 
         const int chunk = 64 * 1024;
@@ -172,17 +183,18 @@ public static class Program
         }
         if (received != bytes) throw new InvalidOperationException($"Source sent {received} bytes, not {bytes}.");
         double down = bytes / 1048576.0 / watch.Elapsed.TotalSeconds;
-        return new Figures(samples[calls / 2], samples[(int)(calls * 0.99)], up, down);
+        return new Figures(samples[calls / 2], samples[(int)(calls * 0.99)], up, down, perCall);
     }
 
     /// <summary>Round trips of 64 bytes and a streamed echo through the raw echo init (no gRPC, no .NET in the guest).</summary>
-    private static async Task<Figures> MeasureRawEcho(AgentVmOptions options, int calls, long bytes)
+    private static async Task<Figures> MeasureRawEcho(AgentVmOptions options, int calls, long bytes, bool count = false)
     {
         using var vm = await AgentVmProcess.StartAsync(options);
         await using var stream = await AgentDialer.ConnectAsync(vm.SocketPath, AgentTransport.HybridVsock, 1024,
             TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(30), TimeSpan.FromMilliseconds(50));
         var small = new byte[64];
         var samples = new double[calls];
+        var counter = count ? Rkt.Kvm.Bench.SyscallCounter.Start(vm.Pid) : null;
         for (int i = 0; i < calls; i++)
         {
             long start = Stopwatch.GetTimestamp();
@@ -190,6 +202,7 @@ public static class Program
             await stream.ReadExactlyAsync(small);
             samples[i] = Stopwatch.GetElapsedTime(start).TotalMicroseconds;
         }
+        double? perCall = counter?.Stop() is { } n ? (double)n / calls : null;
         Array.Sort(samples);
         var watch = Stopwatch.StartNew();
         var reader = Task.Run(async () =>
@@ -203,7 +216,7 @@ public static class Program
         double rate = bytes / 1048576.0 / watch.Elapsed.TotalSeconds;
         await stream.WriteAsync("Q"u8.ToArray());
         await vm.WaitForExitAsync(TimeSpan.FromMinutes(2));
-        return new Figures(samples[calls / 2], samples[(int)(calls * 0.99)], rate, rate);
+        return new Figures(samples[calls / 2], samples[(int)(calls * 0.99)], rate, rate, perCall);
     }
 
     private static void Print(Figures f) =>
