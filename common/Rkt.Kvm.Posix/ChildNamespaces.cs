@@ -63,6 +63,21 @@ public static class ChildNamespaces
         if (failure is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
     }
 
+    /// <summary>
+    /// <see cref="Start"/> when this process may make namespaces (<see cref="CanUnshare"/>), else
+    /// <paramref name="start"/> as it is (a test host that is not root); returns which it did.
+    /// </summary>
+    public static bool StartWherePermitted(int namespaces, Action start)
+    {
+        if (!CanUnshare)
+        {
+            start();
+            return false;
+        }
+        Start(namespaces, start);
+        return true;
+    }
+
     private static string Describe(int namespaces) => string.Join(" | ",
         new[] { (Pid, "CLONE_NEWPID"), (Network, "CLONE_NEWNET") }.Where(n => (namespaces & n.Item1) != 0).Select(n => n.Item2));
 }

@@ -53,9 +53,8 @@ public static class VmmProcess
     {
         var list = args.ToList();
         bool jailOff = list.Contains("--jail=off") || list.Select((a, i) => a == "--jail" && i + 1 < list.Count && list[i + 1] == "off").Any(b => b);
-        if (!jailOff && Rkt.Kvm.Posix.ChildNamespaces.CanUnshare)
-            Rkt.Kvm.Posix.ChildNamespaces.Start(Rkt.Kvm.Posix.ChildNamespaces.Pid, () => process.Start());
-        else process.Start();
+        if (jailOff) process.Start();
+        else Rkt.Kvm.Posix.ChildNamespaces.StartWherePermitted(Rkt.Kvm.Posix.ChildNamespaces.Pid, () => process.Start());
     }
 
     /// <summary>Boots the busybox guest; <paramref name="initMode"/> selects what its init does (see tests/guest/init.sh).</summary>

@@ -50,8 +50,7 @@ internal sealed class SupervisorProcess : IDisposable
             // In a network namespace of its own (only a loopback, down) when run may make one: it
             // dials the agent by path, and so reaches no abstract Unix socket of the host's and no network.
             Process? process = null;
-            if (Posix.ChildNamespaces.CanUnshare) Posix.ChildNamespaces.Start(Posix.ChildNamespaces.Network, () => process = Process.Start(start));
-            else process = Process.Start(start);
+            Posix.ChildNamespaces.StartWherePermitted(Posix.ChildNamespaces.Network, () => process = Process.Start(start));
             if (process is null) throw new Stage1Exception("cannot start the pod supervisor");
             planPipe.DisposeLocalCopyOfClientHandle();
             reportPipe.DisposeLocalCopyOfClientHandle();

@@ -14,21 +14,17 @@ namespace Rkt.Kvm.Vmm.Host;
 /// </summary>
 public sealed class StopSignals : IDisposable
 {
-    private readonly List<PosixSignalRegistration> _registrations;
+    private readonly PosixSignalRegistration _term;
 
     public StopSignals(Action<string> stop, Serilog.ILogger log)
     {
-        _registrations = [.. new[] { (PosixSignal.SIGTERM, "SIGTERM") }
-            .Select(s => PosixSignalRegistration.Create(s.Item1, context =>
-            {
-                context.Cancel = true; // no default action: the VM ends through stop
-                log.Information("{Signal}: stopping the VM", s.Item2);
-                stop($"stopped by {s.Item2}");
-            }))];
+        _term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context =>
+        {
+            context.Cancel = true; // no default action: the VM ends through stop
+            log.Information("SIGTERM: stopping the VM");
+            stop("stopped by SIGTERM");
+        });
     }
 
-    public void Dispose()
-    {
-        foreach (var r in _registrations) r.Dispose();
-    }
+    public void Dispose() => _term.Dispose();
 }
