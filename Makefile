@@ -79,6 +79,7 @@ bench-fetch: deps cli
 	bench/fetch/run.sh
 
 bench-vsock: all
+	@$(MAKE) --no-print-directory apt-install PACKAGES="linux-perf"
 	bench/vsock/run.sh
 
 # Laying a pod out as rkt does (overlay) against --no-overlay hardlinks, no VM (bench/stage0/).
